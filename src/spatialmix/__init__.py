@@ -1,0 +1,40 @@
+"""napari-spatialmix: integrate and batch-correct spatial multi-omics (Visium, MSI, H&E) as SpatialData.
+
+The headless API is grouped by purpose (submodules are imported lazily, so ``import spatialmix`` is fast):
+
+- :mod:`spatialmix.io` – readers for Space Ranger ``outs/``, imzML, H&E images, annotation CSVs; project zarr.
+- :mod:`spatialmix.simulate` – realistic multi-sample sample data in the real file formats.
+- :mod:`spatialmix.registration` – landmark and automatic alignment of MSI / H&E onto the Visium spots.
+- :mod:`spatialmix.features` – MSI pixels -> spots, H&E -> per-spot morphology features.
+- :mod:`spatialmix.data` – paired per-spot matrices of every modality, ready for the models.
+- :mod:`spatialmix.pipeline` – the end-to-end jobs (``prepare``, ``demo``) used by the CLI and the widgets.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_SUBMODULES = {
+    "io",
+    "simulate",
+    "registration",
+    "features",
+    "data",
+    "pipeline",
+    "plotting",
+    "project",
+    "progress",
+    "errors",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f"spatialmix.{name}")
+    raise AttributeError(f"module 'spatialmix' has no attribute {name!r}")
+
+
+__all__ = sorted(_SUBMODULES) + ["__version__"]

@@ -1,0 +1,76 @@
+"""Exceptions raised by napari-spatialmix.
+
+Every error a user can cause with bad input is one of these. Messages say what is wrong, where (the file
+or element), and what to do about it. All derive from :class:`SpatialMixError`, so callers (the napari
+widgets, the CLI) can catch one class and show the message.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class SpatialMixError(Exception):
+    """Base class of every error napari-spatialmix raises on purpose."""
+
+
+def _where(path: str | Path | None) -> str:
+    return f" ({path})" if path is not None else ""
+
+
+class InputFileError(SpatialMixError, ValueError):
+    """An input file is missing, unreadable, truncated, or not in the expected format."""
+
+    def __init__(self, message: str, path: str | Path | None = None, fix: str | None = None):
+        self.path = Path(path) if path is not None else None
+        self.fix = fix
+        text = f"{message}{_where(path)}"
+        if fix:
+            text += f". {fix}"
+        super().__init__(text)
+
+
+class MissingFileError(InputFileError, FileNotFoundError):
+    """A file the reader needs does not exist."""
+
+
+class ImzMLError(InputFileError):
+    """An imzML/ibd pair cannot be read (missing or truncated .ibd, UUID mismatch, bad metadata)."""
+
+
+class ImageFormatError(InputFileError):
+    """An image is not an RGB image the histology reader can use."""
+
+
+class VisiumFormatError(InputFileError):
+    """A Space Ranger ``outs/`` folder is incomplete or inconsistent."""
+
+
+class AnnotationError(InputFileError):
+    """A pathologist annotation file does not match the spots it annotates."""
+
+
+class ParameterError(SpatialMixError, ValueError):
+    """A parameter value is invalid (e.g. a negative pixel size)."""
+
+
+class RegistrationError(SpatialMixError, ValueError):
+    """Registration cannot be computed (e.g. fewer than 3 landmarks, no tissue found)."""
+
+
+class ProjectError(SpatialMixError, ValueError):
+    """A SpatialData project does not follow napari-spatialmix's conventions."""
+
+
+def check_positive(name: str, value, *, where: str | None = None) -> float:
+    """Return ``value`` as float, or raise :class:`ParameterError` when it is not a positive number."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ParameterError(f"{name} must be a positive number, got {value!r}{_where(where)}") from None
+    if not v > 0 or v != v or v == float("inf"):
+        raise ParameterError(
+            f"{name} must be a positive number, got {value!r}{_where(where)}. "
+            f"Give the physical size in micrometres (e.g. {name}=50 for a 50 um raster)"
+        )
+    return v

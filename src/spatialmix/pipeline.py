@@ -1,0 +1,362 @@
+"""End-to-end jobs: read every sample, register, build the per-spot tables; the headless demo.
+
+Everything here is written once as a generator of :class:`~spatialmix.progress.Progress` events (run by the
+napari widgets in a worker thread, by scripts and the CLI through :func:`spatialmix.progress.run`).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import platform
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from spatialmix.errors import InputFileError, MissingFileError, ParameterError
+from spatialmix.progress import Progress, ProgressGen, forward, run
+
+ANNOTATION_KEY = "pathologist"
+MODALITY_TABLES = ("rna", "msi", "morphology")
+
+
+@dataclass
+class SampleSpec:
+    """Where one sample's files are and the physical sizes a user must give."""
+
+    sample: str
+    visium: Path
+    patient: str | None = None
+    imzml: Path | None = None
+    msi_pixel_size_um: float | None = None
+    he: Path | None = None
+    he_microns_per_pixel: float | None = None
+    annotations: Path | None = None
+
+    def __post_init__(self) -> None:
+        self.sample = str(self.sample)
+        self.patient = str(self.patient) if self.patient not in (None, "") else self.sample
+        for name in ("visium", "imzml", "he", "annotations"):
+            value = getattr(self, name)
+            setattr(self, name, Path(value) if value not in (None, "") else None)
+        if self.imzml is not None and self.msi_pixel_size_um in (None, ""):
+            raise ParameterError(
+                f"sample {self.sample}: an imzML file is given but no msi_pixel_size_um. "
+                "Give the MSI raster step in micrometres (e.g. 50)"
+            )
+        if self.he is not None and self.he_microns_per_pixel in (None, ""):
+            raise ParameterError(
+                f"sample {self.sample}: an H&E image is given but no he_microns_per_pixel. "
+                "Give the scan resolution in micrometres per pixel (e.g. 0.5)"
+            )
+
+
+def read_samples_csv(path: str | Path) -> list[SampleSpec]:
+    """Read a dataset's ``samples.csv`` (or a dataset folder holding one); paths are relative to its folder.
+
+    Columns: ``sample, patient, visium, imzml, msi_pixel_size_um, he, he_microns_per_pixel, annotations``
+    (only ``sample`` and ``visium`` are required).
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / "samples.csv"
+    if not path.exists():
+        raise MissingFileError(
+            "No samples.csv found", path, fix="A dataset folder needs a samples.csv listing each sample's files "
+            "(see `spatialmix simulate` for an example)"
+        )
+    base = path.parent
+    with path.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows:
+        raise InputFileError("samples.csv lists no samples", path, fix="Add one row per sample")
+    missing = {"sample", "visium"} - set(rows[0])
+    if missing:
+        raise InputFileError(
+            f"samples.csv lacks the column(s) {sorted(missing)}", path,
+            fix="Columns are sample, patient, visium, imzml, msi_pixel_size_um, he, he_microns_per_pixel, annotations",
+        )
+    specs = []
+    seen: set[str] = set()
+    for i, row in enumerate(rows, start=2):
+        name = (row.get("sample") or "").strip()
+        if not name or name in seen:
+            raise InputFileError(f"line {i}: sample name {name!r} is empty or repeated", path)
+        seen.add(name)
+
+        def rel(key: str) -> Path | None:
+            v = (row.get(key) or "").strip()
+            return (base / v) if v else None
+
+        def num(key: str) -> float | None:
+            v = (row.get(key) or "").strip()
+            return float(v) if v else None
+
+        specs.append(
+            SampleSpec(
+                sample=name,
+                patient=(row.get("patient") or "").strip() or None,
+                visium=rel("visium"),
+                imzml=rel("imzml"),
+                msi_pixel_size_um=num("msi_pixel_size_um"),
+                he=rel("he"),
+                he_microns_per_pixel=num("he_microns_per_pixel"),
+                annotations=rel("annotations"),
+            )
+        )
+    return specs
+
+
+def _merge_attrs(target: dict, source: dict) -> None:
+    for key, value in source.items():
+        if isinstance(value, dict) and isinstance(target.get(key), dict):
+            _merge_attrs(target[key], value)
+        else:
+            target[key] = value
+
+
+def iter_read_sample(spec: SampleSpec, *, bin_ppm: float = 20.0, mz_range=None, annotation_key=ANNOTATION_KEY):
+    """Read one sample's files into a SpatialData (no registration yet)."""
+    from spatialmix import io as smio
+
+    yield Progress(f"{spec.sample}: read Visium", 0, 1, str(spec.visium))
+    sdata = smio.read_visium(spec.visium, sample=spec.sample, patient=spec.patient)
+    parts = []
+    if spec.imzml is not None:
+        parts.append(
+            (
+                yield from forward(
+                    smio.iter_read_imzml(
+                        spec.imzml,
+                        sample=spec.sample,
+                        pixel_size_um=spec.msi_pixel_size_um,
+                        bin_ppm=bin_ppm,
+                        mz_range=mz_range,
+                    ),
+                    f"{spec.sample}: ",
+                )
+            )
+        )
+    if spec.he is not None:
+        parts.append(
+            (
+                yield from forward(
+                    smio.iter_read_histology(spec.he, sample=spec.sample, microns_per_pixel=spec.he_microns_per_pixel),
+                    f"{spec.sample}: ",
+                )
+            )
+        )
+    for part in parts:
+        for name, el in part.images.items():
+            sdata.images[name] = el
+        for name, el in part.tables.items():
+            sdata.tables[name] = el
+        _merge_attrs(sdata.attrs, dict(part.attrs))
+    if spec.annotations is not None:
+        labels = smio.read_annotations(spec.annotations)
+        smio.add_annotations(sdata, spec.sample, labels, table="rna", key=annotation_key, path=spec.annotations)
+    return sdata
+
+
+def _concat_tables(tables: list, regions: list[str]):
+    """Concatenate per-sample AnnData tables (outer join on features, zeros where a feature is absent)."""
+    import anndata as ad
+    from spatialdata.models import TableModel
+
+    for t in tables:
+        t.uns.pop(TableModel.ATTRS_KEY, None)
+    merged = ad.concat(tables, join="outer", merge="same", uns_merge="first", fill_value=0)
+    merged.obs["region"] = pd.Categorical(merged.obs["region"].astype(str), categories=regions)
+    return TableModel.parse(merged, region=regions, region_key="region", instance_key="spot_id")
+
+
+def normalize_rna(table, *, target_sum: float = 1e4) -> None:
+    """Total-count normalise and log1p the ``rna`` table in place; raw counts stay in ``layers["counts"]``."""
+    import scanpy as sc
+
+    if "counts" not in table.layers:
+        table.layers["counts"] = table.X.copy()
+    table.X = table.layers["counts"].astype(np.float32, copy=True)
+    sc.pp.normalize_total(table, target_sum=target_sum)
+    sc.pp.log1p(table)
+    table.uns["spatialmix_normalization"] = {"method": "normalize_total+log1p", "target_sum": target_sum}
+
+
+def iter_prepare(
+    samples: list[SampleSpec] | str | Path,
+    *,
+    bin_ppm: float = 20.0,
+    mz_range: tuple[float, float] | None = None,
+    annotation_key: str = ANNOTATION_KEY,
+    register: bool = True,
+    morphology: bool = True,
+    morphology_encoder: str | Path | None = None,
+    min_msi_coverage: float = 0.5,
+    min_feature_fraction: float = 0.01,
+) -> ProgressGen:
+    """Read all samples, register MSI and H&E onto the spots, build the ``rna``/``msi``/``morphology`` tables.
+
+    Parameters
+    ----------
+    samples
+        Sample specifications, or a dataset folder / ``samples.csv``.
+    bin_ppm, mz_range
+        m/z binning of the imzML files (the same grid for every sample).
+    annotation_key
+        ``obs`` column that receives the pathologist's labels.
+    register
+        Run the automatic registration of MSI and H&E (otherwise the nominal pixel sizes are used).
+    morphology, morphology_encoder
+        Compute per-spot H&E features (image features, or a user's TorchScript encoder checkpoint).
+    min_msi_coverage
+        Spots whose disk is covered by MSI pixels less than this fraction are flagged uncovered.
+    min_feature_fraction
+        Keep an m/z bin in the spot table when it is non-zero in at least this fraction of covered spots.
+
+    Returns
+    -------
+    SpatialData with every sample, its registration records and the three modality tables.
+    """
+    import anndata as ad
+    from spatialdata import SpatialData
+
+    from spatialmix import features as smfeat
+    from spatialmix import registration as smreg
+
+    if not isinstance(samples, list):
+        samples = read_samples_csv(samples)
+    if not samples:
+        raise ParameterError("No samples given")
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    per_sample = []
+    for i, spec in enumerate(samples):
+        yield Progress("read samples", i, len(samples), spec.sample)
+        t = time.perf_counter()
+        per_sample.append((yield from iter_read_sample(spec, bin_ppm=bin_ppm, mz_range=mz_range,
+                                                       annotation_key=annotation_key)))
+        timings[f"read {spec.sample}"] = time.perf_counter() - t
+    yield Progress("read samples", len(samples), len(samples))
+
+    images, shapes, tables, attrs = {}, {}, {}, {}
+    for sd_ in per_sample:
+        images.update(sd_.images)
+        shapes.update(sd_.shapes)
+        for name, table in sd_.tables.items():
+            if name != "rna":
+                tables[name] = table
+        _merge_attrs(attrs, dict(sd_.attrs))
+    regions = [f"{spec.sample}_spots" for spec in samples]
+    rna = _concat_tables([sd_.tables["rna"] for sd_ in per_sample], regions)
+    if annotation_key in rna.obs:
+        rna.obs[annotation_key] = pd.Categorical(rna.obs[annotation_key])
+    tables["rna"] = rna
+    sdata = SpatialData(images=images, shapes=shapes, tables=tables, attrs=attrs)
+
+    meta = sdata.attrs.setdefault("spatialmix", {})
+    if register:
+        for spec in samples:
+            for modality, element in (("msi", f"{spec.sample}_msi_tic"), ("he", f"{spec.sample}_he")):
+                if element in sdata.images:
+                    t = time.perf_counter()
+                    yield from forward(smreg.iter_auto_register(sdata, spec.sample, modality),
+                                       f"{spec.sample}: register {modality} · ")
+                    timings[f"register {spec.sample} {modality}"] = time.perf_counter() - t
+
+    obs_cols = ["sample", "patient", "batch", "barcode", "region", "spot_id"]
+    if annotation_key in rna.obs:
+        obs_cols.append(annotation_key)
+    msi_parts, morph_parts = [], []
+    for spec in samples:
+        s = spec.sample
+        if f"{s}_msi" in sdata.tables:
+            t = time.perf_counter()
+            msi_parts.append((yield from forward(
+                smfeat.iter_aggregate_msi(sdata, s, min_coverage=min_msi_coverage), f"{s}: ")))
+            timings[f"aggregate msi {s}"] = time.perf_counter() - t
+        if morphology and f"{s}_he" in sdata.images:
+            t = time.perf_counter()
+            morph_parts.append((yield from forward(
+                smfeat.iter_morphology_features(sdata, s, encoder=morphology_encoder), f"{s}: ")))
+            timings[f"morphology {s}"] = time.perf_counter() - t
+
+    yield Progress("build tables", 0, 1)
+    base_obs = rna.obs[obs_cols].copy()
+    if msi_parts:
+        sdata.tables["msi"] = _modality_table(msi_parts, base_obs, regions, "msi_covered", min_feature_fraction)
+    if morph_parts:
+        sdata.tables["morphology"] = _modality_table(morph_parts, base_obs, regions, "he_covered", 0.0)
+    normalize_rna(sdata.tables["rna"])
+    meta["prepare"] = {
+        "version": _version(),
+        "bin_ppm": bin_ppm,
+        "mz_range": list(mz_range) if mz_range else None,
+        "annotation_key": annotation_key,
+        "min_msi_coverage": min_msi_coverage,
+        "min_feature_fraction": min_feature_fraction,
+        "morphology_encoder": str(morphology_encoder) if morphology_encoder else "image features",
+        "timings_s": {k: round(v, 3) for k, v in timings.items()},
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    yield Progress("build tables", 1, 1)
+    return sdata
+
+
+def _modality_table(parts: list, base_obs: pd.DataFrame, regions: list[str], covered_key: str,
+                    min_feature_fraction: float):
+    """Stack per-sample spot tables into one table aligned on the ``rna`` spots (same rows, same order).
+
+    Spots a sample has no data for (no file for that modality) are kept with zeros and ``covered_key`` False, so
+    that every modality table annotates exactly the same spots and the models can mask them.
+    """
+    import anndata as ad
+    import scipy.sparse as sp
+    from spatialdata.models import TableModel
+
+    merged = ad.concat(parts, join="outer", fill_value=0, merge="same")
+    merged = merged[merged.obs_names.intersection(base_obs.index, sort=False)]
+    missing = base_obs.index.difference(merged.obs_names)
+    if len(missing):
+        empty = ad.AnnData(
+            X=sp.csr_matrix((len(missing), merged.n_vars), dtype=np.float32)
+            if sp.issparse(merged.X) else np.zeros((len(missing), merged.n_vars), np.float32),
+            obs=pd.DataFrame({covered_key: False}, index=missing),
+            var=merged.var,
+        )
+        merged = ad.concat([merged, empty], join="outer", fill_value=0, merge="same")
+    merged = merged[base_obs.index].copy()
+    extra = [c for c in merged.obs.columns if c not in base_obs.columns]
+    merged.obs = pd.concat([base_obs, merged.obs[extra]], axis=1)
+    merged.obs[covered_key] = merged.obs[covered_key].fillna(False).astype(bool)
+    if min_feature_fraction > 0:
+        covered = merged.obs[covered_key].to_numpy()
+        X = merged.X[covered]
+        nz = np.asarray((X > 0).sum(axis=0)).ravel() / max(1, covered.sum())
+        merged = merged[:, nz >= min_feature_fraction].copy()
+    if sp.issparse(merged.X):
+        merged.X = merged.X.astype(np.float32)
+    merged.obs["region"] = pd.Categorical(merged.obs["region"].astype(str), categories=regions)
+    return TableModel.parse(merged, region=regions, region_key="region", instance_key="spot_id")
+
+
+def _version() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for pkg in ("napari-spatialmix", "spatialdata", "spatialdata-io", "anndata", "scikit-image", "pyimzml"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def prepare(samples, **kwargs):
+    """Plain-function form of :func:`iter_prepare`; ``progress=True`` shows a terminal progress bar."""
+    progress = kwargs.pop("progress", False)
+    return run(iter_prepare(samples, **kwargs), progress=progress)
