@@ -74,3 +74,23 @@ def check_positive(name: str, value, *, where: str | None = None) -> float:
             f"Give the physical size in micrometres (e.g. {name}=50 for a 50 um raster)"
         )
     return v
+
+
+# --- added by spatialmix.io: "missing file" variants that are both the reader's error and FileNotFoundError,
+# so callers can catch either ``ImzMLError`` (etc.) or ``MissingFileError`` / ``FileNotFoundError``.
+
+
+class MissingVisiumFileError(VisiumFormatError, MissingFileError):
+    """A Space Ranger folder, or a file it must contain, does not exist."""
+
+
+class MissingImzMLFileError(ImzMLError, MissingFileError):
+    """The .imzML file or its .ibd companion does not exist."""
+
+
+class MissingImageFileError(ImageFormatError, MissingFileError):
+    """An H&E image file does not exist."""
+
+
+class MissingAnnotationFileError(AnnotationError, MissingFileError):
+    """A pathologist annotation file does not exist."""

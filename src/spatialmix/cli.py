@@ -1,0 +1,87 @@
+"""Command line: ``spatialmix simulate | prepare | demo``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+
+def _cmd_simulate(args) -> int:
+    from spatialmix.progress import run
+    from spatialmix.simulate import iter_simulate
+
+    t = time.perf_counter()
+    out = run(iter_simulate(args.out, n_samples=args.samples, seed=args.seed, size=args.size), progress=not args.quiet)
+    size = sum(p.stat().st_size for p in Path(out).rglob("*") if p.is_file())
+    print(f"wrote {args.samples} samples ({args.size}, seed {args.seed}) to {out}: "
+          f"{size / 1e6:.1f} MB in {time.perf_counter() - t:.1f} s")
+    return 0
+
+
+def _cmd_prepare(args) -> int:
+    from spatialmix.pipeline import iter_prepare, table_shapes
+    from spatialmix.progress import run
+    from spatialmix.project import save_project
+
+    sdata = run(iter_prepare(args.data, bin_ppm=args.bin_ppm, annotation_key=args.annotation_key,
+                             register=not args.no_register), progress=not args.quiet)
+    path = save_project(sdata, args.out, overwrite=args.overwrite)
+    print(f"saved {path}")
+    print(json.dumps(table_shapes(sdata)))
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from spatialmix.pipeline import format_report, iter_demo
+    from spatialmix.progress import run
+
+    report = run(iter_demo(args.out, data=args.data), progress=not args.quiet)
+    print(format_report(report))
+    print(f"outputs in {args.out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="spatialmix", description=__doc__)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("simulate", help="write a realistic multi-sample dataset in the real file formats")
+    s.add_argument("--out", required=True, type=Path)
+    s.add_argument("--samples", type=int, default=4)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--size", choices=["small", "paper"], default="small")
+    s.set_defaults(func=_cmd_simulate)
+
+    s = sub.add_parser("prepare", help="read, register and build per-spot tables of a dataset into a zarr project")
+    s.add_argument("data", type=Path, help="dataset folder with samples.csv (or the csv itself)")
+    s.add_argument("--out", required=True, type=Path, help="project .zarr to write")
+    s.add_argument("--bin-ppm", type=float, default=20.0)
+    s.add_argument("--annotation-key", default="pathologist")
+    s.add_argument("--no-register", action="store_true", help="keep the nominal pixel sizes, no automatic registration")
+    s.add_argument("--overwrite", action="store_true")
+    s.set_defaults(func=_cmd_prepare)
+
+    s = sub.add_parser("demo", help="the headless main job on the bundled sample data")
+    s.add_argument("--out", type=Path, default=Path("demo_out"))
+    s.add_argument("--data", type=Path, default=None, help="another dataset folder (default: the bundled sample)")
+    s.set_defaults(func=_cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from spatialmix.errors import SpatialMixError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except SpatialMixError as err:
+        print(f"spatialmix: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,171 @@
+"""Figures of a project in each sample's micrometre frame (overlays used by the demo report and docs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from spatialmix._elements import image_levels, level_affine, pick_level, resample_to_grid
+from spatialmix.project import samples_of
+
+
+def sample_bounds(sdata, sample: str, *, pad_um: float = 100.0) -> tuple[float, float, float, float]:
+    """(xmin, ymin, xmax, ymax) in um of a sample: its Visium capture area, else its spots, padded."""
+    meta = sdata.attrs.get("spatialmix", {}).get("samples", {}).get(sample, {})
+    area = meta.get("visium", {}).get("capture_area_um")
+    if area is not None:
+        xmin, ymin, xmax, ymax = map(float, area)
+    else:
+        xy = spot_xy(sdata, sample)
+        xmin, ymin = xy.min(axis=0)
+        xmax, ymax = xy.max(axis=0)
+    return xmin - pad_um, ymin - pad_um, xmax + pad_um, ymax + pad_um
+
+
+def spot_xy(sdata, sample: str) -> np.ndarray:
+    """(n, 2) spot centres (x, y) in um in the sample frame, in ``spot_id`` order."""
+    from spatialdata.transformations import get_transformation
+
+    shapes = sdata.shapes[f"{sample}_spots"]
+    xy = np.column_stack([shapes.geometry.x.to_numpy(), shapes.geometry.y.to_numpy()])
+    m = np.asarray(get_transformation(shapes, to_coordinate_system=sample).to_affine_matrix(("x", "y"), ("x", "y")))
+    return xy @ m[:2, :2].T + m[:2, 2]
+
+
+def render_image(sdata, element: str, sample: str, *, bounds=None, resolution_um: float = 5.0) -> np.ndarray:
+    """Resample an image element into the sample frame: (H, W, C) float32 on a ``resolution_um`` grid."""
+    el = sdata.images[element]
+    bounds = bounds or sample_bounds(sdata, sample)
+    level = pick_level(el, sample, resolution_um)
+    arr = np.asarray(image_levels(el)[level])
+    out = resample_to_grid(arr, level_affine(el, level, sample), bounds, resolution_um, cval=np.nan)
+    return np.moveaxis(out, 0, -1)
+
+
+def render_spots(values, xy: np.ndarray, *, bounds, resolution_um: float = 5.0, radius_um: float = 27.5) -> np.ndarray:
+    """Rasterise per-spot values (n,) or (n, C) as 55 um disks on the sample grid (NaN outside spots)."""
+    from scipy.spatial import cKDTree
+
+    vals = np.asarray(values, dtype=np.float32)
+    if vals.ndim == 1:
+        vals = vals[:, None]
+    xmin, ymin, xmax, ymax = bounds
+    gx, gy = np.meshgrid(np.arange(xmin, xmax, resolution_um), np.arange(ymin, ymax, resolution_um))
+    dist, idx = cKDTree(xy).query(np.column_stack([gx.ravel(), gy.ravel()]), distance_upper_bound=radius_um)
+    out = np.full((gx.size, vals.shape[1]), np.nan, np.float32)
+    hit = np.isfinite(dist)
+    out[hit] = vals[idx[hit]]
+    return out.reshape(*gx.shape, vals.shape[1]).squeeze(-1) if vals.shape[1] == 1 else out.reshape(*gx.shape, -1)
+
+
+def _tissue_contour(sdata, sample, bounds, resolution_um):
+    name = f"{sample}_visium_hires"
+    if name not in sdata.images:
+        return None
+    from skimage.filters import threshold_otsu
+
+    rgb = render_image(sdata, name, sample, bounds=bounds, resolution_um=resolution_um)
+    od = -np.log(np.clip(np.nan_to_num(rgb, nan=255.0) / 255.0, 1e-3, 1.0)).sum(axis=-1)
+    from scipy import ndimage
+
+    od = ndimage.gaussian_filter(od, 1.5)
+    return od > threshold_otsu(od)
+
+
+def plot_overlay(sdata, sample: str, *, annotation_key: str = "pathologist", resolution_um: float | None = None):
+    """Three panels for one sample: H&E with spots by annotation, MSI TIC, spots by total counts.
+
+    The Visium tissue outline (from the Space Ranger image) is drawn on every panel, so registration errors
+    show as H&E or MSI tissue edges that do not follow it.
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    bounds = sample_bounds(sdata, sample)
+    if resolution_um is None:
+        resolution_um = max(2.0, (bounds[2] - bounds[0]) / 800)
+    extent = (bounds[0], bounds[0] + resolution_um * np.ceil((bounds[2] - bounds[0]) / resolution_um),
+              bounds[1] + resolution_um * np.ceil((bounds[3] - bounds[1]) / resolution_um), bounds[1])
+    contour = _tissue_contour(sdata, sample, bounds, resolution_um)
+    xy = spot_xy(sdata, sample)
+    rna = sdata.tables["rna"]
+    obs = rna.obs[rna.obs["sample"].astype(str) == sample].sort_values("spot_id")
+    fig, axes = plt.subplots(1, 3, figsize=(16, 5.6), constrained_layout=True)
+    reg = sdata.attrs.get("spatialmix", {}).get("registration", {}).get(sample, {})
+
+    def outline(ax):
+        if contour is not None:
+            ax.contour(np.linspace(extent[0], extent[1], contour.shape[1]),
+                       np.linspace(extent[3], extent[2], contour.shape[0]), contour.astype(float),
+                       levels=[0.5], colors="cyan", linewidths=0.8)
+
+    ax = axes[0]
+    if f"{sample}_he" in sdata.images:
+        he = render_image(sdata, f"{sample}_he", sample, bounds=bounds, resolution_um=resolution_um)
+        ax.imshow(np.nan_to_num(he, nan=255).astype(np.uint8), extent=extent)
+    title = "H&E + pathologist annotation"
+    if "he" in reg:
+        title += f"\nH&E registration RMS {reg['he'].get('rms_um', float('nan')):.1f} um ({reg['he'].get('method')})"
+    if annotation_key in obs:
+        cats = list(rna.obs[annotation_key].cat.categories)
+        cmap = plt.get_cmap("tab10" if len(cats) <= 10 else "tab20")
+        lab = obs[annotation_key]
+        colors = [cmap(cats.index(v) % cmap.N) if isinstance(v, str) else (0.6, 0.6, 0.6, 1) for v in lab]
+        ax.scatter(xy[obs["spot_id"].to_numpy(), 0], xy[obs["spot_id"].to_numpy(), 1], s=9, facecolors="none",
+                   edgecolors=colors, linewidths=1.0)
+        present = [c for c in cats if (lab == c).any()]
+        handles = [Patch(color=cmap(cats.index(c) % cmap.N), label=c) for c in present]
+        handles.append(Patch(color=(0.6, 0.6, 0.6), label="unlabelled"))
+        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7, frameon=False)
+    outline(ax)
+    ax.set_title(title, fontsize=10)
+
+    ax = axes[1]
+    if f"{sample}_msi_tic" in sdata.images:
+        tic = render_image(sdata, f"{sample}_msi_tic", sample, bounds=bounds, resolution_um=resolution_um)[..., 0]
+        im = ax.imshow(np.ma.masked_invalid(tic), extent=extent, cmap="magma", interpolation="nearest")
+        fig.colorbar(im, ax=ax, shrink=0.7, label="MSI TIC")
+    title = "MSI total ion current"
+    if "msi" in reg:
+        title += f"\nMSI registration RMS {reg['msi'].get('rms_um', float('nan')):.1f} um ({reg['msi'].get('method')})"
+    outline(ax)
+    ax.set_title(title, fontsize=10)
+
+    ax = axes[2]
+    counts = rna.layers["counts"] if "counts" in rna.layers else rna.X
+    rows = rna.obs_names.get_indexer(obs.index)
+    total = np.asarray(counts[rows].sum(axis=1)).ravel()
+    sc = ax.scatter(xy[obs["spot_id"].to_numpy(), 0], xy[obs["spot_id"].to_numpy(), 1], c=total, s=9,
+                    cmap="viridis")
+    fig.colorbar(sc, ax=ax, shrink=0.7, label="RNA total counts per spot")
+    outline(ax)
+    ax.set_title("Visium spots (55 um)", fontsize=10)
+    for ax in axes:
+        ax.set_xlim(extent[0], extent[1])
+        ax.set_ylim(extent[2], extent[3])
+        ax.set_aspect("equal")
+        ax.set_xlabel("x (um)")
+        ax.set_facecolor("white")
+    axes[0].set_ylabel("y (um)")
+    fig.suptitle(f"{sample} (cyan: Visium tissue outline)", fontsize=12)
+    return fig
+
+
+def save_overlays(sdata, out_dir: str | Path, *, annotation_key: str = "pathologist", dpi: int = 110) -> list[Path]:
+    """Write ``overlay_<sample>.png`` for every sample; returns the paths."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for sample in samples_of(sdata):
+        fig = plot_overlay(sdata, sample, annotation_key=annotation_key)
+        path = out_dir / f"overlay_{sample}.png"
+        fig.savefig(path, dpi=dpi)
+        plt.close(fig)
+        paths.append(path)
+    return paths
