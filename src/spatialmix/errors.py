@@ -94,3 +94,7 @@ class MissingImageFileError(ImageFormatError, MissingFileError):
 
 class MissingAnnotationFileError(AnnotationError, MissingFileError):
     """A pathologist annotation file does not exist."""
+
+
+class EncoderError(InputFileError):
+    """A user's image-encoder checkpoint cannot be loaded or returns unusable features."""

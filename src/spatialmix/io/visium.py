@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,8 @@ from spatialmix.errors import MissingVisiumFileError, VisiumFormatError
 #: Visium spots are 55 um wide.
 SPOT_DIAMETER_UM = 55.0
 SPOT_RADIUS_UM = SPOT_DIAMETER_UM / 2
+#: Centre-to-centre distance of neighbouring Visium spots.
+SPOT_PITCH_UM = 100.0
 
 _COUNTS = "filtered_feature_bc_matrix.h5"
 _POSITIONS = ("tissue_positions.csv", "tissue_positions_list.csv")
@@ -228,6 +231,22 @@ def _stage(files: dict[str, Path | None], folder: Path) -> Path:
     return folder
 
 
+def spot_pitch_um(positions: pd.DataFrame, mpp: float) -> float | None:
+    """Centre-to-centre distance of neighbouring spots (2 array columns apart) in um, fitted on all spots.
+
+    Visium spots are 100 um apart; a different value means ``spot_diameter_fullres`` does not describe a 55 um
+    spot in this Space Ranger output (then every um in this sample is off by the same factor).
+    """
+    if len(positions) < 3 or positions["array_col"].nunique() < 2:
+        return None
+    design = np.c_[positions["array_row"], positions["array_col"], np.ones(len(positions))]
+    per_col = []
+    for col in ("pxl_col_in_fullres", "pxl_row_in_fullres"):
+        coef = np.linalg.lstsq(design, positions[col].to_numpy(), rcond=None)[0]
+        per_col.append(coef[1])
+    return float(2 * np.hypot(*per_col) * mpp)
+
+
 def _rgb(image) -> np.ndarray:
     """Space Ranger image (c, y, x) as a numpy uint8 RGB array (drops an alpha channel)."""
     arr = np.asarray(image.data.compute() if hasattr(image.data, "compute") else image.data)
@@ -288,7 +307,10 @@ def read_visium(path: str | Path, *, sample: str, patient: str | None = None):
         barcodes = _matrix_barcodes(staged / _COUNTS, files["counts"])  # type: ignore[arg-type]
         _check_consistency(files, positions, barcodes)
         try:
-            raw = sdio_visium(staged, dataset_id=sample)
+            with warnings.catch_warnings():  # duplicated gene symbols are made unique below; region is ours
+                warnings.filterwarnings("ignore", message="Variable names are not unique")
+                warnings.filterwarnings("ignore", message="Converting `region_key")
+                raw = sdio_visium(staged, dataset_id=sample)
         except Exception as err:  # h5 / csv content spatialdata-io cannot parse
             raise VisiumFormatError(
                 f"spatialdata-io could not read the Visium folder ({type(err).__name__}: {err})", files["outs"],
@@ -346,6 +368,15 @@ def read_visium(path: str | Path, *, sample: str, patient: str | None = None):
             transformations={sample: Scale([s, s], axes=("y", "x"))},
         )
 
+    pitch = spot_pitch_um(positions, mpp)
+    if pitch is not None and abs(pitch / SPOT_PITCH_UM - 1) > 0.1:
+        warnings.warn(
+            f"{files['scalefactors']}: with mpp_fullres = 55 / spot_diameter_fullres = {mpp:.4f} um, neighbouring "
+            f"spots are {pitch:.1f} um apart instead of Visium's {SPOT_PITCH_UM:.0f} um, so micrometres in sample "
+            f"{sample!r} are off by a factor {SPOT_PITCH_UM / pitch:.3f}. Give MSI / H&E pixel sizes in this "
+            "frame's units or check the Space Ranger scale factors",
+            UserWarning, stacklevel=2,
+        )
     xs = positions["pxl_col_in_fullres"].to_numpy() * mpp
     ys = positions["pxl_row_in_fullres"].to_numpy() * mpp
     capture = [float(xs.min() - SPOT_RADIUS_UM), float(ys.min() - SPOT_RADIUS_UM),
@@ -353,12 +384,13 @@ def read_visium(path: str | Path, *, sample: str, patient: str | None = None):
     meta: dict[str, Any] = {
         "patient": patient,
         "visium": {
-            "path": str(files["outs"]),
+            "path": str(Path(files["outs"]).resolve()),
             "scalefactors": scalefactors,
             "mpp_fullres": float(mpp),
             "capture_area_um": capture,
             "n_spots": int(n),
             "n_spots_listed": int(len(positions)),
+            "spot_pitch_um": pitch,
         },
     }
     attrs = {k: v for k, v in raw.attrs.items() if k != "spatialmix"}

@@ -79,12 +79,13 @@ def _threshold_values(signal: np.ndarray, kind: str) -> tuple[float, float, floa
 
 def _clean(mask: np.ndarray, *, min_fraction: float = 0.01, hole_fraction: float = 0.002) -> np.ndarray:
     """Remove specks (components < ``min_fraction`` of the tissue) and fill tiny holes."""
+    from scipy import ndimage
     from skimage import morphology
 
     total = int(mask.sum())
     if total == 0:
         return mask
-    mask = morphology.binary_opening(mask, morphology.disk(1)) if total > 200 else mask
+    mask = ndimage.binary_opening(mask, morphology.disk(1)) if total > 200 else mask
     min_size = max(4, int(min_fraction * total))
     try:
         mask = morphology.remove_small_objects(mask, max_size=min_size)

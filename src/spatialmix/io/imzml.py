@@ -1,0 +1,521 @@
+"""Read an imzML + ibd pair (continuous or processed) into a binned pixel table and a TIC image.
+
+The XML metadata (spectrum offsets, lengths, pixel coordinates, data types, UUID) is parsed by pyimzML's
+:class:`~pyimzml.ImzMLParser.ImzMLParser`. The spectra are then streamed from the ``.ibd`` in chunks and
+binned onto the anchored ppm m/z grid of docs/conventions.md; only the binned values (a growing CSR buffer) and
+one chunk of raw spectra are ever in memory.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from spatialmix.errors import ImzMLError, MissingImzMLFileError, ParameterError, check_positive
+from spatialmix.progress import Progress, ProgressGen, run
+
+#: Lower edge of m/z bin 0; bin ``k`` spans ``[MZ_ANCHOR * r**k, MZ_ANCHOR * r**(k+1))``, ``r = 1 + ppm * 1e-6``.
+MZ_ANCHOR = 50.0
+NORMALIZATIONS = ("tic", "none", "rms")
+#: A chunk never holds more than this many raw (m/z, intensity) values, whatever ``chunk_size`` says, so that
+#: continuous profile spectra with 10^5 channels do not blow up memory (results do not depend on chunking).
+MAX_VALUES_PER_CHUNK = 4_000_000
+_DTYPES = {"f": np.float32, "d": np.float64, "i": np.int32, "l": np.int64}
+
+
+# ----------------------------------------------------------------------------------------------- m/z grid
+def mz_bin_index(mz: np.ndarray | float, bin_ppm: float) -> np.ndarray:
+    """Index ``k`` of the anchored ppm bin holding each m/z (``MZ_ANCHOR * r**k <= mz < MZ_ANCHOR * r**(k+1)``)."""
+    mz = np.asarray(mz, dtype=np.float64)
+    k = np.floor(np.log(mz / MZ_ANCHOR) / math.log(1 + bin_ppm * 1e-6)).astype(np.int64)
+    # correct the rare off-by-one of the floating-point logarithm right at a bin edge
+    k -= mz < mz_bin_edge(k, bin_ppm)
+    k += mz >= mz_bin_edge(k + 1, bin_ppm)
+    return k
+
+
+def mz_bin_edge(k: np.ndarray | int, bin_ppm: float) -> np.ndarray:
+    """Lower edge ``MZ_ANCHOR * r**k`` of bin(s) ``k``."""
+    return MZ_ANCHOR * np.power(1 + bin_ppm * 1e-6, np.asarray(k, dtype=np.float64))
+
+
+def mz_bin_centre(k: np.ndarray | int, bin_ppm: float) -> np.ndarray:
+    """Centre of bin(s) ``k``: the geometric mean of its edges, ``MZ_ANCHOR * r**(k + 1/2)``."""
+    return MZ_ANCHOR * np.power(1 + bin_ppm * 1e-6, np.asarray(k, dtype=np.float64) + 0.5)
+
+
+# ----------------------------------------------------------------------------------------------- checks
+def _check_params(pixel_size_um, mz_range, bin_ppm, normalize, chunk_size) -> tuple[float, tuple | None, float]:
+    pixel_size_um = check_positive("pixel_size_um", pixel_size_um)
+    try:
+        bin_ppm_f = float(bin_ppm)
+    except (TypeError, ValueError):
+        bin_ppm_f = float("nan")
+    if not (np.isfinite(bin_ppm_f) and bin_ppm_f > 0):
+        raise ParameterError(f"bin_ppm must be a positive number of parts per million, got {bin_ppm!r}. "
+                             "Typical values are 5-50 (default 20)")
+    if normalize not in NORMALIZATIONS:
+        raise ParameterError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
+        raise ParameterError(f"chunk_size must be a positive integer (spectra per chunk), got {chunk_size!r}")
+    rng = None
+    if mz_range is not None:
+        try:
+            lo, hi = (float(v) for v in mz_range)
+        except (TypeError, ValueError):
+            raise ParameterError(f"mz_range must be a pair (low, high) of m/z values, got {mz_range!r}") from None
+        if not (np.isfinite(lo) and np.isfinite(hi) and 0 < lo < hi):
+            raise ParameterError(f"mz_range must satisfy 0 < low < high (finite m/z values), got {mz_range!r}. "
+                                 "Example: mz_range=(400, 1000)")
+        rng = (lo, hi)
+    return pixel_size_um, rng, bin_ppm_f
+
+
+def _find_ibd(imzml: Path) -> Path | None:
+    for cand in imzml.parent.glob("*"):
+        if cand.stem == imzml.stem and cand.suffix.lower() == ".ibd" and cand.is_file():
+            return cand
+    return None
+
+
+class _ImzMLInfo:
+    """What the reader needs from the imzML metadata, as numpy arrays (pyimzML's per-spectrum lists freed)."""
+
+    def __init__(self, imzml: Path, ibd: Path):
+        from pyimzml.ImzMLParser import ImzMLParser
+
+        try:
+            try:
+                import lxml  # noqa: F401  # faster XML parsing for big files
+
+                parser = ImzMLParser(str(imzml), parse_lib="lxml", ibd_file=None)
+            except ImportError:
+                parser = ImzMLParser(str(imzml), ibd_file=None)
+        except Exception as err:  # XML syntax errors (lxml / ElementTree), missing cvParams, ...
+            raise ImzMLError(f"Cannot parse the imzML metadata ({type(err).__name__}: {err})", imzml,
+                             fix="Check that the file is a complete imzML 1.1 file (re-export it)") from err
+        if not parser.coordinates:
+            raise ImzMLError("The imzML lists no spectra", imzml, fix="Re-export the dataset with its spectra")
+        if parser.mzPrecision not in _DTYPES or parser.intensityPrecision not in _DTYPES:
+            raise ImzMLError(
+                f"Unsupported binary data types (m/z: {parser.mzPrecision}, intensity: {parser.intensityPrecision})",
+                imzml, fix="Export m/z and intensities as 32/64-bit floats or integers")
+        groups = parser.metadata.referenceable_param_groups
+        for gid in (parser.mzGroupId, parser.intGroupId):
+            params = groups[gid].param_by_name if gid in groups else {}
+            if any("compression" in name and name != "no compression" for name in params):
+                raise ImzMLError("The binary arrays are compressed, which pyimzML cannot read", imzml,
+                                 fix="Re-export the imzML without compression")
+        fd = parser.metadata.file_description.param_by_name
+        self.uuid = str(fd.get("universally unique identifier", "") or "")
+        self.mz_dtype = np.dtype(_DTYPES[parser.mzPrecision])
+        self.int_dtype = np.dtype(_DTYPES[parser.intensityPrecision])
+        self.mz_offsets = np.asarray(parser.mzOffsets, dtype=np.int64)
+        self.mz_lengths = np.asarray(parser.mzLengths, dtype=np.int64)
+        self.int_offsets = np.asarray(parser.intensityOffsets, dtype=np.int64)
+        self.int_lengths = np.asarray(parser.intensityLengths, dtype=np.int64)
+        coords = np.asarray(parser.coordinates, dtype=np.int64)
+        self.x = coords[:, 0] - 1  # imzML is 1-based
+        self.y = coords[:, 1] - 1
+        meta = parser.imzmldict
+        self.max_x = int(meta.get("max count of pixels x") or 0)
+        self.max_y = int(meta.get("max count of pixels y") or 0)
+        if "continuous" in fd:
+            self.mode = "continuous"
+        elif "processed" in fd:
+            self.mode = "processed"
+        else:  # not declared: continuous when every spectrum points at the same m/z array
+            self.mode = "continuous" if np.all(self.mz_offsets == self.mz_offsets[0]) else "processed"
+        del parser, coords  # pyimzML's per-spectrum Python lists are garbage now
+        if np.any(self.mz_lengths != self.int_lengths):
+            bad = int(np.flatnonzero(self.mz_lengths != self.int_lengths)[0])
+            raise ImzMLError(f"Spectrum {bad} has {self.mz_lengths[bad]} m/z values but "
+                             f"{self.int_lengths[bad]} intensities", imzml, fix="The file is corrupt; re-export it")
+        if self.x.min() < 0 or self.y.min() < 0:
+            raise ImzMLError("Pixel coordinates must be >= 1 (imzML is 1-based)", imzml,
+                             fix="Re-export the dataset with valid pixel coordinates")
+        self.n = len(self.x)
+        self.width = max(int(self.x.max()) + 1, self.max_x)
+        self.height = max(int(self.y.max()) + 1, self.max_y)
+        flat = self.y * self.width + self.x
+        uniq, counts = np.unique(flat, return_counts=True)
+        if len(uniq) != self.n:
+            dup = uniq[counts > 1][:3]
+            where = ", ".join(f"(x={d % self.width + 1}, y={d // self.width + 1})" for d in dup)
+            raise ImzMLError(f"{self.n - len(uniq)} spectra share a pixel with another one, e.g. at {where}", imzml,
+                             fix="3-D or multi-region files must be split into one 2-D raster per file")
+        self.check_ibd(imzml, ibd)
+
+    def check_ibd(self, imzml: Path, ibd: Path) -> None:
+        size = ibd.stat().st_size
+        if self.uuid:
+            want = re.sub(r"[^0-9a-fA-F]", "", self.uuid).lower()
+            with open(ibd, "rb") as fh:
+                head = fh.read(16).hex()
+            if len(head) < 32:
+                raise ImzMLError(f"The .ibd file is truncated: {size} bytes, shorter than its 16-byte UUID header",
+                                 ibd, fix="Copy the complete .ibd file again")
+            if want and head != want:
+                raise ImzMLError(
+                    f"UUID mismatch: {imzml.name} declares {self.uuid} but the first 16 bytes of {ibd.name} are "
+                    f"{head}", ibd, fix="The .imzML and .ibd files come from different exports; use the pair "
+                    "written together")
+        need = 0
+        if self.n:
+            need = int(max((self.mz_offsets + self.mz_lengths * self.mz_dtype.itemsize).max(),
+                           (self.int_offsets + self.int_lengths * self.int_dtype.itemsize).max()))
+        if size < need:
+            raise ImzMLError(
+                f"The .ibd file is truncated: {size} bytes, but {imzml.name} references data up to byte {need}",
+                ibd, fix="The copy or export was interrupted; copy the complete .ibd file again")
+
+
+def _resolve_paths(path: str | Path) -> tuple[Path, Path]:
+    imzml = Path(path)
+    if imzml.suffix.lower() == ".ibd":
+        imzml = imzml.with_suffix(".imzML")
+    if not imzml.is_file():
+        raise MissingImzMLFileError("imzML file not found", imzml,
+                                    fix="Give the path of the .imzML file (its .ibd must lie next to it)")
+    ibd = _find_ibd(imzml)
+    if ibd is None:
+        expected = imzml.with_suffix(".ibd")
+        raise MissingImzMLFileError(
+            f"No .ibd binary file next to {imzml.name}; looked for {expected}", expected,
+            fix="Copy the .ibd file written with the .imzML into the same folder, with the same name",
+        )
+    return imzml, ibd
+
+
+# ----------------------------------------------------------------------------------------------- buffers
+class _GrowingArray:
+    """1-D array with amortised appends; grows in place with ``ndarray.resize`` (realloc, usually no copy)."""
+
+    def __init__(self, dtype, capacity: int = 1 << 16):
+        self.a = np.empty(capacity, dtype=dtype)
+        self.n = 0
+
+    def extend(self, values: np.ndarray) -> None:
+        need = self.n + len(values)
+        if need > len(self.a):
+            self.a.resize(max(need, int(len(self.a) * 1.5)), refcheck=False)
+        self.a[self.n:need] = values
+        self.n = need
+
+    def finish(self) -> np.ndarray:
+        self.a.resize(self.n, refcheck=False)
+        out, self.a = self.a, np.empty(0, dtype=self.a.dtype)
+        return out
+
+
+def _read_arrays(fh, requests: list[tuple[np.ndarray, np.ndarray, np.dtype]]) -> list[np.ndarray]:
+    """Read, for each ``(offsets, lengths, dtype)`` request, the .ibd arrays at ``offsets`` concatenated.
+
+    When the requested bytes lie close together (the usual layout: one spectrum's m/z and intensities after
+    the other's) the whole span is read with one ``read`` call; otherwise array by array.
+    """
+    needed = sum(int(ln.sum()) * dt.itemsize for _, ln, dt in requests)
+    first = min(int(off.min()) for off, _, _ in requests)
+    last = max(int((off + ln * dt.itemsize).max()) for off, ln, dt in requests)
+    outs = [np.empty(int(ln.sum()), dtype=dt) for _, ln, dt in requests]
+    if last - first <= 2 * needed + (1 << 20):
+        fh.seek(first)
+        buf = fh.read(last - first)
+        for out, (offsets, lengths, dtype) in zip(outs, requests):
+            pos = 0
+            for off, ln in zip((offsets - first).tolist(), lengths.tolist()):
+                out[pos:pos + ln] = np.frombuffer(buf, dtype=dtype, count=ln, offset=off)
+                pos += ln
+        return outs
+    for out, (offsets, lengths, dtype) in zip(outs, requests):
+        pos = 0
+        for off, ln in zip(offsets.tolist(), lengths.tolist()):
+            fh.seek(off)
+            out[pos:pos + ln] = np.frombuffer(fh.read(ln * dtype.itemsize), dtype=dtype)
+            pos += ln
+    return outs
+
+
+def _chunks(lengths: np.ndarray, chunk_size: int):
+    """(start, stop) spectrum ranges with at most ``chunk_size`` spectra and ~MAX_VALUES_PER_CHUNK values."""
+    start, n = 0, len(lengths)
+    cum = np.concatenate([[0], np.cumsum(lengths)])
+    while start < n:
+        stop = min(n, start + chunk_size)
+        if cum[stop] - cum[start] > MAX_VALUES_PER_CHUNK:
+            stop = max(start + 1, int(np.searchsorted(cum, cum[start] + MAX_VALUES_PER_CHUNK, side="right")) - 1)
+        yield start, stop
+        start = stop
+
+
+# ----------------------------------------------------------------------------------------------- reader
+def iter_read_imzml(
+    path: str | Path,
+    *,
+    sample: str,
+    pixel_size_um: float,
+    mz_range: Sequence[float] | None = None,
+    bin_ppm: float = 20.0,
+    normalize: str = "tic",
+    chunk_size: int = 2000,
+) -> ProgressGen:
+    """Read an imzML/ibd pair onto the anchored ppm m/z grid, yielding progress per chunk of spectra.
+
+    Parameters
+    ----------
+    path
+        The ``.imzML`` file; its ``.ibd`` must lie next to it with the same name.
+    sample
+        Sample name; names the elements (``{sample}_msi``, ``{sample}_msi_tic``) and the coordinate system.
+    pixel_size_um
+        Raster step of the MSI acquisition in micrometres.
+    mz_range
+        ``(low, high)``: keep only peaks with ``low <= m/z <= high`` (default: all).
+    bin_ppm
+        Bin width in parts per million; bins are anchored at m/z 50 so every file shares bin identities.
+    normalize
+        ``"tic"`` (divide each pixel by its TIC and multiply by the median TIC), ``"rms"`` (same with the
+        root-mean-square intensity) or ``"none"``.
+    chunk_size
+        Spectra read and binned at once (at most ~4 million raw values per chunk in any case).
+
+    Yields
+    ------
+    Progress
+        One event per chunk (``step`` = spectra done, ``total`` = spectra in the file).
+
+    Returns
+    -------
+    SpatialData with table ``{sample}_msi`` (pixels x m/z bins; ``X`` = normalised intensities, float32 CSR
+    when smaller than dense; obs ``x``, ``y`` (0-based), ``tic`` (raw), ``sample``; obsm ``spatial`` in um of
+    the MSI frame; var ``mz``, ``mz_bin``) and image ``{sample}_msi_tic`` (c=1, y, x; 0 where no spectrum) with
+    ``Scale(pixel_size_um)`` into ``sample`` (the un-registered guess) and into ``{sample}_msi``.
+
+    Raises
+    ------
+    ParameterError
+        Invalid ``pixel_size_um``, ``bin_ppm``, ``mz_range``, ``normalize`` or ``chunk_size``.
+    MissingImzMLFileError, ImzMLError
+        Missing .imzML / .ibd, truncated .ibd, UUID mismatch, unreadable metadata, or no peak in range.
+    """
+    import anndata as ad
+    import scipy.sparse as sp
+    from spatialdata import SpatialData
+    from spatialdata.models import Image2DModel, TableModel
+    from spatialdata.transformations import Scale
+
+    sample = str(sample)
+    pixel_size_um, rng, bin_ppm = _check_params(pixel_size_um, mz_range, bin_ppm, normalize, chunk_size)
+    imzml, ibd = _resolve_paths(path)
+    stage = f"read imzML {sample}"
+    yield Progress(stage, 0, None, f"parsing {imzml.name}")
+    info = _ImzMLInfo(imzml, ibd)
+    n = info.n
+    yield Progress(stage, 0, n, f"{n} spectra ({info.mode})")
+
+    index_dtype = np.int32 if bin_ppm >= 0.01 else np.int64  # bin ids of m/z up to 1e7 fit in int32
+    data = _GrowingArray(np.float32)
+    kbuf = _GrowingArray(index_dtype)
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    tic = np.zeros(n, dtype=np.float64)
+    sumsq = np.zeros(n, dtype=np.float64)
+    kmin, kmax = None, None
+    mz_seen = [np.inf, -np.inf]
+
+    def bins_of(mzs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        ok = np.isfinite(mzs) & (mzs > 0)
+        if rng is not None:
+            ok &= (mzs >= rng[0]) & (mzs <= rng[1])
+        k = np.zeros(len(mzs), dtype=np.int64)
+        k[ok] = mz_bin_index(mzs[ok], bin_ppm)
+        return k, ok
+
+    with open(ibd, "rb") as fh:
+        shared = None
+        if info.mode == "continuous":
+            mzs0 = _read_arrays(fh, [(info.mz_offsets[:1], info.mz_lengths[:1], info.mz_dtype)])[0]
+            mzs0 = mzs0.astype(np.float64)
+            shared = (*bins_of(mzs0), len(mzs0))
+            if np.any(shared[1]):
+                mz_seen = [float(mzs0[shared[1]].min()), float(mzs0[shared[1]].max())]
+        for start, stop in _chunks(info.int_lengths, chunk_size):
+            m = stop - start
+            lens = info.int_lengths[start:stop]
+            int_request = (info.int_offsets[start:stop], lens, info.int_dtype)
+            if shared is not None and np.all(lens == shared[2]):
+                vals = _read_arrays(fh, [int_request])[0].astype(np.float64)
+                k = np.tile(shared[0], m)
+                keep = np.tile(shared[1], m)
+            else:
+                mzs, vals = _read_arrays(fh, [(info.mz_offsets[start:stop], info.mz_lengths[start:stop],
+                                               info.mz_dtype), int_request])
+                mzs = mzs.astype(np.float64, copy=False)
+                vals = vals.astype(np.float64)
+                k, keep = bins_of(mzs)
+                if np.any(keep):
+                    mz_seen = [min(mz_seen[0], float(mzs[keep].min())), max(mz_seen[1], float(mzs[keep].max()))]
+                del mzs
+            rows = np.repeat(np.arange(m, dtype=np.int64), lens)
+            keep &= np.isfinite(vals)
+            keep &= vals != 0
+            rows, k, vals = rows[keep], k[keep], vals[keep]
+            del keep
+            tic[start:stop] = np.bincount(rows, weights=vals, minlength=m)
+            if len(k):
+                # sum the peaks falling into the same (pixel, bin): sort by one int64 key (usually sorted already)
+                k0 = int(k.min())
+                span = int(k.max()) - k0 + 1
+                key = rows * span + (k - k0)
+                del rows, k
+                if np.any(key[1:] < key[:-1]):
+                    order = np.argsort(key, kind="stable")
+                    key, vals = key[order], vals[order]
+                    del order
+                first = np.empty(len(key), dtype=bool)
+                first[0] = True
+                np.not_equal(key[1:], key[:-1], out=first[1:])
+                starts = np.flatnonzero(first)
+                sums = np.add.reduceat(vals, starts).astype(np.float32)
+                ukey = key[starts]
+                del key, vals, first, starts
+                nz = sums != 0
+                sums, ukey = sums[nz], ukey[nz]
+                r = ukey // span
+                kk = (ukey % span + k0).astype(index_dtype)
+                counts = np.bincount(r, minlength=m)
+                sumsq[start:stop] = np.bincount(r, weights=sums.astype(np.float64) ** 2, minlength=m)
+                indptr[start + 1:stop + 1] = counts
+                data.extend(sums)
+                kbuf.extend(kk)
+                if len(kk):
+                    kmin = int(kk.min()) if kmin is None else min(kmin, int(kk.min()))
+                    kmax = int(kk.max()) if kmax is None else max(kmax, int(kk.max()))
+                del sums, ukey, r, kk
+            yield Progress(stage, stop, n, f"{stop}/{n} spectra")
+
+    if kmin is None:
+        where = f" within mz_range={list(rng)}" if rng else ""
+        raise ImzMLError(f"No non-zero peak{where} in any of the {n} spectra", imzml,
+                         fix="Check mz_range against the m/z range of the data" if rng else "The file holds no signal")
+    np.cumsum(indptr, out=indptr)
+    values = data.finish()
+    kcol = kbuf.finish()
+    # keep only bins that are non-zero in some pixel; remap bin ids -> column numbers in place, block-wise
+    present = np.zeros(kmax - kmin + 1, dtype=bool)
+    block = 1 << 20
+    for a in range(0, len(kcol), block):
+        present[kcol[a:a + block] - kmin] = True
+    remap = (np.cumsum(present) - 1).astype(index_dtype)
+    for a in range(0, len(kcol), block):
+        kcol[a:a + block] = remap[kcol[a:a + block] - kmin]
+    used = np.flatnonzero(present).astype(np.int64) + kmin
+    del present, remap
+    n_bins = len(used)
+    if kcol.dtype != np.int32 and n_bins < 2**31 and len(kcol) < 2**31:
+        kcol = kcol.astype(np.int32)
+    if indptr[-1] < 2**31:
+        indptr = indptr.astype(np.int32)
+    X = sp.csr_matrix((values, kcol, indptr), shape=(n, n_bins), copy=False)
+    X.has_sorted_indices = True
+    del values, kcol
+
+    # normalise in place, block of rows by block of rows (no nnz-sized temporaries)
+    ref = 1.0
+    if normalize == "none":
+        factor = None
+    else:
+        per_pixel = tic if normalize == "tic" else np.sqrt(sumsq / n_bins)
+        positive = per_pixel > 0
+        ref = float(np.median(per_pixel[positive])) if positive.any() else 1.0
+        factor = np.zeros(n, dtype=np.float64)
+        factor[positive] = ref / per_pixel[positive]
+        step = 10_000
+        for a in range(0, n, step):
+            b = min(n, a + step)
+            lo, hi = int(X.indptr[a]), int(X.indptr[b])
+            X.data[lo:hi] *= np.repeat(factor[a:b], np.diff(X.indptr[a:b + 1])).astype(np.float32)
+    dense_bytes = n * n_bins * 4
+    sparse_bytes = X.data.nbytes + X.indices.nbytes + X.indptr.nbytes
+    if dense_bytes < sparse_bytes:
+        X = X.toarray()
+
+    mz = mz_bin_centre(used, bin_ppm)
+    names = pd.Index([f"{v:.4f}" for v in mz])
+    var = pd.DataFrame({"mz": mz, "mz_bin": used}, index=names)
+    obs = pd.DataFrame(
+        {
+            "x": info.x.astype(np.int32),
+            "y": info.y.astype(np.int32),
+            "tic": tic,
+            "sample": pd.Categorical([sample] * n),
+        },
+        index=pd.Index([f"{sample}_msi_{x}_{y}" for x, y in zip(info.x.tolist(), info.y.tolist())]),
+    )
+    spatial = np.column_stack([info.x, info.y]).astype(np.float64) * pixel_size_um
+    mz_used = list(rng) if rng is not None else [float(mz_seen[0]), float(mz_seen[1])]
+    uns_meta: dict[str, Any] = {
+        "path": str(imzml.resolve()),
+        "mode": info.mode,
+        "bin_ppm": bin_ppm,
+        "mz_anchor": MZ_ANCHOR,
+        "mz_range": mz_used,
+        "mz_range_given": rng is not None,
+        "pixel_size_um": pixel_size_um,
+        "n_pixels": int(n),
+        "image_shape": [int(info.height), int(info.width)],
+        "normalize": normalize,
+        "median_reference": float(ref),
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "Variable names are not unique" is handled below
+        adata = ad.AnnData(X=X, obs=obs, var=var, obsm={"spatial": spatial})
+    if not adata.var_names.is_unique:
+        warnings.warn(f"bin_ppm={bin_ppm} gives bins closer than 1e-4 m/z; var_names made unique "
+                      "(use var['mz_bin'] to match bins across files)", stacklevel=2)
+        adata.var_names_make_unique()
+    adata.uns["spatialmix_msi"] = uns_meta
+    table = TableModel.parse(adata)
+
+    img = np.zeros((1, info.height, info.width), dtype=np.float32)
+    img[0, info.y, info.x] = tic
+    scale = Scale([pixel_size_um, pixel_size_um], axes=("y", "x"))
+    tic_image = Image2DModel.parse(
+        img, dims=("c", "y", "x"), c_coords=["tic"],
+        transformations={sample: scale, f"{sample}_msi": Scale([pixel_size_um, pixel_size_um], axes=("y", "x"))},
+    )
+    meta = {k: uns_meta[k] for k in ("path", "mode", "pixel_size_um", "n_pixels", "image_shape", "bin_ppm",
+                                     "mz_range", "normalize")}
+    attrs = {"spatialmix": {"samples": {sample: {"msi": meta}}}}
+    return SpatialData(images={f"{sample}_msi_tic": tic_image}, tables={f"{sample}_msi": table}, attrs=attrs)
+
+
+def read_imzml(
+    path: str | Path,
+    *,
+    sample: str,
+    pixel_size_um: float,
+    mz_range: Sequence[float] | None = None,
+    bin_ppm: float = 20.0,
+    normalize: str = "tic",
+    chunk_size: int = 2000,
+):
+    """Read an imzML/ibd pair onto the anchored ppm m/z grid (see :func:`iter_read_imzml` for the details).
+
+    Parameters
+    ----------
+    path, sample, pixel_size_um, mz_range, bin_ppm, normalize, chunk_size
+        As in :func:`iter_read_imzml`.
+
+    Returns
+    -------
+    SpatialData with table ``{sample}_msi`` and image ``{sample}_msi_tic``.
+    """
+    return run(iter_read_imzml(path, sample=sample, pixel_size_um=pixel_size_um, mz_range=mz_range,
+                               bin_ppm=bin_ppm, normalize=normalize, chunk_size=chunk_size))
