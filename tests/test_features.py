@@ -61,7 +61,8 @@ def _msi_elements(sample: str, X, ix: np.ndarray, iy: np.ndarray, A: np.ndarray,
         transformations={sample: Affine(A, input_axes=("x", "y"), output_axes=("x", "y"))},
     )
     obs = pd.DataFrame({"x": ix.astype(int), "y": iy.astype(int)}, index=[f"p{i}" for i in range(len(ix))])
-    var = pd.DataFrame({"mz": [700.0 + k for k in range(X.shape[1])]}, index=[f"{700.0 + k:.4f}" for k in range(X.shape[1])])
+    mz = [700.0 + k for k in range(X.shape[1])]
+    var = pd.DataFrame({"mz": mz}, index=[f"{m:.4f}" for m in mz])
     return tic_el, TableModel.parse(ad.AnnData(X=X, obs=obs, var=var))
 
 
@@ -248,7 +249,8 @@ def test_msi_errors_are_clear():
         aggregate_msi(sdata, "S1", min_coverage=2)
     tic = sdata.images["S1_msi_tic"]
     set_transformation(tic, {"global": Identity()}, set_all=True)
-    with pytest.raises(ProjectError, match=r"'S1_msi_tic' has no transformation into coordinate system 'S1'.*[Rr]egister"):
+    msg = r"'S1_msi_tic' has no transformation into coordinate system 'S1'.*[Rr]egister"
+    with pytest.raises(ProjectError, match=msg):
         aggregate_msi(sdata, "S1")
 
 
@@ -385,6 +387,15 @@ def test_morphology_uncovered_spots_flagged_and_multiscale(he_scene, he_base):
     np.testing.assert_allclose(res[:2, "color_R_mean"].X.ravel(), base[:2, "color_R_mean"].X.ravel(), rtol=0.03)
 
 
+def test_large_slides_read_batch_by_batch_give_the_same_features(he_base, monkeypatch):
+    import spatialmix.features.morphology as morph
+
+    sdata, res = he_base
+    monkeypatch.setattr(morph, "_CACHE_BYTES", 0)  # as for a whole-slide level too large to hold in memory
+    again = morphology_features(sdata, "S1", batch_size=3)
+    np.testing.assert_allclose(again.X, res.X, rtol=1e-5, atol=1e-6)
+
+
 def test_square_patch_and_parameter_errors(he_base):
     sdata, _ = he_base
     res = morphology_features(sdata, "S1", patch_um=80, resolution_um=2.0)
@@ -465,8 +476,11 @@ def test_encoder_features_and_errors(he_scene, he_base, tmp_path):
         morphology_features(sdata, "S1", encoder=tmp_path / "missing.pt")
     bad = tmp_path / "weights.pt"
     bad.write_text("not a model")
-    with pytest.raises(EncoderError, match=r"Cannot load the image encoder as a TorchScript model.*weights\.pt.*torch\.jit\.script"):
+    msg = r"Cannot load the image encoder as a TorchScript model.*weights\.pt.*torch\.jit\.script"
+    with pytest.raises(EncoderError, match=msg):
         morphology_features(sdata, "S1", encoder=bad)
+    with pytest.raises(ParameterError, match="device must be a torch device"):
+        morphology_features(sdata, "S1", encoder=path, device="gpu0")
     wrong = _tiny_encoder(tmp_path / "no_flatten.pt", flatten=False)
     with pytest.raises(EncoderError, match=r"returned \(8, 6, 1, 1\).*expected a tensor \(N, D\)"):
         morphology_features(sdata, "S1", encoder=wrong, encoder_input_size=32, batch_size=8)

@@ -31,7 +31,8 @@ def sdata():
 
 
 def test_read_loupe_export(tmp_path):
-    path = _loupe(tmp_path / "a.csv", "\ufeffBarcode,Pathologist\nAAAC-1,tumour\nAAAG-1,\nAAAT-1,stroma\nCCCA-1,tumour\n")
+    text = "\ufeffBarcode,Pathologist\nAAAC-1,tumour\nAAAG-1,\nAAAT-1,stroma\nCCCA-1,tumour\n"  # Excel's BOM
+    path = _loupe(tmp_path / "a.csv", text)
     s = read_annotations(path)
     assert s.name == "Pathologist" and s.index.name == "barcode"
     assert list(s.index) == ["AAAC-1", "AAAG-1", "AAAT-1", "CCCA-1"]
@@ -41,7 +42,8 @@ def test_read_loupe_export(tmp_path):
 
 
 def test_read_other_column_and_tabs(tmp_path):
-    path = _loupe(tmp_path / "b.tsv", "Barcode\tGraph-based\tRegion\nAAAC-1\tCluster 1\tcortex\nAAAG-1\tCluster 2\tcortex\n")
+    text = "Barcode\tGraph-based\tRegion\nAAAC-1\tCluster 1\tcortex\nAAAG-1\tCluster 2\tcortex\n"
+    path = _loupe(tmp_path / "b.tsv", text)
     s = read_annotations(path, column="Region")
     assert s.name == "Region" and list(s) == ["cortex", "cortex"]
     assert read_annotations(path).name == "Graph-based"

@@ -150,7 +150,8 @@ def test_missing_files(processed, tmp_path):
     ibd = processed.with_suffix(".ibd")
     ibd.unlink()
     before = _listing(tmp_path)
-    with pytest.raises(MissingImzMLFileError, match=r"No \.ibd binary file next to proc\.imzML; looked for .*proc\.ibd"):
+    with pytest.raises(MissingImzMLFileError,
+                       match=r"No \.ibd binary file next to proc\.imzML; looked for .*proc\.ibd"):
         read_imzml(processed, sample="P1", pixel_size_um=50)
     assert _listing(tmp_path) == before  # nothing written
 

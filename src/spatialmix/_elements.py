@@ -33,7 +33,12 @@ def level_affine(element, level: int, sample: str, *, axes: tuple[str, str] = ("
     h0, w0 = levels[0].shape[-2:]
     h, w = levels[level].shape[-2:]
     fx, fy = w0 / w, h0 / h
-    scale = np.diag([fx, fy, 1.0]) if axes == ("x", "y") else np.diag([fy, fx, 1.0])
+    # pixel centres sit at integer coordinates (napari's convention, used throughout this package), so the
+    # centre of level-k pixel i lies at f*i + (f-1)/2 in level-0 pixels
+    if axes == ("x", "y"):
+        scale = np.array([[fx, 0, (fx - 1) / 2], [0, fy, (fy - 1) / 2], [0, 0, 1.0]])
+    else:
+        scale = np.array([[fy, 0, (fy - 1) / 2], [0, fx, (fx - 1) / 2], [0, 0, 1.0]])
     return base @ scale
 
 

@@ -7,7 +7,7 @@ depends on the H&E pixel size or on how the slide was rotated on the scanner.
 Why not ``squidpy.im.calculate_image_features``: it crops every spot separately from an ``ImageContainer``
 in the image's own pixel frame (orientation-dependent, no um resampling, no partial-coverage flag) and calls
 scikit-image once per spot, which takes minutes for thousands of spots. Here the patches of a batch of spots
-are sampled at once and the scikit-image / scipy building blocks (``rgb2hed``, ``rgb2hsv``,
+are sampled at once and the scikit-image / scipy building blocks (``rgb2hed``,
 ``graycoprops``, ``local_binary_pattern``, ``threshold_otsu``, ``ndimage.label``) run on whole stacks of
 patches, so thousands of spots take seconds.
 """
@@ -46,6 +46,7 @@ _NUCLEI_NAMES = (
     "nuclei_mean_hematoxylin",
 )
 _HULL_DIRECTIONS = 32
+_CACHE_BYTES = 2 << 30  # read the H&E region under all spots at once up to this size
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -72,59 +73,122 @@ def _pick_level(element, base: np.ndarray, target_um: float) -> int:
     return best
 
 
-def _to_unit_float(arr: np.ndarray) -> np.ndarray:
-    if arr.dtype == np.uint8:
-        return arr.astype(np.float32) / 255.0
-    if arr.dtype == np.uint16:
-        return arr.astype(np.float32) / 65535.0
-    out = arr.astype(np.float32)
-    if out.size and np.nanmax(out) > 1.0:
-        out /= 255.0
-    return np.clip(out, 0.0, 1.0)
+def _intensity_scale(data, cached: bool) -> float:
+    """Factor taking the image's values to [0, 1]: 1/255 for uint8, 1/65535 for uint16, floats by their range."""
+    dt = np.dtype(data.dtype)
+    if dt == np.uint8:
+        return 1 / 255.0
+    if dt == np.uint16:
+        return 1 / 65535.0
+    if np.issubdtype(dt, np.integer):
+        return 1 / float(np.iinfo(dt).max)
+    if cached or not hasattr(data, "compute"):
+        top = float(np.nanmax(data))
+    else:
+        top = float(data.max().compute())
+    return 1.0 if top <= 1.0 else 1 / 255.0
+
+
+def _morton_order(xy: np.ndarray, cell: float) -> np.ndarray:
+    """Spot order along a Z-order curve (cells of ``cell`` um): consecutive spots are close in 2-D, so the
+    H&E region read for a batch is compact instead of a band across the whole slide."""
+    if len(xy) == 0:
+        return np.zeros(0, dtype=np.int64)
+    q = np.floor((xy - xy.min(axis=0)) / cell).astype(np.uint64)
+    q = np.minimum(q, np.uint64(0xFFFF))
+
+    def spread(v):
+        v = (v | (v << np.uint64(8))) & np.uint64(0x00FF00FF)
+        v = (v | (v << np.uint64(4))) & np.uint64(0x0F0F0F0F)
+        v = (v | (v << np.uint64(2))) & np.uint64(0x33333333)
+        return (v | (v << np.uint64(1))) & np.uint64(0x55555555)
+
+    code = spread(q[:, 0]) | (spread(q[:, 1]) << np.uint64(1))
+    return np.lexsort((xy[:, 0], xy[:, 1], code))
 
 
 class _PatchSampler:
-    """Sample square patches (in um, axis-aligned in the sample frame) from one pyramid level."""
+    """Sample square patches (in um, axis-aligned in the sample frame) from one pyramid level.
 
-    def __init__(self, element, base: np.ndarray, side_um: float, n_px: int):
+    ``n_px`` x ``n_px`` points at the centres of a regular grid over the square of side ``side_um``; the level
+    read is the coarsest whose pixels are at most ``side_um / n_px`` wide, or the finest.
+    """
+
+    def __init__(self, element, base: np.ndarray, side_um: float, n_px: int, centres: np.ndarray):
         self.side_um = float(side_um)
         self.n_px = int(n_px)
         self.res_um = self.side_um / self.n_px
         self.level = _pick_level(element, base, self.res_um)
-        self.data = image_levels(element)[self.level]
+        data = image_levels(element)[self.level].data  # numpy or dask (c, y, x)
         self.affine = _level_affine(element, self.level, base)
         self.level_um = pixel_size_in_frame(self.affine)
         self.inv = np.linalg.inv(self.affine)
         off = (np.arange(self.n_px) + 0.5) * self.res_um - self.side_um / 2
         gx, gy = np.meshgrid(off, off, indexing="xy")  # row = y, column = x
         self.offsets = np.column_stack([gx.ravel(), gy.ravel()])  # (P, 2) um
-        self.height, self.width = self.data.shape[-2:]
+        self.height, self.width = data.shape[-2:]
+        # anti-aliasing when the level is finer than the patch grid (sigma as skimage.transform.rescale)
+        self.sigma = max(0.0, (self.res_um / self.level_um - 1.0) / 2.0)
+        if self.sigma <= 0.3:
+            self.sigma = 0.0
+        # Read the part of the level under all spots once when it fits in memory: a dask-backed level
+        # (e.g. a pyramid level computed lazily from the full resolution) would otherwise be recomputed
+        # for every batch. Larger regions (whole-slide levels on disk) are read batch by batch.
+        self.data, self.origin, self.cached = data, (0, 0), False
+        box = self._box(centres) if len(centres) else None
+        if box is not None:
+            x0, x1, y0, y1 = box
+            if 3 * (x1 - x0) * (y1 - y0) * np.dtype(data.dtype).itemsize <= _CACHE_BYTES:
+                self.data, self.origin, self.cached = np.asarray(data[:3, y0:y1, x0:x1]), (x0, y0), True
+        self.scale = _intensity_scale(self.data, self.cached)
+
+    def _pixels(self, centres: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        pts = (centres[:, None, :] + self.offsets[None, :, :]).reshape(-1, 2)
+        px = self.inv[0, 0] * pts[:, 0] + self.inv[0, 1] * pts[:, 1] + self.inv[0, 2]
+        py = self.inv[1, 0] * pts[:, 0] + self.inv[1, 1] * pts[:, 1] + self.inv[1, 2]
+        return px, py
+
+    def _box(self, centres: np.ndarray) -> tuple[int, int, int, int] | None:
+        """Bounding box (x0, x1, y0, y1) in level pixels of the patches around ``centres``, padded, clipped."""
+        half = self.side_um / 2
+        corners = np.array([[-half, -half], [half, -half], [half, half], [-half, half]])
+        pts = (centres[:, None, :] + corners[None]).reshape(-1, 2)
+        px = self.inv[0, 0] * pts[:, 0] + self.inv[0, 1] * pts[:, 1] + self.inv[0, 2]
+        py = self.inv[1, 0] * pts[:, 0] + self.inv[1, 1] * pts[:, 1] + self.inv[1, 2]
+        pad = 3 + int(np.ceil(3 * self.sigma))
+        x0 = max(0, int(np.floor(px.min())) - pad)
+        x1 = min(self.width, int(np.ceil(px.max())) + pad + 1)
+        y0 = max(0, int(np.floor(py.min())) - pad)
+        y1 = min(self.height, int(np.ceil(py.max())) + pad + 1)
+        if x1 <= x0 or y1 <= y0:
+            return None
+        return x0, x1, y0, y1
 
     def sample(self, centres: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Patches ``(n, n_px, n_px, 3)`` float32 in [0, 1] and ``inside`` ``(n, n_px, n_px)`` bool.
 
-        Points outside the image are white (glass) and ``inside`` is False there.
+        Bilinear interpolation (:func:`scipy.ndimage.map_coordinates`, ``order=1``); points outside the
+        image are white (glass) and ``inside`` is False there.
         """
         n, P = centres.shape[0], self.offsets.shape[0]
-        pts = (centres[:, None, :] + self.offsets[None, :, :]).reshape(-1, 2)
-        px = self.inv[0, 0] * pts[:, 0] + self.inv[0, 1] * pts[:, 1] + self.inv[0, 2]
-        py = self.inv[1, 0] * pts[:, 0] + self.inv[1, 1] * pts[:, 1] + self.inv[1, 2]
+        px, py = self._pixels(centres)
         inside = (px >= -0.5) & (px <= self.width - 0.5) & (py >= -0.5) & (py <= self.height - 0.5)
         out = np.ones((n * P, 3), dtype=np.float32)
-        if inside.any():
-            ratio = self.res_um / self.level_um
-            sigma = max(0.0, (ratio - 1.0) / 2.0)  # anti-aliasing, as skimage.transform.rescale does
-            pad = 2 + int(np.ceil(3 * sigma))
-            x0 = max(0, int(np.floor(px[inside].min())) - pad)
-            x1 = min(self.width, int(np.ceil(px[inside].max())) + pad + 1)
-            y0 = max(0, int(np.floor(py[inside].min())) - pad)
-            y1 = min(self.height, int(np.ceil(py[inside].max())) + pad + 1)
-            crop = _to_unit_float(np.asarray(self.data.data[:3, y0:y1, x0:x1]))
-            if sigma > 0.3:
-                crop = ndimage.gaussian_filter(crop, sigma=(0, sigma, sigma), mode="nearest")
+        box = self._box(centres) if inside.any() else None
+        if box is not None:
+            ox, oy = self.origin
+            if self.cached and self.sigma == 0.0:
+                src, x0, y0 = self.data, ox, oy  # sample the cached region directly, no copy
+            else:
+                x0, x1, y0, y1 = box
+                src = np.asarray(self.data[:3, y0 - oy : y1 - oy, x0 - ox : x1 - ox]).astype(np.float32)
+                if self.sigma > 0:
+                    src = ndimage.gaussian_filter(src, sigma=(0, self.sigma, self.sigma), mode="nearest")
             coords = np.vstack([py[inside] - y0, px[inside] - x0])
             for c in range(3):
-                out[inside, c] = ndimage.map_coordinates(crop[c], coords, order=1, mode="nearest")
+                out[inside, c] = ndimage.map_coordinates(src[c], coords, output=np.float32, order=1, mode="nearest")
+            out[inside] *= self.scale
+            np.clip(out, 0.0, 1.0, out=out)
         return out.reshape(n, self.n_px, self.n_px, 3), inside.reshape(n, self.n_px, self.n_px)
 
 
@@ -293,6 +357,12 @@ def _nuclei_features(
 def _load_encoder(encoder, device: str):
     import torch
 
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ParameterError(f"device must be a torch device such as 'cpu' or 'cuda', got {device!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ParameterError(f"device={device!r} but no CUDA GPU is available here; use device='cpu'")
     if isinstance(encoder, torch.nn.Module):
         return encoder.to(device).eval(), repr(type(encoder).__name__)
     path = Path(encoder)
@@ -315,10 +385,13 @@ def _load_encoder(encoder, device: str):
     return model.eval(), str(path)
 
 
-def _run_encoder(model, batch: np.ndarray, device: str, where: str, expect_dim: int | None) -> np.ndarray:
+def _run_encoder(model, batch: np.ndarray, size: int, device: str, where: str, expect_dim: int | None) -> np.ndarray:
     import torch
 
     x = torch.from_numpy(np.ascontiguousarray(batch.transpose(0, 3, 1, 2))).to(device)
+    if x.shape[-1] != size:  # resize to the encoder's input (patches are sampled at most at the H&E's resolution)
+        x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
+                                            antialias=x.shape[-1] > size).clamp_(0.0, 1.0)
     try:
         with torch.inference_mode():
             y = model(x)
@@ -339,7 +412,9 @@ def _run_encoder(model, batch: np.ndarray, device: str, where: str, expect_dim: 
             fix="Make the model end with a global pooling / flatten so it returns one D-vector per patch",
         )
     if expect_dim is not None and y.shape[1] != expect_dim:
-        raise EncoderError(f"The image encoder returned {y.shape[1]} features for one batch and {expect_dim} for another", where)
+        raise EncoderError(
+            f"The image encoder returned {y.shape[1]} features for one batch and {expect_dim} for another", where
+        )
     out = y.detach().to("cpu", torch.float32).numpy()
     if not np.isfinite(out).all():
         raise EncoderError("The image encoder returned NaN or Inf features", where,
@@ -396,9 +471,9 @@ def iter_morphology_features(
     encoder
         Path to a TorchScript image encoder (or an already loaded ``torch.nn.Module``) taking float
         ``(N, 3, H, W)`` in [0, 1] and returning ``(N, D)``. Its features ``enc_0 .. enc_{D-1}`` (group
-        ``encoder``) replace the hand-crafted ones. Patches (squares of side ``patch_um``) are sampled from
-        the H&E directly at ``encoder_input_size`` pixels (equivalent to resizing the patch, without an
-        intermediate resampling).
+        ``encoder``) replace the hand-crafted ones. Patches (squares of side ``patch_um``, 55 um by default)
+        are sampled at the H&E's full resolution (at most ``encoder_input_size`` pixels wide) and resized
+        to ``encoder_input_size`` (bilinear).
     patch_um
         ``None`` (default): the spot disk (diameter = 2 x spot radius, 55 um), statistics over the disk
         only. A number: a square of that side (um) centred on the spot, statistics over the whole square.
@@ -463,18 +538,21 @@ def iter_morphology_features(
     radius = float(np.median(spots.radius)) if n else 27.5
     disk = patch_um is None
     side = 2 * radius if disk else float(patch_um)
-    # spatially sorted processing order: each batch reads one compact crop of the slide
-    order = np.lexsort((spots.xy[:, 0], spots.xy[:, 1])) if n else np.zeros(0, int)
+    # spatially compact batches: each reads one small region of the slide
+    order = _morton_order(spots.xy, side)
     batches = [order[i : i + batch_size] for i in range(0, n, batch_size)]
 
     if encoder is not None:
         model, where = _load_encoder(encoder, device)
-        sampler = _PatchSampler(he, base, side, int(encoder_input_size))
+        # sample at the H&E's full resolution (or the input size if coarser), then resize to the input size
+        n_sample = int(min(encoder_input_size, max(8, round(side / pixel_size_in_frame(base)))))
+        sampler = _PatchSampler(he, base, side, n_sample, spots.xy)
         inside_all = np.ones((n, sampler.n_px, sampler.n_px), dtype=bool)
         feats = None
         for b, idx in enumerate(batches):
             patches, inside = sampler.sample(spots.xy[idx])
-            f = _run_encoder(model, patches, device, where, None if feats is None else feats.shape[1])
+            f = _run_encoder(model, patches, int(encoder_input_size), device, where,
+                             None if feats is None else feats.shape[1])
             if feats is None:
                 feats = np.zeros((n, f.shape[1]), dtype=np.float32)
             feats[idx] = f
@@ -488,25 +566,28 @@ def iter_morphology_features(
         groups = ["encoder"] * len(names)
         info: dict[str, Any] = {"encoder": where, "encoder_input_size": int(encoder_input_size), "device": device}
     else:
-        from skimage.color import rgb2hed, rgb2hsv
+        from skimage.color import rgb2hed
         from skimage.filters import threshold_otsu
 
         n_px = max(8, int(round(side / resolution_um)))
-        sampler = _PatchSampler(he, base, side, n_px)
+        sampler = _PatchSampler(he, base, side, n_px, spots.xy)
         res = sampler.res_um
         if disk:
             c = (np.arange(n_px) + 0.5) * res - side / 2
             mask = (c[None, :] ** 2 + c[:, None] ** 2) <= radius**2
         else:
             mask = np.ones((n_px, n_px), dtype=bool)
-        base_feats = np.zeros((n, 35 + 2 * len(_GLCM_PROPS) + _LBP_POINTS + 2), dtype=np.float64)
+        n_base = 35 + len(_GLCM_DISTANCES) * len(_GLCM_PROPS) + _LBP_POINTS + 2
+        base_feats = np.zeros((n, n_base), dtype=np.float64)
         hs_all = np.zeros((n, n_px, n_px), dtype=np.float32)
         coverage = np.zeros(n)
         total = len(batches) + 1
         for b, idx in enumerate(batches):
             rgb, inside = sampler.sample(spots.xy[idx])
             hed = rgb2hed(rgb, channel_axis=-1).astype(np.float32)
-            sat = rgb2hsv(rgb, channel_axis=-1)[..., 1].astype(np.float32)
+            # HSV saturation as skimage.color.rgb2hsv defines it, without computing hue and value
+            vmax, vmin = rgb.max(axis=-1), rgb.min(axis=-1)
+            sat = np.where(vmax > 0, (vmax - vmin) / np.where(vmax > 0, vmax, 1.0), 0.0).astype(np.float32)
             gray = (0.2125 * rgb[..., 0] + 0.7154 * rgb[..., 1] + 0.0721 * rgb[..., 2])  # skimage rgb2gray weights
             base_feats[idx] = np.hstack(
                 [_color_features(rgb, hed, sat, mask), _glcm_features(gray, mask), _lbp_features(gray, mask)]
@@ -530,7 +611,8 @@ def iter_morphology_features(
             names += [f"glcm_{p}" + ("" if d == 1 else f"_d{d}") for p in _GLCM_PROPS]
         names += [f"lbp_{i}" for i in range(_LBP_POINTS + 2)]
         names += list(_NUCLEI_NAMES)
-        groups = ["color"] * 35 + ["texture"] * (2 * len(_GLCM_PROPS) + _LBP_POINTS + 2) + ["nuclei"] * len(_NUCLEI_NAMES)
+        n_texture = len(_GLCM_DISTANCES) * len(_GLCM_PROPS) + _LBP_POINTS + 2
+        groups = ["color"] * 35 + ["texture"] * n_texture + ["nuclei"] * len(_NUCLEI_NAMES)
         info = {"nuclei_threshold": thr, "min_nucleus_area_um2": float(min_nucleus_area_um2),
                 "glcm_levels": _GLCM_LEVELS, "glcm_distances_px": list(_GLCM_DISTANCES)}
 

@@ -26,7 +26,7 @@ MZ_ANCHOR = 50.0
 NORMALIZATIONS = ("tic", "none", "rms")
 #: A chunk never holds more than this many raw (m/z, intensity) values, whatever ``chunk_size`` says, so that
 #: continuous profile spectra with 10^5 channels do not blow up memory (results do not depend on chunking).
-MAX_VALUES_PER_CHUNK = 4_000_000
+MAX_VALUES_PER_CHUNK = 1_000_000
 _DTYPES = {"f": np.float32, "d": np.float64, "i": np.int32, "l": np.int64}
 
 
@@ -34,7 +34,12 @@ _DTYPES = {"f": np.float32, "d": np.float64, "i": np.int32, "l": np.int64}
 def mz_bin_index(mz: np.ndarray | float, bin_ppm: float) -> np.ndarray:
     """Index ``k`` of the anchored ppm bin holding each m/z (``MZ_ANCHOR * r**k <= mz < MZ_ANCHOR * r**(k+1)``)."""
     mz = np.asarray(mz, dtype=np.float64)
-    k = np.floor(np.log(mz / MZ_ANCHOR) / math.log(1 + bin_ppm * 1e-6)).astype(np.int64)
+    t = mz / MZ_ANCHOR
+    np.log(t, out=t)
+    t /= math.log(1 + bin_ppm * 1e-6)
+    np.floor(t, out=t)
+    k = t.astype(np.int64)
+    del t
     # correct the rare off-by-one of the floating-point logarithm right at a bin edge
     k -= mz < mz_bin_edge(k, bin_ppm)
     k += mz >= mz_bin_edge(k + 1, bin_ppm)
@@ -196,10 +201,15 @@ def _resolve_paths(path: str | Path) -> tuple[Path, Path]:
 
 # ----------------------------------------------------------------------------------------------- buffers
 class _GrowingArray:
-    """1-D array with amortised appends; grows in place with ``ndarray.resize`` (realloc, usually no copy)."""
+    """1-D append buffer for the binned values.
 
-    def __init__(self, dtype, capacity: int = 1 << 16):
-        self.a = np.empty(capacity, dtype=dtype)
+    It starts with ``capacity`` entries from ``np.empty`` (pages the OS only backs once written, so a generous
+    upper bound costs no resident memory) and grows in place with ``ndarray.resize`` (realloc) if the bound
+    was too small; :meth:`finish` shrinks it to the entries written, again in place.
+    """
+
+    def __init__(self, dtype, capacity: int):
+        self.a = np.empty(max(int(capacity), 1024), dtype=dtype)
         self.n = 0
 
     def extend(self, values: np.ndarray) -> None:
@@ -243,6 +253,38 @@ def _read_arrays(fh, requests: list[tuple[np.ndarray, np.ndarray, np.dtype]]) ->
     return outs
 
 
+def _sum_per_pixel_bin(rows: np.ndarray, k: np.ndarray, vals: np.ndarray, m: int):
+    """Sum the values of equal (row, bin) pairs: returns (sums float32, bin ids, non-zeros per row).
+
+    Both are combined into one int64 key; spectra are usually sorted by m/z, so the keys usually are too and
+    no sort is needed. Summation runs per pixel in file order, so results do not depend on chunking.
+    """
+    k0 = int(k.min())
+    span = int(k.max()) - k0 + 1
+    key = rows * span
+    key += k
+    key -= k0
+    if np.any(key[1:] < key[:-1]):
+        order = np.argsort(key, kind="stable")
+        key, vals = key[order], vals[order]
+        del order
+    first = np.empty(len(key), dtype=bool)
+    first[0] = True
+    np.not_equal(key[1:], key[:-1], out=first[1:])
+    starts = np.flatnonzero(first)
+    del first
+    sums = np.add.reduceat(vals, starts).astype(np.float32)
+    ukey = key[starts]
+    del key, starts
+    nz = sums != 0
+    sums, ukey = sums[nz], ukey[nz]
+    r = ukey // span
+    counts = np.bincount(r, minlength=m)
+    ukey -= r * span
+    ukey += k0
+    return sums, ukey, counts
+
+
 def _chunks(lengths: np.ndarray, chunk_size: int):
     """(start, stop) spectrum ranges with at most ``chunk_size`` spectra and ~MAX_VALUES_PER_CHUNK values."""
     start, n = 0, len(lengths)
@@ -284,7 +326,7 @@ def iter_read_imzml(
         ``"tic"`` (divide each pixel by its TIC and multiply by the median TIC), ``"rms"`` (same with the
         root-mean-square intensity) or ``"none"``.
     chunk_size
-        Spectra read and binned at once (at most ~4 million raw values per chunk in any case).
+        Spectra read and binned at once (at most ~1 million raw values per chunk in any case).
 
     Yields
     ------
@@ -321,8 +363,6 @@ def iter_read_imzml(
     yield Progress(stage, 0, n, f"{n} spectra ({info.mode})")
 
     index_dtype = np.int32 if bin_ppm >= 0.01 else np.int64  # bin ids of m/z up to 1e7 fit in int32
-    data = _GrowingArray(np.float32)
-    kbuf = _GrowingArray(index_dtype)
     indptr = np.zeros(n + 1, dtype=np.int64)
     tic = np.zeros(n, dtype=np.float64)
     sumsq = np.zeros(n, dtype=np.float64)
@@ -342,62 +382,62 @@ def iter_read_imzml(
         if info.mode == "continuous":
             mzs0 = _read_arrays(fh, [(info.mz_offsets[:1], info.mz_lengths[:1], info.mz_dtype)])[0]
             mzs0 = mzs0.astype(np.float64)
-            shared = (*bins_of(mzs0), len(mzs0))
+            k0, ok0 = bins_of(mzs0)
+            shared = (k0.astype(index_dtype), ok0, len(mzs0))
             if np.any(shared[1]):
                 mz_seen = [float(mzs0[shared[1]].min()), float(mzs0[shared[1]].max())]
+        # upper bound of the non-zeros: every raw value in its own bin (processed), or every bin of the shared
+        # m/z axis in every pixel (continuous); capped at 2**28 entries (2 GiB of address space for both
+        # buffers together), beyond which the buffers grow as needed
+        if shared is not None and np.all(info.int_lengths == shared[2]):
+            bound = n * len(np.unique(shared[0][shared[1]]))
+        else:
+            bound = int(info.int_lengths.sum())
+        bound = min(bound, 1 << 28)
+        data = _GrowingArray(np.float32, bound)
+        kbuf = _GrowingArray(index_dtype, bound)
         for start, stop in _chunks(info.int_lengths, chunk_size):
             m = stop - start
             lens = info.int_lengths[start:stop]
             int_request = (info.int_offsets[start:stop], lens, info.int_dtype)
             if shared is not None and np.all(lens == shared[2]):
-                vals = _read_arrays(fh, [int_request])[0].astype(np.float64)
-                k = np.tile(shared[0], m)
+                vals = _read_arrays(fh, [int_request])[0]
                 keep = np.tile(shared[1], m)
+                keep &= vals != 0
+                keep &= np.isfinite(vals)
+                k = np.tile(shared[0], m)[keep]
             else:
                 mzs, vals = _read_arrays(fh, [(info.mz_offsets[start:stop], info.mz_lengths[start:stop],
                                                info.mz_dtype), int_request])
-                mzs = mzs.astype(np.float64, copy=False)
-                vals = vals.astype(np.float64)
-                k, keep = bins_of(mzs)
-                if np.any(keep):
-                    mz_seen = [min(mz_seen[0], float(mzs[keep].min())), max(mz_seen[1], float(mzs[keep].max()))]
+                keep = vals != 0
+                keep &= np.isfinite(vals)
+                keep &= np.isfinite(mzs)
+                keep &= mzs > 0
+                if rng is not None:
+                    keep &= mzs >= rng[0]
+                    keep &= mzs <= rng[1]
+                mzs = mzs[keep].astype(np.float64, copy=False)
+                if len(mzs):
+                    mz_seen = [min(mz_seen[0], float(mzs.min())), max(mz_seen[1], float(mzs.max()))]
+                k = mz_bin_index(mzs, bin_ppm)
                 del mzs
-            rows = np.repeat(np.arange(m, dtype=np.int64), lens)
-            keep &= np.isfinite(vals)
-            keep &= vals != 0
-            rows, k, vals = rows[keep], k[keep], vals[keep]
+            rows = np.repeat(np.arange(m, dtype=np.int64), lens)[keep]
+            vals = vals[keep].astype(np.float64)
             del keep
             tic[start:stop] = np.bincount(rows, weights=vals, minlength=m)
             if len(k):
-                # sum the peaks falling into the same (pixel, bin): sort by one int64 key (usually sorted already)
-                k0 = int(k.min())
-                span = int(k.max()) - k0 + 1
-                key = rows * span + (k - k0)
-                del rows, k
-                if np.any(key[1:] < key[:-1]):
-                    order = np.argsort(key, kind="stable")
-                    key, vals = key[order], vals[order]
-                    del order
-                first = np.empty(len(key), dtype=bool)
-                first[0] = True
-                np.not_equal(key[1:], key[:-1], out=first[1:])
-                starts = np.flatnonzero(first)
-                sums = np.add.reduceat(vals, starts).astype(np.float32)
-                ukey = key[starts]
-                del key, vals, first, starts
-                nz = sums != 0
-                sums, ukey = sums[nz], ukey[nz]
-                r = ukey // span
-                kk = (ukey % span + k0).astype(index_dtype)
-                counts = np.bincount(r, minlength=m)
-                sumsq[start:stop] = np.bincount(r, weights=sums.astype(np.float64) ** 2, minlength=m)
+                sums, kk, counts = _sum_per_pixel_bin(rows, k, vals, m)
+                del rows, k, vals
+                kk = kk.astype(index_dtype)
+                sumsq[start:stop] = np.bincount(np.repeat(np.arange(m), counts),
+                                                weights=sums.astype(np.float64) ** 2, minlength=m)
                 indptr[start + 1:stop + 1] = counts
                 data.extend(sums)
                 kbuf.extend(kk)
                 if len(kk):
                     kmin = int(kk.min()) if kmin is None else min(kmin, int(kk.min()))
                     kmax = int(kk.max()) if kmax is None else max(kmax, int(kk.max()))
-                del sums, ukey, r, kk
+                del sums, kk
             yield Progress(stage, stop, n, f"{stop}/{n} spectra")
 
     if kmin is None:

@@ -24,8 +24,8 @@ from spatialmix.progress import Progress, ProgressGen, run
 from ._landmarks import apply_matrix, check_kind
 from ._masks import tissue_mask
 
-#: weight of a mismatched (tissue vs background) unit of area against a matched one in the overlap score
-_BETA = 1.0
+_debug_hook = None  # development aid: called with (stage, matrix in moving-raster pixels)
+
 
 
 @dataclass
@@ -262,7 +262,9 @@ def _fixed_level(fixed: _Raster, domain, sigma_um: float) -> _Level:
     px = _pixel_size(to_um)
     dom = _domain_indicator(f.shape, to_um, domain)
     sig = sigma_um / px
-    f = ndimage.gaussian_filter(f * dom, sig, mode="constant")
+    # the tissue map is blurred as a whole ("nearest" at the image edge): cutting it to the domain first would
+    # create a false tissue edge along the capture-area border; the domain enters as the weight instead
+    f = ndimage.gaussian_filter(f, sig, mode="nearest")
     dom = ndimage.gaussian_filter(dom, sig, mode="constant")
     inv = np.linalg.inv(to_um)
     j = inv[:2, :2]  # d(pixel)/d(um)
@@ -287,8 +289,21 @@ def _candidate_matrix(theta: float, scale: float, c0: np.ndarray, nominal: np.nd
     return _h(scale * _rot(theta)) @ _translation(-c0) @ nominal
 
 
+def _ncc(n, s_f, s_f2, s_m, s_m2, s_fm, *, min_n: float):
+    """Pearson correlation of fixed and moving maps over the common domain from the sums over it.
+
+    Shifts whose common domain is smaller than ``min_n`` (pixels) score -1.
+    """
+    nn = np.maximum(n, 1.0)
+    cov = s_fm - s_f * s_m / nn
+    var = np.maximum(s_f2 - s_f**2 / nn, 0.0) * np.maximum(s_m2 - s_m**2 / nn, 0.0)
+    out = cov / np.sqrt(np.maximum(var, 1e-9 * nn * nn))
+    return np.where(n >= min_n, out, -1.0)
+
+
 def _coarse_search(fixed: _Raster, moving: _Raster, domain, nominal: np.ndarray, c0: np.ndarray, *,
-                   r_c: float, thetas: np.ndarray, scales: np.ndarray, n_keep: int, min_sep_deg: float):
+                   r_c: float, thetas: np.ndarray, scales: np.ndarray, n_keep: int, min_sep_deg: float,
+                   min_overlap: float):
     xmin, ymin, xmax, ymax = domain
     nfx = int(np.ceil((xmax - xmin) / r_c)) + 1
     nfy = int(np.ceil((ymax - ymin) / r_c)) + 1
@@ -310,17 +325,25 @@ def _coarse_search(fixed: _Raster, moving: _Raster, domain, nominal: np.ndarray,
     nm = int(np.ceil(2 * rad / r_c)) + 1
     o_m = np.array([-rad, -rad])
     canvas_to_rel = np.array([[r_c, 0, -rad], [0, r_c, -rad], [0, 0, 1.0]])
-    sig_m = 0.5 * r_c / moving.px_um
-    mblur = ndimage.gaussian_filter(moving.data, sig_m, mode="constant") if sig_m > 0.3 else moving.data
+    k = max(1, int(np.floor(0.25 * r_c / moving.px_um)))
+    mdata, dmat = _block_mean(moving.data, k)
+    nominal = nominal @ dmat  # block-averaged raster pixel -> nominal um
+    sig_m = 0.5 * r_c / (moving.px_um * k)
+    mblur = ndimage.gaussian_filter(mdata, sig_m, mode="constant") if sig_m > 0.3 else mdata
     mblur = mblur.astype(np.float32)
-    ones = np.pad(np.ones(moving.data.shape, np.float32), 1)  # footprint, padded so edges ramp at +-0.5 px
+    ones = np.pad(np.ones(mdata.shape, np.float32), 1)  # footprint, padded so edges ramp at +-0.5 px
     pad = _translation((1.0, 1.0))
 
     shape = (sfft.next_fast_len(nfy + nm, real=True), sfft.next_fast_len(nfx + nm, real=True))
-    fF = sfft.rfft2(F, shape, workers=1)
-    fF2 = sfft.rfft2(F * F, shape, workers=1)
-    fDf = sfft.rfft2(Df, shape, workers=1)
-    norm = float((F * F).sum())
+
+    def spec(a):
+        return sfft.rfft2(a, shape, workers=1)
+
+    def corr(fa, fb):  # sum_v a(v + t) b(v) for every shift t
+        return sfft.irfft2(fa * np.conj(fb), shape, workers=1)
+
+    fF, fF2, fDf = spec(F), spec(F * F), spec(Df)
+    area_f = float(Df.sum())
 
     results = []  # (score, theta, scale, matrix)
     for i, theta in enumerate(thetas):
@@ -330,19 +353,20 @@ def _coarse_search(fixed: _Raster, moving: _Raster, domain, nominal: np.ndarray,
             out_to_in = np.linalg.inv(rel) @ canvas_to_rel
             M = _warp(mblur, out_to_in, (nm, nm))
             Dm = _warp(ones, pad @ out_to_in, (nm, nm))
-            fM = sfft.rfft2(M, shape, workers=1)
-            fM2 = sfft.rfft2(M * M, shape, workers=1)
-            fDm = sfft.rfft2(Dm, shape, workers=1)
-            spec = (1 + 2 * _BETA) * fF * np.conj(fM) - _BETA * fF2 * np.conj(fDm) - _BETA * fDf * np.conj(fM2)
-            s_map = sfft.irfft2(spec, shape, workers=1)
-            idx = int(np.argmax(s_map))
-            ty, tx = np.unravel_index(idx, s_map.shape)
+            fM, fM2, fDm = spec(M), spec(M * M), spec(Dm)
+            n = corr(fDf, fDm)
+            s_f, s_f2 = corr(fF, fDm), corr(fF2, fDm)
+            s_m, s_m2 = corr(fDf, fM), corr(fDf, fM2)
+            s_fm = corr(fF, fM)
+            score = _ncc(n, s_f, s_f2, s_m, s_m2, s_fm, min_n=min_overlap * min(area_f, float(Dm.sum())))
+            idx = int(np.argmax(score))
+            ty, tx = np.unravel_index(idx, score.shape)
             ty = ty if ty < nfy else ty - shape[0]
             tx = tx if tx < nfx else tx - shape[1]
-            score = float(s_map.flat[idx]) / norm
             t_um = o_f - o_m + r_c * np.array([tx, ty], dtype=float)
-            if best is None or score > best[0]:
-                best = (score, float(theta), float(scale), _translation(t_um) @ rel)
+            if best is None or score.flat[idx] > best[0]:
+                best = (float(score.flat[idx]), float(theta), float(scale),
+                        _translation(t_um) @ rel @ np.linalg.inv(dmat))
         results.append(best)
         yield i
 
@@ -377,7 +401,8 @@ def _moving_level(moving: _Raster, sigma_um: float, band_um: float) -> _MovingLe
     data, dmat = _block_mean(moving.data, k)
     px = moving.px_um * k
     sig = sigma_um / px
-    mb = ndimage.gaussian_filter(data, sig, mode="constant") if sig > 0.3 else data
+    # "nearest": the edge of the moving image (MSI raster border) is not a tissue edge
+    mb = ndimage.gaussian_filter(data, sig, mode="nearest") if sig > 0.3 else data
     binary = data > 0.5
     edge = binary ^ ndimage.binary_erosion(binary)
     sel = ndimage.distance_transform_edt(~edge) * px <= band_um
@@ -416,10 +441,12 @@ def _objective(x, kind, q, c, length, pts_m, lev: _Level, norm):
     tq = d @ lin.T + c + x[-2:]
     smp = lev.sample(tq).astype(np.float64)
     F, W = smp[:, 0], smp[:, 3]
+    # sum of squared differences weighted by the (smoothed) domain: matched tissue scores 0 wherever it is, so
+    # nothing pulls moving tissue into or out of the capture area except genuine mismatches
     e = F - pts_m
-    val = F * pts_m - _BETA * e * e
+    val = -e * e
     S = float(np.sum(W * val))
-    dF = W * (pts_m - 2 * _BETA * e)
+    dF = -2.0 * W * e
     gx = dF * smp[:, 1] + val * smp[:, 4]
     gy = dF * smp[:, 2] + val * smp[:, 5]
     grad = np.zeros_like(x)
@@ -465,30 +492,39 @@ def _refine(matrix: np.ndarray, ml: _MovingLevel, lev: _Level, domain, kind: str
 # scores
 
 
-def _overlap(fixed: _Raster, moving: _Raster, matrix: np.ndarray, domain, r: float):
-    """(penalised overlap score, Dice) of binary masks in the common domain on a grid of ``r`` um."""
+def _overlap(fixed: _Raster, moving: _Raster, matrix: np.ndarray, domain, r: float, *, min_overlap: float = 0.0):
+    """(NCC of the smoothed tissue maps, Dice of the tissue masks) in the common domain, on a grid of ``r`` um."""
     xmin, ymin, xmax, ymax = domain
     nx = int(np.ceil((xmax - xmin) / r)) + 1
     ny = int(np.ceil((ymax - ymin) / r)) + 1
     g = np.array([[r, 0, xmin], [0, r, ymin], [0, 0, 1.0]])
-    F = _warp(fixed.data, np.linalg.inv(fixed.to_um) @ g, (ny, nx)) > 0.5
+    sig_f = 0.5 * r / fixed.px_um
+    sig_m = 0.5 * r / moving.px_um
+    fb = ndimage.gaussian_filter(fixed.data, sig_f, mode="nearest") if sig_f > 0.3 else fixed.data
+    mb = ndimage.gaussian_filter(moving.data, sig_m, mode="nearest") if sig_m > 0.3 else moving.data
+    F = _warp(fb, np.linalg.inv(fixed.to_um) @ g, (ny, nx))
     Df = _warp(np.ones(fixed.data.shape, np.float32), np.linalg.inv(fixed.to_um) @ g, (ny, nx)) > 0.5
-    F &= Df
     pad = _translation((1.0, 1.0))
-    M = _warp(moving.data, np.linalg.inv(matrix) @ g, (ny, nx)) > 0.5
+    M = _warp(mb, np.linalg.inv(matrix) @ g, (ny, nx))
     Dm = _warp(np.pad(np.ones(moving.data.shape, np.float32), 1), pad @ np.linalg.inv(matrix) @ g, (ny, nx)) > 0.5
-    M &= Dm & Df
-    a = float(np.sum(F & M))
-    b = float(np.sum(F & Dm))
-    c = float(np.sum(M))
-    score = (a - _BETA * ((b - a) + (c - a))) / max(float(F.sum()), 1.0)
-    dice = 2 * a / (b + c) if b + c > 0 else 0.0
-    return score, dice
+    both = Df & Dm
+    n = float(both.sum())
+    if n < max(min_overlap * min(float(Df.sum()), float(Dm.sum())), 3):
+        return -1.0, 0.0
+    f, m = F[both], M[both]
+    ncc = float(_ncc(n, f.sum(), (f * f).sum(), m.sum(), (m * m).sum(), (f * m).sum(), min_n=0.0))
+    fm, mm = f > 0.5, m > 0.5
+    denom = float(fm.sum() + mm.sum())
+    dice = 2.0 * float((fm & mm).sum()) / denom if denom > 0 else 0.0
+    return ncc, dice
 
 
 def _boundary_rms(fixed: _Raster, moving: _Raster, matrix: np.ndarray, domain, sigma_um: float,
-                  cap_um: float) -> float:
-    """RMS distance between the fixed and registered moving tissue boundaries inside the common domain."""
+                  cap_um: float) -> tuple[float, float]:
+    """RMS distance between the fixed and registered moving tissue boundaries inside the common domain.
+
+    Returns the RMS (um) and the fraction of boundary points that have a counterpart within ``cap_um``.
+    """
     from scipy.spatial import cKDTree
     from skimage.measure import find_contours
 
@@ -524,11 +560,17 @@ def _boundary_rms(fixed: _Raster, moving: _Raster, matrix: np.ndarray, domain, s
 
     f_um, m_um = keep(f_um), keep(m_um)
     if len(f_um) < 3 or len(m_um) < 3:
-        return float("nan")
+        return float("nan"), 0.0
     d1, _ = cKDTree(f_um).query(m_um)
     d2, _ = cKDTree(m_um).query(f_um)
-    d = np.minimum(np.concatenate([d1, d2]), cap_um)
-    return float(np.sqrt(np.mean(d**2)))
+    d = np.concatenate([d1, d2])
+    # boundary pieces with no counterpart within ``cap_um`` (a hole or fold seen in one section only) are left
+    # out, unless they are the majority, which means the registration itself is off
+    near = d <= cap_um
+    frac = float(near.mean())
+    if frac >= 0.5:
+        return float(np.sqrt(np.mean(d[near] ** 2))), frac
+    return float(np.sqrt(np.mean(np.minimum(d, cap_um) ** 2))), frac
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -551,6 +593,7 @@ def iter_register_to_reference(
     coarse_pixels: int = 64,
     fine_um: float | None = None,
     n_candidates: int = 4,
+    min_overlap: float = 0.3,
     max_points: int = 40_000,
     label: str = "register",
 ) -> ProgressGen[RegistrationResult]:
@@ -585,6 +628,9 @@ def iter_register_to_reference(
         Smoothing scale (um) of the last refinement level; default from the pixel sizes.
     n_candidates
         Distinct (rotation) candidates of the coarse search that are refined; the best one wins.
+    min_overlap
+        Smallest accepted common area of the fixed domain and the moving image, as a fraction of the smaller
+        of the two (guards the correlation score against tiny overlaps).
     max_points
         Most moving sample points used per refinement step (speed).
     label
@@ -658,7 +704,7 @@ def iter_register_to_reference(
     scales = np.exp(np.linspace(np.log(scale_range[0]), np.log(scale_range[1]), n_s))
 
     search = _coarse_search(fixed, moving, domain, nominal_m, c0, r_c=r_c, thetas=thetas, scales=scales,
-                            n_keep=n_candidates, min_sep_deg=3 * rotation_step_deg)
+                            n_keep=n_candidates, min_sep_deg=3 * rotation_step_deg, min_overlap=min_overlap)
     try:
         while True:
             i = next(search)
@@ -683,7 +729,10 @@ def iter_register_to_reference(
         m = mat
         for lev, ml, bd in list(zip(levels, mlevels, bands))[: min(2, len(levels) - 1)]:
             m = _refine(m, ml, lev, domain, "similarity", margin_um=bd, max_points=max_points // 4, maxiter=60)
-        score, dice = _overlap(fixed, moving, m, domain, r_score)
+        if _debug_hook:
+            _debug_hook(f"cand{j} coarse {cscore:.3f}", mat)
+            _debug_hook(f"cand{j} refined", m)
+        score, dice = _overlap(fixed, moving, m, domain, r_score, min_overlap=min_overlap)
         refined.append((score, dice, m, theta, scale, cscore))
         yield Progress(label, 1 + n_rot + j, total, f"refine candidate {j + 1}/{len(candidates)}")
 
@@ -691,12 +740,15 @@ def iter_register_to_reference(
     score, dice, m, theta, scale, cscore = refined[0]
     for lev, ml, bd in list(zip(levels, mlevels, bands))[min(2, len(levels) - 1):]:
         m = _refine(m, ml, lev, domain, "similarity", margin_um=bd, max_points=max_points)
+        if _debug_hook:
+            _debug_hook(f"level {lev.sigma_um:.0f}", m)
     if kind == "affine":
         for lev, ml, bd in zip(levels[-2:], mlevels[-2:], bands[-2:]):
             m = _refine(m, ml, lev, domain, "affine", margin_um=bd, max_points=max_points)
     yield Progress(label, total - 1, total, "residual estimate")
     score, dice = _overlap(fixed, moving, m, domain, max(fine_um, fixed.px_um, moving.px_um / 2))
-    rms = _boundary_rms(fixed, moving, m, domain, fine_um, cap_um=10 * max(fine_um, moving.px_um))
+    rms, matched = _boundary_rms(fixed, moving, m, domain, fine_um,
+                                 cap_um=3 * max(fine_um, moving.px_um, fixed.px_um))
     matrix = m @ np.linalg.inv(to_native)
     params = {
         "scale_range": list(scale_range),
@@ -710,6 +762,7 @@ def iter_register_to_reference(
         "domain_um": list(domain),
         "nominal_pixel_size_um": pm_native,
         "scale_vs_nominal": _pixel_size(matrix) / pm_native,
+        "boundary_matched_fraction": matched,
         "fixed_kind": fixed_kind,
         "moving_kind": moving_kind,
     }

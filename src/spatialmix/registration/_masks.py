@@ -23,14 +23,14 @@ def _channels_last(image: np.ndarray) -> np.ndarray:
 
 
 def tissue_signal(image: np.ndarray, kind: str) -> np.ndarray:
-    """The scalar per-pixel signal that separates tissue from background.
+    """The scalar per-pixel signal that separates tissue from background, linear in the tissue fraction.
 
-    ``"rgb"``: total optical density ``-sum(log((I + 1) / 256))`` (white background ~ 0, stained tissue > 0),
-    robust to stain colour. ``"tic"``: the TIC itself (NaN -> 0).
+    ``"rgb"``: darkness ``sum_c (255 - I_c)`` (white background ~ 0, tissue > 0; a pixel half covered by tissue
+    reads half the tissue's darkness, unlike optical density). ``"tic"``: the TIC itself (NaN -> 0).
     """
     if kind == "rgb":
         rgb = _channels_last(image)
-        return -np.log((rgb + 1.0) / 256.0).sum(axis=-1).astype(np.float32)
+        return (765.0 - rgb.sum(axis=-1)).astype(np.float32)
     if kind == "tic":
         arr = np.asarray(image, dtype=np.float32)
         arr = np.squeeze(arr)
@@ -44,36 +44,29 @@ def tissue_signal(image: np.ndarray, kind: str) -> np.ndarray:
 def _threshold_values(signal: np.ndarray, kind: str) -> tuple[float, float, float]:
     """(threshold, background level, tissue level) on the linear signal scale.
 
-    The split is Otsu's threshold on the signal (on log TIC for MSI, whose intensities span decades);
-    the soft map ramps from the background median to a low percentile of the tissue class, so that
-    nearly all tissue is 1 while boundary pixels (partial tissue) keep intermediate values.
+    The split is Otsu's threshold on the log signal: tissue brightness spans a wide range (pale stroma to
+    dark nuclei, ion yields over decades) while the background is tight, so the log scale separates them
+    where the linear one splits the tissue itself.
     """
     from skimage.filters import threshold_otsu
 
     values = signal[np.isfinite(signal)].ravel()
     if values.size > 400_000:
         values = values[:: values.size // 400_000 + 1]
-    if kind == "tic":
-        pos = values[values > 0]
-        if pos.size < 10:
-            raise RegistrationError("the TIC image has (almost) no pixel with signal; no tissue found")
-        eps = max(float(np.percentile(pos, 1)) * 0.5, 1e-12)
-        logv = np.log(values + eps)
-        if np.ptp(logv) <= 0:
-            raise RegistrationError("the TIC image is constant; no tissue/background contrast to find tissue")
-        thr = float(np.exp(threshold_otsu(logv)) - eps)
-    else:
-        if np.ptp(values) <= 0:
-            raise RegistrationError("the RGB image is uniform; no tissue/background contrast to find tissue")
-        thr = float(threshold_otsu(values))
+    pos = values[values > 0]
+    if pos.size < 10:
+        raise RegistrationError("the image has (almost) no pixel with signal; no tissue found")
+    eps = 1.0 if kind == "rgb" else max(float(np.percentile(pos, 1)) * 0.5, 1e-12)
+    logv = np.log(values + eps)
+    if np.ptp(logv) <= 0:
+        raise RegistrationError("the image is uniform; no tissue/background contrast to find tissue")
+    thr = float(np.exp(threshold_otsu(logv)) - eps)
     bg = values[values <= thr]
     fg = values[values > thr]
     if fg.size == 0 or bg.size == 0:
         raise RegistrationError("no tissue/background contrast found in the image")
     lo = float(np.median(bg))
-    hi = float(np.percentile(fg, 20))
-    if hi <= lo:
-        hi = thr + (thr - lo)
+    hi = float(np.median(fg))
     return thr, lo, hi
 
 
@@ -104,8 +97,8 @@ def tissue_mask(image: np.ndarray, kind: str = "rgb", *, soft: bool = False, cle
     image
         ``"rgb"``: (y, x, 3) or (3, y, x) uint8 (or float in [0, 1]); ``"tic"``: (y, x) or (1, y, x) TIC.
     kind
-        ``"rgb"``: optical density summed over channels, Otsu threshold. ``"tic"``: Otsu threshold on
-        log TIC.
+        ``"rgb"``: darkness (255 - intensity, summed over channels), Otsu threshold on its log.
+        ``"tic"``: Otsu threshold on log TIC.
     soft
         Return a float map in [0, 1] instead of a boolean mask: 0 on background, 1 in tissue, intermediate
         at boundary pixels that are partly tissue (used by the registration to locate boundaries below
@@ -120,15 +113,35 @@ def tissue_mask(image: np.ndarray, kind: str = "rgb", *, soft: bool = False, cle
     """
     if kind not in MASK_KINDS:
         raise ParameterError(f"kind must be one of {MASK_KINDS}, got {kind!r}")
+    from scipy import ndimage
+
     signal = tissue_signal(image, kind)
-    thr, lo, hi = _threshold_values(signal, kind)
-    mask = signal > thr
+    thr, lo, hi = _threshold_values(ndimage.gaussian_filter(signal, 1.0), kind)
+    mask = ndimage.gaussian_filter(signal, 1.0) > thr
     if clean:
         mask = _clean(mask)
     if not soft:
         return mask
+    return _partial_volume(signal, mask, lo, hi)
+
+
+def _partial_volume(signal: np.ndarray, mask: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Tissue fraction per pixel: (signal - background) / (local tissue level - background), clipped to [0, 1].
+
+    The local tissue level is the Gaussian-weighted mean signal of nearby interior tissue pixels
+    (normalised convolution), so that a boundary pixel half covered by bright tissue and one half covered by
+    faint tissue both read ~0.5; a global ramp would shift boundaries outwards in bright regions.
+    """
     from scipy import ndimage
 
-    ramp = np.clip((signal - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
-    keep = ndimage.binary_dilation(mask, iterations=1) if clean else np.ones_like(mask)
-    return np.where(keep, ramp, 0.0).astype(np.float32)
+    interior = ndimage.binary_erosion(mask, iterations=1)
+    if interior.sum() < 10:
+        interior = mask
+    sig = 2.0
+    w = ndimage.gaussian_filter(interior.astype(np.float32), sig)
+    v = ndimage.gaussian_filter(np.where(interior, signal, 0.0).astype(np.float32), sig)
+    local = np.where(w > 1e-3, v / np.maximum(w, 1e-3), hi)
+    local = np.maximum(local, lo + 0.5 * (hi - lo))
+    frac = np.clip((signal - lo) / (local - lo), 0.0, 1.0)
+    keep = ndimage.binary_dilation(mask, iterations=1)
+    return np.where(keep, frac, 0.0).astype(np.float32)

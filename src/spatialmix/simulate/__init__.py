@@ -1,4 +1,10 @@
-"""Simulated multi-sample Visium + MSI + H&E datasets (see :func:`iter_simulate`)."""
+"""Simulated multi-sample Visium + MSI + H&E datasets with known ground truth.
+
+``simulate(out)`` writes the bundled demo layout (``docs/conventions.md``, "Files"); ``sample_scene(...)``
+returns the geometry and images of one sample quickly (for registration tests) without counts or spectra.
+"""
+
+from .core import iter_simulate, simulate
 from .scene import SampleScene, sample_scene
 
-__all__ = ["SampleScene", "sample_scene"]
+__all__ = ["SampleScene", "iter_simulate", "sample_scene", "simulate"]

@@ -24,6 +24,7 @@ class SizeSpec:
     lattice_rows: int  # number of array_row values
     lattice_cols: int  # spots per row (array_col spans 2 * lattice_cols)
     in_tissue_range: tuple[int, int]
+    extend_offset: tuple[float, float]  # tissue centre offset (fraction of the half capture area) when it extends
     fullres_margin_um: float  # fullres image border around the capture area
     world_extra_um: float  # simulated tissue world beyond the fullres image
     world_res_um: float  # resolution of the fine tissue fields
@@ -50,7 +51,8 @@ SIZES: dict[str, SizeSpec] = {
         default_n_samples=4,
         lattice_rows=34,
         lattice_cols=30,
-        in_tissue_range=(330, 420),
+        in_tissue_range=(300, 350),
+        extend_offset=(0.5, 0.7),
         fullres_margin_um=400.0,
         world_extra_um=1300.0,
         world_res_um=8.0,
@@ -58,14 +60,14 @@ SIZES: dict[str, SizeSpec] = {
         n_regions=14,
         hires_long_px=800,
         lowres_long_px=600,
-        n_genes=2000,
+        n_genes=1500,
         library_size=2500.0,
         n_lipids=50,
         msi_pixel_size_um=50.0,
         msi_cont_features=None,
-        msi_cont_noise_channels=200,
+        msi_cont_noise_channels=150,
         msi_noise_peaks=(4, 12),
-        msi_keep_target=0.8,
+        msi_keep_target=0.7,
         he_mpp=4.0,
         he_pyramid=False,
         he_coarse_um=8.0,
@@ -76,6 +78,7 @@ SIZES: dict[str, SizeSpec] = {
         lattice_rows=78,
         lattice_cols=64,
         in_tissue_range=(2000, 3300),
+        extend_offset=(0.35, 0.55),
         fullres_margin_um=800.0,
         world_extra_um=2600.0,
         world_res_um=10.0,
@@ -93,7 +96,7 @@ SIZES: dict[str, SizeSpec] = {
         msi_keep_target=0.08,
         he_mpp=2.0,
         he_pyramid=True,
-        he_coarse_um=6.0,
+        he_coarse_um=8.0,
     ),
 }
 
@@ -123,15 +126,15 @@ class TissueClass:
 
 
 CLASSES: tuple[TissueClass, ...] = (
-    TissueClass("Stroma", 3.0, 1.3, 2.6, 2.4, 0.80, 0.04, float("inf")),
-    TissueClass("Normal epithelium", 2.0, 3.0, 3.0, 1.2, 0.40, 0.10, 0.75),
-    TissueClass("Atrophy", 1.0, 3.4, 2.7, 1.3, 0.50, 0.16, 1.05),
-    TissueClass("PIN", 1.0, 4.0, 3.5, 1.2, 0.42, 0.14, 0.95),
-    TissueClass("Inflammation", 1.0, 8.5, 2.1, 1.05, 0.32, 0.18, float("inf")),
-    TissueClass("ISUP1", 1.5, 4.2, 3.3, 1.15, 0.45, 0.12, 1.15),
-    TissueClass("ISUP3", 1.5, 4.8, 3.7, 1.15, 0.48, 0.16, 1.45),
-    TissueClass("ISUP5", 0.0, 6.2, 4.3, 1.1, 0.38, 0.24, float("inf")),
-    TissueClass("Nerve", 0.0, 1.6, 2.5, 2.8, 0.62, 0.05, float("inf")),
+    TissueClass("Stroma", 3.0, 1.3, 2.6, 2.4, 0.80, 0.03, float("inf")),
+    TissueClass("Normal epithelium", 2.0, 3.0, 3.0, 1.2, 0.40, 0.07, 0.75),
+    TissueClass("Atrophy", 1.0, 3.4, 2.7, 1.3, 0.50, 0.11, 1.05),
+    TissueClass("PIN", 1.0, 4.0, 3.5, 1.2, 0.42, 0.10, 0.95),
+    TissueClass("Inflammation", 1.0, 8.5, 2.1, 1.05, 0.32, 0.13, float("inf")),
+    TissueClass("ISUP1", 1.5, 4.2, 3.3, 1.15, 0.45, 0.09, 1.15),
+    TissueClass("ISUP3", 1.5, 4.8, 3.7, 1.15, 0.48, 0.12, 1.45),
+    TissueClass("ISUP5", 0.0, 6.2, 4.3, 1.1, 0.38, 0.17, float("inf")),
+    TissueClass("Nerve", 0.0, 1.6, 2.5, 2.8, 0.62, 0.04, float("inf")),
 )
 CLASS_NAMES: tuple[str, ...] = tuple(c.name for c in CLASSES)
 #: classes that are always present, classes placed in exactly one sample of a dataset.

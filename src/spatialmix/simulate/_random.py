@@ -38,25 +38,35 @@ def smooth_noise(rng: np.random.Generator, shape: tuple[int, int], sigma_px: flo
 
 
 def upsample_bilinear(a: np.ndarray, factor: int, out_shape: tuple[int, int]) -> np.ndarray:
-    """Bilinear upsampling of the last two axes by an integer ``factor`` (pixel-centre aligned).
+    """Bilinear upsampling of the last two axes by an integer ``factor`` (pixel-centre aligned, edges
+    clamped).
 
-    A separable gather + lerp; ``scipy.ndimage.zoom`` does the same but is ~5x slower on the 20-megapixel
+    For an integer factor the interpolation weights repeat every ``factor`` output pixels, so each phase
+    is two shifted slices and a lerp. ``scipy.ndimage.zoom`` does the same ~5x slower on the 13-megapixel
     images of the ``paper`` size (measured), and this runs on every simulated section.
     """
-    def axis_weights(n_in: int, n_out: int):
-        pos = (np.arange(n_out, dtype=np.float32) + 0.5) / factor - 0.5
-        i0 = np.clip(np.floor(pos).astype(np.int64), 0, n_in - 1)
-        i1 = np.clip(i0 + 1, 0, n_in - 1)
-        w = np.clip(pos - np.floor(pos), 0, 1).astype(np.float32)
-        w = np.where(pos < 0, 0, w).astype(np.float32)
-        return i0, i1, w
+    k = int(factor)
+    if k == 1:
+        return np.ascontiguousarray(a[..., : out_shape[0], : out_shape[1]], dtype=np.float32)
 
-    H, W = out_shape
-    r0, r1, wr = axis_weights(a.shape[-2], H)
-    c0, c1, wc = axis_weights(a.shape[-1], W)
-    rows = a[..., r0, :] * (1 - wr)[:, None] + a[..., r1, :] * wr[:, None]
-    out = rows[..., c0] * (1 - wc) + rows[..., c1] * wc
-    return out.astype(np.float32, copy=False)
+    def along(x: np.ndarray, axis: int, n_out: int) -> np.ndarray:
+        x = np.moveaxis(x, axis, -1)
+        n_in = x.shape[-1]
+        xp = np.concatenate([x[..., :1], x, x[..., -1:]], axis=-1)  # clamped edges
+        out = np.empty((*x.shape[:-1], n_in * k), dtype=np.float32)
+        for r in range(k):
+            pos = (r + 0.5) / k - 0.5  # source position of output phase r relative to input pixel 0
+            i0 = int(np.floor(pos))
+            w = np.float32(pos - i0)
+            lo = xp[..., i0 + 1 : i0 + 1 + n_in]
+            tmp = xp[..., i0 + 2 : i0 + 2 + n_in] - lo
+            tmp *= w
+            tmp += lo
+            out[..., r::k] = tmp
+        return np.moveaxis(out[..., :n_out], -1, axis)
+
+    rows = along(np.asarray(a, dtype=np.float32), a.ndim - 2, out_shape[0])
+    return np.ascontiguousarray(along(rows, a.ndim - 1, out_shape[1]))
 
 
 def softplus(x: np.ndarray) -> np.ndarray:

@@ -197,8 +197,8 @@ def make_biology(seed: int, size: str, n_samples: int) -> Biology:
                 gi = name_to_idx[g]
                 m_gene.append(gi)
                 m_class.append(ci)
-                m_beta.append(rng.uniform(1.8, 3.2))
-                gene_base[gi] = rng.normal(-0.3, 0.6)
+                m_beta.append(rng.uniform(2.2, 3.5))
+                gene_base[gi] = rng.normal(0.0, 0.5)
     dispersion = np.clip(rng.lognormal(np.log(6.0), 0.6, G), 0.5, 100)
     lipids = reference_lipids(spec.n_lipids)
     L = spec.n_lipids

@@ -52,7 +52,8 @@ def _affine_to_world(world: World, px_to_um: np.ndarray, k: int) -> tuple[np.nda
     return M[:2, :2], M[:2, 2]
 
 
-def _nuclei(rng, coarse: dict[str, np.ndarray], k: int, mpp: float, shape: tuple[int, int]):
+def _nuclei(rng, world: World, px_to_um: np.ndarray, coarse: dict[str, np.ndarray], k: int, mpp: float,
+            shape: tuple[int, int]):
     """Poisson nuclei on the coarse grid -> positions (image px), semi-axes (px), orientation, darkness."""
     area = (k * mpp) ** 2 / 1000.0  # coarse cell area in units of 1000 um^2
     lam = coarse["density"] * coarse["tissue"] * area
@@ -63,39 +64,56 @@ def _nuclei(rng, coarse: dict[str, np.ndarray], k: int, mpp: float, shape: tuple
     y = ci * k - 0.5 + rng.random(n) * k
     x = cj * k - 0.5 + rng.random(n) * k
     keep = (y > -0.5) & (y < shape[0] - 0.5) & (x > -0.5) & (x < shape[1] - 0.5)
-    cells, x, y = cells[keep], x[keep], y[keep]
-    n = cells.size
-    radius = coarse["radius"].ravel()[cells] * np.exp(rng.normal(0, 0.12, n)) / mpp
-    aspect = np.maximum(1.0, coarse["aspect"].ravel()[cells] * np.exp(rng.normal(0, 0.1, n)))
+    x, y = x[keep], y[keep]
+    n = x.size
+    ux = px_to_um[0, 0] * x + px_to_um[0, 1] * y + px_to_um[0, 2]
+    uy = px_to_um[1, 0] * x + px_to_um[1, 1] * y + px_to_um[1, 2]
+    m = world.morph
+    radius = world.sample(m["radius"], ux, uy) * np.exp(rng.normal(0, 0.12, n)) / mpp
+    aspect = np.maximum(1.0, world.sample(m["aspect"], ux, uy, order=0) * np.exp(rng.normal(0, 0.1, n)))
     a = radius * np.sqrt(aspect)
     b = radius / np.sqrt(aspect)
-    theta = coarse["angle"].ravel()[cells] + rng.normal(0, 0.25, n)
+    # orientation in the image = tissue orientation minus the image's rotation
+    rot = np.arctan2(px_to_um[1, 0], px_to_um[0, 0])
+    theta = world.sample(m["angle"], ux, uy, order=0) - rot + rng.normal(0, 0.25, n)
     dark = rng.uniform(0.8, 1.2, n)
     return x, y, a, b, theta, dark
 
 
-def _splat(shape: tuple[int, int], x, y, a, b, theta, weight, chunk: int = 40000) -> np.ndarray:
-    """Accumulate soft-edged filled ellipses into a float image (np.bincount over stamp pixels)."""
+def _splat(shape: tuple[int, int], x, y, a, b, theta, weight, max_entries: int = 4_000_000) -> np.ndarray:
+    """Accumulate soft-edged filled ellipses into a float image.
+
+    Nuclei are grouped by the stamp size they need, each group is evaluated on its own window, and the
+    stamp pixels are summed with one ``np.bincount`` (overlapping nuclei add up).
+    """
     H, W = shape
-    out = np.zeros(H * W, dtype=np.float64)
     if x.size == 0:
-        return out.reshape(shape).astype(np.float32)
-    half = int(np.ceil(np.max(a))) + 1
-    off = np.arange(-half, half + 1)
-    oy, ox = np.meshgrid(off, off, indexing="ij")
-    oy, ox = oy.ravel()[None], ox.ravel()[None]
-    for s in range(0, x.size, chunk):
-        sl = slice(s, s + chunk)
-        xi, yi = np.round(x[sl]).astype(np.int64), np.round(y[sl]).astype(np.int64)
-        px, py = xi[:, None] + ox, yi[:, None] + oy
-        dx, dy = px - x[sl, None], py - y[sl, None]
-        c, sn = np.cos(theta[sl])[:, None], np.sin(theta[sl])[:, None]
-        u = (c * dx + sn * dy) / a[sl, None]
-        v = (-sn * dx + c * dy) / b[sl, None]
-        q = np.sqrt(u * u + v * v)
-        val = np.clip((1 - q) * np.maximum(b[sl, None], 0.5) + 0.5, 0, 1) * weight[sl, None]
-        ok = (px >= 0) & (px < W) & (py >= 0) & (py < H) & (val > 0)
-        out += np.bincount((py * W + px)[ok], weights=val[ok], minlength=H * W)
+        return np.zeros(shape, dtype=np.float32)
+    half = np.ceil(a + 0.5).astype(np.int64)
+    idx_parts, val_parts = [], []
+    for h in np.unique(half):
+        sel = np.flatnonzero(half == h)
+        off = np.arange(-h, h + 1)
+        oy, ox = np.meshgrid(off, off, indexing="ij")
+        oy, ox = oy.ravel()[None], ox.ravel()[None]
+        step = max(1, max_entries // oy.size)
+        for s in range(0, sel.size, step):
+            j = sel[s : s + step]
+            xi, yi = np.round(x[j]).astype(np.int64), np.round(y[j]).astype(np.int64)
+            px, py = xi[:, None] + ox, yi[:, None] + oy
+            dx = (px - x[j, None]).astype(np.float32)
+            dy = (py - y[j, None]).astype(np.float32)
+            c = np.cos(theta[j]).astype(np.float32)[:, None]
+            sn = np.sin(theta[j]).astype(np.float32)[:, None]
+            u = (c * dx + sn * dy) / a[j, None].astype(np.float32)
+            v = (c * dy - sn * dx) / b[j, None].astype(np.float32)
+            q = np.sqrt(u * u + v * v)
+            bj = np.maximum(b[j, None], 0.5).astype(np.float32)
+            val = np.clip((1 - q) * bj + 0.5, 0, 1) * weight[j, None].astype(np.float32)
+            ok = (px >= 0) & (px < W) & (py >= 0) & (py < H) & (val > 0)
+            idx_parts.append((py * W + px)[ok])
+            val_parts.append(val[ok])
+    out = np.bincount(np.concatenate(idx_parts), weights=np.concatenate(val_parts), minlength=H * W)
     return out.reshape(shape).astype(np.float32)
 
 
@@ -128,24 +146,41 @@ def render_histology(
     k = max(1, int(round(coarse_um / mpp)))
     cshape = (int(np.ceil(H / k)), int(np.ceil(W / k)))
     M, off = _affine_to_world(world, px_to_um, k)
-    fields = {"tissue": world.tissue, **world.morph}
-    coarse = {}
-    for name, a in fields.items():
-        order = 0 if name in ("aspect", "angle") else 1
-        coarse[name] = ndi.affine_transform(a, M, off, output_shape=cshape, order=order, mode="constant",
-                                            cval=0.0, prefilter=False)
+    fields = {"tissue": world.tissue, "density": world.morph["density"], "eosin": world.morph["eosin"],
+              "tint": world.morph["tint"]}
+    coarse = {name: ndi.affine_transform(a, M, off, output_shape=cshape, order=1, mode="constant", cval=0.0,
+                                         prefilter=False) for name, a in fields.items()}
     # nuclei
-    x, y, a, b, theta, dark = _nuclei(rng, coarse, k, mpp, shape)
+    x, y, a, b, theta, dark = _nuclei(rng, world, px_to_um, coarse, k, mpp, shape)
     nuc = _splat(shape, x, y, a, b, theta, dark)
     # smooth stains at coarse resolution, then up to full resolution
     t = coarse["tissue"]
-    eos = upsample_bilinear(np.stack([coarse["eosin"] * t, coarse["tint"] * t]), k, (H, W))
-    tex = _texture(rng, shape, mpp)
-    e_od = eos[0] * (1 + 0.28 * tex) * stain.eosin_gain
-    h_od = (eos[1] + 1.15 * np.minimum(nuc, 1.6)) * stain.hema_gain
-    rgb = np.empty((H, W, 3), dtype=np.uint8)
+    e_od = upsample_bilinear(coarse["eosin"] * t, k, (H, W))
+    e_od *= 1 + 0.28 * _texture(rng, shape, mpp)
+    h_od = upsample_bilinear(coarse["tint"] * t, k, (H, W))
+    h_od += 1.15 * np.minimum(nuc, 1.6)
+    return _compose(e_od, h_od, stain)
+
+
+OD_STEP = 1 / 128  # optical density quantisation of the colour lookup table
+
+
+def _compose(e_od: np.ndarray, h_od: np.ndarray, stain: Stain) -> np.ndarray:
+    """RGB = 255 exp(-(e E + h H + background)) through a 2-D lookup table on quantised densities
+    (3x faster than evaluating exp per pixel on 13-megapixel slides; 1/128 OD steps are < 1 grey level)."""
+    n_e = int(np.ceil(2.5 / OD_STEP)) + 1
+    n_h = int(np.ceil(3.5 / OD_STEP)) + 1
+    ge = np.arange(n_e)[:, None] * OD_STEP * stain.eosin_gain
+    gh = np.arange(n_h)[None, :] * OD_STEP * stain.hema_gain
+    lut = np.empty((3, n_e * n_h), dtype=np.uint8)
     for ch in range(3):
-        od = e_od * np.float32(stain.eosin[ch]) + h_od * np.float32(stain.hema[ch]) + np.float32(stain.background[ch])
-        np.multiply(np.exp(-od), 255.0, out=od)
-        rgb[..., ch] = np.clip(od + 0.5, 0, 255).astype(np.uint8)
+        od = ge * stain.eosin[ch] + gh * stain.hema[ch] + stain.background[ch]
+        lut[ch] = np.clip(255 * np.exp(-od) + 0.5, 0, 255).astype(np.uint8).ravel()
+    qe = np.minimum(e_od * (1 / OD_STEP) + 0.5, n_e - 1).astype(np.int32)
+    qh = np.minimum(h_od * (1 / OD_STEP) + 0.5, n_h - 1).astype(np.int32)
+    qe *= n_h
+    qe += qh
+    rgb = np.empty((*e_od.shape, 3), dtype=np.uint8)
+    for ch in range(3):
+        rgb[..., ch] = lut[ch][qe]
     return rgb

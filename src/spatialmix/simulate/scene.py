@@ -130,15 +130,23 @@ def _he_geometry(tissue: Tissue, spec: SizeSpec, rng: np.random.Generator) -> tu
 
 
 def _msi_geometry(tissue: Tissue, spec: SizeSpec, rng: np.random.Generator) -> tuple[np.ndarray, tuple[int, int]]:
-    """The MSI raster: rotated (<= 25 deg), shifted, scaled 0.95-1.05, covering the tissue except a strip
-    cut off one side, plus a few background pixels on the others."""
+    """The MSI raster: rotated (<= 25 deg), shifted, scaled 0.95-1.05, covering the tissue except strips
+    cut off two neighbouring sides (towards the capture-area centre when the tissue extends beyond it),
+    plus a few background pixels on the others."""
     A = _rotation(rng.uniform(-25, 25)) * spec.msi_pixel_size_um * rng.uniform(0.95, 1.05)
     q = _tissue_points(tissue) @ np.linalg.inv(A).T
     lo, hi = q.min(0), q.max(0)
     ext = hi - lo
-    pad = rng.uniform(2, 5, 4)  # left, top, right, bottom (pixels)
+    pad = rng.uniform(1, 3, 4)  # left, top, right, bottom (pixels)
     side = int(rng.integers(0, 4))
-    pad[side] = -rng.uniform(0.12, 0.28) * ext[side % 2]
+    if tissue.extends:
+        # cut on the side towards the capture-area centre, so that the raster keeps the tissue outside it
+        x0, y0, x1, y1 = tissue.geometry.capture_bounds
+        d = np.linalg.solve(A, [(x0 + x1) / 2 - tissue.shape.cx, (y0 + y1) / 2 - tissue.shape.cy])
+        side = (2 if d[0] > 0 else 0) if abs(d[0]) > abs(d[1]) else (3 if d[1] > 0 else 1)
+    pad[side] = -rng.uniform(0.25, 0.38) * ext[side % 2]  # a strip of tissue left out on one side ...
+    other = (side + 1 + 2 * int(rng.integers(0, 2))) % 4
+    pad[other] = -rng.uniform(0.12, 0.22) * ext[other % 2]  # ... and a thinner one on a neighbouring side
     origin = np.floor(lo - pad[:2])
     end = hi + pad[2:]
     n = np.floor(end - origin).astype(int) + 1
@@ -267,7 +275,7 @@ def sample_scene(*, seed: int = 0, size: str = "small", sample_index: int = 0,
     i = int(sample_index)
     bio = make_biology(seed, spec.name, n_samples)
     name, patient, section = sample_name(i)
-    tissue = make_tissue(spec, bio, seed, i, rng_for(seed, SAMPLE, i, S_GEOMETRY), rng_for(seed, SAMPLE, i, S_FIELDS))
+    tissue = make_tissue(spec, bio, i, rng_for(seed, SAMPLE, i, S_GEOMETRY), rng_for(seed, SAMPLE, i, S_FIELDS))
     region, label = make_labels(tissue, rng_for(seed, SAMPLE, i, S_LABELS))
     spots = tissue.geometry.spots
     spots = spots[["barcode", "in_tissue", "array_row", "array_col", "pxl_row_in_fullres", "pxl_col_in_fullres",

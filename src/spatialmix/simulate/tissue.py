@@ -102,7 +102,7 @@ class TissueShape:
     harm_amp: np.ndarray
     harm_phase: np.ndarray
     blobs: np.ndarray  # (k, 3): distance (in R0), direction (rad), radius (in R0)
-    edge_amp: float
+    edge_um: float  # amplitude of the edge roughness (um), independent of the tissue size
 
     def rho(self, x: np.ndarray, y: np.ndarray, edge: np.ndarray, R0: float | None = None) -> np.ndarray:
         """Normalised radius; the tissue is where ``rho < 1``."""
@@ -119,7 +119,7 @@ class TissueShape:
             bx = self.cx + R0 * dist * np.cos(direction)
             by = self.cy + R0 * dist * np.sin(direction)
             rho = np.minimum(rho, np.hypot(x - bx, y - by) / (R0 * radius))
-        return rho * (1 + self.edge_amp * edge)
+        return rho + self.edge_um * edge / R0
 
 
 @dataclass
@@ -175,7 +175,7 @@ def _shape_for(spec: SizeSpec, geom: VisiumGeometry, rng: np.random.Generator, e
     hx, hy = (x1 - x0) / 2, (y1 - y0) / 2
     if extends:
         psi = rng.uniform(0, 2 * np.pi)
-        frac = rng.uniform(0.35, 0.55)
+        frac = rng.uniform(*spec.extend_offset)
         cx, cy = ccx + frac * hx * np.cos(psi), ccy + frac * hy * np.sin(psi)
     else:
         cx, cy = ccx + rng.uniform(-0.12, 0.12) * hx, ccy + rng.uniform(-0.12, 0.12) * hy
@@ -194,7 +194,7 @@ def _shape_for(spec: SizeSpec, geom: VisiumGeometry, rng: np.random.Generator, e
         harm_amp=amps,
         harm_phase=rng.uniform(0, 2 * np.pi, n_h),
         blobs=np.array(blobs).reshape(-1, 3),
-        edge_amp=float(rng.uniform(0.05, 0.09)),
+        edge_um=float(rng.uniform(40.0, 80.0)),
     )
 
 
@@ -222,9 +222,10 @@ class Tissue:
     seeds: np.ndarray  # (n_cells, 2) Voronoi seeds (um)
 
 
-def make_tissue(spec: SizeSpec, bio: Biology, seed: int, index: int, rng_geo: np.random.Generator,
+def make_tissue(spec: SizeSpec, bio: Biology, index: int, rng_geo: np.random.Generator,
                 rng_fields: np.random.Generator) -> Tissue:
-    """Build the tissue world of sample ``index``."""
+    """Build the tissue world of sample ``index`` (about half of the samples extend beyond the capture
+    area, along a golden-ratio sequence so that any dataset has both kinds)."""
     geom = make_visium_geometry(spec, rng_geo)
     extends = ((index * 0.6180339887) % 1.0) < 0.5
     w_um, h_um = geom.extent_um
@@ -247,7 +248,7 @@ def make_tissue(spec: SizeSpec, bio: Biology, seed: int, index: int, rng_geo: np
     target = int(rng_geo.integers(spec.in_tissue_range[0], spec.in_tissue_range[1] + 1))
     # the outline must stay inside the world, leaving room for the H&E and MSI margins
     room = min(shape.cx - x0, x0 + nx * res - shape.cx, shape.cy - y0, y0 + ny * res - shape.cy) - 350.0
-    max_r = room / (np.sqrt(shape.aspect) * np.exp(np.abs(shape.harm_amp).sum()) * (1 + 3 * shape.edge_amp))
+    max_r = (room - 3 * shape.edge_um) / (np.sqrt(shape.aspect) * np.exp(np.abs(shape.harm_amp).sum()))
     shape.R0 = _fit_radius(shape, sx, sy, s_edge, target, hi=max(max_r, 50.0))
     X, Y = xs[None, :], ys[:, None]
     rho = shape.rho(np.broadcast_to(X, (ny, nx)), np.broadcast_to(Y, (ny, nx)), edge)
@@ -300,7 +301,7 @@ def make_tissue(spec: SizeSpec, bio: Biology, seed: int, index: int, rng_geo: np
     dxc = (X - seeds_arr[cell, 0]).astype(np.float32)
     dyc = (Y - seeds_arr[cell, 1]).astype(np.float32)
     for k in range(N_SHARED):
-        zk = ndi.gaussian_filter(means[cls0, k], 12.0 / res)
+        zk = means[cls0, k]
         zk += grad_rng[cell, 0, k] * dxc + grad_rng[cell, 1, k] * dyc
         zk += 0.55 * noise[k]
         z[k] = zk
