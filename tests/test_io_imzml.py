@@ -202,3 +202,12 @@ def test_large_sparse_table_is_csr(tmp_path):
     t = read_imzml(write_imzml(tmp_path / "s.imzML", spectra), sample="S", pixel_size_um=10,
                    normalize="none").tables["S_msi"]
     assert sp.isspmatrix_csr(t.X) and t.X.dtype == np.float32 and t.X.nnz == 200  # 200 of 40 x ~200 cells
+
+
+def test_unsorted_peaks_are_summed_per_bin(tmp_path):
+    spectra = [(1, 1, np.array([700.0, 100.0, 100.0005, 250.0]), np.array([4.0, 1.0, 2.0, 5.0]))]
+    ordered = [(1, 1, np.array([100.0, 100.0005, 250.0, 700.0]), np.array([1.0, 2.0, 5.0, 4.0]))]
+    a = read_imzml(write_imzml(tmp_path / "u.imzML", spectra), sample="U", pixel_size_um=5, normalize="none")
+    b = read_imzml(write_imzml(tmp_path / "o.imzML", ordered), sample="U", pixel_size_um=5, normalize="none")
+    np.testing.assert_array_equal(_dense(a.tables["U_msi"].X), [[3.0, 5.0, 4.0]])
+    np.testing.assert_array_equal(_dense(a.tables["U_msi"].X), _dense(b.tables["U_msi"].X))

@@ -26,9 +26,8 @@ def _affine(element, cs):
 @pytest.fixture(scope="module")
 def seurat_sdata(seurat_visium):
     # Seurat's scale factors give spot_diameter_fullres = 96.36 px while neighbouring spots are 137.66 px apart:
-    # with the 55 um rule the spots come out 78.6 um apart, and the reader says so
-    with pytest.warns(UserWarning, match=r"78\.6 um apart instead of Visium's 100 um"):
-        return read_visium(seurat_visium, sample="brain", patient="mouse1")
+    # the reader takes the scale from the lattice (100 um pitch), not from the "theoretical 65 um spot" diameter
+    return read_visium(seurat_visium, sample="brain", patient="mouse1")
 
 
 def test_real_visium_counts_and_names(seurat_sdata):
@@ -66,7 +65,7 @@ def test_real_visium_geometry_in_micrometres(seurat_sdata, seurat_visium):
     sf = meta["visium"]["scalefactors"]
     assert sf["spot_diameter_fullres"] == pytest.approx(96.3607212981978)
     mpp = meta["visium"]["mpp_fullres"]
-    assert mpp == pytest.approx(55 / 96.3607212981978)  # 0.5708 um per full-res pixel
+    assert mpp == pytest.approx(100 / 137.66, rel=2e-3)  # 0.7264 um per full-res pixel, from the 100 um pitch
     assert meta["patient"] == "mouse1"
 
     # first spot of the file: AAACAAGTATCTCCCA-1 at full-res (row, col) looked up in the raw positions
@@ -76,16 +75,17 @@ def test_real_visium_geometry_in_micrometres(seurat_sdata, seurat_visium):
     assert (x, y) == pytest.approx((col * mpp, row * mpp))
     np.testing.assert_allclose(sdata.tables["rna"].obsm["spatial"][0], [x, y])
 
-    # nearest neighbours on the hexagonal lattice are one spot pitch apart (see seurat_sdata about 78.6 um)
+    # nearest neighbours on the hexagonal lattice are one spot pitch (100 um) apart
     xy = np.c_[spots.geometry.x, spots.geometry.y]
     d = np.sqrt(((xy[:200, None] - xy[None]) ** 2).sum(-1))
     d[d == 0] = np.inf
-    assert meta["visium"]["spot_pitch_um"] == pytest.approx(78.57, abs=0.05)
+    assert meta["visium"]["spot_pitch_um"] == pytest.approx(100.0, abs=1e-6)
     assert np.median(d.min(1)) == pytest.approx(meta["visium"]["spot_pitch_um"], abs=0.5)
 
     # capture area from all 4,992 listed spots, padded by one radius; a Visium slide area is 6.5 mm wide
     xmin, ymin, xmax, ymax = meta["visium"]["capture_area_um"]
-    assert 4500 < xmax - xmin < 6600 and 4500 < ymax - ymin < 6600  # 78 x 64 spots, 5.0 x 5.3 mm here
+    # 78 rows x 64 spots per row: 127 x 50 um wide, 77 x 86.6 um high, plus one radius each side (~6.5 mm slide)
+    assert 6350 < xmax - xmin < 6500 and 6650 < ymax - ymin < 6800
     assert xmin <= xy[:, 0].min() - 27.5 and xy[:, 0].max() + 27.5 <= xmax
     assert meta["visium"]["n_spots_listed"] == 4992
 
@@ -94,7 +94,7 @@ def test_real_visium_geometry_in_micrometres(seurat_sdata, seurat_visium):
     a = _affine(lowres, "brain")
     s = mpp / sf["tissue_lowres_scalef"]
     np.testing.assert_allclose(a, np.diag([s, s, 1.0]))
-    assert 600 * s == pytest.approx(6632.4, abs=1.0)  # the low-res image spans the whole 6.5 mm area
+    assert 600 * s == pytest.approx(6632.4 * (100 / 137.66) / (55 / 96.3607212981978), rel=2e-3)  # whole slide
     assert xmax <= 600 * s and ymax <= 599 * s
 
 

@@ -189,7 +189,7 @@ def test_raw_msi_spectra_cluster_by_sample(dataset):
         pos = np.searchsorted(bins, k)
         ok = (pos < bins.size) & (bins[np.minimum(pos, bins.size - 1)] == k)
         np.add.at(X[n], pos[ok], v[ok])
-    assert 100 <= bins.size <= 400
+    assert bins.size >= 150  # the lipid features (some split over two bins by the calibration shifts)
     pcs = PCA(10, random_state=0).fit_transform(np.log1p(1e4 * X))
     assert silhouette_score(pcs, batch) > 0.3
 

@@ -125,8 +125,13 @@ def _open_tiff(path: Path) -> tuple[Any, str, bool]:
     import zarr
 
     # the store keeps its TiffFile open for as long as the dask array (and the image element) lives
-    store = tifffile.imread(path, aszarr=True, series=0, level=0)
-    return da.from_zarr(zarr.open_array(store, mode="r")), axes, True
+    try:
+        store = tifffile.imread(path, aszarr=True, series=0, level=0)
+        arr = da.from_zarr(zarr.open_array(store, mode="r"))
+        arr[(slice(0, 1),) * arr.ndim].compute()  # decode one tile now: a missing codec fails here, not later
+    except Exception as err:  # tifffile / imagecodecs / zarr raise many kinds of errors
+        raise ImageFormatError(f"Cannot read the TIFF ({type(err).__name__}: {err})", path, fix=_FIX) from err
+    return arr, axes, True
 
 
 def iter_read_histology(

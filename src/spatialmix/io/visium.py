@@ -231,6 +231,22 @@ def _stage(files: dict[str, Path | None], folder: Path) -> Path:
     return folder
 
 
+def fullres_microns_per_pixel(positions: pd.DataFrame, scalefactors: dict) -> float:
+    """Micrometres per full-resolution pixel of a Visium slide.
+
+    Visium spots sit on a hexagonal lattice whose neighbours are exactly 100 um apart (the slide's hardware
+    geometry), so the scale is fitted on the positions of all listed spots: ``100 / pitch_px``. The scale
+    factors' ``spot_diameter_fullres`` is not a reliable ruler: 10x defines it as the size of a *theoretical*
+    65 um spot, and on real outputs it disagrees with the lattice (Seurat's test slide: 96.4 px per "spot" vs a
+    137.7 px pitch, i.e. 55 / diameter would make spots 79 um apart). It is used only when the positions cannot
+    give a pitch (fewer than 3 spots or a single array column): ``65 / spot_diameter_fullres``.
+    """
+    pitch_px = spot_pitch_um(positions, 1.0)
+    if pitch_px is not None and np.isfinite(pitch_px) and pitch_px > 0:
+        return SPOT_PITCH_UM / pitch_px
+    return 65.0 / float(scalefactors["spot_diameter_fullres"])
+
+
 def spot_pitch_um(positions: pd.DataFrame, mpp: float) -> float | None:
     """Centre-to-centre distance of neighbouring spots (2 array columns apart) in um, fitted on all spots.
 
@@ -280,7 +296,7 @@ def read_visium(path: str | Path, *, sample: str, patient: str | None = None):
     SpatialData with shapes ``{sample}_spots`` (in-tissue spots as circles of radius 27.5 um, index
     ``spot_id``), images ``{sample}_visium_hires`` / ``{sample}_visium_lowres`` (when present) and table
     ``rna`` (raw counts in ``X`` and ``layers["counts"]``), all in the coordinate system ``sample``
-    (micrometres, ``mpp_fullres = 55 / spot_diameter_fullres``). Metadata in
+    (micrometres, ``mpp_fullres = 100 um / fitted spot pitch``, see :func:`fullres_microns_per_pixel`). Metadata in
     ``attrs["spatialmix"]["samples"][sample]``.
 
     Raises
@@ -300,10 +316,14 @@ def read_visium(path: str | Path, *, sample: str, patient: str | None = None):
     files = locate_visium_files(path)
     positions = read_tissue_positions(files["positions"])  # type: ignore[arg-type]
     scalefactors = _read_scalefactors(files["scalefactors"])  # type: ignore[arg-type]
-    mpp = SPOT_DIAMETER_UM / scalefactors["spot_diameter_fullres"]
+    mpp = fullres_microns_per_pixel(positions, scalefactors)
 
     with tempfile.TemporaryDirectory(prefix="spatialmix-visium-") as tmp:
-        staged = _stage(files, Path(tmp) / "outs")
+        try:
+            staged = _stage(files, Path(tmp) / "outs")
+        except (OSError, EOFError) as err:  # e.g. a corrupt .gz
+            raise VisiumFormatError(f"Cannot read the Visium files ({type(err).__name__}: {err})", files["outs"],
+                                    fix="Check that the (decompressed) Space Ranger files are complete") from err
         barcodes = _matrix_barcodes(staged / _COUNTS, files["counts"])  # type: ignore[arg-type]
         _check_consistency(files, positions, barcodes)
         try:
@@ -369,14 +389,6 @@ def read_visium(path: str | Path, *, sample: str, patient: str | None = None):
         )
 
     pitch = spot_pitch_um(positions, mpp)
-    if pitch is not None and abs(pitch / SPOT_PITCH_UM - 1) > 0.1:
-        warnings.warn(
-            f"{files['scalefactors']}: with mpp_fullres = 55 / spot_diameter_fullres = {mpp:.4f} um, neighbouring "
-            f"spots are {pitch:.1f} um apart instead of Visium's {SPOT_PITCH_UM:.0f} um, so micrometres in sample "
-            f"{sample!r} are off by a factor {SPOT_PITCH_UM / pitch:.3f}. Give MSI / H&E pixel sizes in this "
-            "frame's units or check the Space Ranger scale factors",
-            UserWarning, stacklevel=2,
-        )
     xs = positions["pxl_col_in_fullres"].to_numpy() * mpp
     ys = positions["pxl_row_in_fullres"].to_numpy() * mpp
     capture = [float(xs.min() - SPOT_RADIUS_UM), float(ys.min() - SPOT_RADIUS_UM),

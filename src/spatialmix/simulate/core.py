@@ -11,7 +11,7 @@ import pandas as pd
 
 from ..errors import ParameterError
 from ..progress import Progress, ProgressGen, run
-from ._config import sample_name
+from ._config import get_size, sample_name
 from ._random import S_MSI_SPECTRA, SAMPLE, rng_for
 from .biology import make_biology
 from .modalities import MSISimulator, simulate_rna, spot_truth
@@ -57,8 +57,10 @@ def iter_simulate(
     seed
         Same seed, same bytes.
     size
-        ``"small"`` (a reduced capture area, ~2,000 genes, ~150 m/z features, ~20 MB for 4 samples) or
-        ``"paper"`` (full 78 x 64 Visium lattice, 18,950 genes, ~12,500 m/z features, 2 um/px H&E pyramids).
+        ``"small"`` (a reduced 34 x 30 capture area, 300-350 spots in tissue, 1,500 genes, 150 m/z features,
+        50 um MSI, 4 um/px H&E: ~21 MB and ~7 s for 4 samples) or ``"paper"`` (the full 78 x 64 Visium
+        lattice, 2,000-3,300 spots in tissue, 18,950 genes, 12,510 m/z features, 50 um MSI, 2 um/px H&E
+        pyramids: ~20-30 s and 190-300 MB per sample).
 
     Yields
     ------
@@ -75,52 +77,61 @@ def iter_simulate(
     if out.exists() and not out.is_dir():
         raise ParameterError(f"out must be a folder, but {out} is a file. Give a new or existing folder path")
     out.mkdir(parents=True, exist_ok=True)
-    bio = make_biology(seed, spec.name, n_samples)
     total = n_samples * len(_STEPS)
     rows = []
-    stage = "simulate"
     for i in range(n_samples):
-        name, patient, _ = sample_name(i)
-        step = i * len(_STEPS)
-        yield Progress(stage, step, total, f"{name}: {_STEPS[0]}")
-        scene = sample_scene(seed=seed, size=spec.name, sample_index=i, n_samples=n_samples)
-        sdir = out / name
-        rel = _relative(name)
-
-        yield Progress(stage, step + 1, total, f"{name}: {_STEPS[1]}")
-        rna = simulate_rna(scene, bio)
-        outs = out / rel["visium"]
-        outs.mkdir(parents=True, exist_ok=True)
-        tissue_spots = scene.in_tissue
-        write_10x_h5(outs / "filtered_feature_bc_matrix.h5", rna.counts, tissue_spots.barcode.to_numpy(),
-                     bio.gene_ids, bio.gene_names, library_id=name)
-        write_spaceranger_spatial(outs / "spatial", scene.spots, scene.scalefactors, scene.visium_hires,
-                                  scene.visium_lowres)
-
-        yield Progress(stage, step + 2, total, f"{name}: {_STEPS[2]}")
-        msi = MSISimulator(scene, bio)
-        imzml = out / rel["imzml"]
-        imzml.parent.mkdir(parents=True, exist_ok=True)
-        n_px = scene.msi_tic.size
-        file_uuid = uuid.UUID(bytes=rng_for(seed, SAMPLE, i, S_MSI_SPECTRA, 2).bytes(16), version=4)
-        for done in write_imzml(imzml, msi.spectra(), scene.msi_tic.shape, mode=scene.msi_mode,
-                                file_uuid=file_uuid, run_id=name, pixel_size_um=scene.msi_pixel_size_um):
-            yield Progress(stage, step + 2, total, f"{name}: {_STEPS[2]} {done}/{n_px} pixels")
-
-        yield Progress(stage, step + 3, total, f"{name}: {_STEPS[3]}")
-        he = out / rel["he"]
-        he.parent.mkdir(parents=True, exist_ok=True)
-        write_he_tiff(he, scene.he_image, scene.he_microns_per_pixel, pyramid=spec.he_pyramid)
-
-        yield Progress(stage, step + 4, total, f"{name}: {_STEPS[4]}")
-        _write_annotations_and_truth(sdir, scene, bio, rna, msi)
-        rows.append({"sample": name, "patient": f"P{patient}", **rel,
-                     "msi_pixel_size_um": scene.msi_pixel_size_um,
-                     "he_microns_per_pixel": scene.he_microns_per_pixel})
+        row = yield from iter_write_sample(out, i, seed=seed, size=spec.name, n_samples=n_samples,
+                                           step=i * len(_STEPS), total=total)
+        rows.append(row)
     table = pd.DataFrame(rows)[SAMPLES_CSV_COLUMNS]
     write_csv(out / "samples.csv", table)
-    yield Progress(stage, total, total, f"wrote {n_samples} samples to {out}")
+    yield Progress("simulate", total, total, f"wrote {n_samples} samples to {out}")
     return out
+
+
+def iter_write_sample(out: Path, index: int, *, seed: int, size: str, n_samples: int, step: int = 0,
+                      total: int | None = None) -> ProgressGen[dict]:
+    """Write the files of sample ``index`` of a dataset into ``out`` and return its ``samples.csv`` row.
+
+    The building block of :func:`iter_simulate` (which validates the arguments); useful alone to time or
+    inspect one sample of a large dataset.
+    """
+    spec = get_size(size)
+    bio = make_biology(seed, spec.name, n_samples)
+    name, patient, _ = sample_name(index)
+    stage = "simulate"
+    yield Progress(stage, step, total, f"{name}: {_STEPS[0]}")
+    scene = sample_scene(seed=seed, size=spec.name, sample_index=index, n_samples=n_samples)
+    rel = _relative(name)
+
+    yield Progress(stage, step + 1, total, f"{name}: {_STEPS[1]}")
+    rna = simulate_rna(scene, bio)
+    outs = out / rel["visium"]
+    outs.mkdir(parents=True, exist_ok=True)
+    write_10x_h5(outs / "filtered_feature_bc_matrix.h5", rna.counts, scene.in_tissue.barcode.to_numpy(),
+                 bio.gene_ids, bio.gene_names, library_id=name)
+    write_spaceranger_spatial(outs / "spatial", scene.spots, scene.scalefactors, scene.visium_hires,
+                              scene.visium_lowres)
+
+    yield Progress(stage, step + 2, total, f"{name}: {_STEPS[2]}")
+    msi = MSISimulator(scene, bio)
+    imzml = out / rel["imzml"]
+    imzml.parent.mkdir(parents=True, exist_ok=True)
+    n_px = scene.msi_tic.size
+    file_uuid = uuid.UUID(bytes=rng_for(seed, SAMPLE, index, S_MSI_SPECTRA, 2).bytes(16), version=4)
+    for done in write_imzml(imzml, msi.spectra(), scene.msi_tic.shape, mode=scene.msi_mode, file_uuid=file_uuid,
+                            run_id=name, pixel_size_um=scene.msi_pixel_size_um):
+        yield Progress(stage, step + 2, total, f"{name}: {_STEPS[2]} {done}/{n_px} pixels")
+
+    yield Progress(stage, step + 3, total, f"{name}: {_STEPS[3]}")
+    he = out / rel["he"]
+    he.parent.mkdir(parents=True, exist_ok=True)
+    write_he_tiff(he, scene.he_image, scene.he_microns_per_pixel, pyramid=spec.he_pyramid)
+
+    yield Progress(stage, step + 4, total, f"{name}: {_STEPS[4]}")
+    _write_annotations_and_truth(out / name, scene, bio, rna, msi)
+    return {"sample": name, "patient": f"P{patient}", **rel, "msi_pixel_size_um": scene.msi_pixel_size_um,
+            "he_microns_per_pixel": scene.he_microns_per_pixel}
 
 
 def simulate(out: str | Path, *, n_samples: int | None = None, seed: int = 0, size: str = "small") -> Path:

@@ -58,6 +58,9 @@ class SampleScene:
         3x3 matrix mapping H&E pixel ``(col, row, 1)`` to the sample frame (um).
     classes
         Tissue classes present in this sample.
+    tissue, msi_signal
+        Internal: the simulated tissue fields and the per-pixel MSI signal components that
+        :func:`iter_simulate` builds the counts and spectra from.
     """
 
     sample: str
