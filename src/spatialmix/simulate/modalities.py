@@ -38,6 +38,12 @@ class SpotTruth:
     cellularity: np.ndarray
 
 
+def _cellularity(w, sx: np.ndarray, sy: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Nuclei per spot relative to a typical epithelium (3 per 1000 um^2), from the histology fields."""
+    dens = w.sample(w.morph["density"], sx, sy)
+    return np.clip((dens * t).mean(1) / 3.0, 0.05, None)
+
+
 def spot_truth(scene: SampleScene, bio: Biology) -> SpotTruth:
     spots = scene.in_tissue
     w = scene.tissue.world
@@ -49,8 +55,7 @@ def spot_truth(scene: SampleScene, bio: Biology) -> SpotTruth:
     for mod in N_PRIVATE:
         p = w.sample(w.private[mod], sx, sy, coarse=True)
         priv[mod] = ((p * t[..., None]).sum(1) / t.sum(1)[:, None]).astype(np.float32)
-    dens = w.sample(w.morph["density"], sx, sy)
-    cell = (dens * t).mean(1) / 3.0
+    cell = _cellularity(w, sx, sy, t - 1e-3)
     names = list(bio.class_names)
     region = np.array([names.index(r) for r in spots.region], dtype=np.int16)
     return SpotTruth(spots.barcode.to_numpy(), x, y, region, z.astype(np.float32), priv, cell.astype(np.float32))
@@ -108,8 +113,7 @@ def simulate_rna(scene: SampleScene, bio: Biology, *, chunk: int | None = None) 
         wts = (t / t.sum(1, keepdims=True)).reshape(-1, 1)
         prob = (e * wts).reshape(m, 7, G).sum(1)  # (m, G), rows sum to 1
         means[sl] = round_float16(prob * REFERENCE_LIBRARY)
-        dens = w.sample(w.morph["density"], sx, sy)
-        cellularity = np.clip((dens * (t - 1e-3)).mean(1) / 3.0, 0.05, None)
+        cellularity = _cellularity(w, sx, sy, t - 1e-3)
         size = lib * cellularity**0.6 * np.exp(rng.normal(0, 0.25, m))
         q = prob * gene_batch
         mu = q / q.sum(1, keepdims=True) * size[:, None]
