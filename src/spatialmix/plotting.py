@@ -10,6 +10,17 @@ from spatialmix._elements import image_levels, level_affine, pick_level, resampl
 from spatialmix.project import samples_of
 
 
+#: Categorical palette (tab10 without its grey, then tab20's light tones); grey is reserved for "unlabelled".
+PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf",
+           "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2", "#dbdb8d", "#9edae5"]
+UNLABELLED_COLOR = "#a0a0a0"
+
+
+def category_colors(categories) -> dict[str, str]:
+    """The same colour for the same class everywhere (figures and napari layers)."""
+    return {str(c): PALETTE[i % len(PALETTE)] for i, c in enumerate(categories)}
+
+
 def sample_bounds(sdata, sample: str, *, pad_um: float = 100.0) -> tuple[float, float, float, float]:
     """(xmin, ymin, xmax, ymax) in um of a sample: its Visium capture area, else its spots, padded."""
     meta = sdata.attrs.get("spatialmix", {}).get("samples", {}).get(sample, {})
@@ -70,7 +81,27 @@ def _tissue_contour(sdata, sample, bounds, resolution_um):
     from scipy import ndimage
 
     od = ndimage.gaussian_filter(od, 1.5)
-    return od > threshold_otsu(od)
+    from skimage.morphology import remove_small_objects
+
+    mask = ndimage.binary_fill_holes(od > threshold_otsu(od))
+    return remove_small_objects(mask, max(16, int(mask.sum() * 0.01)))
+
+
+def _spot_patches(ax, xy, *, facecolors="none", edgecolors="k", values=None, cmap=None, radius=27.5, lw=1.0):
+    """Draw spots as true 55 um circles (data units), so their size is right at any zoom."""
+    from matplotlib.collections import PatchCollection
+    from matplotlib.patches import Circle
+
+    coll = PatchCollection([Circle((x, y), radius) for x, y in xy], linewidths=lw)
+    if values is not None:
+        coll.set_array(np.asarray(values, dtype=float))
+        coll.set_cmap(cmap)
+        coll.set_edgecolor("none")
+    else:
+        coll.set_facecolor(facecolors)
+        coll.set_edgecolor(edgecolors)
+    ax.add_collection(coll)
+    return coll
 
 
 def plot_overlay(sdata, sample: str, *, annotation_key: str = "pathologist", resolution_um: float | None = None):
@@ -91,7 +122,7 @@ def plot_overlay(sdata, sample: str, *, annotation_key: str = "pathologist", res
     xy = spot_xy(sdata, sample)
     rna = sdata.tables["rna"]
     obs = rna.obs[rna.obs["sample"].astype(str) == sample].sort_values("spot_id")
-    fig, axes = plt.subplots(1, 3, figsize=(16, 5.6), constrained_layout=True)
+    fig, axes = plt.subplots(1, 3, figsize=(17, 5.4), constrained_layout=True)
     reg = sdata.attrs.get("spatialmix", {}).get("registration", {}).get(sample, {})
 
     def outline(ax):
@@ -109,14 +140,13 @@ def plot_overlay(sdata, sample: str, *, annotation_key: str = "pathologist", res
         title += f"\nH&E registration RMS {reg['he'].get('rms_um', float('nan')):.1f} um ({reg['he'].get('method')})"
     if annotation_key in obs:
         cats = list(rna.obs[annotation_key].cat.categories)
-        cmap = plt.get_cmap("tab10" if len(cats) <= 10 else "tab20")
+        palette = category_colors(cats)
         lab = obs[annotation_key]
-        colors = [cmap(cats.index(v) % cmap.N) if isinstance(v, str) else (0.6, 0.6, 0.6, 1) for v in lab]
-        ax.scatter(xy[obs["spot_id"].to_numpy(), 0], xy[obs["spot_id"].to_numpy(), 1], s=9, facecolors="none",
-                   edgecolors=colors, linewidths=1.0)
+        colors = [palette.get(str(v), UNLABELLED_COLOR) if isinstance(v, str) else UNLABELLED_COLOR for v in lab]
+        _spot_patches(ax, xy[obs["spot_id"].to_numpy()], edgecolors=colors, lw=1.2)
         present = [c for c in cats if (lab == c).any()]
-        handles = [Patch(color=cmap(cats.index(c) % cmap.N), label=c) for c in present]
-        handles.append(Patch(color=(0.6, 0.6, 0.6), label="unlabelled"))
+        handles = [Patch(color=palette[str(c)], label=c) for c in present]
+        handles.append(Patch(color=UNLABELLED_COLOR, label="unlabelled"))
         ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7, frameon=False)
     outline(ax)
     ax.set_title(title, fontsize=10)
@@ -136,8 +166,7 @@ def plot_overlay(sdata, sample: str, *, annotation_key: str = "pathologist", res
     counts = rna.layers["counts"] if "counts" in rna.layers else rna.X
     rows = rna.obs_names.get_indexer(obs.index)
     total = np.asarray(counts[rows].sum(axis=1)).ravel()
-    sc = ax.scatter(xy[obs["spot_id"].to_numpy(), 0], xy[obs["spot_id"].to_numpy(), 1], c=total, s=9,
-                    cmap="viridis")
+    sc = _spot_patches(ax, xy[obs["spot_id"].to_numpy()], values=total, cmap="viridis")
     fig.colorbar(sc, ax=ax, shrink=0.7, label="RNA total counts per spot")
     outline(ax)
     ax.set_title("Visium spots (55 um)", fontsize=10)

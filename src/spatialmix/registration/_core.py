@@ -309,14 +309,13 @@ def _coarse_search(fixed: _Raster, moving: _Raster, domain, nominal: np.ndarray,
     nfy = int(np.ceil((ymax - ymin) / r_c)) + 1
     o_f = np.array([xmin, ymin])
     grid_to_um = np.array([[r_c, 0, xmin], [0, r_c, ymin], [0, 0, 1.0]])
+    f_in = np.linalg.inv(fixed.to_um) @ grid_to_um
     sig_f = 0.5 * r_c / fixed.px_um
-    fblur = ndimage.gaussian_filter(fixed.data, sig_f, mode="constant") if sig_f > 0.3 else fixed.data
-    F = _warp(fblur.astype(np.float32), np.linalg.inv(fixed.to_um) @ grid_to_um, (nfy, nfx))
-    Df = _warp(np.ones(fixed.data.shape, np.float32), np.linalg.inv(fixed.to_um) @ grid_to_um, (nfy, nfx))
-    Df = (Df > 0.5).astype(np.float32)
-    F = F * Df
+    fblur = ndimage.gaussian_filter(fixed.data, sig_f, mode="nearest") if sig_f > 0.3 else fixed.data
+    Df = (_warp(np.ones(fixed.data.shape, np.float32), f_in, (nfy, nfx)) > 0.5).astype(np.float32)
+    F = _warp(fblur.astype(np.float32), f_in, (nfy, nfx)) * Df
     if F.sum() <= 0:
-        raise RegistrationError("no fixed (Visium) tissue inside the capture-area domain")
+        raise RegistrationError("no fixed (Visium) tissue inside the domain")
 
     # moving canvas (one size for all candidates): square around the tissue centroid
     h, w = moving.data.shape
@@ -329,7 +328,7 @@ def _coarse_search(fixed: _Raster, moving: _Raster, domain, nominal: np.ndarray,
     mdata, dmat = _block_mean(moving.data, k)
     nominal = nominal @ dmat  # block-averaged raster pixel -> nominal um
     sig_m = 0.5 * r_c / (moving.px_um * k)
-    mblur = ndimage.gaussian_filter(mdata, sig_m, mode="constant") if sig_m > 0.3 else mdata
+    mblur = ndimage.gaussian_filter(mdata, sig_m, mode="nearest") if sig_m > 0.3 else mdata
     mblur = mblur.astype(np.float32)
     ones = np.pad(np.ones(mdata.shape, np.float32), 1)  # footprint, padded so edges ramp at +-0.5 px
     pad = _translation((1.0, 1.0))
@@ -354,11 +353,8 @@ def _coarse_search(fixed: _Raster, moving: _Raster, domain, nominal: np.ndarray,
             M = _warp(mblur, out_to_in, (nm, nm))
             Dm = _warp(ones, pad @ out_to_in, (nm, nm))
             fM, fM2, fDm = spec(M), spec(M * M), spec(Dm)
-            n = corr(fDf, fDm)
-            s_f, s_f2 = corr(fF, fDm), corr(fF2, fDm)
-            s_m, s_m2 = corr(fDf, fM), corr(fDf, fM2)
-            s_fm = corr(fF, fM)
-            score = _ncc(n, s_f, s_f2, s_m, s_m2, s_fm, min_n=min_overlap * min(area_f, float(Dm.sum())))
+            score = _ncc(corr(fDf, fDm), corr(fF, fDm), corr(fF2, fDm), corr(fDf, fM), corr(fDf, fM2),
+                         corr(fF, fM), min_n=min_overlap * min(area_f, float(Dm.sum())))
             idx = int(np.argmax(score))
             ty, tx = np.unravel_index(idx, score.shape)
             ty = ty if ty < nfy else ty - shape[0]
@@ -493,30 +489,36 @@ def _refine(matrix: np.ndarray, ml: _MovingLevel, lev: _Level, domain, kind: str
 
 
 def _overlap(fixed: _Raster, moving: _Raster, matrix: np.ndarray, domain, r: float, *, min_overlap: float = 0.0):
-    """(NCC of the smoothed tissue maps, Dice of the tissue masks) in the common domain, on a grid of ``r`` um."""
+    """Scores of a pose on a grid of ``r`` um over the common domain.
+
+    Returns ``(score, dice)``: ``score`` is the correlation of the smoothed tissue maps (the coarse search's
+    criterion), ``dice`` the Dice coefficient of the tissue masks.
+    """
     xmin, ymin, xmax, ymax = domain
     nx = int(np.ceil((xmax - xmin) / r)) + 1
     ny = int(np.ceil((ymax - ymin) / r)) + 1
     g = np.array([[r, 0, xmin], [0, r, ymin], [0, 0, 1.0]])
+    f_in = np.linalg.inv(fixed.to_um) @ g
+    m_in = np.linalg.inv(matrix) @ g
     sig_f = 0.5 * r / fixed.px_um
     sig_m = 0.5 * r / moving.px_um
     fb = ndimage.gaussian_filter(fixed.data, sig_f, mode="nearest") if sig_f > 0.3 else fixed.data
     mb = ndimage.gaussian_filter(moving.data, sig_m, mode="nearest") if sig_m > 0.3 else moving.data
-    F = _warp(fb, np.linalg.inv(fixed.to_um) @ g, (ny, nx))
-    Df = _warp(np.ones(fixed.data.shape, np.float32), np.linalg.inv(fixed.to_um) @ g, (ny, nx)) > 0.5
+    F = _warp(fb, f_in, (ny, nx))
+    Df = _warp(np.ones(fixed.data.shape, np.float32), f_in, (ny, nx)) > 0.5
     pad = _translation((1.0, 1.0))
-    M = _warp(mb, np.linalg.inv(matrix) @ g, (ny, nx))
-    Dm = _warp(np.pad(np.ones(moving.data.shape, np.float32), 1), pad @ np.linalg.inv(matrix) @ g, (ny, nx)) > 0.5
+    M = _warp(mb, m_in, (ny, nx))
+    Dm = _warp(np.pad(np.ones(moving.data.shape, np.float32), 1), pad @ m_in, (ny, nx)) > 0.5
     both = Df & Dm
     n = float(both.sum())
     if n < max(min_overlap * min(float(Df.sum()), float(Dm.sum())), 3):
         return -1.0, 0.0
     f, m = F[both], M[both]
-    ncc = float(_ncc(n, f.sum(), (f * f).sum(), m.sum(), (m * m).sum(), (f * m).sum(), min_n=0.0))
+    score = float(_ncc(n, f.sum(), (f * f).sum(), m.sum(), (m * m).sum(), (f * m).sum(), min_n=0.0))
     fm, mm = f > 0.5, m > 0.5
     denom = float(fm.sum() + mm.sum())
     dice = 2.0 * float((fm & mm).sum()) / denom if denom > 0 else 0.0
-    return ncc, dice
+    return score, dice
 
 
 def _boundary_rms(fixed: _Raster, moving: _Raster, matrix: np.ndarray, domain, sigma_um: float,
