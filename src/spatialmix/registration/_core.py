@@ -498,17 +498,21 @@ def _overlap(fixed: _Raster, moving: _Raster, matrix: np.ndarray, domain, r: flo
     nx = int(np.ceil((xmax - xmin) / r)) + 1
     ny = int(np.ceil((ymax - ymin) / r)) + 1
     g = np.array([[r, 0, xmin], [0, r, ymin], [0, 0, 1.0]])
-    f_in = np.linalg.inv(fixed.to_um) @ g
-    m_in = np.linalg.inv(matrix) @ g
-    sig_f = 0.5 * r / fixed.px_um
-    sig_m = 0.5 * r / moving.px_um
-    fb = ndimage.gaussian_filter(fixed.data, sig_f, mode="nearest") if sig_f > 0.3 else fixed.data
-    mb = ndimage.gaussian_filter(moving.data, sig_m, mode="nearest") if sig_m > 0.3 else moving.data
+
+    def smoothed(raster: _Raster, matrix_um: np.ndarray):
+        k = max(1, int(np.floor(0.25 * r / raster.px_um)))
+        data, dmat = _block_mean(raster.data, k)
+        sig = 0.5 * r / (raster.px_um * k)
+        data = ndimage.gaussian_filter(data, sig, mode="nearest") if sig > 0.3 else data
+        return data.astype(np.float32), np.linalg.inv(matrix_um @ dmat) @ g
+
+    fb, f_in = smoothed(fixed, fixed.to_um)
+    mb, m_in = smoothed(moving, matrix)
     F = _warp(fb, f_in, (ny, nx))
-    Df = _warp(np.ones(fixed.data.shape, np.float32), f_in, (ny, nx)) > 0.5
     pad = _translation((1.0, 1.0))
+    Df = _warp(np.pad(np.ones(fb.shape, np.float32), 1), pad @ f_in, (ny, nx)) > 0.5
     M = _warp(mb, m_in, (ny, nx))
-    Dm = _warp(np.pad(np.ones(moving.data.shape, np.float32), 1), pad @ m_in, (ny, nx)) > 0.5
+    Dm = _warp(np.pad(np.ones(mb.shape, np.float32), 1), pad @ m_in, (ny, nx)) > 0.5
     both = Df & Dm
     n = float(both.sum())
     if n < max(min_overlap * min(float(Df.sum()), float(Dm.sum())), 3):
@@ -739,7 +743,16 @@ def iter_register_to_reference(
         yield Progress(label, 1 + n_rot + j, total, f"refine candidate {j + 1}/{len(candidates)}")
 
     refined.sort(key=lambda r: -r[0])
-    score, dice, m, theta, scale, cscore = refined[0]
+    # candidates that converged to the same pose count once; the margin to the best *different* pose says
+    # how clearly the tissue shapes determine the answer
+    probe = apply_matrix(np.eye(3), np.column_stack(np.nonzero(moving.data > 0.5)[::-1]).astype(float)[::97])
+    distinct = []
+    for cand in refined:
+        if all(np.sqrt(np.mean(np.sum((apply_matrix(cand[2], probe) - apply_matrix(d[2], probe)) ** 2, axis=1)))
+               > 2 * r_c for d in distinct):
+            distinct.append(cand)
+    margin = float(distinct[0][0] - distinct[1][0]) if len(distinct) > 1 else float("inf")
+    score, dice, m, theta, scale, cscore = distinct[0]
     for lev, ml, bd in list(zip(levels, mlevels, bands))[min(2, len(levels) - 1):]:
         m = _refine(m, ml, lev, domain, "similarity", margin_um=bd, max_points=max_points)
         if _debug_hook:
@@ -760,7 +773,8 @@ def iter_register_to_reference(
         "fine_um": fine_um,
         "levels_um": sig_levels,
         "n_candidates": len(candidates),
-        "candidate_scores": [float(r[0]) for r in refined],
+        "candidate_scores": [float(r[0]) for r in distinct],
+        "candidate_margin": margin,
         "domain_um": list(domain),
         "nominal_pixel_size_um": pm_native,
         "scale_vs_nominal": _pixel_size(matrix) / pm_native,

@@ -82,8 +82,9 @@ def _compact_template(pixel_size_um: float | None) -> str:
     for ln in lines:
         out.append(ln)
         if 'name="max count of pixels y"' in ln and pixel_size_um is not None:
-            for axis, acc in (("x", "IMS:1000046"), ("y", "IMS:1000047")):
-                out.append(f'<cvParam cvRef="IMS" accession="{acc}" name="pixel size ({axis})" '
+            # names as the imzML ontology spells them (pyimzML warns on anything else)
+            for name, acc in (("pixel size (x)", "IMS:1000046"), ("pixel size y", "IMS:1000047")):
+                out.append(f'<cvParam cvRef="IMS" accession="{acc}" name="{name}" '
                            f'value="{pixel_size_um:g}" unitCvRef="UO" unitAccession="UO:0000017" '
                            'unitName="micrometer"/>')
     return "\n".join(out) + "\n"
