@@ -94,7 +94,22 @@ def _capture_area(sdata, sample: str):
     return None
 
 
+def _pick_level(levels, px0: float, target_um: float) -> tuple[int, np.ndarray]:
+    """Coarsest level whose pixels are at most ``target_um``; and its pixel -> level-0 pixel matrix."""
+    h0, w0 = levels[0].shape[-2:]
+    best = 0
+    for i, lev in enumerate(levels):
+        h, w = lev.shape[-2:]
+        if px0 * np.sqrt((h0 / h) * (w0 / w)) <= target_um:
+            best = i
+    h, w = levels[best].shape[-2:]
+    fx, fy = w0 / w, h0 / h
+    # pixel centres: level pixel j covers level-0 pixels [j f, (j + 1) f) -> centre j f + (f - 1) / 2
+    return best, np.array([[fx, 0, (fx - 1) / 2], [0, fy, (fy - 1) / 2], [0, 0, 1.0]])
+
+
 def _fixed_inputs(sdata, sample: str):
+    """The Visium hires image (or lowres when there is no hires) and its pixel -> um matrix."""
     name = f"{sample}_visium_hires"
     if name not in sdata.images and f"{sample}_visium_lowres" in sdata.images:
         name = f"{sample}_visium_lowres"
@@ -106,25 +121,29 @@ def _fixed_inputs(sdata, sample: str):
     return name, np.asarray(level.data), matrix
 
 
+def _registered_he(sdata, sample: str):
+    """The registered H&E as a fixed reference: (name, array of a ~4 um level, level pixel -> um), or None."""
+    name = f"{sample}_he"
+    rec = sdata.attrs.get("spatialmix", {}).get("registration", {}).get(sample, {}).get("he")
+    if name not in sdata.images or rec is None:
+        return None
+    element = sdata.images[name]
+    matrix = _affine_to(element, sample)
+    if matrix is None:
+        return None
+    levels = _levels(element)
+    level, to0 = _pick_level(levels, _pixel_size(matrix), HE_LEVEL_UM)
+    return name, np.asarray(levels[level].data), matrix @ to0
+
+
 def _moving_inputs(sdata, sample: str, modality: str):
-    """(element name, element, array of the chosen level, level-pixel -> level-0-pixel matrix, level index)."""
+    """(name, element, array of the chosen level, nominal level-0 pixel -> um, level -> level-0 pixels, level)."""
     name = MODALITIES[modality].format(sample=sample)
     element = _image(sdata, name, "MSI TIC image" if modality == "msi" else "H&E image")
     levels = _levels(element)
     nominal0 = _nominal_matrix(sdata, element, sample, modality, name)
-    px0 = _pixel_size(nominal0)
-    h0, w0 = levels[0].shape[-2:]
-    best = 0
-    if modality == "he":
-        for i, lev in enumerate(levels):
-            h, w = lev.shape[-2:]
-            if px0 * np.sqrt((h0 / h) * (w0 / w)) <= HE_LEVEL_UM:
-                best = i
+    best, to0 = (0, np.eye(3)) if modality == "msi" else _pick_level(levels, _pixel_size(nominal0), HE_LEVEL_UM)
     lev = levels[best]
-    h, w = lev.shape[-2:]
-    fx, fy = w0 / w, h0 / h
-    # pixel centres: level pixel j covers level-0 pixels [j f, (j + 1) f) -> centre j f + (f - 1) / 2
-    to0 = np.array([[fx, 0, (fx - 1) / 2], [0, fy, (fy - 1) / 2], [0, 0, 1.0]])
     arr = np.asarray(lev.data)
     if modality == "msi":
         arr = arr.reshape(arr.shape[-2:]) if arr.ndim == 3 and arr.shape[0] == 1 else arr
@@ -154,6 +173,7 @@ def iter_auto_register(
     modality: str,
     *,
     kind: str = "similarity",
+    reference: str = "auto",
     domain: str = "image",
     scale_range: tuple[float, float] = (0.85, 1.15),
     rotation_step_deg: float = 5.0,
@@ -161,7 +181,8 @@ def iter_auto_register(
 ) -> ProgressGen[RegistrationResult]:
     """Automatically register a sample's MSI TIC image or H&E image onto its Visium tissue (generator).
 
-    The fixed side is ``{sample}_visium_hires`` (its transformation into ``sample``); the moving side is
+    The fixed side is ``{sample}_visium_hires`` (its transformation into ``sample``), or for the MSI the
+    registered H&E (see ``reference``); the moving side is
     ``{sample}_msi_tic`` (``modality="msi"``) or ``{sample}_he`` (``"he"``, a pyramid level of about
     5 um/px when multiscale). Rotation (full circle), scale (``scale_range`` around the nominal pixel size
     the element was read with) and translation are searched, then refined; see
@@ -177,6 +198,11 @@ def iter_auto_register(
         ``"msi"`` or ``"he"``.
     kind
         ``"similarity"`` or ``"affine"``.
+    reference
+        What the MSI is aligned to: ``"visium"`` (the hires image), ``"he"`` (the sample's H&E, which must be
+        registered already; it shows the whole section, so MSI tissue edges outside the Visium image still
+        count), or ``"auto"`` (default: the H&E when it is registered, else Visium). The H&E is always
+        aligned to Visium.
     domain
         Where the Visium tissue is known: ``"image"`` (the whole hires image, default: tissue outside the
         capture area is visible there and anchors sections that cover little of the capture area) or
@@ -199,13 +225,26 @@ def iter_auto_register(
     check_kind(kind)
     if domain not in ("image", "capture"):
         raise ParameterError(f"domain must be 'image' or 'capture', got {domain!r}")
-    fixed_name, fixed_arr, fixed_to_um = _fixed_inputs(sdata, sample)
+    if reference not in ("auto", "visium", "he"):
+        raise ParameterError(f"reference must be 'auto', 'visium' or 'he', got {reference!r}")
     name, element, arr, nominal0, to0, level = _moving_inputs(sdata, sample, modality)
+    he_ref = _registered_he(sdata, sample) if modality == "msi" and reference in ("auto", "he") else None
+    if reference == "he" and he_ref is None:
+        if modality == "he":
+            raise ParameterError("reference='he' only applies to modality='msi' (the H&E is aligned to Visium)")
+        raise ProjectError(
+            f"reference='he' needs a registered {sample}_he (none in attrs['spatialmix']['registration']"
+            f"[{sample!r}]); run auto_register(sdata, {sample!r}, 'he') first"
+        )
     domain_um = None
-    if domain == "capture":
-        domain_um = _capture_area(sdata, sample)
-        if domain_um is None:
-            raise ProjectError(f"sample {sample!r} has no capture area (attrs or {sample}_spots) to use as domain")
+    if he_ref is not None:
+        fixed_name, fixed_arr, fixed_to_um = he_ref
+    else:
+        fixed_name, fixed_arr, fixed_to_um = _fixed_inputs(sdata, sample)
+        if domain == "capture":
+            domain_um = _capture_area(sdata, sample)
+            if domain_um is None:
+                raise ProjectError(f"sample {sample!r} has no capture area (attrs or {sample}_spots) to use as domain")
     nominal_level = nominal0 @ to0
     try:
         result = yield from forward(
@@ -218,7 +257,8 @@ def iter_auto_register(
     except RegistrationError as err:
         raise RegistrationError(f"automatic registration of {name!r} onto {fixed_name!r} failed: {err}") from None
     result.matrix = result.matrix @ np.linalg.inv(to0)  # level pixels -> level-0 pixels of the element
-    result.parameters.update({"level": level, "domain": domain, "fixed_element": fixed_name})
+    result.parameters.update({"level": level, "domain": "image" if he_ref is not None else domain,
+                              "reference": "he" if he_ref is not None else "visium", "fixed_element": fixed_name})
     _write(sdata, sample, modality, name, result)
     yield Progress(f"register {name}", 1, 1, f"wrote transformation {name} -> {sample}")
     return result
