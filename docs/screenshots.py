@@ -29,12 +29,17 @@ def main(project: str) -> None:
         layer.visible = layer.name.startswith("P1_S1") and "Visium" not in layer.name
     spots = viewer.layers["P1_S1 · spots"]
     lo, hi = spots.data.min(axis=0), spots.data.max(axis=0)
+    viewer.reset_view()
     viewer.camera.center = tuple((lo + hi) / 2)
-    viewer.camera.zoom = min(viewer._canvas_size[0] / (hi[0] - lo[0] + 400), viewer._canvas_size[1] / (hi[1] - lo[1] + 400))
+    h, w = viewer.window._qt_viewer.canvas.size
+    viewer.camera.zoom = 0.9 * min(h / (hi[0] - lo[0] + 200), w / (hi[1] - lo[1] + 200))
     viewer.layers.selection.active = spots
     viewer.screenshot(DOCS / "napari_P1_S1_overlay.png", canvas_only=False)
     viewer.layers["P1_S1 · MSI TIC"].visible = False
-    spots.face_color = "pathologist"
+    from spatialmix.napari._layers import categorical_face_colors
+
+    spots.face_color, _ = categorical_face_colors(spots.features["pathologist"],
+                                                  list(sdata.tables["rna"].obs["pathologist"].cat.categories))
     viewer.screenshot(DOCS / "napari_P1_S1_annotation.png", canvas_only=False)
     viewer.close()
 

@@ -39,6 +39,15 @@ def test_samples_are_side_by_side_without_overlap(prepared):
     for (a0, a1), (b0, b1) in zip(spans, spans[1:]):
         assert a1 < b0, "samples overlap in the viewer"
     assert offsets[samples[0]] != offsets[samples[1]]
+    # whole samples (H&E and MSI included, which reach beyond the capture area) do not overlap either
+    from spatialmix.napari._layers import sample_extent
+
+    right = -np.inf
+    for s in samples:
+        xmin, _, xmax, _ = sample_extent(prepared, s)
+        left = xmin + offsets[s][0]
+        assert left > right
+        right = xmax + offsets[s][0]
 
 
 def _on_tissue(he_img, rc):

@@ -18,30 +18,73 @@ SPOT_DIAMETER_UM = 55.0
 SEP = " · "
 
 
-def sample_offsets(sdata, samples: list[str], *, layout: str = "side_by_side", gap_um: float = 300.0) -> dict:
-    """x offset (um) of each sample in the viewer's world frame."""
+def sample_extent(sdata, sample: str) -> tuple[float, float, float, float]:
+    """(xmin, ymin, xmax, ymax) in um of everything a sample shows: capture area, spots and every image."""
+    from spatialmix._elements import element_affine
+
+    boxes = [sample_bounds(sdata, sample, pad_um=0.0)]
+    for name, el in sdata.images.items():
+        if not name.startswith(f"{sample}_"):
+            continue
+        h, w = image_levels(el)[0].shape[-2:]
+        corners = np.array([[-0.5, -0.5, 1], [w - 0.5, -0.5, 1], [-0.5, h - 0.5, 1], [w - 0.5, h - 0.5, 1]])
+        xy = corners @ element_affine(el, sample).T
+        boxes.append((xy[:, 0].min(), xy[:, 1].min(), xy[:, 0].max(), xy[:, 1].max()))
+    b = np.array(boxes)
+    return float(b[:, 0].min()), float(b[:, 1].min()), float(b[:, 2].max()), float(b[:, 3].max())
+
+
+def sample_offsets(sdata, samples: list[str], *, layout: str = "side_by_side", gap_um: float = 500.0) -> dict:
+    """(dx, dy) in um that places each sample in the viewer: side by side along x, tops aligned."""
     offsets, x = {}, 0.0
     for s in samples:
-        xmin, _, xmax, _ = sample_bounds(sdata, s, pad_um=0.0)
+        xmin, ymin, xmax, _ = sample_extent(sdata, s)
         if layout == "side_by_side":
-            offsets[s] = x - xmin
+            offsets[s] = (x - xmin, -ymin)
             x += (xmax - xmin) + gap_um
         else:
-            offsets[s] = 0.0
+            offsets[s] = (0.0, 0.0)
     return offsets
 
 
-def _image_affine(element, sample: str, offset_x: float) -> np.ndarray:
+def _image_affine(element, sample: str, offset: tuple[float, float]) -> np.ndarray:
     from spatialdata.transformations import get_transformation
 
     tr = get_transformation(element, to_coordinate_system=sample)
     m = np.asarray(tr.to_affine_matrix(input_axes=("y", "x"), output_axes=("y", "x")), dtype=float)
     shift = np.eye(3)
-    shift[1, 2] = offset_x
+    shift[1, 2], shift[0, 2] = offset
     return shift @ m
 
 
-def image_layer(sdata, name: str, sample: str, *, offset_x: float = 0.0, **kwargs) -> tuple:
+def fading_colormap(name: str = "magma"):
+    """A colormap whose lowest tenth fades to transparent, so off-tissue background does not hide the H&E."""
+    from matplotlib import colormaps
+    from napari.utils.colormaps import Colormap
+
+    base = colormaps[name](np.linspace(0, 1, 64))
+    base[:, 3] = np.clip(np.linspace(0, 1, 64) / 0.1, 0, 1)
+    return Colormap(base, name=f"{name} (transparent low)")
+
+
+def _signal_limits(img: np.ndarray) -> tuple[float, float]:
+    """Contrast limits from the off-tissue background level (transparent below it) to the 99.5th percentile."""
+    from spatialmix.registration import tissue_mask
+
+    img = np.nan_to_num(np.asarray(img, dtype=float))
+    finite = img[img > 0]
+    if finite.size < 10:
+        return (0.0, 1.0)
+    hi = float(np.percentile(finite, 99.5))
+    try:
+        mask = tissue_mask(img, "tic")
+        lo = float(np.percentile(img[~mask], 95)) if (~mask).sum() > 10 and mask.sum() > 10 else 0.0
+    except Exception:  # an image with no tissue / background contrast: show its full range
+        lo = 0.0
+    return (lo, hi) if hi > lo else (0.0, hi or 1.0)
+
+
+def image_layer(sdata, name: str, sample: str, *, offset: tuple[float, float] = (0.0, 0.0), **kwargs) -> tuple:
     """A napari image layer tuple for image element ``name`` (RGB H&E/Visium, or a single-channel map)."""
     el = sdata.images[name]
     levels = image_levels(el)
@@ -51,13 +94,10 @@ def image_layer(sdata, name: str, sample: str, *, offset_x: float = 0.0, **kwarg
         meta = {"rgb": True}
     else:
         data = [lv.data[0] for lv in levels]
-        finite = np.asarray(levels[-1].data[0], dtype=float)
-        finite = finite[np.isfinite(finite) & (finite > 0)]
-        lims = (0.0, float(np.percentile(finite, 99.5))) if finite.size else (0.0, 1.0)
-        meta = {"colormap": "magma", "contrast_limits": lims}
+        meta = {"colormap": fading_colormap("magma"), "contrast_limits": _signal_limits(np.asarray(levels[-1].data[0]))}
     meta.update(
         name=kwargs.pop("layer_name", name),
-        affine=_image_affine(el, sample, offset_x),
+        affine=_image_affine(el, sample, offset),
         multiscale=len(data) > 1,
         metadata={"spatialmix": {"sample": sample, "element": name}},
     )
@@ -65,23 +105,54 @@ def image_layer(sdata, name: str, sample: str, *, offset_x: float = 0.0, **kwarg
     return (data if len(data) > 1 else data[0], meta, "image")
 
 
-def spots_layer(sdata, sample: str, *, offset_x: float = 0.0, color_by: str = "total_counts", **kwargs) -> tuple:
+def spots_layer(sdata, sample: str, *, offset: tuple[float, float] = (0.0, 0.0), color_by: str = "total_counts",
+                **kwargs) -> tuple:
     """Spots of ``sample`` as a Points layer tuple: size = 55 um, features = the spot table, coloured by ``color_by``."""
     xy = spot_xy(sdata, sample)
     features = spot_features(sdata, sample)
-    points = np.column_stack([xy[:, 1], xy[:, 0] + offset_x])
+    points = np.column_stack([xy[:, 1] + offset[1], xy[:, 0] + offset[0]])
     meta = {
         "name": kwargs.pop("layer_name", f"{sample}{SEP}spots"),
         "size": SPOT_DIAMETER_UM,
         "features": features,
         "border_width": 0.0,
+        "opacity": 0.85,
         "metadata": {"spatialmix": {"sample": sample, "element": f"{sample}_spots"}},
     }
-    if color_by in features and pd.api.types.is_numeric_dtype(features[color_by]):
+    if color_by in features and pd.api.types.is_numeric_dtype(features[color_by]) \
+            and not isinstance(features[color_by].dtype, pd.CategoricalDtype):
         meta["face_color"] = color_by
         meta["face_colormap"] = "viridis"
+    elif color_by in features:
+        meta["face_color"], meta["metadata"]["spatialmix"]["legend"] = categorical_face_colors(
+            features[color_by], _categories(sdata, color_by))
     meta.update(kwargs)
     return (points, meta, "points")
+
+
+def _categories(sdata, column: str) -> list[str] | None:
+    """Categories of an obs column over all samples (so every sample uses the same colours)."""
+    for t in sdata.tables.values():
+        if column in t.obs and isinstance(t.obs[column].dtype, pd.CategoricalDtype):
+            return [str(c) for c in t.obs[column].cat.categories]
+    return None
+
+
+def categorical_face_colors(values, categories=None) -> tuple[np.ndarray, dict[str, str]]:
+    """RGBA per spot for a categorical column (the figures' palette; grey = unlabelled) and the legend."""
+    from matplotlib.colors import to_rgba
+
+    from spatialmix.plotting import UNLABELLED_COLOR, category_colors
+
+    values = pd.Series(values)
+    if categories is None:
+        categories = sorted(str(v) for v in values.dropna().unique())
+    palette = category_colors(categories)
+    colors = np.array([to_rgba(palette.get(str(v), UNLABELLED_COLOR)) if pd.notna(v) else to_rgba(UNLABELLED_COLOR)
+                       for v in values])
+    legend = {c: palette[c] for c in categories if (values.astype(str) == c).any()}
+    legend["unlabelled"] = UNLABELLED_COLOR
+    return colors, legend
 
 
 def spot_features(sdata, sample: str) -> pd.DataFrame:
@@ -116,13 +187,13 @@ def project_layers(sdata, *, samples: list[str] | None = None, layout: str = "si
         visible = layout == "side_by_side" or i == 0
         off = offsets[s]
         if f"{s}_visium_hires" in sdata.images:
-            layers.append(image_layer(sdata, f"{s}_visium_hires", s, offset_x=off,
+            layers.append(image_layer(sdata, f"{s}_visium_hires", s, offset=off,
                                       layer_name=f"{s}{SEP}Visium image", visible=False))
         if f"{s}_he" in sdata.images:
-            layers.append(image_layer(sdata, f"{s}_he", s, offset_x=off, layer_name=f"{s}{SEP}H&E", visible=visible))
+            layers.append(image_layer(sdata, f"{s}_he", s, offset=off, layer_name=f"{s}{SEP}H&E", visible=visible))
         if f"{s}_msi_tic" in sdata.images:
-            layers.append(image_layer(sdata, f"{s}_msi_tic", s, offset_x=off, layer_name=f"{s}{SEP}MSI TIC",
-                                      opacity=0.55, blending="translucent", visible=visible))
+            layers.append(image_layer(sdata, f"{s}_msi_tic", s, offset=off, layer_name=f"{s}{SEP}MSI TIC",
+                                      opacity=0.7, blending="translucent", visible=visible))
         if f"{s}_spots" in sdata.shapes:
-            layers.append(spots_layer(sdata, s, offset_x=off, visible=visible))
+            layers.append(spots_layer(sdata, s, offset=off, visible=visible))
     return layers

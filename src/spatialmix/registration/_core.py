@@ -11,6 +11,7 @@ optimisation) are scikit-image / SciPy calls.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,8 +24,6 @@ from spatialmix.progress import Progress, ProgressGen, run
 
 from ._landmarks import apply_matrix, check_kind
 from ._masks import tissue_mask
-
-_debug_hook = None  # development aid: called with (stage, matrix in moving-raster pixels)
 
 
 
@@ -191,6 +190,8 @@ def _guess_kind(image: np.ndarray) -> str:
     if arr.ndim == 3 and (arr.shape[0] in (3, 4) or arr.shape[-1] in (3, 4)) and min(arr.shape) in (3, 4):
         return "rgb"
     if arr.dtype == bool:
+        return "mask"
+    if np.issubdtype(arr.dtype, np.floating) and arr.size and np.nanmin(arr) >= 0 and np.nanmax(arr) <= 1:
         return "mask"
     return "tic"
 
@@ -466,7 +467,11 @@ def _objective(x, kind, q, c, length, pts_m, lev: _Level, norm):
 
 
 def _refine(matrix: np.ndarray, ml: _MovingLevel, lev: _Level, domain, kind: str, *, margin_um: float,
-            max_points: int, maxiter: int = 100) -> np.ndarray:
+            max_points: int, maxiter: int = 100, scale_bounds: tuple[float, float] | None = None) -> np.ndarray:
+    """Continuous refinement (L-BFGS-B, analytic gradient) of ``matrix`` (moving raster pixel -> um) at one level.
+
+    ``scale_bounds`` = (lowest, highest) pixel size in um that the similarity may reach.
+    """
     p, mvals = _select_points(ml, matrix, domain, margin_um, max_points)
     if len(p) < 10:
         return matrix
@@ -476,9 +481,14 @@ def _refine(matrix: np.ndarray, ml: _MovingLevel, lev: _Level, domain, kind: str
     length = float(np.sqrt(np.mean(np.sum((q - c) ** 2, axis=1)))) or 1.0
     n = 4 if kind == "similarity" else 6
     norm = max(float(np.sum(mvals)), 1.0)
+    bounds = None
+    if kind == "similarity" and scale_bounds is not None:
+        cur = _pixel_size(matrix)
+        lo, hi = np.log(scale_bounds[0] / cur) * length, np.log(scale_bounds[1] / cur) * length
+        bounds = [(None, None), (min(lo, 0.0), max(hi, 0.0)), (None, None), (None, None)]
     res = optimize.minimize(
         _objective, np.zeros(n), args=(kind, q, c, length, mvals, lev, norm), jac=True, method="L-BFGS-B",
-        options={"maxiter": maxiter, "ftol": 1e-10, "gtol": 1e-7},
+        bounds=bounds, options={"maxiter": maxiter, "ftol": 1e-10, "gtol": 1e-7},
     )
     tmat, _ = _param_transform(res.x, kind, c, length)
     return tmat @ matrix
@@ -600,6 +610,7 @@ def iter_register_to_reference(
     fine_um: float | None = None,
     n_candidates: int = 4,
     min_overlap: float = 0.3,
+    ambiguity_margin: float = 0.03,
     max_points: int = 40_000,
     label: str = "register",
 ) -> ProgressGen[RegistrationResult]:
@@ -637,6 +648,9 @@ def iter_register_to_reference(
     min_overlap
         Smallest accepted common area of the fixed domain and the moving image, as a fraction of the smaller
         of the two (guards the correlation score against tiny overlaps).
+    ambiguity_margin
+        When the best distinct alternative pose scores within this of the winner, a ``UserWarning`` is issued
+        and ``parameters["ambiguous"]`` is set.
     max_points
         Most moving sample points used per refinement step (speed).
     label
@@ -720,24 +734,24 @@ def iter_register_to_reference(
 
     # refinement levels (smoothing in um), coarse to fine
     sig_levels = []
-    s = r_c
-    while s > fine_um * 1.4:
-        sig_levels.append(s)
-        s /= 2.0
+    sg = r_c
+    while sg > fine_um * 1.4:
+        sig_levels.append(sg)
+        sg /= 2.0
     sig_levels.append(fine_um)
     levels = [_fixed_level(fixed, domain, sg) for sg in sig_levels]
     bands = [3 * sg + (r_c if i < len(sig_levels) - 1 else 2 * fine_um) for i, sg in enumerate(sig_levels)]
     mlevels = [_moving_level(moving, sg, bd) for sg, bd in zip(sig_levels, bands)]
     r_score = max(r_c / 2, fine_um)
+    # the refinement may leave the searched scale range by a little (a coarse step), not run away with it
+    px_bounds = (moving.px_um * scale_range[0] * 0.97, moving.px_um * scale_range[1] * 1.03)
 
     refined = []
     for j, (cscore, theta, scale, mat) in enumerate(candidates):
         m = mat
         for lev, ml, bd in list(zip(levels, mlevels, bands))[: min(2, len(levels) - 1)]:
-            m = _refine(m, ml, lev, domain, "similarity", margin_um=bd, max_points=max_points // 4, maxiter=60)
-        if _debug_hook:
-            _debug_hook(f"cand{j} coarse {cscore:.3f}", mat)
-            _debug_hook(f"cand{j} refined", m)
+            m = _refine(m, ml, lev, domain, "similarity", margin_um=bd, max_points=max_points // 4, maxiter=60,
+                        scale_bounds=px_bounds)
         score, dice = _overlap(fixed, moving, m, domain, r_score, min_overlap=min_overlap)
         refined.append((score, dice, m, theta, scale, cscore))
         yield Progress(label, 1 + n_rot + j, total, f"refine candidate {j + 1}/{len(candidates)}")
@@ -745,7 +759,7 @@ def iter_register_to_reference(
     refined.sort(key=lambda r: -r[0])
     # candidates that converged to the same pose count once; the margin to the best *different* pose says
     # how clearly the tissue shapes determine the answer
-    probe = apply_matrix(np.eye(3), np.column_stack(np.nonzero(moving.data > 0.5)[::-1]).astype(float)[::97])
+    probe = np.column_stack(np.nonzero(moving.data > 0.5)[::-1]).astype(float)[::97]
     distinct = []
     for cand in refined:
         if all(np.sqrt(np.mean(np.sum((apply_matrix(cand[2], probe) - apply_matrix(d[2], probe)) ** 2, axis=1)))
@@ -754,9 +768,7 @@ def iter_register_to_reference(
     margin = float(distinct[0][0] - distinct[1][0]) if len(distinct) > 1 else float("inf")
     score, dice, m, theta, scale, cscore = distinct[0]
     for lev, ml, bd in list(zip(levels, mlevels, bands))[min(2, len(levels) - 1):]:
-        m = _refine(m, ml, lev, domain, "similarity", margin_um=bd, max_points=max_points)
-        if _debug_hook:
-            _debug_hook(f"level {lev.sigma_um:.0f}", m)
+        m = _refine(m, ml, lev, domain, "similarity", margin_um=bd, max_points=max_points, scale_bounds=px_bounds)
     if kind == "affine":
         for lev, ml, bd in zip(levels[-2:], mlevels[-2:], bands[-2:]):
             m = _refine(m, ml, lev, domain, "affine", margin_um=bd, max_points=max_points)
@@ -782,6 +794,15 @@ def iter_register_to_reference(
         "fixed_kind": fixed_kind,
         "moving_kind": moving_kind,
     }
+    ambiguous = margin < ambiguity_margin
+    params["ambiguous"] = bool(ambiguous)
+    if ambiguous:
+        warnings.warn(
+            f"{label}: the tissue shapes fit two different poses almost equally well (scores "
+            f"{distinct[0][0]:.3f} vs {distinct[1][0]:.3f}); the automatic result may be wrong. Check the overlay, "
+            "align the MSI to the registered H&E (reference='he'), or give landmarks (register_landmarks)",
+            UserWarning, stacklevel=2,
+        )
     yield Progress(label, total, total, f"done: Dice {dice:.3f}, boundary RMS {rms:.1f} um")
     return RegistrationResult(matrix=matrix, rms_um=rms, score=dice, method="auto", kind=kind, parameters=params)
 
