@@ -110,10 +110,27 @@ def test_file_readers_open_single_files(make_napari_viewer, sample_data_dir):
     assert get_histology_reader(str(s / "annotations.csv")) is None
 
 
-def test_sample_data_opens_the_demo(make_napari_viewer):
+def test_sample_data_opens_the_demo(make_napari_viewer, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     viewer = make_napari_viewer(show=True)
     viewer.open_sample("napari-spatialmix", "demo")
+    cached = list((tmp_path / "spatialmix").glob("demo-*.zarr"))
+    assert len(cached) == 1  # the prepared demo is cached for the next time
     names = [layer.name for layer in viewer.layers]
     assert len(names) == 16 and "P2_S1 · MSI TIC" in names
     pts = viewer.layers["P1_S1 · spots"]
     assert pts.size[0] == 55 and len(np.unique(pts.face_color, axis=0)) > 10  # coloured by total counts
+
+
+def test_cached_demo_reopens_identically(tmp_path):
+    from spatialmix.pipeline import iter_demo_project
+    from spatialmix.progress import run
+
+    events = []
+    first = run(iter_demo_project(cache_dir=tmp_path), progress=events.append)
+    assert any(e.stage.startswith("read samples") for e in events)
+    events.clear()
+    second = run(iter_demo_project(cache_dir=tmp_path), progress=events.append)
+    assert [e.stage for e in events] == ["open cached demo"]
+    assert second.tables["msi"].obs_names.equals(first.tables["msi"].obs_names)
+    np.testing.assert_allclose(second.tables["morphology"].X, first.tables["morphology"].X)

@@ -75,7 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from spatialmix.errors import SpatialMixError
 
+    import warnings
+
     args = build_parser().parse_args(argv)
+    # one readable line per warning (e.g. spots without MSI coverage), not a source listing
+    warnings.formatwarning = lambda message, category, *a, **k: f"spatialmix: {category.__name__}: {message}\n"
     try:
         return args.func(args)
     except SpatialMixError as err:

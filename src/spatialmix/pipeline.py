@@ -398,13 +398,16 @@ def iter_demo(out: str | Path, *, data: str | Path | None = None, overwrite: boo
     yield Progress("figures", 0, 1)
     pngs = save_overlays(sdata, out, annotation_key=prepare_kwargs.get("annotation_key", ANNOTATION_KEY))
     reg = sdata.attrs["spatialmix"].get("registration", {})
+    truth_err = registration_error_vs_truth(sdata, data)
     report = {
         "data": str(data),
         "samples": [s.sample for s in specs],
         "registration_rms_um": {
             s: {m: round(float(r.get("rms_um", float("nan"))), 2) for m, r in reg.get(s, {}).items()} for s in reg
         },
+        "registration_error_vs_truth_um": truth_err,
         "table_shapes": table_shapes(sdata),
+        "data_size_mb": round(sum(p.stat().st_size for p in data.rglob("*") if p.is_file()) / 1e6, 2),
         "seconds": {"prepare": round(t_prepare, 2), "total": round(time.perf_counter() - t0, 2)},
         "timings_s": sdata.attrs["spatialmix"]["prepare"]["timings_s"],
         "outputs": {"project": str(zarr_path), "overlays": [str(p) for p in pngs]},
@@ -416,11 +419,42 @@ def iter_demo(out: str | Path, *, data: str | Path | None = None, overwrite: boo
     return report
 
 
+def registration_error_vs_truth(sdata, data: Path) -> dict:
+    """For simulated data (a ``truth/transforms.json`` per sample): RMS error in um of the stored transforms
+    against the true ones, over the in-tissue spot centres. Empty for real data."""
+    from spatialmix._elements import element_affine
+    from spatialmix.registration import transform_error_um
+
+    out: dict[str, dict[str, float]] = {}
+    for sample in sdata.attrs.get("spatialmix", {}).get("samples", {}):
+        folder = data / sample / "truth"
+        if not (folder / "transforms.json").exists():
+            continue
+        truth = json.loads((folder / "transforms.json").read_text())
+        spots = pd.read_csv(folder / "spots.csv")
+        pts = spots.loc[spots["in_tissue"] == 1, ["x_um", "y_um"]].to_numpy()
+        for modality, element in (("msi", f"{sample}_msi_tic"), ("he", f"{sample}_he")):
+            if element in sdata.images and modality in truth:
+                err = transform_error_um(element_affine(sdata.images[element], sample), np.asarray(truth[modality]), pts)
+                out.setdefault(sample, {})[modality] = round(float(err), 2)
+    return out
+
+
 def format_report(report: dict) -> str:
-    lines = ["# napari-spatialmix demo report", "", f"Data: `{report['data']}`", "",
-             "## Registration (automatic; RMS residual estimate in um)", "", "| sample | MSI | H&E |", "|---|---|---|"]
+    truth = report.get("registration_error_vs_truth_um") or {}
+    lines = ["# napari-spatialmix demo report", "", f"Data: `{report['data']}` ({report.get('data_size_mb', '?')} MB)", "",
+             "## Registration (automatic)", "",
+             "Residual: RMS distance between the Visium tissue boundary and the registered moving tissue boundary "
+             "(includes the boundary's pixelation)." + (" Truth: RMS error against the simulator's true transform "
+                                                        "over the in-tissue spot centres." if truth else ""), "",
+             "| sample | MSI residual | H&E residual |" + (" MSI error vs truth | H&E error vs truth |" if truth else ""),
+             "|---|---|---|" + ("---|---|" if truth else "")]
     for s, r in report["registration_rms_um"].items():
-        lines.append(f"| {s} | {r.get('msi', float('nan')):.1f} | {r.get('he', float('nan')):.1f} |")
+        row = f"| {s} | {r.get('msi', float('nan')):.1f} um | {r.get('he', float('nan')):.1f} um |"
+        if truth:
+            t = truth.get(s, {})
+            row += f" {t.get('msi', float('nan')):.1f} um | {t.get('he', float('nan')):.1f} um |"
+        lines.append(row)
     lines += ["", "## Tables (spots x features)", "", "| table | shape |", "|---|---|"]
     for name, shape in report["table_shapes"].items():
         lines.append(f"| {name} | {shape[0]} x {shape[1]} |")
@@ -431,3 +465,47 @@ def format_report(report: dict) -> str:
 def demo(out, **kwargs):
     progress = kwargs.pop("progress", False)
     return run(iter_demo(out, **kwargs), progress=progress)
+
+
+def _data_fingerprint(data: Path) -> str:
+    import hashlib
+
+    from spatialmix import __version__
+
+    h = hashlib.sha1(__version__.encode())
+    for p in sorted(data.rglob("*")):
+        if p.is_file() and "truth" not in p.parts:
+            st = p.stat()
+            h.update(f"{p.relative_to(data)}:{st.st_size}".encode())
+    h.update((data / "samples.csv").read_bytes())
+    return h.hexdigest()[:12]
+
+
+def iter_demo_project(*, cache_dir: str | Path | None = None, data: str | Path | None = None):
+    """The bundled demo as a prepared project, cached as a zarr so that opening it again takes a second.
+
+    The cache lives in ``cache_dir`` (default ``$XDG_CACHE_HOME/spatialmix`` or ``~/.cache/spatialmix``) under a
+    name derived from the data files and the package version; it is rebuilt when either changes.
+    """
+    import os
+
+    from spatialmix.project import load_project, save_project
+
+    data = Path(data) if data is not None else bundled_sample_data()
+    if cache_dir is None:
+        cache_dir = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "spatialmix"
+    path = Path(cache_dir) / f"demo-{_data_fingerprint(data)}.zarr"
+    if path.exists():
+        try:
+            yield Progress("open cached demo", 0, 1, str(path))
+            return load_project(path)
+        except Exception:  # a damaged cache is rebuilt, never shown half
+            import shutil
+
+            shutil.rmtree(path, ignore_errors=True)
+    sdata = yield from iter_prepare(read_samples_csv(data))
+    try:
+        save_project(sdata, path, overwrite=True)
+    except OSError as err:  # read-only home: still show the demo
+        warnings.warn(f"could not cache the demo project at {path}: {err}", stacklevel=2)
+    return sdata

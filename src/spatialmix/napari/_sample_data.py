@@ -4,9 +4,9 @@ from __future__ import annotations
 
 
 def load_demo() -> list[tuple]:
-    """Read, register and tabulate the bundled 4-sample demo, and return its layers (samples side by side)."""
+    """The bundled 4-sample demo, read, registered and tabulated (cached after the first time), as layers."""
     from spatialmix.napari._layers import project_layers
-    from spatialmix.pipeline import bundled_sample_data, prepare
+    from spatialmix.pipeline import iter_demo_project
+    from spatialmix.progress import run
 
-    sdata = prepare(bundled_sample_data(), morphology=False)
-    return project_layers(sdata)
+    return project_layers(run(iter_demo_project()))
