@@ -24,22 +24,46 @@ def element_affine(element, sample: str, *, axes: tuple[str, str] = ("x", "y")) 
     return np.asarray(tr.to_affine_matrix(input_axes=axes, output_axes=axes), dtype=float)
 
 
+def pyramid_step(nx_prev: int, nx: int, ny_prev: int, ny: int) -> np.ndarray:
+    """(x, y) pixel-centre map from one pyramid level to the previous (finer) one.
+
+    spatialdata builds pyramids with xarray ``coarsen(boundary="trim", side="right")``: each level averages
+    whole k x k blocks of the previous one and drops the remainder ``r`` at the *start* of each axis, so pixel
+    j covers previous pixels ``r + k j ... r + k j + k - 1`` and its centre is ``r + k j + (k - 1) / 2``. The
+    level transforms spatialdata stores (``Scale(n_prev / n)``) ignore the remainder (a few micrometres off on
+    coarse levels), so we compute the map from the shapes. Non-block pyramids fall back to ``n_prev / n``.
+    """
+    out = np.eye(3)
+    for axis, (n_prev, n) in enumerate(((nx_prev, nx), (ny_prev, ny))):
+        k = round(n_prev / n)
+        if k >= 1 and 0 <= n_prev - k * n < k:
+            out[axis, axis], out[axis, 2] = k, (n_prev - k * n) + (k - 1) / 2
+        else:
+            f = n_prev / n
+            out[axis, axis], out[axis, 2] = f, (f - 1) / 2
+    return out
+
+
+def level_to_level0(levels_or_element, level: int) -> np.ndarray:
+    """(x, y) matrix from pixel centres of pyramid ``level`` to level-0 pixel coordinates."""
+    levels = image_levels(levels_or_element) if not isinstance(levels_or_element, list) else levels_or_element
+    shapes = [tuple(lv.shape[-2:]) for lv in levels[: level + 1]]
+    to0 = np.eye(3)
+    for (hp, wp), (h, w) in zip(shapes[:-1], shapes[1:]):
+        to0 = to0 @ pyramid_step(wp, w, hp, h)
+    return to0
+
+
 def level_affine(element, level: int, sample: str, *, axes: tuple[str, str] = ("x", "y")) -> np.ndarray:
-    """Pixel -> sample affine of resolution ``level`` of a (possibly multiscale) image element."""
-    levels = image_levels(element)
-    base = element_affine(element, sample, axes=axes)
-    if level == 0:
-        return base
-    h0, w0 = levels[0].shape[-2:]
-    h, w = levels[level].shape[-2:]
-    fx, fy = w0 / w, h0 / h
-    # pixel centres sit at integer coordinates (napari's convention, used throughout this package), so the
-    # centre of level-k pixel i lies at f*i + (f-1)/2 in level-0 pixels
+    """Pixel -> sample affine of resolution ``level`` of a (possibly multiscale) image element.
+
+    Pixel centres sit at integer coordinates (napari's convention, used throughout this package).
+    """
+    m = element_affine(element, sample) @ level_to_level0(element, level)
     if axes == ("x", "y"):
-        scale = np.array([[fx, 0, (fx - 1) / 2], [0, fy, (fy - 1) / 2], [0, 0, 1.0]])
-    else:
-        scale = np.array([[fy, 0, (fy - 1) / 2], [0, fx, (fx - 1) / 2], [0, 0, 1.0]])
-    return base @ scale
+        return m
+    swap = np.array([[0, 1, 0], [1, 0, 0], [0, 0, 1.0]])
+    return swap @ m @ swap
 
 
 def pixel_size_in_frame(matrix: np.ndarray) -> float:

@@ -261,7 +261,9 @@ def iter_prepare(
     meta = sdata.attrs.setdefault("spatialmix", {})
     if register:
         for spec in samples:
-            for modality, element in (("msi", f"{spec.sample}_msi_tic"), ("he", f"{spec.sample}_he")):
+            # H&E first: with reference="auto" the MSI is then aligned to the registered H&E, which shows the
+            # whole section (the Visium image may cut the tissue, leaving its shape ambiguous)
+            for modality, element in (("he", f"{spec.sample}_he"), ("msi", f"{spec.sample}_msi_tic")):
                 if element in sdata.images:
                     t = time.perf_counter()
                     yield from forward(smreg.iter_auto_register(sdata, spec.sample, modality),

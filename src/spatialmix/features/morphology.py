@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from spatialmix._elements import image_levels, pixel_size_in_frame
+from spatialmix._elements import image_levels, level_to_level0, pixel_size_in_frame
 from spatialmix.errors import EncoderError, MissingFileError, ParameterError, ProjectError, check_positive
 from spatialmix.features._spots import element_to_sample, require_element, sample_spots
 from spatialmix.progress import Progress, ProgressGen, run
@@ -51,17 +51,8 @@ _CACHE_BYTES = 2 << 30  # read the H&E region under all spots at once up to this
 
 # ----------------------------------------------------------------------------------------------- helpers
 def _level_affine(element, level: int, base: np.ndarray) -> np.ndarray:
-    """Pixel -> sample affine of pyramid ``level``, pixel centres at integers.
-
-    A level-``k`` pixel ``i`` (downsampled by ``f``) covers finest pixels ``[i f, (i+1) f)``, so its centre is
-    the finest-level position ``(i + 0.5) f - 0.5``.
-    """
-    levels = image_levels(element)
-    h0, w0 = levels[0].shape[-2:]
-    h, w = levels[level].shape[-2:]
-    fx, fy = w0 / w, h0 / h
-    up = np.array([[fx, 0.0, (fx - 1) / 2], [0.0, fy, (fy - 1) / 2], [0.0, 0.0, 1.0]])
-    return base @ up
+    """Pixel -> sample affine of pyramid ``level`` (pixel centres at integers; exact for spatialdata pyramids)."""
+    return base @ level_to_level0(element, level)
 
 
 def _pick_level(element, base: np.ndarray, target_um: float) -> int:

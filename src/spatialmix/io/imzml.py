@@ -83,6 +83,24 @@ def _check_params(pixel_size_um, mz_range, bin_ppm, normalize, chunk_size) -> tu
     return pixel_size_um, rng, bin_ppm_f
 
 
+def _release_freed_memory() -> None:
+    """Return the memory of pyimzML's per-spectrum Python lists to the OS before the binned table is built.
+
+    The lists (~300 bytes per spectrum) are freed after they are copied into numpy arrays, but CPython's
+    small-object allocator keeps the pages; without ``malloc_trim`` they would sit on top of the table for the
+    whole read (measured: +26 MB RSS on a 100,000-pixel file). glibc only; a no-op elsewhere.
+    """
+    import gc
+
+    gc.collect()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def _find_ibd(imzml: Path) -> Path | None:
     for cand in imzml.parent.glob("*"):
         if cand.stem == imzml.stem and cand.suffix.lower() == ".ibd" and cand.is_file():
@@ -139,6 +157,7 @@ class _ImzMLInfo:
         else:  # not declared: continuous when every spectrum points at the same m/z array
             self.mode = "continuous" if np.all(self.mz_offsets == self.mz_offsets[0]) else "processed"
         del parser, coords  # pyimzML's per-spectrum Python lists are garbage now
+        _release_freed_memory()
         if np.any(self.mz_lengths != self.int_lengths):
             bad = int(np.flatnonzero(self.mz_lengths != self.int_lengths)[0])
             raise ImzMLError(f"Spectrum {bad} has {self.mz_lengths[bad]} m/z values but "

@@ -26,7 +26,6 @@ from ._landmarks import apply_matrix, check_kind
 from ._masks import tissue_mask
 
 
-
 @dataclass
 class RegistrationResult:
     """A transform from a moving element's pixels to the sample's micrometre frame, and how good it is.
@@ -154,10 +153,6 @@ def _block_mean(arr: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return a, np.array([[k, 0, off], [0, k, off], [0, 0, 1.0]])
 
 
-def _bilinear(img: np.ndarray, px: np.ndarray, py: np.ndarray) -> np.ndarray:
-    return ndimage.map_coordinates(img, [py, px], order=1, mode="constant", cval=0.0, prefilter=False)
-
-
 # ----------------------------------------------------------------------------------------------------------
 # rasters
 
@@ -168,10 +163,29 @@ class _Raster:
 
     data: np.ndarray
     to_um: np.ndarray
+    valid: np.ndarray | None = None  # 1 where the image was acquired (MSI pixels without a spectrum: 0)
 
     @property
     def px_um(self) -> float:
         return _pixel_size(self.to_um)
+
+    def footprint(self) -> np.ndarray:
+        return np.ones(self.data.shape, np.float32) if self.valid is None else self.valid
+
+
+def _smooth(data: np.ndarray, valid: np.ndarray | None, sigma_px: float) -> np.ndarray:
+    """Gaussian blur that neither invents an edge at the image border nor at unacquired pixels.
+
+    ``mode="nearest"`` continues the image past its border; unacquired pixels are left out by normalised
+    convolution (blur(data * valid) / blur(valid)).
+    """
+    if sigma_px <= 0.3:
+        return data.astype(np.float32)
+    if valid is None:
+        return ndimage.gaussian_filter(data, sigma_px, mode="nearest").astype(np.float32)
+    num = ndimage.gaussian_filter(data * valid, sigma_px, mode="nearest")
+    den = ndimage.gaussian_filter(valid, sigma_px, mode="nearest")
+    return np.where(den > 1e-3, num / np.maximum(den, 1e-3), 0.0).astype(np.float32)
 
 
 def _as_soft_map(image: np.ndarray, kind: str) -> np.ndarray:
@@ -214,7 +228,12 @@ def _prepare_raster(image, to_um: np.ndarray, kind: str, base_um: float) -> _Ras
     soft = _as_soft_map(arr, kind)
     if soft.sum() <= 0:
         raise RegistrationError("no tissue found in the image")
-    return _Raster(soft.astype(np.float32), to_um)
+    valid = None
+    if kind == "tic":
+        acquired = np.isfinite(arr) & (arr > 0)  # imzML readers leave pixels without a spectrum at 0
+        if not acquired.all():
+            valid = acquired.astype(np.float32)
+    return _Raster(soft.astype(np.float32), to_um, valid)
 
 
 @dataclass
@@ -265,7 +284,9 @@ def _fixed_level(fixed: _Raster, domain, sigma_um: float) -> _Level:
     sig = sigma_um / px
     # the tissue map is blurred as a whole ("nearest" at the image edge): cutting it to the domain first would
     # create a false tissue edge along the capture-area border; the domain enters as the weight instead
-    f = ndimage.gaussian_filter(f, sig, mode="nearest")
+    f = _smooth(f, None if fixed.valid is None else _block_mean(fixed.valid, k)[0], sig)
+    if fixed.valid is not None:
+        dom = dom * (_block_mean(fixed.valid, k)[0] > 0.5)
     dom = ndimage.gaussian_filter(dom, sig, mode="constant")
     inv = np.linalg.inv(to_um)
     j = inv[:2, :2]  # d(pixel)/d(um)
@@ -312,8 +333,8 @@ def _coarse_search(fixed: _Raster, moving: _Raster, domain, nominal: np.ndarray,
     grid_to_um = np.array([[r_c, 0, xmin], [0, r_c, ymin], [0, 0, 1.0]])
     f_in = np.linalg.inv(fixed.to_um) @ grid_to_um
     sig_f = 0.5 * r_c / fixed.px_um
-    fblur = ndimage.gaussian_filter(fixed.data, sig_f, mode="nearest") if sig_f > 0.3 else fixed.data
-    Df = (_warp(np.ones(fixed.data.shape, np.float32), f_in, (nfy, nfx)) > 0.5).astype(np.float32)
+    fblur = _smooth(fixed.data, fixed.valid, sig_f)
+    Df = (_warp(fixed.footprint(), f_in, (nfy, nfx)) > 0.5).astype(np.float32)
     F = _warp(fblur.astype(np.float32), f_in, (nfy, nfx)) * Df
     if F.sum() <= 0:
         raise RegistrationError("no fixed (Visium) tissue inside the domain")
@@ -327,11 +348,11 @@ def _coarse_search(fixed: _Raster, moving: _Raster, domain, nominal: np.ndarray,
     canvas_to_rel = np.array([[r_c, 0, -rad], [0, r_c, -rad], [0, 0, 1.0]])
     k = max(1, int(np.floor(0.25 * r_c / moving.px_um)))
     mdata, dmat = _block_mean(moving.data, k)
+    vdata = _block_mean(moving.footprint(), k)[0]
     nominal = nominal @ dmat  # block-averaged raster pixel -> nominal um
-    sig_m = 0.5 * r_c / (moving.px_um * k)
-    mblur = ndimage.gaussian_filter(mdata, sig_m, mode="nearest") if sig_m > 0.3 else mdata
-    mblur = mblur.astype(np.float32)
-    ones = np.pad(np.ones(mdata.shape, np.float32), 1)  # footprint, padded so edges ramp at +-0.5 px
+    mblur = _smooth(mdata, moving.valid if moving.valid is None else vdata, 0.5 * r_c / (moving.px_um * k))
+    mblur = mblur * (vdata > 0.5)  # the sums below assume the moving map is 0 outside its footprint
+    ones = np.pad(vdata.astype(np.float32), 1)  # footprint, padded so edges ramp at +-0.5 px
     pad = _translation((1.0, 1.0))
 
     shape = (sfft.next_fast_len(nfy + nm, real=True), sfft.next_fast_len(nfx + nm, real=True))
@@ -397,12 +418,14 @@ def _moving_level(moving: _Raster, sigma_um: float, band_um: float) -> _MovingLe
     k = max(1, int(np.floor(sigma_um / (2.0 * moving.px_um))))
     data, dmat = _block_mean(moving.data, k)
     px = moving.px_um * k
-    sig = sigma_um / px
-    # "nearest": the edge of the moving image (MSI raster border) is not a tissue edge
-    mb = ndimage.gaussian_filter(data, sig, mode="nearest") if sig > 0.3 else data
+    valid = None if moving.valid is None else _block_mean(moving.valid, k)[0]
+    # the edge of the moving image (MSI raster border, unacquired pixels) is not a tissue edge
+    mb = _smooth(data, valid, sigma_um / px)
     binary = data > 0.5
     edge = binary ^ ndimage.binary_erosion(binary)
     sel = ndimage.distance_transform_edt(~edge) * px <= band_um
+    if valid is not None:
+        sel &= valid > 0.5
     ys, xs = np.nonzero(sel)
     p = apply_matrix(dmat, np.column_stack([xs, ys]).astype(float))
     return _MovingLevel(p, mb[ys, xs].astype(np.float64))
@@ -421,7 +444,11 @@ def _select_points(ml: _MovingLevel, matrix: np.ndarray, domain, margin_um: floa
 
 
 def _param_transform(x: np.ndarray, kind: str, c: np.ndarray, length: float):
-    """Parametric update T_x (3x3, um -> um) and its derivative blocks for the gradient."""
+    """Parametric update about the centre ``c``: (T_x as 3x3 um -> um, its 2x2 linear part).
+
+    Parameters are in micrometres of displacement at distance ``length`` from ``c`` (rotation, log-scale or
+    the 4 linear entries, then the translation), so that all of them have the same scale for the optimiser.
+    """
     if kind == "similarity":
         theta, logs = x[0] / length, x[1] / length
         s = np.exp(logs)
@@ -433,7 +460,8 @@ def _param_transform(x: np.ndarray, kind: str, c: np.ndarray, length: float):
 
 
 def _objective(x, kind, q, c, length, pts_m, lev: _Level, norm):
-    tmat, lin = _param_transform(x, kind, c, length)
+    """Negative domain-weighted SSD between fixed samples at T_x(q) and the moving values, and its gradient."""
+    _, lin = _param_transform(x, kind, c, length)
     d = q - c
     tq = d @ lin.T + c + x[-2:]
     smp = lev.sample(tq).astype(np.float64)
@@ -512,17 +540,17 @@ def _overlap(fixed: _Raster, moving: _Raster, matrix: np.ndarray, domain, r: flo
     def smoothed(raster: _Raster, matrix_um: np.ndarray):
         k = max(1, int(np.floor(0.25 * r / raster.px_um)))
         data, dmat = _block_mean(raster.data, k)
-        sig = 0.5 * r / (raster.px_um * k)
-        data = ndimage.gaussian_filter(data, sig, mode="nearest") if sig > 0.3 else data
-        return data.astype(np.float32), np.linalg.inv(matrix_um @ dmat) @ g
+        foot = _block_mean(raster.footprint(), k)[0]
+        data = _smooth(data, None if raster.valid is None else foot, 0.5 * r / (raster.px_um * k))
+        return data, np.pad(foot.astype(np.float32), 1), np.linalg.inv(matrix_um @ dmat) @ g
 
-    fb, f_in = smoothed(fixed, fixed.to_um)
-    mb, m_in = smoothed(moving, matrix)
+    fb, ffoot, f_in = smoothed(fixed, fixed.to_um)
+    mb, mfoot, m_in = smoothed(moving, matrix)
     F = _warp(fb, f_in, (ny, nx))
     pad = _translation((1.0, 1.0))
-    Df = _warp(np.pad(np.ones(fb.shape, np.float32), 1), pad @ f_in, (ny, nx)) > 0.5
+    Df = _warp(ffoot, pad @ f_in, (ny, nx)) > 0.5
     M = _warp(mb, m_in, (ny, nx))
-    Dm = _warp(np.pad(np.ones(mb.shape, np.float32), 1), pad @ m_in, (ny, nx)) > 0.5
+    Dm = _warp(mfoot, pad @ m_in, (ny, nx)) > 0.5
     both = Df & Dm
     n = float(both.sum())
     if n < max(min_overlap * min(float(Df.sum()), float(Dm.sum())), 3):
@@ -544,17 +572,20 @@ def _boundary_rms(fixed: _Raster, moving: _Raster, matrix: np.ndarray, domain, s
     from scipy.spatial import cKDTree
     from skimage.measure import find_contours
 
-    def contour_um(r: _Raster):
-        sig = sigma_um / r.px_um
-        data = ndimage.gaussian_filter(r.data, sig) if sig > 0.3 else r.data
-        pts = [c for c in find_contours(np.pad(data, 1), 0.5)]
+    def contour_px(r: _Raster):
+        data = _smooth(r.data, r.valid, sigma_um / r.px_um)
+        pts = find_contours(np.pad(data, 1), 0.5)
         if not pts:
             return np.zeros((0, 2))
-        rc = np.concatenate(pts) - 1.0
-        return rc[:, ::-1]
+        xy = (np.concatenate(pts) - 1.0)[:, ::-1]
+        if r.valid is not None:  # no boundary next to unacquired pixels
+            near_gap = ndimage.binary_dilation(r.valid < 0.5, iterations=2)
+            ij = np.clip(np.round(xy).astype(int), 0, np.array(r.data.shape[::-1]) - 1)
+            xy = xy[~near_gap[ij[:, 1], ij[:, 0]]]
+        return xy
 
-    f_px = contour_um(fixed)
-    m_px = contour_um(moving)
+    f_px = contour_px(fixed)
+    m_px = contour_px(moving)
     f_um = apply_matrix(fixed.to_um, f_px)
     m_um = apply_matrix(matrix, m_px)
     # keep boundary points well inside both footprints and the domain (image and domain edges are not tissue edges)

@@ -41,8 +41,18 @@ def tissue_signal(image: np.ndarray, kind: str) -> np.ndarray:
     raise ParameterError(f"kind must be one of {MASK_KINDS}, got {kind!r}")
 
 
-def _threshold_values(signal: np.ndarray, kind: str) -> tuple[float, float, float]:
-    """(threshold, background level, tissue level) on the linear signal scale.
+def _log_signal(signal: np.ndarray, kind: str) -> np.ndarray:
+    """log(signal + eps): the scale on which tissue and background separate (see :func:`_threshold_values`)."""
+    pos = signal[signal > 0]
+    if pos.size < 10:
+        raise RegistrationError("the image has (almost) no pixel with signal; no tissue found")
+    eps = 1.0 if kind == "rgb" else max(float(np.percentile(pos, 1)) * 0.5, 1e-12)
+    return np.log(signal + eps).astype(np.float32)
+
+
+def _threshold_values(signal: np.ndarray, logsig: np.ndarray, valid: np.ndarray | None = None
+                      ) -> tuple[float, float, float]:
+    """(threshold on the log signal, background level, tissue level on the linear scale).
 
     The split is Otsu's threshold on the log signal: tissue brightness spans a wide range (pale stroma to
     dark nuclei, ion yields over decades) while the background is tight, so the log scale separates them
@@ -50,24 +60,18 @@ def _threshold_values(signal: np.ndarray, kind: str) -> tuple[float, float, floa
     """
     from skimage.filters import threshold_otsu
 
-    values = signal[np.isfinite(signal)].ravel()
-    if values.size > 400_000:
-        values = values[:: values.size // 400_000 + 1]
-    pos = values[values > 0]
-    if pos.size < 10:
-        raise RegistrationError("the image has (almost) no pixel with signal; no tissue found")
-    eps = 1.0 if kind == "rgb" else max(float(np.percentile(pos, 1)) * 0.5, 1e-12)
-    logv = np.log(values + eps)
-    if np.ptp(logv) <= 0:
+    lin, lg = signal.ravel(), logsig.ravel()
+    if valid is not None:
+        lin, lg = lin[valid.ravel()], lg[valid.ravel()]
+    step = lg.size // 400_000 + 1
+    lin, lg = lin[::step], lg[::step]
+    if lg.size == 0 or np.ptp(lg) <= 0:
         raise RegistrationError("the image is uniform; no tissue/background contrast to find tissue")
-    thr = float(np.exp(threshold_otsu(logv)) - eps)
-    bg = values[values <= thr]
-    fg = values[values > thr]
+    thr = float(threshold_otsu(lg))
+    bg, fg = lin[lg <= thr], lin[lg > thr]
     if fg.size == 0 or bg.size == 0:
         raise RegistrationError("no tissue/background contrast found in the image")
-    lo = float(np.median(bg))
-    hi = float(np.median(fg))
-    return thr, lo, hi
+    return thr, float(np.median(bg)), float(np.median(fg))
 
 
 def _clean(mask: np.ndarray, *, min_fraction: float = 0.01, hole_fraction: float = 0.002) -> np.ndarray:
@@ -116,8 +120,18 @@ def tissue_mask(image: np.ndarray, kind: str = "rgb", *, soft: bool = False, cle
     from scipy import ndimage
 
     signal = tissue_signal(image, kind)
-    thr, lo, hi = _threshold_values(ndimage.gaussian_filter(signal, 1.0), kind)
-    mask = ndimage.gaussian_filter(signal, 1.0) > thr
+    # MSI pixels without a spectrum (TIC 0) are neither tissue nor background: they stay out of the statistics
+    valid = signal > 0 if kind == "tic" and not np.all(signal > 0) else None
+    # smoothing the log signal (not the signal) keeps a sharp edge where it is: the log mid-level between
+    # background and tissue is crossed at the edge, while a linear blur would cross it one pixel outside
+    logsig = _log_signal(signal, kind)
+    if valid is not None:  # fill the gaps with background level so that the blur does not reach into them
+        logsig = np.where(valid, logsig, np.percentile(logsig[valid], 1) if valid.any() else 0.0).astype(np.float32)
+    logsig = ndimage.gaussian_filter(logsig, 1.0)
+    thr, lo, hi = _threshold_values(signal, logsig, valid)
+    mask = logsig > thr
+    if valid is not None:
+        mask &= valid
     if clean:
         mask = _clean(mask)
     if not soft:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
+from spatialmix._elements import level_to_level0
 from spatialmix.errors import ParameterError, ProjectError, RegistrationError
 from spatialmix.progress import Progress, ProgressGen, forward, run
 
@@ -96,16 +98,13 @@ def _capture_area(sdata, sample: str):
 
 def _pick_level(levels, px0: float, target_um: float) -> tuple[int, np.ndarray]:
     """Coarsest level whose pixels are at most ``target_um``; and its pixel -> level-0 pixel matrix."""
-    h0, w0 = levels[0].shape[-2:]
+    shapes = [tuple(lev.shape[-2:]) for lev in levels]
+    h0, w0 = shapes[0]
     best = 0
-    for i, lev in enumerate(levels):
-        h, w = lev.shape[-2:]
+    for i, (h, w) in enumerate(shapes):
         if px0 * np.sqrt((h0 / h) * (w0 / w)) <= target_um:
             best = i
-    h, w = levels[best].shape[-2:]
-    fx, fy = w0 / w, h0 / h
-    # pixel centres: level pixel j covers level-0 pixels [j f, (j + 1) f) -> centre j f + (f - 1) / 2
-    return best, np.array([[fx, 0, (fx - 1) / 2], [0, fy, (fy - 1) / 2], [0, 0, 1.0]])
+    return best, level_to_level0(list(levels), best)
 
 
 def _fixed_inputs(sdata, sample: str):
@@ -264,9 +263,12 @@ def iter_auto_register(
     return result
 
 
-def auto_register(sdata, sample: str, modality: str, *, kind: str = "similarity", progress: bool = False,
-                  **options) -> RegistrationResult:
-    """Plain-function form of :func:`iter_auto_register` (same parameters; ``progress=True`` shows a bar)."""
+def auto_register(sdata, sample: str, modality: str, *, kind: str = "similarity",
+                  progress: bool | Callable[[Progress], None] = False, **options) -> RegistrationResult:
+    """Plain-function form of :func:`iter_auto_register` (same parameters).
+
+    ``progress=True`` shows a terminal progress bar; a callable receives every :class:`Progress` event.
+    """
     return run(iter_auto_register(sdata, sample, modality, kind=kind, **options), progress=progress)
 
 
