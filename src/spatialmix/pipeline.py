@@ -446,7 +446,8 @@ def format_report(report: dict) -> str:
     truth = report.get("registration_error_vs_truth_um") or {}
     lines = ["# napari-spatialmix demo report", "", f"Data: `{report['data']}` ({report.get('data_size_mb', '?')} MB)", "",
              "## Registration (automatic)", "",
-             "Residual: RMS distance between the Visium tissue boundary and the registered moving tissue boundary "
+             "Residual: RMS distance between the reference tissue boundary (Visium image; for MSI the registered H&E) "
+             "and the registered moving tissue boundary "
              "(includes the boundary's pixelation)." + (" Truth: RMS error against the simulator's true transform "
                                                         "over the in-tissue spot centres." if truth else ""), "",
              "| sample | MSI residual | H&E residual |" + (" MSI error vs truth | H&E error vs truth |" if truth else ""),

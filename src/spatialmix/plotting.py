@@ -104,6 +104,11 @@ def _spot_patches(ax, xy, *, facecolors="none", edgecolors="k", values=None, cma
     return coll
 
 
+def _registration_label(name: str, record: dict) -> str:
+    what = "landmark RMS" if record.get("method") == "landmarks" else "boundary residual"
+    return f"{name} registered ({record.get('method')}), {what} {record.get('rms_um', float('nan')):.1f} um"
+
+
 def plot_overlay(sdata, sample: str, *, annotation_key: str = "pathologist", resolution_um: float | None = None):
     """Three panels for one sample: H&E with spots by annotation, MSI TIC, spots by total counts.
 
@@ -137,7 +142,7 @@ def plot_overlay(sdata, sample: str, *, annotation_key: str = "pathologist", res
         ax.imshow(np.nan_to_num(he, nan=255).astype(np.uint8), extent=extent)
     title = "H&E + pathologist annotation"
     if "he" in reg:
-        title += f"\nH&E registration RMS {reg['he'].get('rms_um', float('nan')):.1f} um ({reg['he'].get('method')})"
+        title += "\n" + _registration_label("H&E", reg["he"])
     if annotation_key in obs:
         cats = list(rna.obs[annotation_key].cat.categories)
         palette = category_colors(cats)
@@ -158,7 +163,7 @@ def plot_overlay(sdata, sample: str, *, annotation_key: str = "pathologist", res
         fig.colorbar(im, ax=ax, shrink=0.7, label="MSI TIC")
     title = "MSI total ion current"
     if "msi" in reg:
-        title += f"\nMSI registration RMS {reg['msi'].get('rms_um', float('nan')):.1f} um ({reg['msi'].get('method')})"
+        title += "\n" + _registration_label("MSI", reg["msi"])
     outline(ax)
     ax.set_title(title, fontsize=10)
 
