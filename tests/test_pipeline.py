@@ -134,3 +134,19 @@ def test_multimodal_data_masks_and_batches(prepared):
 def test_load_project_rejects_a_folder_that_is_not_a_project(tmp_path):
     with pytest.raises(ProjectError, match="No project"):
         load_project(tmp_path / "missing.zarr")
+
+
+def test_samples_csv_errors_name_the_file_and_the_fix(tmp_path):
+    from spatialmix.errors import InputFileError, MissingFileError, ParameterError
+
+    with pytest.raises(MissingFileError, match="No samples.csv found"):
+        read_samples_csv(tmp_path)
+    (tmp_path / "samples.csv").write_text("sample,visium,imzml\nA,A/outs,A/a.imzML\n")
+    with pytest.raises(ParameterError, match="sample A: an imzML file is given but no msi_pixel_size_um"):
+        read_samples_csv(tmp_path)
+    (tmp_path / "samples.csv").write_text("sample,patient\nA,P1\n")
+    with pytest.raises(InputFileError, match=r"lacks the column\(s\) \['visium'\]"):
+        read_samples_csv(tmp_path)
+    (tmp_path / "samples.csv").write_text("sample,visium\nA,A/outs\nA,B/outs\n")
+    with pytest.raises(InputFileError, match="line 3: sample name 'A' is empty or repeated"):
+        read_samples_csv(tmp_path)

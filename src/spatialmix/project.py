@@ -38,16 +38,19 @@ def samples_of(sdata) -> list[str]:
     return names
 
 
-def _jsonable(obj: Any) -> Any:
-    """Convert numpy scalars / arrays inside attrs to plain Python so zarr's JSON attrs accept them."""
+def jsonable(obj: Any) -> Any:
+    """Plain-Python copy of records for zarr's JSON attrs: numpy scalars / arrays to lists and numbers, paths to
+    strings, non-finite floats (not valid JSON) to ``None``."""
     if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
+        return [jsonable(v) for v in obj]
     if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
+        return jsonable(obj.tolist())
     if isinstance(obj, np.generic):
-        return obj.item()
+        return jsonable(obj.item())
+    if isinstance(obj, float):
+        return obj if np.isfinite(obj) else None
     if isinstance(obj, Path):
         return str(obj)
     return obj
@@ -74,7 +77,7 @@ def save_project(sdata, path: str | Path, *, overwrite: bool = False) -> Path:
         )
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    sdata.attrs = _jsonable(dict(sdata.attrs))
+    sdata.attrs = jsonable(dict(sdata.attrs))
     try:
         sdata.write(tmp, overwrite=False)
     except Exception:
@@ -107,4 +110,4 @@ def load_project(path: str | Path):
 
 def attrs_json(sdata) -> str:
     """The project's provenance and registration records as pretty JSON (for reports)."""
-    return json.dumps(_jsonable(sdata.attrs.get(ATTRS_KEY, {})), indent=2)
+    return json.dumps(jsonable(sdata.attrs.get(ATTRS_KEY, {})), indent=2)

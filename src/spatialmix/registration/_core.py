@@ -21,6 +21,7 @@ from scipy import ndimage, optimize
 
 from spatialmix.errors import ParameterError, RegistrationError
 from spatialmix.progress import Progress, ProgressGen, run
+from spatialmix.project import jsonable
 
 from ._landmarks import apply_matrix, check_kind
 from ._masks import tissue_mask
@@ -80,27 +81,13 @@ class RegistrationResult:
             "score": None if not np.isfinite(self.score) else float(self.score),
             "rotation_deg": self.rotation_deg,
             "pixel_size_um": self.pixel_size_um,
-            "parameters": _jsonable(self.parameters),
+            "parameters": jsonable(self.parameters),
         }
         if self.n_landmarks is not None:
             rec["n_landmarks"] = int(self.n_landmarks)
         if self.residuals_um is not None:
             rec["residuals_um"] = [float(v) for v in np.asarray(self.residuals_um)]
         return rec
-
-
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (np.floating, float)):
-        return float(obj) if np.isfinite(obj) else None
-    return obj
 
 
 # ----------------------------------------------------------------------------------------------------------
