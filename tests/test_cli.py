@@ -45,3 +45,12 @@ def test_simulate_command_writes_a_readable_dataset(tmp_path, capsys):
     specs = read_samples_csv(tmp_path / "d")
     assert [s.sample for s in specs] == ["P1_S1", "P1_S2"]
     assert all(s.visium.is_dir() and s.imzml.exists() for s in specs)
+
+
+def test_prepare_refuses_an_existing_project_before_doing_any_work(tmp_path, capsys):
+    out = tmp_path / "p.zarr"
+    out.mkdir()
+    (out / "keep.txt").write_text("earlier results")
+    assert main(["--quiet", "prepare", str(tmp_path / "no-such-dataset"), "--out", str(out)]) == 2
+    assert "already exists. Pass --overwrite" in capsys.readouterr().err
+    assert (out / "keep.txt").read_text() == "earlier results"

@@ -22,9 +22,14 @@ def _cmd_simulate(args) -> int:
 
 
 def _cmd_prepare(args) -> int:
+    from spatialmix.errors import ProjectError
     from spatialmix.pipeline import iter_prepare, table_shapes
     from spatialmix.progress import run
     from spatialmix.project import save_project
+
+    target = args.out if args.out.suffix == ".zarr" else args.out.with_name(args.out.name + ".zarr")
+    if target.exists() and not args.overwrite:  # fail before minutes of work, not after
+        raise ProjectError(f"{target} already exists. Pass --overwrite to replace it, or choose another --out")
 
     sdata = run(iter_prepare(args.data, bin_ppm=args.bin_ppm, annotation_key=args.annotation_key,
                              register=not args.no_register), progress=not args.quiet)
