@@ -211,3 +211,22 @@ def test_unsorted_peaks_are_summed_per_bin(tmp_path):
     b = read_imzml(write_imzml(tmp_path / "o.imzML", ordered), sample="U", pixel_size_um=5, normalize="none")
     np.testing.assert_array_equal(_dense(a.tables["U_msi"].X), [[3.0, 5.0, 4.0]])
     np.testing.assert_array_equal(_dense(a.tables["U_msi"].X), _dense(b.tables["U_msi"].X))
+
+
+def test_large_files_are_parsed_in_a_child_process_with_the_same_result(processed, tmp_path, monkeypatch):
+    """Big imzML metadata is parsed by pyimzML in a short-lived child process (its per-spectrum Python lists
+    never enter the reading process); the result and the errors are the same as in-process."""
+    import spatialmix.io.imzml as imzml_mod
+
+    path = processed[0] if isinstance(processed, tuple) else processed
+    here = read_imzml(path, sample="S", pixel_size_um=20)
+    monkeypatch.setattr(imzml_mod, "SUBPROCESS_PARSE_BYTES", 0)
+    child = read_imzml(path, sample="S", pixel_size_um=20)
+    a, b = here.tables["S_msi"], child.tables["S_msi"]
+    assert a.var_names.equals(b.var_names) and a.obs_names.equals(b.obs_names)
+    np.testing.assert_array_equal(_dense(a.X), _dense(b.X))
+    broken = tmp_path / "broken.imzML"
+    broken.write_text(path.read_text()[:2000])  # XML cut in the middle
+    (tmp_path / "broken.ibd").write_bytes(path.with_suffix(".ibd").read_bytes())
+    with pytest.raises(ImzMLError, match=r"Cannot parse the imzML metadata.*broken\.imzML"):
+        read_imzml(broken, sample="S", pixel_size_um=20)

@@ -83,24 +83,6 @@ def _check_params(pixel_size_um, mz_range, bin_ppm, normalize, chunk_size) -> tu
     return pixel_size_um, rng, bin_ppm_f
 
 
-def _release_freed_memory() -> None:
-    """Return the memory of pyimzML's per-spectrum Python lists to the OS before the binned table is built.
-
-    The lists (~300 bytes per spectrum) are freed after they are copied into numpy arrays, but CPython's
-    small-object allocator keeps the pages; without ``malloc_trim`` they would sit on top of the table for the
-    whole read (measured: +26 MB RSS on a 100,000-pixel file). glibc only; a no-op elsewhere.
-    """
-    import gc
-
-    gc.collect()
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
 def _find_ibd(imzml: Path) -> Path | None:
     for cand in imzml.parent.glob("*"):
         if cand.stem == imzml.stem and cand.suffix.lower() == ".ibd" and cand.is_file():
@@ -108,56 +90,113 @@ def _find_ibd(imzml: Path) -> Path | None:
     return None
 
 
+#: imzML files larger than this are parsed in a child process (see :func:`_parse_metadata`).
+SUBPROCESS_PARSE_BYTES = 32 * 1024**2
+
+
+def _parse_metadata_here(imzml: Path) -> dict:
+    """pyimzML parse of the imzML XML, reduced to numpy arrays and scalars (raises ImzMLError)."""
+    from pyimzml.ImzMLParser import ImzMLParser
+
+    try:
+        try:
+            import lxml  # noqa: F401  # faster XML parsing for big files
+
+            parser = ImzMLParser(str(imzml), parse_lib="lxml", ibd_file=None)
+        except ImportError:
+            parser = ImzMLParser(str(imzml), ibd_file=None)
+    except Exception as err:  # XML syntax errors (lxml / ElementTree), missing cvParams, ...
+        raise ImzMLError(f"Cannot parse the imzML metadata ({type(err).__name__}: {err})", imzml,
+                         fix="Check that the file is a complete imzML 1.1 file (re-export it)") from err
+    if not parser.coordinates:
+        raise ImzMLError("The imzML lists no spectra", imzml, fix="Re-export the dataset with its spectra")
+    if parser.mzPrecision not in _DTYPES or parser.intensityPrecision not in _DTYPES:
+        raise ImzMLError(
+            f"Unsupported binary data types (m/z: {parser.mzPrecision}, intensity: {parser.intensityPrecision})",
+            imzml, fix="Export m/z and intensities as 32/64-bit floats or integers")
+    groups = parser.metadata.referenceable_param_groups
+    for gid in (parser.mzGroupId, parser.intGroupId):
+        params = groups[gid].param_by_name if gid in groups else {}
+        if any("compression" in name and name != "no compression" for name in params):
+            raise ImzMLError("The binary arrays are compressed, which pyimzML cannot read", imzml,
+                             fix="Re-export the imzML without compression")
+    fd = parser.metadata.file_description.param_by_name
+    meta = parser.imzmldict
+    return {
+        "uuid": np.array(str(fd.get("universally unique identifier", "") or "")),
+        "mz_dtype": np.array(np.dtype(_DTYPES[parser.mzPrecision]).str),
+        "int_dtype": np.array(np.dtype(_DTYPES[parser.intensityPrecision]).str),
+        "declared_mode": np.array("continuous" if "continuous" in fd else "processed" if "processed" in fd else ""),
+        "max_x": np.array(int(meta.get("max count of pixels x") or 0)),
+        "max_y": np.array(int(meta.get("max count of pixels y") or 0)),
+        "mz_offsets": np.asarray(parser.mzOffsets, dtype=np.int64),
+        "mz_lengths": np.asarray(parser.mzLengths, dtype=np.int64),
+        "int_offsets": np.asarray(parser.intensityOffsets, dtype=np.int64),
+        "int_lengths": np.asarray(parser.intensityLengths, dtype=np.int64),
+        "coords": np.asarray(parser.coordinates, dtype=np.int64),
+    }
+
+
+def _parse_metadata(imzml: Path) -> dict:
+    """The imzML metadata as numpy arrays.
+
+    pyimzML keeps several Python objects per spectrum while it parses (~300 bytes each: 30 MB for 100,000
+    pixels), and CPython does not hand that memory back to the OS after the lists are dropped, so it would sit
+    on top of the binned table for the whole read. Large files are therefore parsed by pyimzML in a short-lived
+    child Python process that returns only the arrays (an .npz in a temporary folder); small files in-process.
+    """
+    if imzml.stat().st_size <= SUBPROCESS_PARSE_BYTES:
+        return _parse_metadata_here(imzml)
+    import json
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="spatialmix-imzml-") as tmp:
+        out = Path(tmp) / "meta.npz"
+        code = ("import sys, json, numpy as np\n"
+                "from pathlib import Path\n"
+                "from spatialmix.io.imzml import _parse_metadata_here\n"
+                "try:\n"
+                "    np.savez(sys.argv[2], **_parse_metadata_here(Path(sys.argv[1])))\n"
+                "except Exception as err:\n"
+                "    print(json.dumps({'error': str(err)}))\n"
+                "    sys.exit(3)\n")
+        proc = subprocess.run([sys.executable, "-c", code, str(imzml), str(out)], capture_output=True, text=True)
+        if proc.returncode == 3:
+            err = ImzMLError(json.loads(proc.stdout.strip().splitlines()[-1])["error"])  # already names the file
+            err.path = imzml
+            raise err
+        if proc.returncode != 0 or not out.exists():
+            raise ImzMLError(f"Parsing the imzML metadata failed ({proc.stderr.strip()[-500:]})", imzml,
+                             fix="Check that the file is a complete imzML 1.1 file (re-export it)")
+        with np.load(out) as npz:
+            return {k: npz[k] for k in npz.files}
+
+
 class _ImzMLInfo:
     """What the reader needs from the imzML metadata, as numpy arrays (pyimzML's per-spectrum lists freed)."""
 
     def __init__(self, imzml: Path, ibd: Path):
-        from pyimzml.ImzMLParser import ImzMLParser
-
-        try:
-            try:
-                import lxml  # noqa: F401  # faster XML parsing for big files
-
-                parser = ImzMLParser(str(imzml), parse_lib="lxml", ibd_file=None)
-            except ImportError:
-                parser = ImzMLParser(str(imzml), ibd_file=None)
-        except Exception as err:  # XML syntax errors (lxml / ElementTree), missing cvParams, ...
-            raise ImzMLError(f"Cannot parse the imzML metadata ({type(err).__name__}: {err})", imzml,
-                             fix="Check that the file is a complete imzML 1.1 file (re-export it)") from err
-        if not parser.coordinates:
-            raise ImzMLError("The imzML lists no spectra", imzml, fix="Re-export the dataset with its spectra")
-        if parser.mzPrecision not in _DTYPES or parser.intensityPrecision not in _DTYPES:
-            raise ImzMLError(
-                f"Unsupported binary data types (m/z: {parser.mzPrecision}, intensity: {parser.intensityPrecision})",
-                imzml, fix="Export m/z and intensities as 32/64-bit floats or integers")
-        groups = parser.metadata.referenceable_param_groups
-        for gid in (parser.mzGroupId, parser.intGroupId):
-            params = groups[gid].param_by_name if gid in groups else {}
-            if any("compression" in name and name != "no compression" for name in params):
-                raise ImzMLError("The binary arrays are compressed, which pyimzML cannot read", imzml,
-                                 fix="Re-export the imzML without compression")
-        fd = parser.metadata.file_description.param_by_name
-        self.uuid = str(fd.get("universally unique identifier", "") or "")
-        self.mz_dtype = np.dtype(_DTYPES[parser.mzPrecision])
-        self.int_dtype = np.dtype(_DTYPES[parser.intensityPrecision])
-        self.mz_offsets = np.asarray(parser.mzOffsets, dtype=np.int64)
-        self.mz_lengths = np.asarray(parser.mzLengths, dtype=np.int64)
-        self.int_offsets = np.asarray(parser.intensityOffsets, dtype=np.int64)
-        self.int_lengths = np.asarray(parser.intensityLengths, dtype=np.int64)
-        coords = np.asarray(parser.coordinates, dtype=np.int64)
+        meta = _parse_metadata(imzml)
+        self.uuid = str(meta["uuid"])
+        self.mz_dtype = np.dtype(str(meta["mz_dtype"]))
+        self.int_dtype = np.dtype(str(meta["int_dtype"]))
+        self.mz_offsets = meta["mz_offsets"]
+        self.mz_lengths = meta["mz_lengths"]
+        self.int_offsets = meta["int_offsets"]
+        self.int_lengths = meta["int_lengths"]
+        coords = meta["coords"]
         self.x = coords[:, 0] - 1  # imzML is 1-based
         self.y = coords[:, 1] - 1
-        meta = parser.imzmldict
-        self.max_x = int(meta.get("max count of pixels x") or 0)
-        self.max_y = int(meta.get("max count of pixels y") or 0)
-        if "continuous" in fd:
-            self.mode = "continuous"
-        elif "processed" in fd:
-            self.mode = "processed"
+        self.max_x = int(meta["max_x"])
+        self.max_y = int(meta["max_y"])
+        declared = str(meta["declared_mode"])
+        if declared:
+            self.mode = declared
         else:  # not declared: continuous when every spectrum points at the same m/z array
             self.mode = "continuous" if np.all(self.mz_offsets == self.mz_offsets[0]) else "processed"
-        del parser, coords  # pyimzML's per-spectrum Python lists are garbage now
-        _release_freed_memory()
+        del meta, coords
         if np.any(self.mz_lengths != self.int_lengths):
             bad = int(np.flatnonzero(self.mz_lengths != self.int_lengths)[0])
             raise ImzMLError(f"Spectrum {bad} has {self.mz_lengths[bad]} m/z values but "
