@@ -83,8 +83,13 @@ def main(argv: list[str] | None = None) -> int:
     import warnings
 
     args = build_parser().parse_args(argv)
-    # one readable line per warning (e.g. spots without MSI coverage), not a source listing
-    warnings.formatwarning = lambda message, category, *a, **k: f"spatialmix: {category.__name__}: {message}\n"
+    from tqdm.auto import tqdm
+
+    # one readable line per warning (e.g. spots without MSI coverage), above any progress bar, no source listing
+    def show(message, category, filename, lineno, file=None, line=None):
+        tqdm.write(f"spatialmix: {category.__name__}: {message}", file=sys.stderr)
+
+    warnings.showwarning = show
     try:
         return args.func(args)
     except SpatialMixError as err:

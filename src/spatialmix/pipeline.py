@@ -124,8 +124,9 @@ def iter_read_sample(spec: SampleSpec, *, bin_ppm: float = 20.0, mz_range=None, 
     """Read one sample's files into a SpatialData (no registration yet)."""
     from spatialmix import io as smio
 
-    yield Progress(f"{spec.sample}: read Visium", 0, 1, str(spec.visium))
+    yield Progress(f"read Visium {spec.sample}", 0, 1, str(spec.visium))
     sdata = smio.read_visium(spec.visium, sample=spec.sample, patient=spec.patient)
+    yield Progress(f"read Visium {spec.sample}", 1, 1, f"{sdata.tables['rna'].n_obs} spots")
     parts = []
     if spec.imzml is not None:
         parts.append(
@@ -137,8 +138,7 @@ def iter_read_sample(spec: SampleSpec, *, bin_ppm: float = 20.0, mz_range=None, 
                         pixel_size_um=spec.msi_pixel_size_um,
                         bin_ppm=bin_ppm,
                         mz_range=mz_range,
-                    ),
-                    f"{spec.sample}: ",
+                    )
                 )
             )
         )
@@ -146,8 +146,7 @@ def iter_read_sample(spec: SampleSpec, *, bin_ppm: float = 20.0, mz_range=None, 
         parts.append(
             (
                 yield from forward(
-                    smio.iter_read_histology(spec.he, sample=spec.sample, microns_per_pixel=spec.he_microns_per_pixel),
-                    f"{spec.sample}: ",
+                    smio.iter_read_histology(spec.he, sample=spec.sample, microns_per_pixel=spec.he_microns_per_pixel)
                 )
             )
         )
@@ -266,8 +265,7 @@ def iter_prepare(
             for modality, element in (("he", f"{spec.sample}_he"), ("msi", f"{spec.sample}_msi_tic")):
                 if element in sdata.images:
                     t = time.perf_counter()
-                    yield from forward(smreg.iter_auto_register(sdata, spec.sample, modality),
-                                       f"{spec.sample}: register {modality} · ")
+                    yield from smreg.iter_auto_register(sdata, spec.sample, modality)
                     timings[f"register {spec.sample} {modality}"] = time.perf_counter() - t
 
     obs_cols = ["sample", "patient", "batch", "barcode", "region", "spot_id"]
@@ -278,13 +276,11 @@ def iter_prepare(
         s = spec.sample
         if f"{s}_msi" in sdata.tables:
             t = time.perf_counter()
-            msi_parts.append((yield from forward(
-                smfeat.iter_aggregate_msi(sdata, s, min_coverage=min_msi_coverage), f"{s}: ")))
+            msi_parts.append((yield from smfeat.iter_aggregate_msi(sdata, s, min_coverage=min_msi_coverage)))
             timings[f"aggregate msi {s}"] = time.perf_counter() - t
         if morphology and f"{s}_he" in sdata.images:
             t = time.perf_counter()
-            morph_parts.append((yield from forward(
-                smfeat.iter_morphology_features(sdata, s, encoder=morphology_encoder), f"{s}: ")))
+            morph_parts.append((yield from smfeat.iter_morphology_features(sdata, s, encoder=morphology_encoder)))
             timings[f"morphology {s}"] = time.perf_counter() - t
 
     yield Progress("build tables", 0, 1)

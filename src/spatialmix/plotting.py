@@ -71,20 +71,16 @@ def render_spots(values, xy: np.ndarray, *, bounds, resolution_um: float = 5.0, 
 
 
 def _tissue_contour(sdata, sample, bounds, resolution_um):
+    """Tissue mask of the Visium image on the figure grid (the registration's own mask, holes filled)."""
     name = f"{sample}_visium_hires"
     if name not in sdata.images:
         return None
-    from skimage.filters import threshold_otsu
-
-    rgb = render_image(sdata, name, sample, bounds=bounds, resolution_um=resolution_um)
-    od = -np.log(np.clip(np.nan_to_num(rgb, nan=255.0) / 255.0, 1e-3, 1.0)).sum(axis=-1)
     from scipy import ndimage
 
-    od = ndimage.gaussian_filter(od, 1.5)
-    from skimage.morphology import remove_small_objects
+    from spatialmix.registration import tissue_mask
 
-    mask = ndimage.binary_fill_holes(od > threshold_otsu(od))
-    return remove_small_objects(mask, max(16, int(mask.sum() * 0.01)))
+    rgb = render_image(sdata, name, sample, bounds=bounds, resolution_um=resolution_um)
+    return ndimage.binary_fill_holes(tissue_mask(np.nan_to_num(rgb, nan=255.0).astype(np.uint8), "rgb"))
 
 
 def _spot_patches(ax, xy, *, facecolors="none", edgecolors="k", values=None, cmap=None, radius=27.5, lw=1.0):

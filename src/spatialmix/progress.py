@@ -60,22 +60,32 @@ def run(
     if progress is True:
         from tqdm.auto import tqdm
 
-        state: dict[str, Any] = {"stage": None}
+        state: dict[str, Any] = {"last": None, "first": {}}
+
+        def finish(ev: Progress | None) -> None:
+            """Close the stage's transient bar; print one line for a stage that completed."""
+            nonlocal bar
+            if bar is not None:
+                bar.close()
+                bar = None
+            if ev is not None and (ev.total is None or ev.step >= ev.total):
+                msg = f" ({ev.message})" if ev.message else ""
+                tqdm.write(f"{ev.stage}{msg}: {ev.time - state['first'][ev.stage]:.1f} s", file=sys.stderr)
 
         def callback(ev: Progress) -> None:
             nonlocal bar
-            if ev.stage != state["stage"]:
-                if bar is not None:
-                    bar.close()
-                bar = tqdm(total=ev.total, desc=ev.stage, file=sys.stderr, leave=True)
-                state["stage"] = ev.stage
-            if bar is not None:
-                if ev.total is not None and bar.total != ev.total:
-                    bar.total = ev.total
-                bar.n = ev.step
-                if ev.message:
-                    bar.set_postfix_str(ev.message, refresh=False)
-                bar.refresh()
+            last = state["last"]
+            if last is None or ev.stage != last.stage:
+                finish(last)
+                state["first"].setdefault(ev.stage, ev.time)
+                bar = tqdm(total=ev.total, desc=ev.stage, file=sys.stderr, leave=False)
+            state["last"] = ev
+            if ev.total is not None and bar.total != ev.total:
+                bar.total = ev.total
+            bar.n = ev.step
+            if ev.message:
+                bar.set_postfix_str(ev.message, refresh=False)
+            bar.refresh()
 
     elif callable(progress):
         callback = progress
@@ -87,6 +97,8 @@ def run(
             if callback is not None:
                 callback(ev)
     except StopIteration as stop:
+        if progress is True:
+            finish(state["last"])
         return stop.value
     finally:
         if bar is not None:

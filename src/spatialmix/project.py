@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +80,9 @@ def save_project(sdata, path: str | Path, *, overwrite: bool = False) -> Path:
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
     sdata.attrs = jsonable(dict(sdata.attrs))
     try:
-        sdata.write(tmp, overwrite=False)
+        with warnings.catch_warnings():  # a notice about zarr's future defaults, nothing a user can act on
+            warnings.filterwarnings("ignore", message="zarr v3 autosharding")
+            sdata.write(tmp, overwrite=False)
     except Exception:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
