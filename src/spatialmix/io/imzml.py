@@ -507,7 +507,7 @@ def iter_read_imzml(
     kcol = kbuf.finish()
     # keep only bins that are non-zero in some pixel; remap bin ids -> column numbers in place, block-wise
     present = np.zeros(kmax - kmin + 1, dtype=bool)
-    block = 1 << 20
+    block = 1 << 16  # values per step: keeps the temporaries below ~1 MiB whatever the file size
     for a in range(0, len(kcol), block):
         present[kcol[a:a + block] - kmin] = True
     remap = (np.cumsum(present) - 1).astype(index_dtype)
@@ -534,11 +534,12 @@ def iter_read_imzml(
         ref = float(np.median(per_pixel[positive])) if positive.any() else 1.0
         factor = np.zeros(n, dtype=np.float64)
         factor[positive] = ref / per_pixel[positive]
-        step = 10_000
-        for a in range(0, n, step):
-            b = min(n, a + step)
-            lo, hi = int(X.indptr[a]), int(X.indptr[b])
-            X.data[lo:hi] *= np.repeat(factor[a:b], np.diff(X.indptr[a:b + 1])).astype(np.float32)
+        factor32 = factor.astype(np.float32)
+        nnz = int(X.indptr[-1])
+        for lo in range(0, nnz, block):  # bounded by values, not rows, so temporaries stay small
+            hi = min(nnz, lo + block)
+            rows = np.searchsorted(X.indptr, np.arange(lo, hi), side="right") - 1
+            X.data[lo:hi] *= factor32[rows]
     dense_bytes = n * n_bins * 4
     sparse_bytes = X.data.nbytes + X.indices.nbytes + X.indptr.nbytes
     if dense_bytes < sparse_bytes:
