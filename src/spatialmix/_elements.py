@@ -68,14 +68,18 @@ def level_affine(element, level: int, sample: str, *, axes: tuple[str, str] = ("
 
 def pixel_size_in_frame(matrix: np.ndarray) -> float:
     """Geometric-mean size (in output units) of one pixel under a 2-D affine."""
-    return float(np.sqrt(abs(np.linalg.det(matrix[:2, :2]))))
+    return float(np.sqrt(abs(np.linalg.det(np.asarray(matrix)[:2, :2]))))
 
 
-def pick_level(element, sample: str, target_um: float) -> int:
-    """The coarsest level whose pixels are still at most ``target_um`` wide (level 0 if none is)."""
+def pick_level(element, base: np.ndarray, target_um: float) -> int:
+    """The coarsest level whose pixels are still at most ``target_um`` wide (level 0 if none is).
+
+    ``base`` is the level-0 pixel -> frame matrix (e.g. :func:`element_affine`); 0.1 % slack absorbs rounding
+    when a level is exactly ``target_um`` wide.
+    """
     best = 0
     for i in range(len(image_levels(element))):
-        if pixel_size_in_frame(level_affine(element, i, sample)) <= target_um:
+        if pixel_size_in_frame(base @ level_to_level0(element, i)) <= target_um * 1.001:
             best = i
     return best
 

@@ -11,9 +11,8 @@ import json
 import platform
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -221,7 +220,6 @@ def iter_prepare(
     -------
     SpatialData with every sample, its registration records and the three modality tables.
     """
-    import anndata as ad
     from spatialdata import SpatialData
 
     from spatialmix import features as smfeat

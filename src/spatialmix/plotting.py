@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from spatialmix._elements import image_levels, level_affine, pick_level, resample_to_grid
+from spatialmix._elements import element_affine, image_levels, level_affine, pick_level, resample_to_grid
 from spatialmix.project import samples_of
 
 
@@ -48,7 +48,7 @@ def render_image(sdata, element: str, sample: str, *, bounds=None, resolution_um
     """Resample an image element into the sample frame: (H, W, C) float32 on a ``resolution_um`` grid."""
     el = sdata.images[element]
     bounds = bounds or sample_bounds(sdata, sample)
-    level = pick_level(el, sample, resolution_um)
+    level = pick_level(el, element_affine(el, sample), resolution_um)
     arr = np.asarray(image_levels(el)[level])
     out = resample_to_grid(arr, level_affine(el, level, sample), bounds, resolution_um, cval=np.nan)
     return np.moveaxis(out, 0, -1)

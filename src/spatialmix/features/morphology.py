@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from spatialmix._elements import image_levels, level_to_level0, pixel_size_in_frame
+from spatialmix._elements import image_levels, level_to_level0, pick_level, pixel_size_in_frame
 from spatialmix.errors import EncoderError, MissingFileError, ParameterError, ProjectError, check_positive
 from spatialmix.features._spots import element_to_sample, require_element, sample_spots
 from spatialmix.progress import Progress, ProgressGen, run
@@ -50,20 +50,6 @@ _CACHE_BYTES = 2 << 30  # read the H&E region under all spots at once up to this
 
 
 # ----------------------------------------------------------------------------------------------- helpers
-def _level_affine(element, level: int, base: np.ndarray) -> np.ndarray:
-    """Pixel -> sample affine of pyramid ``level`` (pixel centres at integers; exact for spatialdata pyramids)."""
-    return base @ level_to_level0(element, level)
-
-
-def _pick_level(element, base: np.ndarray, target_um: float) -> int:
-    """The coarsest pyramid level whose pixels are at most ``target_um`` wide (the finest if none is)."""
-    best = 0
-    for i in range(len(image_levels(element))):
-        if pixel_size_in_frame(_level_affine(element, i, base)) <= target_um * 1.001:
-            best = i
-    return best
-
-
 def _intensity_scale(data, cached: bool) -> float:
     """Factor taking the image's values to [0, 1]: 1/255 for uint8, 1/65535 for uint16, floats by their range."""
     dt = np.dtype(data.dtype)
@@ -109,9 +95,9 @@ class _PatchSampler:
         self.side_um = float(side_um)
         self.n_px = int(n_px)
         self.res_um = self.side_um / self.n_px
-        self.level = _pick_level(element, base, self.res_um)
+        self.level = pick_level(element, base, self.res_um)
         data = image_levels(element)[self.level].data  # numpy or dask (c, y, x)
-        self.affine = _level_affine(element, self.level, base)
+        self.affine = base @ level_to_level0(element, self.level)
         self.level_um = pixel_size_in_frame(self.affine)
         self.inv = np.linalg.inv(self.affine)
         off = (np.arange(self.n_px) + 0.5) * self.res_um - self.side_um / 2

@@ -19,6 +19,7 @@ import numpy as np
 from scipy import fft as sfft
 from scipy import ndimage, optimize
 
+from spatialmix._elements import pixel_size_in_frame
 from spatialmix.errors import ParameterError, RegistrationError
 from spatialmix.progress import Progress, ProgressGen, run
 from spatialmix.project import jsonable
@@ -110,10 +111,6 @@ def _translation(t) -> np.ndarray:
     return _h(np.eye(2), t)
 
 
-def _pixel_size(matrix: np.ndarray) -> float:
-    return float(np.sqrt(abs(np.linalg.det(np.asarray(matrix)[:2, :2]))))
-
-
 def _swap_xy(m: np.ndarray) -> np.ndarray:
     p = np.array([[0.0, 1, 0], [1, 0, 0], [0, 0, 1]])
     return p @ m @ p
@@ -154,7 +151,7 @@ class _Raster:
 
     @property
     def px_um(self) -> float:
-        return _pixel_size(self.to_um)
+        return pixel_size_in_frame(self.to_um)
 
     def footprint(self) -> np.ndarray:
         return np.ones(self.data.shape, np.float32) if self.valid is None else self.valid
@@ -205,7 +202,7 @@ def _prepare_raster(image, to_um: np.ndarray, kind: str, base_um: float) -> _Ras
         arr = np.moveaxis(arr, 0, -1)
     if kind != "rgb":
         arr = np.squeeze(arr)
-    k = max(1, int(np.floor(base_um / _pixel_size(to_um))))
+    k = max(1, int(np.floor(base_um / pixel_size_in_frame(to_um))))
     if k > 1:
         dtype = arr.dtype
         arr, d = _block_mean(arr, k)
@@ -266,7 +263,7 @@ def _fixed_level(fixed: _Raster, domain, sigma_um: float) -> _Level:
     k = max(1, int(np.floor(sigma_um / (1.5 * fixed.px_um))))
     f, dmat = _block_mean(fixed.data, k)
     to_um = fixed.to_um @ dmat
-    px = _pixel_size(to_um)
+    px = pixel_size_in_frame(to_um)
     dom = _domain_indicator(f.shape, to_um, domain)
     sig = sigma_um / px
     # the tissue map is blurred as a whole ("nearest" at the image edge): cutting it to the domain first would
@@ -498,7 +495,7 @@ def _refine(matrix: np.ndarray, ml: _MovingLevel, lev: _Level, domain, kind: str
     norm = max(float(np.sum(mvals)), 1.0)
     bounds = None
     if kind == "similarity" and scale_bounds is not None:
-        cur = _pixel_size(matrix)
+        cur = pixel_size_in_frame(matrix)
         lo, hi = np.log(scale_bounds[0] / cur) * length, np.log(scale_bounds[1] / cur) * length
         bounds = [(None, None), (min(lo, 0.0), max(hi, 0.0)), (None, None), (None, None)]
     res = optimize.minimize(
@@ -699,8 +696,8 @@ def iter_register_to_reference(
     total = n_rot + n_candidates + 2
     yield Progress(label, 0, total, "tissue masks")
 
-    pm_native = _pixel_size(nominal)
-    pf_native = _pixel_size(fixed_to_um)
+    pm_native = pixel_size_in_frame(nominal)
+    pf_native = pixel_size_in_frame(fixed_to_um)
     if fine_um is None:
         fine_um = float(np.clip(0.4 * max(pm_native, pf_native), 8.0, 30.0))
     base = 0.5 * fine_um
@@ -807,7 +804,7 @@ def iter_register_to_reference(
         "candidate_margin": margin,
         "domain_um": list(domain),
         "nominal_pixel_size_um": pm_native,
-        "scale_vs_nominal": _pixel_size(matrix) / pm_native,
+        "scale_vs_nominal": pixel_size_in_frame(matrix) / pm_native,
         "boundary_matched_fraction": matched,
         "fixed_kind": fixed_kind,
         "moving_kind": moving_kind,

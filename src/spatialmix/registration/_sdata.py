@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from spatialmix._elements import level_to_level0
+from spatialmix._elements import image_levels, level_to_level0, pixel_size_in_frame
 from spatialmix.errors import ParameterError, ProjectError, RegistrationError
 from spatialmix.progress import Progress, ProgressGen, forward, run
 
@@ -39,18 +39,6 @@ def _image(sdata, name: str, what: str):
     return sdata.images[name]
 
 
-def _levels(element) -> list:
-    """Resolution levels (finest first) of a DataArray or multiscale DataTree image."""
-    if hasattr(element, "children") and len(getattr(element, "children", {})) > 0:
-        keys = sorted(element.children, key=lambda k: int(str(k).replace("scale", "")))
-        out = []
-        for key in keys:
-            node = element[key]
-            out.append(node["image"] if "image" in node else next(iter(node.data_vars.values())))
-        return out
-    return [element]
-
-
 def _affine_to(element, cs: str) -> np.ndarray | None:
     from spatialdata.transformations import get_transformation
 
@@ -58,10 +46,6 @@ def _affine_to(element, cs: str) -> np.ndarray | None:
     if cs not in transforms:
         return None
     return np.asarray(transforms[cs].to_affine_matrix(input_axes=("x", "y"), output_axes=("x", "y")), dtype=float)
-
-
-def _pixel_size(matrix: np.ndarray) -> float:
-    return float(np.sqrt(abs(np.linalg.det(matrix[:2, :2]))))
 
 
 def _nominal_matrix(sdata, element, sample: str, modality: str, name: str) -> np.ndarray:
@@ -72,7 +56,7 @@ def _nominal_matrix(sdata, element, sample: str, modality: str, name: str) -> np
         for cs in ((f"{sample}_msi", sample) if modality == "msi" else (sample,)):
             m = _affine_to(element, cs)
             if m is not None:
-                size = _pixel_size(m)
+                size = pixel_size_in_frame(m)
                 break
     if size is None or not np.isfinite(size) or size <= 0:
         raise ProjectError(
@@ -113,7 +97,7 @@ def _fixed_inputs(sdata, sample: str):
     if name not in sdata.images and f"{sample}_visium_lowres" in sdata.images:
         name = f"{sample}_visium_lowres"
     element = _image(sdata, name, "the Visium tissue image that the registration aligns to")
-    level = _levels(element)[0]
+    level = image_levels(element)[0]
     matrix = _affine_to(element, sample)
     if matrix is None:
         raise ProjectError(f"{name!r} has no transformation into the coordinate system {sample!r}")
@@ -130,8 +114,8 @@ def _registered_he(sdata, sample: str):
     matrix = _affine_to(element, sample)
     if matrix is None:
         return None
-    levels = _levels(element)
-    level, to0 = _pick_level(levels, _pixel_size(matrix), HE_LEVEL_UM)
+    levels = image_levels(element)
+    level, to0 = _pick_level(levels, pixel_size_in_frame(matrix), HE_LEVEL_UM)
     return name, np.asarray(levels[level].data), matrix @ to0
 
 
@@ -139,9 +123,9 @@ def _moving_inputs(sdata, sample: str, modality: str):
     """(name, element, array of the chosen level, nominal level-0 pixel -> um, level -> level-0 pixels, level)."""
     name = MODALITIES[modality].format(sample=sample)
     element = _image(sdata, name, "MSI TIC image" if modality == "msi" else "H&E image")
-    levels = _levels(element)
+    levels = image_levels(element)
     nominal0 = _nominal_matrix(sdata, element, sample, modality, name)
-    best, to0 = (0, np.eye(3)) if modality == "msi" else _pick_level(levels, _pixel_size(nominal0), HE_LEVEL_UM)
+    best, to0 = (0, np.eye(3)) if modality == "msi" else _pick_level(levels, pixel_size_in_frame(nominal0), HE_LEVEL_UM)
     lev = levels[best]
     arr = np.asarray(lev.data)
     if modality == "msi":
