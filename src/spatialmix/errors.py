@@ -98,3 +98,19 @@ class MissingAnnotationFileError(AnnotationError, MissingFileError):
 
 class EncoderError(InputFileError):
     """A user's image-encoder checkpoint cannot be loaded or returns unusable features."""
+
+
+class TrainingError(SpatialMixError, RuntimeError):
+    """Training cannot go on (a non-finite loss, a device that is not there, a checkpoint that does not fit)."""
+
+
+class ModelError(SpatialMixError, ValueError):
+    """A model cannot do what was asked (an output it does not produce, data that does not match it)."""
+
+
+class FeatureMismatchError(ModelError):
+    """A dataset's features or modalities differ from the ones a saved model was trained on."""
+
+
+class ConfigError(InputFileError):
+    """A run configuration (TOML) is invalid: names the key, what is wrong and what is allowed."""

@@ -8,3 +8,7 @@ from .core import iter_simulate, simulate
 from .scene import SampleScene, sample_scene
 
 __all__ = ["SampleScene", "iter_simulate", "sample_scene", "simulate"]
+
+from .truth import load_truth  # noqa: E402
+
+__all__ += ["load_truth"]

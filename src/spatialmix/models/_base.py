@@ -1,0 +1,202 @@
+"""The user-facing model interface shared by every model (scvi-tools' ``model`` side of the split).
+
+A model is built from a :class:`~spatialmix.data.MultiModalData`, trained by the one engine
+(:mod:`spatialmix.train`), and asked for outputs. ``save(dir)`` writes the weights, the configuration, the
+modality order, the feature names and the batches; ``load(dir, data)`` checks a new dataset against them.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import threading
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from spatialmix.errors import FeatureMismatchError, ModelError, ProjectError
+from spatialmix.progress import run
+
+WEIGHTS = "model.pt"
+CONFIG = "model.json"
+
+
+def versions() -> dict[str, str]:
+    import sys
+
+    import torch
+
+    from spatialmix import __version__
+
+    return {"spatialmix": __version__, "torch": torch.__version__, "python": sys.version.split()[0]}
+
+
+class BaseModel:
+    """Common machinery: parameters, training through :mod:`spatialmix.train`, save / load, checks."""
+
+    name = "base"
+    #: the model's paper defaults for :class:`spatialmix.train.TrainConfig`
+    train_defaults: dict[str, Any] = {}
+
+    def __init__(self, data, **params):
+        self.data = data
+        self.params = params
+        self.modalities: list[str] = list(params.get("modalities") or data.modalities)
+        self.var_names = {m: pd.Index(data.var_names[m]) for m in self.modalities}
+        self.batches = list(pd.Categorical(data.obs[data.batch_key]).categories)
+        self.history: list[dict[str, Any]] = []
+        self.train_config: dict[str, Any] = {}
+        self.is_trained = False
+        self.stopped_early = False
+        self.split_: dict[str, np.ndarray] | None = None
+        self._stop_event = threading.Event()
+
+    # -- training ------------------------------------------------------------------------------------------
+    def iter_train(self, **options):
+        """Generator: progress events while training; returns the model (see :func:`spatialmix.train.iter_train`)."""
+        from spatialmix.train import iter_train
+
+        return (yield from iter_train(self, **options))
+
+    def train(self, *, progress: bool = False, **options):
+        """Train with the model's paper defaults, overridable (``epochs=``, ``lr=``, ``device=``, ...)."""
+        return run(self.iter_train(**options), progress=progress)
+
+    def stop_training(self) -> None:
+        """Ask a running training to stop after its current step (keeps the last completed epoch)."""
+        self._stop_event.set()
+
+    def _after_training(self, history, cfg, stopped: bool = False) -> None:
+        self.history = list(history)
+        self.train_config = asdict(cfg)
+        self.is_trained = bool([h for h in history if "loss" in h])
+        self.stopped_early = stopped
+
+    def _fingerprint(self) -> dict[str, Any]:
+        return {"model": self.name, "modalities": self.modalities,
+                "n_features": [len(self.var_names[m]) for m in self.modalities], "batches": self.batches,
+                "params": {k: v for k, v in self.params.items() if k != "modalities"}}
+
+    def _check_trained(self) -> None:
+        if not self.is_trained:
+            raise ModelError(f"{type(self).__name__} is not trained yet: call .train() first (or load a saved model)")
+
+    def training_curve(self) -> pd.DataFrame:
+        """One row per completed epoch: loss, validation loss, every loss term and seconds."""
+        return pd.DataFrame([h for h in self.history if "loss" in h])
+
+    # -- data checks ---------------------------------------------------------------------------------------
+    def _resolve_data(self, data):
+        data = self.data if data is None else data
+        if data is None:
+            raise ModelError("no data: pass data= (a spatialmix.data.MultiModalData)")
+        self.check_data(data)
+        return data
+
+    def check_data(self, data) -> None:
+        """Raise :class:`FeatureMismatchError` naming what differs when ``data`` does not fit the model."""
+        problems = []
+        missing_mods = [m for m in self.modalities if m not in data.modalities]
+        if missing_mods:
+            problems.append(f"modalities {missing_mods} are missing (the model was trained on {self.modalities}, "
+                            f"the data has {data.modalities})")
+        for m in self.modalities:
+            if m in missing_mods:
+                continue
+            theirs = pd.Index(data.var_names[m])
+            ours = self.var_names[m]
+            if theirs.equals(ours):
+                continue
+            absent = ours.difference(theirs, sort=False)
+            extra = theirs.difference(ours, sort=False)
+            detail = []
+            if len(absent):
+                detail.append(f"{len(absent)} feature(s) missing, e.g. {list(absent[:5])}")
+            if len(extra):
+                detail.append(f"{len(extra)} unknown feature(s), e.g. {list(extra[:5])}")
+            if not detail:
+                detail.append("same features in another order")
+            problems.append(f"{m}: " + "; ".join(detail))
+        if problems:
+            raise FeatureMismatchError(
+                "the data does not match the features the model was trained on: " + " | ".join(problems)
+                + ". Build the data with the same modalities and features (e.g. subset the tables to "
+                "model.var_names[modality] in that order)"
+            )
+
+    def _batch_codes(self, data) -> np.ndarray:
+        """Codes of ``data``'s batches in the model's batch order; -1 for batches the model never saw."""
+        cats = pd.Index(self.batches)
+        return cats.get_indexer(data.obs[data.batch_key].astype(str)).astype(np.int64)
+
+    # -- save / load ---------------------------------------------------------------------------------------
+    def _config(self) -> dict[str, Any]:
+        from spatialmix.project import jsonable
+
+        return jsonable({
+            "model": self.name, "class": type(self).__name__, "params": self.params, "modalities": self.modalities,
+            "var_names": {m: [str(v) for v in self.var_names[m]] for m in self.modalities},
+            "batches": [str(b) for b in self.batches], "batch_key": getattr(self.data, "batch_key", "batch"),
+            "train_config": self.train_config, "history": self.history, "is_trained": self.is_trained,
+            "stopped_early": self.stopped_early, "versions": versions(),
+            "split": {k: v.tolist() for k, v in (self.split_ or {}).items()},
+        })
+
+    def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        """Write ``model.pt`` (weights) and ``model.json`` (configuration, features, batches, training curve)
+        into the folder ``path``, atomically: a failure leaves any earlier save untouched."""
+        import torch
+
+        path = Path(path)
+        if path.exists() and not overwrite:
+            raise ProjectError(f"{path} already exists; pass overwrite=True to replace the saved model")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        try:
+            torch.save(self.module.state_dict(), tmp / WEIGHTS)
+            (tmp / CONFIG).write_text(json.dumps(self._config(), indent=1))
+            if path.exists():
+                old = path.with_name(f".{path.name}.old")
+                shutil.rmtree(old, ignore_errors=True)
+                path.rename(old)
+                tmp.rename(path)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                tmp.rename(path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, data=None, *, device: str = "cpu"):
+        """Load a model saved with :meth:`save`; ``data`` (optional) is checked against its features."""
+        import torch
+
+        path = Path(path)
+        if not (path / CONFIG).exists() or not (path / WEIGHTS).exists():
+            raise ProjectError(f"{path} is not a saved spatialmix model (needs {CONFIG} and {WEIGHTS}); "
+                               "save one with model.save(folder)")
+        config = json.loads((path / CONFIG).read_text())
+        if config.get("model") != cls.name:
+            raise ModelError(f"{path} holds a {config.get('model')!r} model, not {cls.name!r}; "
+                             f"load it with that model's class")
+        model = cls._from_config(config, data)
+        state = torch.load(path / WEIGHTS, map_location=device, weights_only=True)
+        model.module.load_state_dict(state)
+        model.history = config.get("history", [])
+        model.train_config = config.get("train_config", {})
+        model.is_trained = bool(config.get("is_trained"))
+        model.stopped_early = bool(config.get("stopped_early"))
+        model.split_ = {k: np.asarray(v, dtype=np.int64) for k, v in config.get("split", {}).items()} or None
+        if data is not None:
+            model.check_data(data)
+        return model
+
+    @classmethod
+    def _from_config(cls, config: dict, data):  # pragma: no cover - each model implements it
+        raise NotImplementedError

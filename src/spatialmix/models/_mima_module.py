@@ -1,0 +1,291 @@
+"""The MIMA networks and loss as pure ``torch.nn`` modules (no data handling, no training loop).
+
+One :class:`ModalityVAE` per modality: an encoder to three Gaussian latents (shared, private, batch) and a
+decoder of their sum. :class:`MIMAModule` combines the shared latents of all modalities by a product of
+experts (with a standard-normal prior expert and a per-spot availability mask) and computes the paper's loss.
+``docs/models.md`` explains every choice where the paper leaves room.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+LOGVAR_MIN, LOGVAR_MAX = -12.0, 8.0  # exp(-12) ~ 6e-6: keeps the product of experts' precisions finite
+
+
+def mlp(sizes: Sequence[int], dropout: float) -> nn.Sequential:
+    """Linear + ReLU + dropout for every consecutive pair of ``sizes`` (empty for a single size)."""
+    layers: list[nn.Module] = []
+    for a, b in zip(sizes[:-1], sizes[1:]):
+        layers += [nn.Linear(a, b), nn.ReLU()]
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+    return nn.Sequential(*layers)
+
+
+class GaussianHead(nn.Module):
+    """Dropout (latent layers) then two linear maps to the mean and the log-variance of a Gaussian."""
+
+    def __init__(self, n_in: int, n_latent: int, dropout: float):
+        super().__init__()
+        self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.mu = nn.Linear(n_in, n_latent)
+        self.logvar = nn.Linear(n_in, n_latent)
+
+    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.drop(h)
+        return self.mu(h), self.logvar(h).clamp(LOGVAR_MIN, LOGVAR_MAX)
+
+
+class ModalityVAE(nn.Module):
+    """Encoder (features -> shared, private; sample -> batch) and mirrored decoder of one modality.
+
+    ``hidden`` empty means the inputs are projected to the latents directly (the paper's choice for
+    modalities of at most ~1,000 features). The batch latent is a separate Gaussian per sample: its head reads
+    the one-hot sample code, not the features (see ``docs/models.md``: translation needs the *target's* batch
+    latent for spots where the target was not measured, and a batch head that cannot see the features cannot
+    carry biology away from the batch-corrected output).
+    """
+
+    def __init__(self, n_features: int, n_batches: int, *, n_latent: int, hidden: Sequence[int],
+                 dropout: float, latent_dropout: float, batch_input: str = "sample",
+                 encode_covariate: bool = True):
+        super().__init__()
+        self.n_features = n_features
+        self.n_batches = n_batches
+        self.batch_input = batch_input
+        self.encode_covariate = encode_covariate
+        self.body = mlp([n_features, *hidden], dropout)
+        h = hidden[-1] if hidden else n_features
+        n_head = h + (n_batches if encode_covariate else 0)
+        self.shared = GaussianHead(n_head, n_latent, latent_dropout)
+        self.private = GaussianHead(n_head, n_latent, latent_dropout)
+        n_batch_in = n_batches + (h if batch_input == "sample+features" else 0)
+        self.batch = GaussianHead(n_batch_in, n_latent, 0.0)
+        dec_hidden = list(reversed(hidden))
+        self.decoder_body = mlp([n_latent, *dec_hidden], dropout)
+        self.decoder_out = nn.Linear(dec_hidden[-1] if dec_hidden else n_latent, n_features)
+
+    def encode(self, x: torch.Tensor, onehot: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        h = self.body(x)
+        b_in = torch.cat([onehot, h], dim=1) if self.batch_input == "sample+features" else onehot
+        hc = torch.cat([h, onehot], dim=1) if self.encode_covariate else h
+        return {"shared": self.shared(hc), "private": self.private(hc), "batch": self.batch(b_in)}
+
+    def encode_batch(self, onehot: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch latent from the sample alone (only with ``batch_input='sample'``)."""
+        if self.batch_input != "sample":
+            raise ValueError("the batch latent depends on the features with batch_input='sample+features'")
+        return self.batch(onehot)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decoder_out(self.decoder_body(z))
+
+
+class _GradReverse(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return -grad
+
+
+def grad_reverse(x: torch.Tensor) -> torch.Tensor:
+    """Identity forward, negated gradient backward (domain-adversarial training, Ganin & Lempitsky 2015)."""
+    return _GradReverse.apply(x)
+
+
+def product_of_experts(mus: Sequence[torch.Tensor], logvars: Sequence[torch.Tensor],
+                       masks: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gaussian product of the experts present per spot (``masks``) and a standard-normal prior expert.
+
+    Precision-weighted: T = 1 + sum_m mask_m / var_m, mu = sum_m mask_m mu_m / var_m / T, var = 1 / T.
+    A spot missing every modality gets the prior.
+    """
+    precision = torch.ones_like(mus[0])
+    weighted = torch.zeros_like(mus[0])
+    for mu, logvar, mask in zip(mus, logvars, masks):
+        p = torch.exp(-logvar) * mask.unsqueeze(1).to(mu.dtype)
+        precision = precision + p
+        weighted = weighted + mu * p
+    return weighted / precision, -torch.log(precision)
+
+
+def kl_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, exp(logvar)) || N(0, I)) summed over latent dimensions, per spot."""
+    return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(dim=1)
+
+
+def masked_mse(x: torch.Tensor, x_hat: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean squared error per feature, averaged over the spots where ``mask`` is True (0 when none)."""
+    per_spot = (x_hat.float() - x.float()).pow(2).mean(dim=1)
+    m = mask.to(per_spot.dtype)
+    return (per_spot * m).sum() / m.sum().clamp_min(1.0)
+
+
+def masked_mean(v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    m = mask.to(v.dtype)
+    return (v * m).sum() / m.sum().clamp_min(1.0)
+
+
+class MIMAModule(nn.Module):
+    """Product-of-experts VAE over any number of modalities.
+
+    Parameters
+    ----------
+    n_features
+        Features per modality, in modality order.
+    n_batches
+        Number of samples (batches); the batch latent has one Gaussian per sample and modality.
+    n_latent
+        Size of each latent (shared, private, batch).
+    hidden
+        Hidden layer sizes per modality (``[]`` = direct projection).
+    beta
+        KL weights: ``{"poe", "shared", "private", "batch"}``.
+    translation
+        Include the ordered-pair translation terms in the shared loss.
+    """
+
+    def __init__(self, n_features: Sequence[int], n_batches: int, *, n_latent: int = 100,
+                 hidden: Sequence[Sequence[int]], dropout: float = 0.1, latent_dropout: float = 0.3,
+                 beta: dict[str, float], translation: bool = True, batch_input: str = "sample",
+                 encode_covariate: bool = True, adversarial: float = 0.0, names: Sequence[str] | None = None):
+        super().__init__()
+        self.names = list(names) if names is not None else [f"m{i}" for i in range(len(n_features))]
+        self.n_batches = n_batches
+        self.n_latent = n_latent
+        self.beta = dict(beta)
+        self.translation = translation
+        self.adversarial = float(adversarial)
+        self.vaes = nn.ModuleList(
+            ModalityVAE(n, n_batches, n_latent=n_latent, hidden=h, dropout=dropout,
+                        latent_dropout=latent_dropout, batch_input=batch_input, encode_covariate=encode_covariate)
+            for n, h in zip(n_features, hidden)
+        )
+        # batch classifiers on each modality's shared and private latent means, trained through a gradient
+        # reversal so the encoders learn to hide the sample from them (only when adversarial > 0)
+        if self.adversarial > 0 and n_batches > 1:
+            self.discriminators = nn.ModuleDict({
+                f"{kind}_{name}": nn.Sequential(nn.Linear(n_latent, 64), nn.ReLU(), nn.Linear(64, n_batches))
+                for name in self.names for kind in ("shared", "private")
+            })
+        else:
+            self.discriminators = None
+
+    # -- pieces -------------------------------------------------------------------------------------------
+    def onehot(self, batch: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        return F.one_hot(batch, self.n_batches).to(dtype)
+
+    @staticmethod
+    def sample(mu: torch.Tensor, logvar: torch.Tensor, stochastic: bool) -> torch.Tensor:
+        if not stochastic:
+            return mu
+        return mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+
+    def encode(self, xs: Sequence[torch.Tensor], masks: Sequence[torch.Tensor], batch: torch.Tensor):
+        onehot = self.onehot(batch, xs[0].dtype)
+        enc = [vae.encode(x, onehot) for vae, x in zip(self.vaes, xs)]
+        poe = product_of_experts([e["shared"][0] for e in enc], [e["shared"][1] for e in enc], masks)
+        return enc, poe
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The training engine's entry point: ``batch`` holds ``x_<name>``, ``mask_<name>`` and ``batch``."""
+        xs = [batch[f"x_{n}"] for n in self.names]
+        masks = [batch[f"mask_{n}"] for n in self.names]
+        return self.loss(xs, masks, batch["batch"])
+
+    # -- loss ---------------------------------------------------------------------------------------------
+    def loss(self, xs: Sequence[torch.Tensor], masks: Sequence[torch.Tensor], batch: torch.Tensor
+             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Total loss and its named terms for one mini-batch (sampled latents in training mode)."""
+        stochastic = self.training
+        enc, (poe_mu, poe_lv) = self.encode(xs, masks, batch)
+        z_poe = self.sample(poe_mu, poe_lv, stochastic)
+        z = [{k: self.sample(*e[k], stochastic) for k in e} for e in enc]
+        terms: dict[str, torch.Tensor] = {}
+        b = self.beta
+        shared = 0.0
+        for i, (vae, x, mask) in enumerate(zip(self.vaes, xs, masks)):
+            name = self.names[i]
+            rec = vae.decode(z_poe + z[i]["private"] + z[i]["batch"])
+            terms[f"recon_poe_{name}"] = masked_mse(x, rec, mask)
+            shared = shared + terms[f"recon_poe_{name}"]
+        if self.translation:
+            for s in range(len(self.vaes)):
+                for t in range(len(self.vaes)):
+                    if s == t:
+                        continue
+                    both = masks[s] & masks[t]
+                    rec = self.vaes[t].decode(z[s]["shared"] + z[t]["batch"])
+                    key = f"translate_{self.names[s]}_to_{self.names[t]}"
+                    terms[key] = masked_mse(xs[t], rec, both)
+                    shared = shared + terms[key]
+        any_mod = torch.stack(list(masks)).any(dim=0)
+        terms["kl_poe"] = masked_mean(kl_normal(poe_mu, poe_lv), any_mod)
+        shared = shared + b["poe"] * terms["kl_poe"]
+        private = 0.0
+        for i, (vae, x, mask) in enumerate(zip(self.vaes, xs, masks)):
+            name = self.names[i]
+            rec = vae.decode(z[i]["shared"] + z[i]["private"] + z[i]["batch"])
+            terms[f"recon_{name}"] = masked_mse(x, rec, mask)
+            for k in ("shared", "private", "batch"):
+                terms[f"kl_{k}_{name}"] = masked_mean(kl_normal(*enc[i][k]), mask)
+            private = private + terms[f"recon_{name}"] + sum(
+                b[k] * terms[f"kl_{k}_{name}"] for k in ("shared", "private", "batch"))
+        total = shared + private
+        if self.discriminators is not None:
+            for i, name in enumerate(self.names):
+                for kind in ("shared", "private"):
+                    logits = self.discriminators[f"{kind}_{name}"](grad_reverse(enc[i][kind][0]))
+                    ce = F.cross_entropy(logits.float(), batch, reduction="none")
+                    terms[f"adv_{kind}_{name}"] = masked_mean(ce, masks[i])
+                    total = total + self.adversarial * terms[f"adv_{kind}_{name}"]
+        return total, terms
+
+    # -- inference (means, no sampling) -------------------------------------------------------------------
+    @torch.no_grad()
+    def latents(self, xs, masks, batch) -> dict[str, torch.Tensor]:
+        enc, (poe_mu, _) = self.encode(xs, masks, batch)
+        out = {"poe": poe_mu}
+        for name, e in zip(self.names, enc):
+            out[f"shared_{name}"] = e["shared"][0]
+            out[f"private_{name}"] = e["private"][0]
+            out[f"batch_{name}"] = e["batch"][0]
+        return out
+
+    @torch.no_grad()
+    def reconstruct(self, xs, masks, batch, *, modality: int, with_batch: bool) -> torch.Tensor:
+        """Decode PoE + private (+ batch) of ``modality``: denoised (with batch) or batch-corrected."""
+        enc, (poe_mu, _) = self.encode(xs, masks, batch)
+        z = poe_mu + enc[modality]["private"][0]
+        if with_batch:
+            z = z + enc[modality]["batch"][0]
+        return self.vaes[modality].decode(z)
+
+    @torch.no_grad()
+    def translate(self, xs, masks, batch, *, sources: Sequence[int], target: int, with_batch: bool) -> torch.Tensor:
+        """Decode the product of the ``sources``' shared experts (+ the target's batch latent) by ``target``."""
+        onehot = self.onehot(batch, xs[sources[0]].dtype)
+        enc = {s: self.vaes[s].encode(xs[s], onehot) for s in sources}
+        mu, _ = product_of_experts([enc[s]["shared"][0] for s in sources], [enc[s]["shared"][1] for s in sources],
+                                   [masks[s] for s in sources])
+        z = mu
+        if with_batch:
+            vae = self.vaes[target]
+            if vae.batch_input == "sample":
+                z = z + vae.encode_batch(onehot)[0]
+            else:  # batch latent needs the target's features: use the mean over this mini-batch's measured spots
+                raise ValueError("translation with the target's batch needs batch_input='sample'")
+        return self.vaes[target].decode(z)
+
+
+def n_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+

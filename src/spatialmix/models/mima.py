@@ -1,0 +1,287 @@
+"""MIMA: modality-agnostic multi-omics integration and batch correction (Alvira Larizgoitia, Partel et al.,
+bioRxiv 2025.10.21.683449), the user-facing model.
+
+>>> data = MultiModalData.from_spatialdata(sdata)
+>>> model = MIMA(data)                  # every modality of data; paper defaults
+>>> model.train(epochs=50)              # or: for event in model.iter_train(): ...
+>>> z = model.get_latent_representation()           # PoE embedding (n_spots, 100)
+>>> msi = model.get_corrected("msi")                 # batch-corrected MSI
+>>> rna = model.translate(["msi", "morphology"], "rna")   # genes imputed from MSI + H&E
+
+The networks and the loss live in :mod:`spatialmix.models._mima_module`; ``docs/models.md`` documents every
+default and each choice the paper leaves open.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from spatialmix.errors import ModelError, ParameterError
+
+from ._base import BaseModel
+from ._mima_module import MIMAModule, n_parameters
+
+#: a modality with at most this many features is projected to the latents directly (the paper's rule)
+DIRECT_MAX_FEATURES = 1000
+
+DEFAULTS: dict[str, Any] = {
+    "n_latent": 100,
+    "n_hidden": 300,
+    "n_layers": 2,
+    "direct_max_features": DIRECT_MAX_FEATURES,
+    "dropout": 0.1,
+    "latent_dropout": 0.3,
+    "beta": 0.01,
+    "beta_poe": None,
+    "beta_shared": None,
+    "beta_private": None,
+    "beta_batch": 0.0,
+    "translation_loss": True,
+    "batch_input": "sample",
+    "encode_covariate": False,
+    "adversarial": 0.1,
+    "seed": 0,
+}
+
+
+class MIMA(BaseModel):
+    """Product-of-experts VAE with shared, private and batch latents per modality.
+
+    Parameters
+    ----------
+    data
+        The paired per-spot inputs (:class:`spatialmix.data.MultiModalData`).
+    modalities
+        Which of ``data``'s modalities to integrate, in order (default: all; any number >= 1).
+    n_latent
+        Size of the shared, private and batch latents (paper: 100).
+    n_hidden, n_layers
+        Hidden layers of encoders (and mirrored decoders) of high-dimensional modalities (paper: 2 x 300, ReLU).
+    direct_max_features
+        Modalities with at most this many features are projected to the latents directly (paper: ~1,000).
+    hidden
+        ``{modality: [sizes]}`` overriding the hidden layers of single modalities (``[]`` = direct).
+    dropout, latent_dropout
+        Dropout in encoder / decoder layers (0.1) and before the latent layers (0.3).
+    beta
+        KL weight (0.01, the paper's); ``beta_poe``, ``beta_shared``, ``beta_private`` override the weight of the
+        PoE KL and of each modality's shared / private KL. ``beta_batch`` defaults to 0: with equal weights the
+        L2 cost of a per-sample offset is split evenly between the batch and the private latent, so half of the
+        batch effect stays in the batch-corrected output (measured in ``docs/models.md``).
+    adversarial
+        Weight of the batch-adversarial term (default 0.1; 0 = the paper's loss only): a small classifier per
+        modality tries to tell the sample from the shared and private latent means, and the encoders are
+        trained through a gradient reversal to defeat it (see ``docs/models.md`` for the ablation).
+    encode_covariate
+        Also feed the sample one-hot to the shared / private heads (ablation only; worse in our measurements).
+    translation_loss
+        Include the cross-modal translation terms in the loss (the paper does; off only for the ablation).
+    batch_input
+        ``"sample"`` (default): each batch latent is a Gaussian per sample, read from the one-hot sample code;
+        ``"sample+features"``: the batch head also sees the modality's features (ablation; cannot translate
+        with the target's batch effect).
+    seed
+        Seeds the weight initialisation (training has its own ``seed`` option).
+    """
+
+    name = "mima"
+    train_defaults = {"epochs": 50, "batch_size": 128, "lr": 1e-4, "train_fraction": 0.8}
+
+    def __init__(self, data, *, modalities: Sequence[str] | None = None, hidden: dict[str, list[int]] | None = None,
+                 **params):
+        unknown = sorted(set(params) - set(DEFAULTS))
+        if unknown:
+            raise ParameterError(f"unknown MIMA parameter(s) {unknown}; allowed: {sorted(DEFAULTS) + ['hidden', 'modalities']}")
+        p = {**DEFAULTS, **params}
+        mods = list(modalities) if modalities is not None else list(data.modalities)
+        if not mods:
+            raise ParameterError("MIMA needs at least one modality")
+        missing = [m for m in mods if m not in data.modalities]
+        if missing:
+            raise ParameterError(f"modalities {missing} are not in the data (it has {data.modalities})")
+        if p["batch_input"] not in ("sample", "sample+features"):
+            raise ParameterError(f"batch_input must be 'sample' or 'sample+features', got {p['batch_input']!r}")
+        for key in ("n_latent", "n_hidden"):
+            if not isinstance(p[key], (int, np.integer)) or p[key] < 1:
+                raise ParameterError(f"{key} must be a whole number >= 1, got {p[key]!r}")
+        for key in ("dropout", "latent_dropout"):
+            if not 0 <= float(p[key]) < 1:
+                raise ParameterError(f"{key} must be in [0, 1), got {p[key]!r}")
+        p["modalities"] = mods
+        p["hidden"] = self._hidden_layers(mods, {m: data.n_vars(m) for m in mods}, p, hidden)
+        super().__init__(data, **p)
+        self._build()
+
+    @staticmethod
+    def _hidden_layers(mods, n_vars, p, override) -> dict[str, list[int]]:
+        override = dict(override or {})
+        unknown = sorted(set(override) - set(mods))
+        if unknown:
+            raise ParameterError(f"hidden= names modalities {unknown} that the model does not use ({mods})")
+        out = {}
+        for m in mods:
+            if m in override:
+                out[m] = [int(h) for h in override[m]]
+            elif n_vars[m] <= p["direct_max_features"]:
+                out[m] = []
+            else:
+                out[m] = [int(p["n_hidden"])] * int(p["n_layers"])
+        return out
+
+    def _betas(self) -> dict[str, float]:
+        p = self.params
+        base = float(p["beta"])
+        return {k: float(p[f"beta_{k}"]) if p.get(f"beta_{k}") is not None else base
+                for k in ("poe", "shared", "private", "batch")}
+
+    def _build(self) -> None:
+        import torch
+
+        p = self.params
+        torch.manual_seed(int(p["seed"]))
+        self.module = MIMAModule(
+            [len(self.var_names[m]) for m in self.modalities], max(len(self.batches), 1),
+            n_latent=int(p["n_latent"]), hidden=[p["hidden"][m] for m in self.modalities],
+            dropout=float(p["dropout"]), latent_dropout=float(p["latent_dropout"]), beta=self._betas(),
+            translation=bool(p["translation_loss"]), batch_input=p["batch_input"],
+            encode_covariate=bool(p.get("encode_covariate", False)), adversarial=float(p.get("adversarial", 0.0)),
+            names=self.modalities,
+        )
+
+    @classmethod
+    def _from_config(cls, config: dict, data):
+        obj = cls.__new__(cls)
+        params = dict(config["params"])
+        obj.data = data
+        obj.params = params
+        obj.modalities = list(config["modalities"])
+        obj.var_names = {m: pd.Index(v) for m, v in config["var_names"].items()}
+        obj.batches = list(config["batches"])
+        obj.history, obj.train_config, obj.is_trained, obj.stopped_early, obj.split_ = [], {}, False, False, None
+        import threading
+
+        obj._stop_event = threading.Event()
+        obj._build()
+        return obj
+
+    # -- tensors -------------------------------------------------------------------------------------------
+    def _tensors(self, data, device="cpu") -> dict:
+        import torch
+
+        out = {}
+        for m in self.modalities:
+            out[f"x_{m}"] = torch.as_tensor(data.dense(m), device=device)
+            out[f"mask_{m}"] = torch.as_tensor(np.asarray(data.mask[m], bool), device=device)
+        codes = self._batch_codes(data)
+        if (codes < 0).any() and data is self.data:
+            raise ModelError("some spots have no batch")  # cannot happen for the training data
+        out["batch"] = torch.as_tensor(np.where(codes < 0, 0, codes), device=device)
+        out["_known_batch"] = torch.as_tensor(codes >= 0, device=device)
+        return out
+
+    def _training_tensors(self) -> dict:
+        if self.data is None:
+            raise ModelError("this model was loaded without data; pass data to MIMA.load(path, data) to train it")
+        t = self._tensors(self.data)
+        t.pop("_known_batch")
+        return t
+
+    def _infer(self, data, fn, *, batch_size: int = 4096) -> np.ndarray:
+        """Run ``fn(xs, masks, batch)`` over ``data`` in chunks, eval mode, on the module's device."""
+        import torch
+
+        module = self.module
+        device = next(module.parameters()).device
+        t = self._tensors(data, device="cpu")
+        was_training = module.training
+        module.eval()
+        parts = []
+        try:
+            with torch.no_grad():
+                for s in range(0, data.n_obs, batch_size):
+                    sl = slice(s, s + batch_size)
+                    xs = [t[f"x_{m}"][sl].to(device) for m in self.modalities]
+                    masks = [t[f"mask_{m}"][sl].to(device) for m in self.modalities]
+                    b = t["batch"][sl].to(device)
+                    parts.append(fn(xs, masks, b).float().cpu().numpy())
+        finally:
+            module.train(was_training)
+        return np.concatenate(parts, axis=0) if parts else np.zeros((0, 0), np.float32)
+
+    def _index(self, modality: str) -> int:
+        if modality not in self.modalities:
+            raise ModelError(f"modality {modality!r} is not in this model (it integrates {self.modalities})")
+        return self.modalities.index(modality)
+
+    def _needs_known_batches(self, data, what: str) -> None:
+        unknown = sorted(set(data.obs[data.batch_key].astype(str)) - set(map(str, self.batches)))
+        if unknown:
+            raise ModelError(f"{what} uses the batch latent of each sample, but samples {unknown} were not in "
+                             f"the training data ({self.batches}); use the batch-free output instead")
+
+    # -- outputs -------------------------------------------------------------------------------------------
+    def get_latent_representation(self, kind: str = "poe", modality: str | None = None, *, data=None) -> np.ndarray:
+        """Latent means per spot.
+
+        ``kind="poe"`` (default): the shared product-of-experts embedding; ``"shared"``, ``"private"``,
+        ``"batch"``: that latent of ``modality``.
+        """
+        self._check_trained()
+        data = self._resolve_data(data)
+        if kind == "poe":
+            return self._infer(data, lambda xs, ms, b: self.module.latents(xs, ms, b)["poe"])
+        if kind not in ("shared", "private", "batch"):
+            raise ParameterError(f"kind must be 'poe', 'shared', 'private' or 'batch', got {kind!r}")
+        if modality is None:
+            raise ParameterError(f"kind={kind!r} needs modality= (one of {self.modalities})")
+        self._index(modality)
+        return self._infer(data, lambda xs, ms, b: self.module.latents(xs, ms, b)[f"{kind}_{modality}"])
+
+    def get_corrected(self, modality: str, *, data=None) -> np.ndarray:
+        """Batch-corrected reconstruction of ``modality``: decoder(PoE + private), no batch latent."""
+        self._check_trained()
+        data = self._resolve_data(data)
+        i = self._index(modality)
+        return self._infer(data, lambda xs, ms, b: self.module.reconstruct(xs, ms, b, modality=i, with_batch=False))
+
+    def get_denoised(self, modality: str, *, data=None) -> np.ndarray:
+        """Denoised reconstruction of ``modality``: decoder(PoE + private + batch)."""
+        self._check_trained()
+        data = self._resolve_data(data)
+        self._needs_known_batches(data, "the denoised reconstruction")
+        i = self._index(modality)
+        return self._infer(data, lambda xs, ms, b: self.module.reconstruct(xs, ms, b, modality=i, with_batch=True))
+
+    def translate(self, sources: str | Sequence[str], target: str, *, batch_free: bool = False, data=None) -> np.ndarray:
+        """Impute ``target`` from the shared latent of ``sources`` (product of their experts).
+
+        With the target's batch latent of each spot's sample (default) the result is on the scale of that
+        sample's measurements; ``batch_free=True`` decodes without it (comparable across samples).
+        """
+        self._check_trained()
+        data = self._resolve_data(data)
+        sources = [sources] if isinstance(sources, str) else list(sources)
+        if not sources:
+            raise ParameterError("translate needs at least one source modality")
+        if target in sources:
+            raise ParameterError(f"target {target!r} is also a source; use get_denoised / get_corrected for it")
+        src = [self._index(s) for s in sources]
+        t = self._index(target)
+        if not batch_free:
+            if self.params["batch_input"] != "sample":
+                raise ModelError("translation with the target's batch latent needs batch_input='sample'; "
+                                 "use batch_free=True with this model")
+            self._needs_known_batches(data, "translation with the target's batch latent")
+        return self._infer(data, lambda xs, ms, b: self.module.translate(xs, ms, b, sources=src, target=t,
+                                                                          with_batch=not batch_free))
+
+    def __repr__(self) -> str:
+        state = "trained" if self.is_trained else "untrained"
+        hidden = ", ".join(f"{m}: {len(self.var_names[m])} -> {self.params['hidden'][m] or 'direct'}"
+                           for m in self.modalities)
+        return (f"MIMA({state}; {len(self.batches)} batches; latent {self.params['n_latent']}; {hidden}; "
+                f"{n_parameters(self.module):,} parameters)")

@@ -1,0 +1,359 @@
+"""One training engine for every model: devices, seeds, mini-batches by index, progress, stop, checkpoints.
+
+:func:`iter_train` is a generator: it yields :class:`~spatialmix.progress.Progress` events (one per optimiser
+step and one per epoch with every loss term, the validation loss, seconds per epoch and the estimated time
+left) and returns the trained model. The napari worker and the CLI drive the same generator.
+
+A model plugs in by providing
+
+- ``module``: the ``torch.nn.Module`` whose ``forward(batch)`` returns ``(total_loss, {term: tensor})``,
+- ``_training_tensors()``: ``{name: tensor}`` with one row per observation (moved to the device once),
+- ``train_defaults``: its paper's training defaults (lr, batch size, epochs, ...),
+- ``_fingerprint()``: what a checkpoint must match to be resumed (modalities, feature counts, batches).
+
+Lightning Fabric runs the loop on CPU, one GPU, or several GPUs / nodes (``devices``, ``num_nodes``,
+``strategy``; launch several processes with ``torchrun`` or ``fabric run``), with optional mixed precision.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from spatialmix.errors import ParameterError, TrainingError
+from spatialmix.progress import Progress, run
+
+CHECKPOINT_NAME = "last.ckpt"
+
+
+@dataclass
+class TrainConfig:
+    """Training options shared by every model (each model supplies its paper's defaults)."""
+
+    epochs: int = 50
+    batch_size: int = 128
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    train_fraction: float = 0.8
+    early_stopping: bool = False
+    patience: int = 10
+    min_delta: float = 0.0
+    checkpoint_every: int = 0
+    checkpoint_dir: str | None = None
+    resume: str | bool | None = None
+    device: str = "auto"
+    devices: int = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str = "32-true"
+    seed: int = 0
+    step_events: bool = True
+
+    @classmethod
+    def build(cls, defaults: dict[str, Any], overrides: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ParameterError(f"unknown training option(s) {unknown}; allowed: {sorted(known)}")
+        cfg = cls(**{**{k: v for k, v in defaults.items() if k in known}, **overrides})
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        def positive_int(name):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise ParameterError(f"training option {name} must be a whole number >= 1, got {v!r}")
+
+        for name in ("epochs", "batch_size", "patience", "devices", "num_nodes"):
+            positive_int(name)
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise ParameterError(f"training option lr must be a positive number, got {self.lr!r}")
+        if not 0 < float(self.train_fraction) <= 1:
+            raise ParameterError(f"train_fraction must be in (0, 1], got {self.train_fraction!r}")
+        if self.checkpoint_every < 0:
+            raise ParameterError(f"checkpoint_every must be >= 0 (0 = never), got {self.checkpoint_every!r}")
+        if self.checkpoint_every and not self.checkpoint_dir:
+            raise ParameterError("checkpoint_every needs checkpoint_dir (the folder to write checkpoints into)")
+        allowed = ("32-true", "32", "16-mixed", "bf16-mixed", "64-true")
+        if str(self.precision) not in allowed:
+            raise ParameterError(f"precision must be one of {allowed}, got {self.precision!r}")
+
+
+def resolve_device(device: str) -> tuple[str, list[int] | int | str]:
+    """``auto|cpu|cuda|cuda:N`` -> Lightning Fabric ``(accelerator, devices)``; clear error when absent."""
+    import torch
+
+    device = str(device).strip().lower()
+    if device == "auto":
+        return ("cuda", 1) if torch.cuda.is_available() else ("cpu", 1)
+    if device == "cpu":
+        return "cpu", 1
+    if device == "cuda" or device.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise TrainingError(
+                f"device {device!r} was asked for but this machine has no CUDA GPU that torch can use "
+                f"(torch {torch.__version__}). Use device='cpu' or 'auto'"
+            )
+        if device == "cuda":
+            return "cuda", 1
+        try:
+            index = int(device.split(":", 1)[1])
+        except ValueError:
+            raise ParameterError(f"device {device!r}: expected cuda:N with a GPU number N") from None
+        if not 0 <= index < torch.cuda.device_count():
+            raise TrainingError(f"device {device!r}: this machine has {torch.cuda.device_count()} GPU(s)")
+        return "cuda", [index]
+    raise ParameterError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+
+
+def split_indices(n: int, train_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded random train / validation split of ``n`` observations (sorted positions)."""
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(n)
+    n_train = n if train_fraction >= 1 else max(1, min(n - 1, int(round(train_fraction * n))))
+    return np.sort(perm[:n_train]), np.sort(perm[n_train:])
+
+
+def _cpu_state(module) -> dict:
+    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+
+
+def iter_train(model, *, stop: threading.Event | None = None, **options):
+    """Train ``model`` in place; yields progress events, returns the model.
+
+    Parameters
+    ----------
+    model
+        A spatialmix model (see the module docstring for what the engine needs from it).
+    stop
+        Optional ``threading.Event``; when set, training stops after the current step and the model keeps the
+        weights of the last completed epoch (``model.stop_training()`` sets the model's own event).
+    **options
+        :class:`TrainConfig` fields overriding the model's defaults.
+
+    The events' ``info`` holds ``event`` (``"step"`` or ``"epoch"``), ``epoch``, ``epochs``, ``step``,
+    ``steps_per_epoch``, ``loss``; epoch events add ``terms`` (mean of each loss term), ``val_loss``,
+    ``val_terms``, ``seconds_per_epoch`` and ``eta_s``. Closing the generator early (or ``stop``) also
+    restores the last completed epoch.
+    """
+    import torch
+    from lightning_fabric import Fabric
+
+    cfg = TrainConfig.build(model.train_defaults, options)
+    stop = stop if stop is not None else model._stop_event
+    stop.clear()
+    accelerator, devices = resolve_device(cfg.device)
+    if cfg.devices > 1:
+        devices = cfg.devices
+    precision = "32-true" if cfg.precision == "32" else cfg.precision
+    if accelerator == "cpu" and precision in ("16-mixed",):
+        raise ParameterError("precision '16-mixed' needs a GPU; use '32-true' (or 'bf16-mixed') on CPU")
+    fabric = Fabric(accelerator=accelerator, devices=devices, num_nodes=cfg.num_nodes, strategy=cfg.strategy,
+                    precision=precision)
+    if fabric.world_size > 1:
+        fabric.launch()
+    torch.manual_seed(cfg.seed)
+    shuffle = torch.Generator().manual_seed(cfg.seed)
+
+    tensors = model._training_tensors()
+    n = next(iter(tensors.values())).shape[0]
+    train_idx, val_idx = split_indices(n, cfg.train_fraction, cfg.seed)
+    model.split_ = {"train": train_idx, "validation": val_idx}
+    data = {k: fabric.to_device(v) for k, v in tensors.items()}  # once; mini-batches are index slices
+    device = next(iter(data.values())).device
+
+    module = model.module
+    optimizer = torch.optim.Adam(module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    fmodule, optimizer = fabric.setup(module, optimizer)
+
+    history: list[dict[str, Any]] = []
+    start_epoch = 0
+    best = {"val": math.inf, "epoch": 0, "state": None, "bad": 0}
+    ckpt_dir = Path(cfg.checkpoint_dir) if cfg.checkpoint_dir else None
+    if cfg.resume:
+        path = Path(cfg.resume) if not isinstance(cfg.resume, bool) else (ckpt_dir / CHECKPOINT_NAME if ckpt_dir else None)
+        if path is None:
+            raise ParameterError("resume=True needs checkpoint_dir; or pass the checkpoint path as resume=")
+        if path.is_dir():
+            path = path / CHECKPOINT_NAME
+        if not path.exists():
+            raise TrainingError(f"no checkpoint to resume from at {path}; train without resume first, "
+                                "with checkpoint_every and checkpoint_dir set")
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        if ckpt.get("fingerprint") != model._fingerprint():
+            raise TrainingError(
+                f"checkpoint {path} was written for a different model or dataset "
+                f"({ckpt.get('fingerprint')}) than this one ({model._fingerprint()}); start a new training")
+        module.load_state_dict(ckpt["module"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        history = list(ckpt["history"])
+        start_epoch = int(ckpt["epoch"])
+        best.update(ckpt.get("best", {}))
+        shuffle.set_state(ckpt["shuffle_rng"])
+        torch.set_rng_state(ckpt["torch_rng"])
+        if not np.array_equal(ckpt["split"]["train"], train_idx):
+            raise TrainingError(f"checkpoint {path} used another train/validation split (seed or "
+                                "train_fraction changed); resume with the same options")
+
+    train_dev = torch.as_tensor(train_idx, device=device)
+    world, rank = fabric.world_size, fabric.global_rank
+    n_local = len(range(rank, len(train_idx), world))
+    steps_per_epoch = max(1, math.ceil(n_local / cfg.batch_size))
+    total_steps = cfg.epochs * steps_per_epoch
+    stage = f"train {model.name}"
+    last_good = _cpu_state(module)
+    completed = False
+    epoch_seconds: list[float] = []
+
+    def restore(state):
+        module.load_state_dict(state)
+
+    def check_finite(total, terms, epoch, step, where):
+        if torch.isfinite(total).item():
+            return
+        bad = [k for k, v in terms.items() if not torch.isfinite(v).all().item()]
+        restore(last_good)
+        model._after_training(history, cfg)
+        raise TrainingError(
+            f"{where} loss became {float(total)} at epoch {epoch}, step {step}: non-finite term(s) "
+            f"{bad or ['total']}. The model keeps the weights of epoch {epoch - 1}. "
+            "Check the inputs for NaN/Inf, or lower the learning rate (lr)"
+        )
+
+    try:
+        for epoch in range(start_epoch + 1, cfg.epochs + 1):
+            t0 = time.perf_counter()
+            fmodule.train()
+            order = train_dev[torch.randperm(len(train_idx), generator=shuffle).to(device)]
+            order = order[rank::world]
+            sums: dict[str, float] = {}
+            loss_sum, count = 0.0, 0
+            for step in range(steps_per_epoch):
+                idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+                if len(idx) == 0:
+                    break
+                batch = {k: v[idx] for k, v in data.items()}
+                total, terms = fmodule(batch)
+                names = list(terms)
+                values = torch.stack([total.detach().float(), *[terms[k].detach().float() for k in names]]).cpu()
+                if not torch.isfinite(values).all():
+                    check_finite(total, terms, epoch, step + 1, "training")
+                optimizer.zero_grad(set_to_none=True)
+                fabric.backward(total)
+                optimizer.step()
+                w = len(idx)
+                loss_sum += float(values[0]) * w
+                count += w
+                for k, v in zip(names, values[1:].tolist()):
+                    sums[k] = sums.get(k, 0.0) + v * w
+                global_step = (epoch - 1) * steps_per_epoch + step + 1
+                if stop.is_set():
+                    restore(last_good)
+                    yield Progress(stage, global_step, total_steps, f"stopped in epoch {epoch}; kept epoch {epoch - 1}",
+                                   {"event": "stopped", "epoch": epoch - 1, "epochs": cfg.epochs})
+                    completed = True
+                    model._after_training(history, cfg, stopped=True)
+                    return model
+                if cfg.step_events:
+                    yield Progress(stage, global_step, total_steps, f"epoch {epoch}/{cfg.epochs}",
+                                   {"event": "step", "epoch": epoch, "epochs": cfg.epochs, "step": step + 1,
+                                    "steps_per_epoch": steps_per_epoch, "loss": float(values[0])})
+            val_loss, val_terms = _validate(fmodule, data, val_idx, cfg.batch_size, device)
+            if val_loss is not None and not math.isfinite(val_loss):
+                bad = [k for k, v in val_terms.items() if not math.isfinite(v)]
+                restore(last_good)
+                model._after_training(history, cfg)
+                raise TrainingError(f"validation loss became {val_loss} at epoch {epoch}: non-finite term(s) {bad}. "
+                                    f"The model keeps the weights of epoch {epoch - 1}. Lower the learning rate (lr)")
+            seconds = time.perf_counter() - t0
+            epoch_seconds.append(seconds)
+            record = {"epoch": epoch, "loss": loss_sum / max(count, 1), "val_loss": val_loss, "seconds": seconds,
+                      **{k: v / max(count, 1) for k, v in sums.items()},
+                      **{f"val_{k}": v for k, v in val_terms.items()}}
+            history.append(record)
+            last_good = _cpu_state(module)
+            eta = float(np.mean(epoch_seconds[-5:])) * (cfg.epochs - epoch)
+            improved = val_loss is not None and val_loss < best["val"] - cfg.min_delta
+            if improved:
+                best.update(val=val_loss, epoch=epoch, bad=0, state=last_good if cfg.early_stopping else None)
+            else:
+                best["bad"] += 1
+            msg = f"epoch {epoch}/{cfg.epochs} loss {record['loss']:.4g}" + (
+                f" val {val_loss:.4g}" if val_loss is not None else "")
+            yield Progress(stage, epoch * steps_per_epoch, total_steps, msg,
+                           {"event": "epoch", "epoch": epoch, "epochs": cfg.epochs, "step": steps_per_epoch,
+                            "steps_per_epoch": steps_per_epoch, "loss": record["loss"],
+                            "terms": {k: v / max(count, 1) for k, v in sums.items()}, "val_loss": val_loss,
+                            "val_terms": val_terms, "seconds_per_epoch": seconds, "eta_s": eta})
+            if ckpt_dir is not None and cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0 and rank == 0:
+                _save_checkpoint(ckpt_dir, module, optimizer, epoch, history, best, shuffle, model, cfg)
+            if cfg.early_stopping and val_loss is not None and best["bad"] >= cfg.patience:
+                restore(best["state"] if best["state"] is not None else last_good)
+                history.append({"epoch": epoch, "early_stopped": True, "best_epoch": best["epoch"]})
+                yield Progress(stage, total_steps, total_steps,
+                               f"early stop at epoch {epoch}; best epoch {best['epoch']} (val {best['val']:.4g})",
+                               {"event": "early_stop", "epoch": epoch, "epochs": cfg.epochs,
+                                "best_epoch": best["epoch"]})
+                break
+        completed = True
+        model._after_training(history, cfg)
+        return model
+    finally:
+        if not completed:  # closed mid-epoch (GeneratorExit) or an error: keep the last completed epoch
+            restore(last_good)
+            if history:
+                model._after_training(history, cfg, stopped=True)
+
+
+def _validate(fmodule, data, val_idx, batch_size, device):
+    """Mean loss (and terms) over the validation spots in eval mode; ``(None, {})`` when there are none."""
+    import torch
+
+    if len(val_idx) == 0:
+        return None, {}
+    fmodule.eval()
+    idx_all = torch.as_tensor(val_idx, device=device)
+    sums: dict[str, float] = {}
+    total_sum, n = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(idx_all), max(batch_size, 1024)):
+            idx = idx_all[start:start + max(batch_size, 1024)]
+            total, terms = fmodule({k: v[idx] for k, v in data.items()})
+            w = len(idx)
+            total_sum += float(total) * w
+            n += w
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + float(v) * w
+    return total_sum / n, {k: v / n for k, v in sums.items()}
+
+
+def _save_checkpoint(folder: Path, module, optimizer, epoch, history, best, shuffle, model, cfg) -> Path:
+    """Write ``last.ckpt`` atomically (temp file + rename) so a crash never leaves half a checkpoint."""
+    import torch
+
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {
+        "module": module.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+        "history": history, "best": {k: v for k, v in best.items() if k != "state"},
+        "shuffle_rng": shuffle.get_state(), "torch_rng": torch.get_rng_state(),
+        "split": model.split_, "fingerprint": model._fingerprint(), "config": asdict(cfg), "model": model.name,
+    }
+    tmp = folder / f".{CHECKPOINT_NAME}.tmp"
+    torch.save(state, tmp)
+    tmp.replace(folder / CHECKPOINT_NAME)
+    return folder / CHECKPOINT_NAME
+
+
+def train(model, *, progress: bool = False, **options):
+    """Train ``model`` (see :func:`iter_train`), optionally with a terminal progress bar; returns the model."""
+    return run(iter_train(model, **options), progress=progress)
+
+
+__all__ = ["TrainConfig", "iter_train", "resolve_device", "split_indices", "train"]
