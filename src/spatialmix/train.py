@@ -222,7 +222,7 @@ def iter_train(model, *, stop: threading.Event | None = None, **options):
         restore(last_good)
         model._after_training(history, cfg)
         raise TrainingError(
-            f"{where} loss became {float(total)} at epoch {epoch}, step {step}: non-finite term(s) "
+            f"{where} loss became {float(total.detach())} at epoch {epoch}, step {step}: non-finite term(s) "
             f"{bad or ['total']}. The model keeps the weights of epoch {epoch - 1}. "
             "Check the inputs for NaN/Inf, or lower the learning rate (lr)"
         )

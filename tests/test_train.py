@@ -1,0 +1,265 @@
+"""The training engine and the MIMA model on small synthetic data (fast; no project needed)."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from spatialmix.data import MultiModalData
+from spatialmix.errors import FeatureMismatchError, ModelError, ParameterError, TrainingError
+from spatialmix.models import MIMA
+from spatialmix.progress import Progress
+
+
+def toy_data(n=240, n_batches=2, seed=0, nan_at=None) -> MultiModalData:
+    """Three modalities driven by 3 regions, with an additive per-batch offset; 'b' misses 25 % of spots."""
+    rng = np.random.default_rng(seed)
+    region = rng.integers(0, 3, n)
+    batch = np.arange(n) % n_batches
+    X, mask, var = {}, {}, {}
+    for m, d in (("a", 40), ("b", 25), ("c", 8)):
+        centres = rng.normal(0, 2, (3, d))
+        offsets = rng.normal(0, 1.5, (n_batches, d))
+        X[m] = (centres[region] + offsets[batch] + rng.normal(0, 0.3, (n, d))).astype(np.float32)
+        mask[m] = np.ones(n, bool)
+        var[m] = pd.Index([f"{m}{i}" for i in range(d)])
+    mask["b"][rng.random(n) < 0.25] = False
+    X["b"][~mask["b"]] = 0
+    if nan_at is not None:
+        X["a"][nan_at] = np.nan
+    obs = pd.DataFrame({"sample": [f"S{b}" for b in batch], "batch": [f"S{b}" for b in batch],
+                        "region": region.astype(str)}, index=[f"spot{i}" for i in range(n)])
+    return MultiModalData(["a", "b", "c"], X, mask, var, obs, None, "batch", None)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    torch.set_num_threads(1)
+
+
+def small_model(data=None, **kw):
+    return MIMA(data or toy_data(), n_latent=8, n_hidden=16, direct_max_features=30, **kw)
+
+
+def test_mima_architecture_follows_the_paper_rules():
+    data = toy_data()
+    model = MIMA(data, direct_max_features=30)
+    # 'a' (40 features) gets two hidden layers of 300; 'b' and 'c' (<= 30) are projected directly
+    assert model.params["hidden"] == {"a": [300, 300], "b": [], "c": []}
+    vae_a = model.module.vaes[0]
+    assert [layer.out_features for layer in vae_a.body if isinstance(layer, torch.nn.Linear)] == [300, 300]
+    assert vae_a.shared.mu.out_features == 100 and vae_a.private.mu.out_features == 100
+    assert [layer.p for layer in vae_a.body if isinstance(layer, torch.nn.Dropout)] == [0.1, 0.1]
+    assert vae_a.shared.drop.p == 0.3
+    # decoders mirror encoders
+    assert [layer.out_features for layer in vae_a.decoder_body if isinstance(layer, torch.nn.Linear)] == [300, 300]
+    assert vae_a.decoder_out.out_features == 40
+    assert model.module.vaes[1].decoder_out.in_features == 100
+    # any number of modalities, in the order asked for
+    two = MIMA(data, modalities=["c", "a"], n_latent=8)
+    assert two.modalities == ["c", "a"] and len(two.module.vaes) == 2
+
+
+def test_loss_terms_match_the_paper_for_three_modalities():
+    model = small_model()
+    t = {k: torch.as_tensor(v) for k, v in model._training_tensors().items()}
+    total, terms = model.module(t)
+    pairs = {f"translate_{s}_to_{d}" for s in "abc" for d in "abc" if s != d}
+    assert pairs <= set(terms) and len(pairs) == 6
+    assert {"recon_poe_a", "recon_a", "kl_poe", "kl_shared_a", "kl_private_a", "kl_batch_a"} <= set(terms)
+    assert torch.isfinite(total)
+    # without the translation terms (ablation) they disappear
+    no_tr = small_model(translation_loss=False)
+    _, terms2 = no_tr.module({k: torch.as_tensor(v) for k, v in no_tr._training_tensors().items()})
+    assert not any(k.startswith("translate") for k in terms2)
+
+
+def test_product_of_experts_ignores_missing_modalities():
+    from spatialmix.models._mima_module import product_of_experts
+
+    mu1, lv1 = torch.tensor([[2.0]]), torch.tensor([[0.0]])
+    mu2, lv2 = torch.tensor([[-4.0]]), torch.tensor([[0.0]])
+    mu, lv = product_of_experts([mu1, mu2], [lv1, lv2], [torch.tensor([True]), torch.tensor([False])])
+    # prior N(0,1) x expert N(2,1) = N(1, 1/2); the masked expert has no say
+    assert mu.item() == pytest.approx(1.0) and lv.exp().item() == pytest.approx(0.5)
+    mu, lv = product_of_experts([mu1, mu2], [lv1, lv2], [torch.tensor([False]), torch.tensor([False])])
+    assert mu.item() == 0.0 and lv.item() == pytest.approx(0.0)  # nothing measured -> the prior
+
+
+def test_training_events_and_outputs():
+    model = small_model()
+    events: list[Progress] = []
+    out = model.train(epochs=3, lr=1e-3, batch_size=64, progress=events.append)
+    assert out is model and model.is_trained
+    epochs = [e for e in events if e.info.get("event") == "epoch"]
+    steps = [e for e in events if e.info.get("event") == "step"]
+    assert [e.info["epoch"] for e in epochs] == [1, 2, 3]
+    assert len(steps) == 3 * epochs[0].info["steps_per_epoch"] == 3 * 3  # 192 train spots / 64
+    last = epochs[-1].info
+    assert set(last) >= {"terms", "val_loss", "val_terms", "seconds_per_epoch", "eta_s", "loss"}
+    assert last["eta_s"] == 0 and epochs[0].info["eta_s"] > 0
+    assert "recon_poe_a" in last["terms"] and np.isfinite(last["val_loss"])
+    assert len(model.split_["train"]) == 192 and len(model.split_["validation"]) == 48
+    assert model.training_curve()["loss"].iloc[-1] < model.training_curve()["loss"].iloc[0]
+    n = 240
+    assert model.get_latent_representation().shape == (n, 8)
+    assert model.get_latent_representation("private", "b").shape == (n, 8)
+    assert model.get_corrected("a").shape == (n, 40)
+    assert model.get_denoised("b").shape == (n, 25)
+    assert model.translate(["a", "c"], "b").shape == (n, 25)
+    assert model.translate("a", "b", batch_free=True).shape == (n, 25)
+    with pytest.raises(ModelError, match="not in this model"):
+        model.get_corrected("rna")
+    with pytest.raises(ParameterError, match="also a source"):
+        model.translate(["a", "b"], "b")
+
+
+def test_untrained_model_says_so():
+    with pytest.raises(ModelError, match="not trained yet"):
+        small_model().get_latent_representation()
+
+
+def test_same_seed_same_result_and_other_seed_differs():
+    a = small_model().train(epochs=2, lr=1e-3, seed=3)
+    b = small_model().train(epochs=2, lr=1e-3, seed=3)
+    c = small_model().train(epochs=2, lr=1e-3, seed=4)
+    za, zb, zc = (m.get_latent_representation() for m in (a, b, c))
+    np.testing.assert_array_equal(za, zb)
+    assert a.history[-1]["loss"] == b.history[-1]["loss"]
+    assert not np.allclose(za, zc)
+
+
+def test_mima_learns_the_regions_and_removes_the_batch_offset():
+    """Enough training on toy data: the PoE embedding separates the regions better than the raw inputs, and the
+    batch-corrected reconstruction carries less of the batch offset than the input (measured: region
+    silhouette 0.69 vs 0.50 raw; batch silhouette of corrected 'a' 0.28 vs 0.35 raw)."""
+    from sklearn.metrics import silhouette_score
+
+    data = toy_data(n=400, seed=1)
+    model = small_model(data).train(epochs=60, lr=3e-3, batch_size=64, seed=0)
+    z = model.get_latent_representation()
+    region, batch = data.obs["region"].to_numpy(), data.obs["batch"].to_numpy()
+    raw = np.concatenate([data.dense(m) for m in data.modalities], axis=1)
+    assert silhouette_score(z, region) > silhouette_score(raw, region) + 0.1
+    assert silhouette_score(z, batch) < silhouette_score(raw, batch)
+    corr = model.get_corrected("a")
+    assert silhouette_score(corr, batch) < silhouette_score(data.dense("a"), batch) - 0.03
+
+
+def test_stop_keeps_the_last_completed_epoch():
+    model = small_model()
+    stop = threading.Event()
+    gen = model.iter_train(epochs=5, lr=1e-3, batch_size=32, stop=stop)
+    state_after_epoch1 = None
+    for ev in gen:
+        if ev.info.get("event") == "epoch" and ev.info["epoch"] == 1:
+            state_after_epoch1 = {k: v.clone() for k, v in model.module.state_dict().items()}
+        if ev.info.get("event") == "step" and ev.info["epoch"] == 2 and ev.info["step"] == 3:
+            stop.set()
+    assert model.is_trained and model.stopped_early
+    assert [h["epoch"] for h in model.history] == [1]
+    for k, v in model.module.state_dict().items():
+        torch.testing.assert_close(v, state_after_epoch1[k])
+    assert model.get_latent_representation().shape[0] == 240  # usable
+
+
+def test_closing_the_generator_mid_epoch_restores_the_last_epoch():
+    model = small_model()
+    gen = model.iter_train(epochs=5, lr=1e-3, batch_size=32)
+    snapshot = None
+    for ev in gen:
+        if ev.info.get("event") == "epoch":
+            snapshot = {k: v.clone() for k, v in model.module.state_dict().items()}
+        if ev.info.get("event") == "step" and ev.info["epoch"] == 2 and ev.info["step"] == 2:
+            break
+    gen.close()
+    for k, v in model.module.state_dict().items():
+        torch.testing.assert_close(v, snapshot[k])
+    assert model.is_trained and len(model.history) == 1
+
+
+def test_nan_input_stops_with_the_loss_term_and_epoch():
+    data = toy_data(nan_at=5)
+    model = small_model(data)
+    with pytest.raises(TrainingError, match=r"epoch 1.*recon_poe_a"):
+        model.train(epochs=2, lr=1e-3)
+
+
+def test_early_stopping_restores_the_best_epoch():
+    model = small_model()
+    model.train(epochs=200, lr=3e-2, batch_size=32, early_stopping=True, patience=2)
+    done = [h for h in model.history if "loss" in h]
+    marker = [h for h in model.history if h.get("early_stopped")]
+    assert marker and len(done) < 200
+    best = marker[0]["best_epoch"]
+    assert min(done, key=lambda h: h["val_loss"])["epoch"] == best
+
+
+def test_checkpoint_and_resume_give_the_uninterrupted_result(tmp_path):
+    ref = small_model().train(epochs=4, lr=1e-3, seed=1)
+    part = small_model()
+    part.train(epochs=2, lr=1e-3, seed=1, checkpoint_every=1, checkpoint_dir=str(tmp_path))
+    assert (tmp_path / "last.ckpt").exists()
+    resumed = small_model()
+    resumed.train(epochs=4, lr=1e-3, seed=1, checkpoint_dir=str(tmp_path), resume=True)
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3, 4]
+    np.testing.assert_allclose(resumed.get_latent_representation(), ref.get_latent_representation(), atol=1e-5)
+    other = MIMA(toy_data(), n_latent=4, n_hidden=16, direct_max_features=30)
+    with pytest.raises(TrainingError, match="different model or dataset"):
+        other.train(epochs=3, checkpoint_dir=str(tmp_path), resume=True)
+    with pytest.raises(TrainingError, match="no checkpoint"):
+        small_model().train(epochs=3, resume=str(tmp_path / "nowhere"))
+
+
+def test_bad_options_are_named():
+    model = small_model()
+    with pytest.raises(ParameterError, match="unknown training option"):
+        model.train(epoch=3)
+    with pytest.raises(ParameterError, match="epochs"):
+        model.train(epochs=0)
+    with pytest.raises(ParameterError, match="device must be"):
+        model.train(epochs=1, device="tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(TrainingError, match="no CUDA GPU"):
+            model.train(epochs=1, device="cuda")
+    with pytest.raises(ParameterError, match="unknown MIMA parameter"):
+        MIMA(toy_data(), latent=3)
+
+
+def test_save_load_round_trip_and_feature_checks(tmp_path):
+    data = toy_data()
+    model = small_model(data).train(epochs=2, lr=1e-3)
+    model.save(tmp_path / "m")
+    with pytest.raises(Exception, match="already exists"):
+        model.save(tmp_path / "m")
+    back = MIMA.load(tmp_path / "m", data)
+    assert back.modalities == model.modalities and back.batches == model.batches
+    assert back.params == model.params and back.history == model.history
+    np.testing.assert_allclose(back.get_latent_representation(), model.get_latent_representation(), atol=1e-6)
+    np.testing.assert_allclose(back.translate("a", "c"), model.translate("a", "c"), atol=1e-6)
+    # a dataset with a renamed and a missing feature is refused, naming them
+    bad = toy_data()
+    bad.var_names["b"] = pd.Index(["zz"] + list(bad.var_names["b"][1:]))
+    with pytest.raises(FeatureMismatchError, match=r"b: 1 feature\(s\) missing, e.g. \['b0'\]; 1 unknown feature\(s\), e.g. \['zz'\]"):
+        MIMA.load(tmp_path / "m", bad)
+    fewer = toy_data()
+    fewer.modalities = ["a", "c"]
+    with pytest.raises(FeatureMismatchError, match=r"modalities \['b'\] are missing"):
+        back.get_latent_representation(data=fewer)
+    with pytest.raises(Exception, match="not a saved spatialmix model"):
+        MIMA.load(tmp_path)
+
+
+def test_new_samples_get_batch_free_outputs_only(tmp_path):
+    model = small_model().train(epochs=1, lr=1e-3)
+    new = toy_data(seed=5)
+    new.obs["batch"] = "S9"
+    assert model.get_latent_representation(data=new).shape == (240, 8)
+    assert model.get_corrected("a", data=new).shape == (240, 40)
+    with pytest.raises(ModelError, match=r"samples \['S9'\] were not in the training data"):
+        model.get_denoised("a", data=new)
+    assert model.translate("a", "b", batch_free=True, data=new).shape == (240, 25)
