@@ -1,4 +1,4 @@
-"""Command line: ``spatialmix simulate | prepare | demo``."""
+"""Command line: ``spatialmix simulate | prepare | demo | run``."""
 
 from __future__ import annotations
 
@@ -39,11 +39,34 @@ def _cmd_prepare(args) -> int:
     return 0
 
 
+def _train_overrides(args) -> dict:
+    out = {}
+    for name in ("epochs", "lr", "device", "seed"):
+        value = getattr(args, name, None)
+        if value is not None:
+            out[name] = value
+    return out
+
+
 def _cmd_demo(args) -> int:
     from spatialmix.pipeline import format_report, iter_demo
     from spatialmix.progress import run
 
-    report = run(iter_demo(args.out, data=args.data), progress=not args.quiet)
+    report = run(iter_demo(args.out, data=args.data, integrate=not args.no_train, train=_train_overrides(args)),
+                 progress=not args.quiet)
+    print(format_report(report))
+    print(f"outputs in {args.out}")
+    return 0
+
+
+def _cmd_run(args) -> int:
+    from spatialmix.config import load_config
+    from spatialmix.pipeline import format_report, iter_run
+    from spatialmix.progress import run
+
+    cfg = load_config(args.config)  # validated before any work starts
+    cfg.train.update(_train_overrides(args))
+    report = run(iter_run(cfg, args.out, overwrite=args.overwrite), progress=not args.quiet)
     print(format_report(report))
     print(f"outputs in {args.out}")
     return 0
@@ -73,8 +96,25 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("demo", help="the headless main job on the bundled sample data")
     s.add_argument("--out", type=Path, default=Path("demo_out"))
     s.add_argument("--data", type=Path, default=None, help="another dataset folder (default: the bundled sample)")
+    s.add_argument("--no-train", action="store_true", help="only prepare (read, register, tables, overlays)")
+    _train_args(s)
     s.set_defaults(func=_cmd_demo)
+
+    s = sub.add_parser("run", help="the main job on your data, described by a TOML run configuration")
+    s.add_argument("config", type=Path, help="run configuration (TOML); see docs/config.md")
+    s.add_argument("--out", required=True, type=Path)
+    s.add_argument("--overwrite", action="store_true", help="replace an existing project in --out")
+    _train_args(s)
+    s.set_defaults(func=_cmd_run)
     return p
+
+
+def _train_args(s) -> None:
+    g = s.add_argument_group("training (override the configuration / demo defaults)")
+    g.add_argument("--epochs", type=int, default=None)
+    g.add_argument("--lr", type=float, default=None)
+    g.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N")
+    g.add_argument("--seed", type=int, default=None)
 
 
 def main(argv: list[str] | None = None) -> int:

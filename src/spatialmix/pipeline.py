@@ -374,39 +374,103 @@ def table_shapes(sdata) -> dict[str, list[int]]:
     return {name: [int(t.n_obs), int(t.n_vars)] for name, t in sdata.tables.items()}
 
 
-def iter_demo(out: str | Path, *, data: str | Path | None = None, overwrite: bool = True, **prepare_kwargs):
-    """The headless main job on the bundled sample (or ``data``): prepare, save, report, overlay PNGs.
+def iter_demo(out: str | Path, *, data: str | Path | None = None, overwrite: bool = True, integrate: bool = True,
+              model: str = "mima", model_params: dict | None = None, train: dict | None = None, **prepare_kwargs):
+    """The headless main job on the bundled sample (or ``data``): prepare, train MIMA, write its outputs,
+    save, report, figures.
 
-    Writes into ``out``: ``project.zarr``, ``report.json``, ``report.md`` and ``overlay_<sample>.png``.
+    Writes into ``out``: ``project.zarr`` (with every model output), ``model/`` (the trained model),
+    ``metrics.json``, ``report.json``, ``report.md``, ``overlay_<sample>.png`` and ``results_<sample>.png``.
+    ``train`` overrides the demo's training options (:data:`spatialmix.integrate.DEMO_TRAIN`).
     """
+    from spatialmix.integrate import DEMO_TRAIN
+
+    data = Path(data) if data is not None else bundled_sample_data()
+    return (yield from iter_job(read_samples_csv(data), out, data_dir=data, overwrite=overwrite, integrate=integrate,
+                                model=model, model_params=model_params, train={**DEMO_TRAIN, **(train or {})},
+                                prepare_kwargs=prepare_kwargs))
+
+
+def iter_run(config, out: str | Path, *, overwrite: bool = False):
+    """``spatialmix run CONFIG.toml --out DIR``: the main job on user data described by a run configuration
+    (:func:`spatialmix.config.load_config`)."""
+    from spatialmix.config import load_config
+
+    cfg = config if not isinstance(config, (str, Path)) else load_config(config)
+    from spatialmix.results import OUTPUTS
+
+    o = dict(cfg.outputs)
+    outputs = {
+        "outputs": [k for k in OUTPUTS if (k != "rgb" or o.get("rgb", True))
+                    and (k not in ("corrected", "denoised") or o.get("corrected", True))],
+        "translations": o.get("translations") or None,  # empty: every target from all other modalities
+        "figures": bool(o.get("figures", True)) and o.get("rgb", True),
+        "metrics": bool(o.get("metrics", True)),
+    }
+    prepare_kwargs = {**cfg.prepare, "annotation_key": cfg.annotation_key}
+    report = yield from iter_job(cfg.samples, out, data_dir=Path(cfg.path).parent, overwrite=overwrite,
+                                 integrate=True, model=cfg.model, model_params=cfg.model_params, train=cfg.train,
+                                 prepare_kwargs=prepare_kwargs, results_options=outputs)
+    report["config"] = cfg.to_dict()
+    Path(out, "report.json").write_text(json.dumps(report, indent=2, default=str))
+    return report
+
+
+def iter_job(specs, out: str | Path, *, data_dir: Path | None = None, overwrite: bool = True,
+             integrate: bool = True, model: str = "mima", model_params: dict | None = None,
+             train: dict | None = None, prepare_kwargs: dict | None = None, results_options: dict | None = None):
+    """prepare -> train + write outputs + metrics -> save project -> figures -> report (the one main job)."""
+    from spatialmix.errors import ProjectError
     from spatialmix.plotting import save_overlays
     from spatialmix.project import save_project
 
+    prepare_kwargs = dict(prepare_kwargs or {})
+    results_options = dict(results_options or {})
     t0 = time.perf_counter()
     out = Path(out)
-    data = Path(data) if data is not None else bundled_sample_data()
-    specs = read_samples_csv(data)
+    if (out / "project.zarr").exists() and not overwrite:  # fail before minutes of work, not after
+        raise ProjectError(f"{out / 'project.zarr'} already exists. Pass --overwrite to replace it, "
+                           "or choose another --out")
+    annotation_key = prepare_kwargs.get("annotation_key", ANNOTATION_KEY)
     sdata = yield from iter_prepare(specs, **prepare_kwargs)
     t_prepare = time.perf_counter() - t0
-    yield Progress("save project", 0, 1)
     out.mkdir(parents=True, exist_ok=True)
+    integration = None
+    if integrate:
+        from spatialmix.integrate import iter_integrate
+
+        integration = yield from iter_integrate(
+            sdata, out, model=model, model_params=model_params, train=train, annotation_key=annotation_key,
+            truth_dir=data_dir, figures=results_options.pop("figures", True),
+            metrics=results_options.pop("metrics", True), results_options=results_options)
+    t_integrate = time.perf_counter() - t0 - t_prepare
+    yield Progress("save project", 0, 1)
     zarr_path = save_project(sdata, out / "project.zarr", overwrite=overwrite)
     yield Progress("figures", 0, 1)
-    pngs = save_overlays(sdata, out, annotation_key=prepare_kwargs.get("annotation_key", ANNOTATION_KEY))
+    pngs = save_overlays(sdata, out, annotation_key=annotation_key)
     reg = sdata.attrs["spatialmix"].get("registration", {})
-    truth_err = registration_error_vs_truth(sdata, data)
+    truth_err = registration_error_vs_truth(sdata, data_dir) if data_dir is not None else {}
+    files = [p for s in specs for p in (s.visium, s.imzml, s.he, s.annotations) if p is not None]
+    size = sum(q.stat().st_size for p in files for q in ([p] if p.is_file() else p.rglob("*")) if q.is_file())
+    if any(s.imzml is not None for s in specs):
+        size += sum(s.imzml.with_suffix(".ibd").stat().st_size for s in specs
+                    if s.imzml is not None and s.imzml.with_suffix(".ibd").exists())
     report = {
-        "data": str(data),
+        "data": str(data_dir) if data_dir is not None else None,
         "samples": [s.sample for s in specs],
         "registration_rms_um": {
             s: {m: round(float(r.get("rms_um", float("nan"))), 2) for m, r in reg.get(s, {}).items()} for s in reg
         },
         "registration_error_vs_truth_um": truth_err,
         "table_shapes": table_shapes(sdata),
-        "data_size_mb": round(sum(p.stat().st_size for p in data.rglob("*") if p.is_file()) / 1e6, 2),
-        "seconds": {"prepare": round(t_prepare, 2), "total": round(time.perf_counter() - t0, 2)},
+        "data_size_mb": round(size / 1e6, 2),
+        "seconds": {"prepare": round(t_prepare, 2), "integrate": round(t_integrate, 2),
+                    "total": round(time.perf_counter() - t0, 2)},
         "timings_s": sdata.attrs["spatialmix"]["prepare"]["timings_s"],
-        "outputs": {"project": str(zarr_path), "overlays": [str(p) for p in pngs]},
+        "outputs": {"project": str(zarr_path), "overlays": [str(p) for p in pngs],
+                    **({"results": integration["figures"], "model": integration["model_dir"],
+                        "metrics": integration["metrics_json"]} if integration else {})},
+        "integration": integration["metrics"] if integration else None,
         "versions": sdata.attrs["spatialmix"]["prepare"]["version"],
     }
     (out / "report.json").write_text(json.dumps(report, indent=2))
@@ -455,7 +519,27 @@ def format_report(report: dict) -> str:
     lines += ["", "## Tables (spots x features)", "", "| table | shape |", "|---|---|"]
     for name, shape in report["table_shapes"].items():
         lines.append(f"| {name} | {shape[0]} x {shape[1]} |")
-    lines += ["", f"Time: prepare {report['seconds']['prepare']:.1f} s, total {report['seconds']['total']:.1f} s", ""]
+    integ = report.get("integration") or {}
+    if integ.get("integration"):
+        lines += ["", f"## Integration ({integ.get('epochs')} epochs, {integ.get('train_seconds')} s of training)", "",
+                  f"Scores in [0, 1], higher is better (scib-metrics), against the {integ.get('labels')}.", "",
+                  "| representation | iLISI | batch ASW | label ASW | ARI | NMI | batch score | bio score |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for name, sc in integ["integration"].items():
+            lines.append(f"| {name} | " + " | ".join(f"{sc[k]:.3f}" for k in (
+                "ilisi", "batch_asw", "label_asw", "ari", "nmi", "batch_score", "bio_score")) + " |")
+    if integ.get("translation_heldout"):
+        lines += ["", "## Translation on held-out spots (model's validation split)", "",
+                  "Median per-feature Pearson r and MSE over the 1,000 most variable features; baseline: the mean "
+                  "profile of the spot's own annotation class over the training spots.", "",
+                  "| direction | spots | r | baseline r | MSE | baseline MSE |", "|---|---|---|---|---|---|"]
+        for name, t in integ["translation_heldout"].items():
+            lines.append(f"| {name} | {t['n_heldout_spots']} | {t['pearson_median']:.3f} | "
+                         f"{t['baseline_pearson_median']:.3f} | {t['mse']:.3f} | {t['baseline_mse']:.3f} |")
+    secs = report["seconds"]
+    lines += ["", f"Time: prepare {secs['prepare']:.1f} s"
+              + (f", integrate {secs['integrate']:.1f} s" if "integrate" in secs else "")
+              + f", total {secs['total']:.1f} s", ""]
     return "\n".join(lines)
 
 

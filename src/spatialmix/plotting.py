@@ -199,3 +199,151 @@ def save_overlays(sdata, out_dir: str | Path, *, annotation_key: str = "patholog
         plt.close(fig)
         paths.append(path)
     return paths
+
+
+def _panel_axes(ax, extent):
+    ax.set_xlim(extent[0], extent[1])
+    ax.set_ylim(extent[2], extent[3])
+    ax.set_aspect("equal")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_facecolor("white")
+
+
+def plot_results(sdata, sample: str, *, key: str = "mima", gene: str | None = None, mz: str | None = None,
+                 resolution_um: float | None = None):
+    """One sample's model outputs (the paper's Fig. 2D-G and its imputation panels).
+
+    Top row: H&E, MSI TIC, 3D-RGB colouring of the raw MSI and of the batch-corrected MSI (UMAP axes -> R, G,
+    B; the same colour means a similar spectrum across samples). Bottom row: a measured gene next to the same
+    gene imputed from MSI + H&E, and a measured m/z next to the same m/z imputed from RNA + H&E, on shared
+    colour scales. Grey spots: the modality was not measured there.
+    """
+    import matplotlib.pyplot as plt
+
+    bounds = sample_bounds(sdata, sample)
+    if resolution_um is None:
+        resolution_um = max(2.0, (bounds[2] - bounds[0]) / 600)
+    extent = (bounds[0], bounds[0] + resolution_um * np.ceil((bounds[2] - bounds[0]) / resolution_um),
+              bounds[1] + resolution_um * np.ceil((bounds[3] - bounds[1]) / resolution_um), bounds[1])
+    xy_all = spot_xy(sdata, sample)
+    fig, axes = plt.subplots(2, 4, figsize=(19, 9.6), constrained_layout=True)
+
+    def rows_of(table):
+        t = sdata.tables[table]
+        sel = np.flatnonzero(t.obs["sample"].astype(str).to_numpy() == sample)
+        order = np.argsort(t.obs["spot_id"].to_numpy()[sel], kind="stable")
+        sel = sel[order]
+        return sel, xy_all[t.obs["spot_id"].to_numpy()[sel]]
+
+    ax = axes[0, 0]
+    if f"{sample}_he" in sdata.images:
+        he = render_image(sdata, f"{sample}_he", sample, bounds=bounds, resolution_um=resolution_um)
+        ax.imshow(np.nan_to_num(he, nan=255).astype(np.uint8), extent=extent)
+    ax.set_title("H&E", fontsize=11)
+    ax = axes[0, 1]
+    if f"{sample}_msi_tic" in sdata.images:
+        tic = render_image(sdata, f"{sample}_msi_tic", sample, bounds=bounds, resolution_um=resolution_um)[..., 0]
+        im = ax.imshow(np.ma.masked_invalid(tic), extent=extent, cmap="magma", interpolation="nearest")
+        fig.colorbar(im, ax=ax, shrink=0.6, label="TIC")
+    ax.set_title("MSI total ion current", fontsize=11)
+
+    msi = sdata.tables.get("msi")
+    for ax, name, title in ((axes[0, 2], "X_msi_rgb", "raw MSI, 3D-UMAP RGB"),
+                            (axes[0, 3], f"X_{key}_corrected_msi_rgb", f"{key.upper()} batch-corrected MSI, 3D-UMAP RGB")):
+        if msi is not None and name in msi.obsm:
+            sel, xy = rows_of("msi")
+            rgb = np.asarray(msi.obsm[name])[sel]
+            ok = np.isfinite(rgb).all(axis=1)
+            colors = np.where(ok[:, None], np.nan_to_num(rgb), np.array([[0.85, 0.85, 0.85]]))
+            _spot_patches(ax, xy, facecolors=np.clip(colors, 0, 1), edgecolors="none", lw=0)
+        ax.set_title(title, fontsize=11)
+
+    def pair(ax_m, ax_i, table, layer, feature, label, source_label):
+        t = sdata.tables[table]
+        if layer not in t.layers:
+            ax_m.set_visible(False)
+            ax_i.set_visible(False)
+            return
+        j = int(t.var_names.get_loc(feature))
+        sel, xy = rows_of(table)
+        measured = np.asarray(t.X[:, j].toarray() if hasattr(t.X, "toarray") else t.X[:, j]).ravel()
+        if table == "msi":
+            measured = np.log1p(measured)
+        measured = measured[sel]
+        covered_key = {"msi": "msi_covered", "morphology": "he_covered"}.get(table)
+        covered = t.obs[covered_key].to_numpy(bool)[sel] if covered_key in t.obs else np.ones(len(sel), bool)
+        imputed = np.asarray(t.layers[layer][:, j]).ravel()[sel]
+        vals = measured[covered]
+        vmin, vmax = (np.percentile(vals, [1, 99]) if vals.size else (0.0, 1.0))
+        if vmax <= vmin:
+            vmax = vmin + 1e-6
+        grey = np.array([[0.85, 0.85, 0.85, 1.0]])
+        cmap = plt.get_cmap("viridis")
+        norm = plt.Normalize(vmin, vmax)
+        col_m = np.where(covered[:, None], cmap(norm(measured)), grey)
+        _spot_patches(ax_m, xy, facecolors=col_m, edgecolors="none", lw=0)
+        _spot_patches(ax_i, xy, facecolors=cmap(norm(imputed)), edgecolors="none", lw=0)
+        sm = plt.cm.ScalarMappable(norm=norm, cmap=cmap)
+        fig.colorbar(sm, ax=[ax_m, ax_i], shrink=0.6, label=label)
+        r = np.corrcoef(measured[covered], imputed[covered])[0, 1] if covered.sum() > 2 else np.nan
+        ax_m.set_title(f"measured {feature}", fontsize=11)
+        ax_i.set_title(f"imputed {feature} from {source_label}\n(Pearson r = {r:.2f} on this sample)", fontsize=11)
+
+    rna = sdata.tables.get("rna")
+    if rna is not None and gene is not None:
+        from spatialmix.results import translation_layer
+
+        pair(axes[1, 0], axes[1, 1], "rna", translation_layer(key, ["msi", "morphology"]), gene, "log1p normalised expression",
+             "MSI + H&E")
+    else:
+        axes[1, 0].set_visible(False)
+        axes[1, 1].set_visible(False)
+    if msi is not None and mz is not None:
+        from spatialmix.results import translation_layer
+
+        pair(axes[1, 2], axes[1, 3], "msi", translation_layer(key, ["rna", "morphology"]), mz, "log1p intensity", "RNA + H&E")
+    else:
+        axes[1, 2].set_visible(False)
+        axes[1, 3].set_visible(False)
+    for ax in axes.ravel():
+        _panel_axes(ax, extent)
+    fig.suptitle(f"{sample}: {key.upper()} outputs (grey: modality not measured at that spot)", fontsize=13)
+    return fig
+
+
+def iter_save_result_figures(sdata, data, model, out_dir, *, key: str = "mima", dpi: int = 90):
+    """Write ``results_<sample>.png`` for every sample (generator; returns the paths).
+
+    The gene and the m/z shown are the most variable measured ones (not picked by how well they impute).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    from spatialmix.progress import Progress
+
+    out_dir = Path(out_dir)
+    gene = mz = None
+    if "rna" in data.modalities:
+        x = data.dense("rna")
+        gene = str(data.var_names["rna"][int(np.argmax(x.var(axis=0)))])
+    if "msi" in data.modalities:
+        x = data.dense("msi")
+        ok = data.mask["msi"]
+        mz = str(data.var_names["msi"][int(np.argmax(x[ok].var(axis=0)))])
+    samples = samples_of(sdata)
+    paths = []
+    for i, sample in enumerate(samples):
+        yield Progress("result figures", i, len(samples), sample)
+        fig = plot_results(sdata, sample, key=key, gene=gene, mz=mz)
+        path = out_dir / f"results_{sample}.png"
+        fig.savefig(path, dpi=dpi)
+        plt.close(fig)
+        paths.append(path)
+    yield Progress("result figures", len(samples), len(samples))
+    return paths
+
+
+save_result_figures = iter_save_result_figures

@@ -1,0 +1,915 @@
+"""The TOML run configuration of ``spatialmix run CONFIG.toml --out DIR``, validated with clear errors.
+
+>>> cfg = load_config("run.toml")          # RunConfig: samples, prepare options, model, training, outputs
+>>> cfg.samples[0].visium                  # absolute paths, every referenced file checked to exist
+>>> cfg.to_dict()                          # JSON-ready, for provenance
+>>> print(example_config("sample_data"))   # a commented configuration for a dataset folder
+
+The file has six sections (``docs/config.md`` documents every key)::
+
+    [data]          samples_csv, annotation_key
+    [[samples]]     one table per sample (instead of samples_csv): name, patient, visium, imzml,
+                    msi_pixel_size_um, he, he_microns_per_pixel, annotations
+    [prepare]       options of spatialmix.pipeline.iter_prepare (register, bin_ppm, ...)
+    [model]         name (a key of spatialmix.models.MODELS), modalities, and the model's parameters
+    [train]         fields of spatialmix.train.TrainConfig (epochs, lr, batch_size, device, seed, ...)
+    [outputs]       translations, corrected, rgb, figures, metrics
+
+Relative paths are relative to the folder of the configuration file (paths in a ``samples.csv`` are relative to
+the csv's folder). Every mistake raises :class:`~spatialmix.errors.ConfigError` naming the file, the line where it
+can be found, the section and key, what is wrong and what is allowed.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from spatialmix.errors import ConfigError, MissingFileError, SpatialMixError
+from spatialmix.pipeline import ANNOTATION_KEY, MODALITY_TABLES, SampleSpec, read_samples_csv
+
+try:  # Python >= 3.11
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover - Python 3.10 with tomli installed
+    import tomli as tomllib  # type: ignore[no-redef]
+
+__all__ = ["RunConfig", "load_config", "example_config", "ConfigFileNotFoundError", "SECTIONS"]
+
+
+class ConfigFileNotFoundError(ConfigError, MissingFileError):
+    """The configuration file, or a file it references, does not exist (also a ``FileNotFoundError``)."""
+
+
+#: top-level sections, in the order they are documented and written
+SECTIONS = ("data", "samples", "prepare", "model", "train", "outputs")
+SAMPLE_KEYS = ("name", "patient", "visium", "imzml", "msi_pixel_size_um", "he", "he_microns_per_pixel", "annotations")
+DATA_KEYS = ("samples_csv", "annotation_key")
+OUTPUT_DEFAULTS: dict[str, Any] = {"translations": [], "corrected": True, "rgb": True, "figures": True,
+                                   "metrics": True}
+DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+SAMPLE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+# ============================================================================================================
+# TOML values as text (for messages, example_config and RunConfig.to_toml)
+# ============================================================================================================
+def _toml(value: Any) -> str:
+    """``value`` written as a TOML value (str, bool, int, float, Path, list/tuple, dict as inline table)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, Path):
+        value = value.as_posix()
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return repr(value) if math.isfinite(value) else ("nan" if value != value else ("inf" if value > 0 else "-inf"))
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_toml_key(k)} = {_toml(v)}" for k, v in value.items()) + "}"
+    return json.dumps(str(value))
+
+
+def _toml_key(key: str) -> str:
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key)
+
+
+def _got(value: Any) -> str:
+    """How a wrong value is shown in a message: as it would be written in the file."""
+    text = _toml(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+# ============================================================================================================
+# Errors with the file, line, section and key
+# ============================================================================================================
+_HEADER_RE = re.compile(r"^\s*(\[\[?)\s*([^\[\]]+?)\s*\]\]?\s*(#.*)?$")
+
+
+def _norm_table(name: str) -> str:
+    return ".".join(part.strip().strip("\"'") for part in name.split("."))
+
+
+def _locate(lines: list[str], table: str, key: str | None, index: int | None = None) -> int | None:
+    """Best-effort 1-based line of ``key`` in ``table`` (``""`` = top level; ``index``: which ``[[table]]``)."""
+    current, count, counts = "", None, {}
+    key_re = re.compile(r"^\s*[\"']?" + re.escape(key) + r"[\"']?\s*=") if key else None
+    for no, line in enumerate(lines, start=1):
+        m = _HEADER_RE.match(line)
+        if m and not line.lstrip().startswith("#"):
+            current = _norm_table(m.group(2))
+            if m.group(1) == "[[":
+                counts[current] = counts.get(current, -1) + 1
+                count = counts[current]
+            else:
+                count = None
+            if key is None and current == table and (index is None or count == index):
+                return no
+            continue
+        if key_re is not None and current == table and (index is None or count == index) and key_re.match(line):
+            return no
+    return None
+
+
+class _Context:
+    """The file being checked: builds :class:`ConfigError` messages that name the file, line and key."""
+
+    def __init__(self, path: Path, text: str):
+        self.path = path
+        self.lines = text.splitlines()
+
+    def error(self, where: str, message: str, fix: str | None = None, *, table: str = "", key: str | None = None,
+              index: int | None = None, missing: bool = False) -> ConfigError:
+        line = _locate(self.lines, table, key, index)
+        if line is None and key is not None:  # at least the section's header
+            line = _locate(self.lines, table, None, index) if table else None
+        prefix = self.path.name + (f" line {line}" if line else "")
+        cls = ConfigFileNotFoundError if missing else ConfigError
+        err = cls(f"{prefix}: {where} {message}".rstrip(), self.path, fix)
+        err.key = where
+        err.line = line
+        return err
+
+
+def _label(table: str, key: str | None = None, index: int | None = None, name: str | None = None) -> str:
+    if table == "samples":
+        head = f"[[samples]] #{index + 1}" + (f" ({name})" if name else "")
+    else:
+        head = f"[{table}]"
+    return f"{head} {key}" if key else head
+
+
+def _suggest(word: str, allowed) -> str:
+    close = difflib.get_close_matches(word, list(allowed), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+# ============================================================================================================
+# Value checks: each returns the normalised value or raises through the context
+# ============================================================================================================
+class _Key:
+    """Where a value sits: the context plus section/key/sample index, to raise errors about it."""
+
+    def __init__(self, ctx: _Context, table: str, key: str, index: int | None = None, name: str | None = None):
+        self.ctx, self.table, self.key, self.index, self.name = ctx, table, key, index, name
+
+    @property
+    def label(self) -> str:
+        return _label(self.table, self.key, self.index, self.name)
+
+    def fail(self, message: str, fix: str | None = None, *, missing: bool = False) -> ConfigError:
+        return self.ctx.error(self.label, message, fix, table=self.table, key=self.key, index=self.index,
+                              missing=missing)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def whole(low: int = 0, fix: str | None = None) -> Callable:
+    def check(k: _Key, v):
+        if isinstance(v, bool) or not isinstance(v, int) or v < low:
+            raise k.fail(f"must be a whole number >= {low}, got {_got(v)}", fix)
+        return v
+    return check
+
+
+def number(low: float = 0.0, high: float | None = None, *, low_open: bool = False, high_open: bool = False,
+           fix: str | None = None) -> Callable:
+    def check(k: _Key, v):
+        ok = _is_number(v) and (v > low if low_open else v >= low)
+        if ok and high is not None:
+            ok = v < high if high_open else v <= high
+        if not ok:
+            if high is None:
+                what = "a positive number" if (low == 0 and low_open) else f"a number >= {low:g}"
+            else:
+                what = f"a number in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+            raise k.fail(f"must be {what}, got {_got(v)}", fix)
+        return float(v)
+    return check
+
+
+positive = number(0.0, low_open=True)
+
+
+def boolean(k: _Key, v):
+    if not isinstance(v, bool):
+        raise k.fail(f"must be true or false (no quotes), got {_got(v)}")
+    return v
+
+
+def text(k: _Key, v):
+    if not isinstance(v, str) or not v.strip():
+        raise k.fail(f"must be a non-empty string in quotes, got {_got(v)}")
+    return v.strip()
+
+
+def choice(*allowed: str) -> Callable:
+    def check(k: _Key, v):
+        if not isinstance(v, str) or v not in allowed:
+            listed = ", ".join(repr(a) for a in allowed)
+            raise k.fail(f"must be one of {listed}, got {_got(v)}" + (_suggest(v, allowed) if isinstance(v, str) else ""))
+        return v
+    return check
+
+
+def device(k: _Key, v):
+    if not isinstance(v, str) or not DEVICE_RE.match(v.strip().lower()):
+        raise k.fail(f"must be \"auto\", \"cpu\", \"cuda\" or \"cuda:N\" (N = GPU number), got {_got(v)}",
+                     "\"auto\" uses the GPU when torch sees one, else the CPU")
+    return v.strip().lower()
+
+
+def modality_list(k: _Key, v):
+    if not isinstance(v, list) or not v:
+        raise k.fail(f"must be a non-empty list of modality names (from {list(MODALITY_TABLES)}), got {_got(v)}")
+    for m in v:
+        if m not in MODALITY_TABLES:
+            raise k.fail(f"names an unknown modality {_got(m)}" + (_suggest(m, MODALITY_TABLES) if isinstance(m, str) else ""),
+                         f"Modalities are {', '.join(MODALITY_TABLES)}")
+    if len(set(v)) != len(v):
+        raise k.fail(f"lists a modality twice: {_got(v)}")
+    return list(v)
+
+
+def mz_range(k: _Key, v):
+    if not (isinstance(v, list) and len(v) == 2 and all(_is_number(x) for x in v) and 0 < v[0] < v[1]):
+        raise k.fail(f"must be a list [low, high] of two m/z values with 0 < low < high, got {_got(v)}",
+                     "For example mz_range = [400.0, 1000.0]; leave it out to keep every m/z")
+    return (float(v[0]), float(v[1]))
+
+
+def existing_file(what: str = "file", *, folder: bool = False, fix: str | None = None) -> Callable:
+    """A path (relative to ``base``) that must exist; returns it absolute."""
+    def check(k: _Key, v, base: Path):
+        if not isinstance(v, str) or not v.strip():
+            raise k.fail(f"must be a path in quotes, got {_got(v)}")
+        path = (base / Path(v).expanduser()).resolve()
+        if not path.exists():
+            raise k.fail(f"points to a missing {what}: {path}", fix or "Relative paths are relative to the folder of the "
+                         "configuration file; correct the path or the file's name", missing=True)
+        if folder and not path.is_dir():
+            raise k.fail(f"must be a folder, but {path} is a file", fix)
+        if not folder and path.is_dir():
+            raise k.fail(f"must be a file, but {path} is a folder", fix)
+        return path
+    check.needs_base = True  # type: ignore[attr-defined]
+    return check
+
+
+def output_path(k: _Key, v, base: Path):
+    if not isinstance(v, str) or not v.strip():
+        raise k.fail(f"must be a path in quotes, got {_got(v)}")
+    return (base / Path(v).expanduser()).resolve()
+
+
+output_path.needs_base = True  # type: ignore[attr-defined]
+
+
+def resume(k: _Key, v, base: Path):
+    if isinstance(v, bool):
+        return v
+    return existing_file("checkpoint", fix="Give the path of a checkpoint written by an earlier run with "
+                         "checkpoint_every and checkpoint_dir, or resume = true to use checkpoint_dir")(k, v, base)
+
+
+resume.needs_base = True  # type: ignore[attr-defined]
+
+
+def _apply(check: Callable, k: _Key, value, base: Path):
+    return check(k, value, base) if getattr(check, "needs_base", False) else check(k, value)
+
+
+def _like_default(default: Any) -> Callable:
+    """Check for a parameter only known by its default value: the same TOML type."""
+    if isinstance(default, bool):
+        return boolean
+    if isinstance(default, int):
+        return whole(0)
+    if isinstance(default, float):
+        return number(0.0)
+    if isinstance(default, str):
+        return text
+
+    def anything(k: _Key, v):
+        return v
+    return anything
+
+
+# ============================================================================================================
+# What each section accepts
+# ============================================================================================================
+PREPARE_CHECKS: dict[str, Callable] = {
+    "register": boolean,
+    "bin_ppm": positive,
+    "mz_range": mz_range,
+    "morphology": boolean,
+    "morphology_encoder": existing_file("encoder checkpoint", fix="Give a TorchScript image encoder (.pt) "
+                                        "or leave morphology_encoder out to use the built-in image features"),
+    "min_msi_coverage": number(0.0, 1.0),
+    "min_feature_fraction": number(0.0, 1.0),
+}
+
+MIMA_CHECKS: dict[str, Callable] = {
+    "n_latent": whole(1),
+    "n_hidden": whole(1),
+    "n_layers": whole(0),
+    "direct_max_features": whole(0),
+    "dropout": number(0.0, 1.0, high_open=True),
+    "latent_dropout": number(0.0, 1.0, high_open=True),
+    "beta": number(0.0),
+    "beta_poe": number(0.0),
+    "beta_shared": number(0.0),
+    "beta_private": number(0.0),
+    "beta_batch": number(0.0),
+    "translation_loss": boolean,
+    "batch_input": choice("sample", "sample+features"),
+    "encode_covariate": boolean,
+    "adversarial": number(0.0),
+    "seed": whole(0),
+}
+
+TRAIN_CHECKS: dict[str, Callable] = {
+    "epochs": whole(1, "Give the number of passes over the data, e.g. epochs = 50"),
+    "batch_size": whole(1),
+    "lr": positive,
+    "weight_decay": number(0.0),
+    "train_fraction": number(0.0, 1.0, low_open=True),
+    "early_stopping": boolean,
+    "patience": whole(1),
+    "min_delta": number(0.0),
+    "checkpoint_every": whole(0),
+    "checkpoint_dir": output_path,
+    "resume": resume,
+    "device": device,
+    "devices": whole(1),
+    "num_nodes": whole(1),
+    "strategy": text,
+    "precision": choice("32-true", "32", "16-mixed", "bf16-mixed", "64-true"),
+    "seed": whole(0),
+    "step_events": boolean,
+}
+
+OUTPUT_CHECKS: dict[str, Callable] = {
+    "translations": lambda k, v: v,  # checked with the model's modalities, see _check_translations
+    "corrected": boolean,
+    "rgb": boolean,
+    "figures": boolean,
+    "metrics": boolean,
+}
+
+
+def _model_checks(name: str) -> dict[str, Callable]:
+    """Parameters ``[model]`` accepts for model ``name`` (besides ``name`` and ``modalities``)."""
+    import sys
+
+    from spatialmix.models import MODELS
+
+    cls = MODELS[name]
+    defaults = getattr(sys.modules[cls.__module__], "DEFAULTS", {}) or {}
+    known = MIMA_CHECKS if name == "mima" else {}
+    checks = {key: known.get(key) or _like_default(value) for key, value in defaults.items()}
+    if name == "mima":
+        checks["hidden"] = _hidden
+    return checks
+
+
+def _hidden(k: _Key, v):
+    if not isinstance(v, dict):
+        raise k.fail(f"must be a table {{modality = [sizes]}}, got {_got(v)}",
+                     "For example hidden = {rna = [300, 300], msi = []} ([] = project directly to the latents)")
+    out = {}
+    for m, sizes in v.items():
+        if m not in MODALITY_TABLES:
+            raise k.fail(f"names an unknown modality {_got(m)}" + _suggest(m, MODALITY_TABLES),
+                         f"Modalities are {', '.join(MODALITY_TABLES)}")
+        if not isinstance(sizes, list) or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1
+                                                  for s in sizes):
+            raise k.fail(f"{m} must be a list of layer sizes (whole numbers >= 1), got {_got(sizes)}")
+        out[m] = list(sizes)
+    return out
+
+
+# ============================================================================================================
+# The configuration
+# ============================================================================================================
+@dataclass
+class RunConfig:
+    """A validated run configuration (every path absolute, every referenced file present).
+
+    ``prepare``, ``model_params`` and ``train`` hold only what the file sets (the keyword arguments of
+    :func:`spatialmix.pipeline.iter_prepare`, of the model class and of its ``train``); whatever is left out takes
+    the code's defaults (the model's paper defaults for training). ``outputs`` is complete (defaults filled in);
+    ``outputs["translations"]`` is a list of ``(sources, target)`` with ``sources`` a list of modalities.
+    """
+
+    samples: list[SampleSpec]
+    annotation_key: str = ANNOTATION_KEY
+    prepare: dict[str, Any] = field(default_factory=dict)
+    model: str = "mima"
+    model_params: dict[str, Any] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)
+    outputs: dict[str, Any] = field(default_factory=lambda: dict(OUTPUT_DEFAULTS))
+    path: Path | None = None
+    #: the samples.csv the samples came from (None when listed as [[samples]])
+    samples_csv: Path | None = None
+
+    @property
+    def modalities(self) -> list[str] | None:
+        """The modalities the model integrates (None: every modality the data has)."""
+        mods = self.model_params.get("modalities")
+        return list(mods) if mods is not None else None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready, laid out like the file (paths absolute), for provenance (``uns['spatialmix']``)."""
+        def plain(v):
+            if isinstance(v, Path):
+                return str(v)
+            if isinstance(v, (list, tuple)):
+                return [plain(x) for x in v]
+            if isinstance(v, dict):
+                return {k: plain(x) for k, x in v.items()}
+            return v
+
+        samples = []
+        for s in self.samples:
+            entry = {"name": s.sample, "patient": s.patient}
+            for key in SAMPLE_KEYS[2:]:
+                value = getattr(s, key)
+                if value is not None:
+                    entry[key] = plain(value)
+            samples.append(entry)
+        data = {"annotation_key": self.annotation_key}
+        if self.samples_csv is not None:
+            data = {"samples_csv": str(self.samples_csv), **data}
+        outputs = dict(self.outputs)
+        outputs["translations"] = [["+".join(src), tgt] for src, tgt in outputs.get("translations", [])]
+        return {
+            "config": str(self.path) if self.path else None,
+            "data": data,
+            "samples": samples,
+            "prepare": plain(self.prepare),
+            "model": {"name": self.model, **plain(self.model_params)},
+            "train": plain(self.train),
+            "outputs": plain(outputs),
+        }
+
+    def to_toml(self) -> str:
+        """This configuration as a TOML file (samples listed as [[samples]], every path absolute)."""
+        d = self.to_dict()
+        d["data"].pop("samples_csv", None)
+        lines = [f"# napari-spatialmix run configuration (resolved from {d['config']})" if d["config"] else
+                 "# napari-spatialmix run configuration", ""]
+        lines += _table("data", d["data"])
+        for s in d["samples"]:
+            lines += ["[[samples]]"] + [f"{k} = {_toml(v)}" for k, v in s.items()] + [""]
+        for section in ("prepare", "model", "train", "outputs"):
+            lines += _table(section, d[section])
+        return "\n".join(lines)
+
+
+def _table(name: str, values: dict) -> list[str]:
+    plain = {k: v for k, v in values.items() if not isinstance(v, dict)}
+    sub = {k: v for k, v in values.items() if isinstance(v, dict)}
+    out = [f"[{name}]"] + [f"{k} = {_toml(v)}" for k, v in plain.items()] + [""]
+    for k, v in sub.items():
+        out += [f"[{name}.{k}]"] + [f"{kk} = {_toml(vv)}" for kk, vv in v.items()] + [""]
+    return out
+
+
+# ============================================================================================================
+# load_config
+# ============================================================================================================
+def _read(path: Path) -> tuple[dict, str]:
+    if not path.exists():
+        raise ConfigFileNotFoundError("run configuration not found", path,
+                                      fix="Give the path of a .toml file; `spatialmix.config.example_config(DATA_DIR)` "
+                                      "writes one for a dataset folder (see docs/config.md)")
+    if path.is_dir():
+        raise ConfigError("a run configuration must be a .toml file, not a folder", path)
+    raw = path.read_bytes()
+    try:
+        content = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path.name} is not UTF-8 text (byte {err.start} cannot be decoded)", path,
+                          fix="Save the configuration as UTF-8 text") from None
+    try:
+        data = tomllib.loads(content)
+    except tomllib.TOMLDecodeError as err:
+        msg = str(err)
+        m = re.search(r"\(at line (\d+), column (\d+)\)", msg)
+        where = f"{path.name}"
+        shown = ""
+        if m:
+            line, col = int(m.group(1)), int(m.group(2))
+            where += f" line {line}, column {col}"
+            lines = content.splitlines()
+            if 1 <= line <= len(lines):
+                shown = f"; the line reads: {lines[line - 1].strip()!r}"
+            msg = msg[: m.start()].rstrip()
+        raise ConfigError(f"{where}: not valid TOML: {msg}{shown}", path,
+                          fix="Fix the syntax there: key = value, strings in double quotes, lists in [ ], "
+                          "section headers like [train]") from None
+    return data, content
+
+
+def _check_keys(ctx: _Context, table: dict, section: str, allowed, *, index: int | None = None,
+                name: str | None = None) -> None:
+    allowed = list(allowed)
+    for key in table:
+        if key in allowed:
+            continue
+        hint = _suggest(key, allowed)
+        if not hint:
+            for other, keys in _section_keys().items():
+                if other != section and key in keys:
+                    hint = f" (it belongs in {'[[samples]]' if other == 'samples' else f'[{other}]'})"
+                    break
+        where = _label(section, key, index, name)
+        raise ctx.error(where, f"is not a known key{hint}",
+                        f"Allowed keys in {_label(section, None, index).split(' #')[0]}: {', '.join(allowed)}",
+                        table=section, key=key, index=index)
+
+
+def _section_keys() -> dict[str, tuple]:
+    from spatialmix.models.mima import DEFAULTS
+
+    return {"data": DATA_KEYS, "samples": SAMPLE_KEYS, "prepare": tuple(PREPARE_CHECKS),
+            "model": ("name", "modalities", "hidden", *DEFAULTS), "train": tuple(TRAIN_CHECKS),
+            "outputs": tuple(OUTPUT_CHECKS)}
+
+
+def _section(ctx: _Context, doc: dict, name: str) -> dict:
+    value = doc.get(name, {})
+    if not isinstance(value, dict):
+        header = f"[{name}]"
+        raise ctx.error(header, f"must be a section (a {header} header followed by key = value lines), "
+                        f"got {_got(value)}", table="", key=name)
+    return value
+
+
+def _check_section(ctx: _Context, table: dict, section: str, checks: dict[str, Callable], base: Path) -> dict:
+    _check_keys(ctx, table, section, checks)
+    return {key: _apply(checks[key], _Key(ctx, section, key), value, base) for key, value in table.items()}
+
+
+def _samples_from_toml(ctx: _Context, entries, base: Path) -> list[SampleSpec]:
+    if isinstance(entries, dict):
+        raise ctx.error("[[samples]]", "must be written with double brackets, one [[samples]] header per sample",
+                        "Write each sample as its own [[samples]] table (name = ..., visium = ...)",
+                        table="", key=None)
+    if not isinstance(entries, list) or not entries or not all(isinstance(e, dict) for e in entries):
+        raise ctx.error("[[samples]]", f"must be one or more tables, got {_got(entries)}",
+                        "Write each sample as its own [[samples]] table (name = ..., visium = ...)")
+    specs, seen = [], {}
+    paths = {"visium": existing_file("Space Ranger folder", folder=True,
+                                     fix="Give the Space Ranger outs/ folder (or the run folder holding it), "
+                                     "relative to the folder of the configuration file"),
+             "imzml": existing_file("imzML file"), "he": existing_file("H&E image"),
+             "annotations": existing_file("annotation file")}
+    for i, entry in enumerate(entries):
+        name = entry.get("name") if isinstance(entry.get("name"), str) else None
+        _check_keys(ctx, entry, "samples", SAMPLE_KEYS, index=i, name=name)
+        for required in ("name", "visium"):
+            if required not in entry:
+                raise ctx.error(_label("samples", None, i, name), f"has no {required}",
+                                "Each sample needs at least name and visium (its Space Ranger outs/ folder)",
+                                table="samples", index=i)
+        k = _Key(ctx, "samples", "name", i)
+        name = text(k, entry["name"])
+        if not SAMPLE_NAME_RE.match(name):
+            raise k.fail(f"{_got(name)} can only hold letters, digits, '_', '.' and '-' (it names SpatialData "
+                         "elements and coordinate systems)")
+        if name in seen:
+            raise k.fail(f"{_got(name)} is already the name of sample #{seen[name] + 1}", "Sample names must be unique")
+        seen[name] = i
+        values: dict[str, Any] = {"sample": name}
+        if "patient" in entry:
+            values["patient"] = text(_Key(ctx, "samples", "patient", i, name), entry["patient"])
+        for key in ("visium", "imzml", "he", "annotations"):
+            if key in entry:
+                values[key] = paths[key](_Key(ctx, "samples", key, i, name), entry[key], base)
+        for key in ("msi_pixel_size_um", "he_microns_per_pixel"):
+            if key in entry:
+                values[key] = positive(_Key(ctx, "samples", key, i, name), entry[key])
+        for file_key, size_key, example in (("imzml", "msi_pixel_size_um", "50"), ("he", "he_microns_per_pixel", "0.5")):
+            if file_key in values and size_key not in values:
+                raise ctx.error(_label("samples", file_key, i, name), f"is given but {size_key} is not",
+                                f"Add {size_key} = {example} (the size in micrometres; the files' own metadata "
+                                "is often wrong)", table="samples", key=file_key, index=i)
+        if "imzml" in values:
+            _check_ibd(_Key(ctx, "samples", "imzml", i, name), values["imzml"])
+        specs.append(SampleSpec(**values))
+    return specs
+
+
+def _check_ibd(k: _Key, imzml: Path) -> None:
+    if imzml.suffix.lower() != ".imzml":
+        raise k.fail(f"must be an .imzML file, got {imzml.name}", "Give the .imzML file; its .ibd must lie next to it")
+    if not any(c.stem == imzml.stem and c.suffix.lower() == ".ibd" and c.is_file() for c in imzml.parent.iterdir()):
+        raise k.fail(f"has no .ibd companion: {imzml.with_suffix('.ibd')} not found",
+                     "Copy the .ibd file (same name, .ibd) next to the .imzML file", missing=True)
+
+
+def _samples_from_csv(ctx: _Context, value, base: Path) -> tuple[list[SampleSpec], Path]:
+    k = _Key(ctx, "data", "samples_csv")
+    csv_path = existing_file("samples.csv", fix="Give the dataset's samples.csv (or its folder), relative to the "
+                             "folder of the configuration file")
+    if isinstance(value, str) and (base / value).expanduser().is_dir():
+        value = str(Path(value) / "samples.csv")
+    csv = csv_path(k, value, base)
+    try:
+        specs = read_samples_csv(csv)
+    except (SpatialMixError, ValueError, OSError) as err:
+        raise k.fail(f"cannot be read: {err}", "Columns are sample, patient, visium, imzml, msi_pixel_size_um, he, "
+                     "he_microns_per_pixel, annotations (paths relative to the csv)") from None
+    for spec in specs:
+        where = _Key(ctx, "data", "samples_csv")
+        where_label = f"{csv.name} sample {spec.sample},"
+        if not SAMPLE_NAME_RE.match(spec.sample):
+            raise where.fail(f"{where_label} name {_got(spec.sample)} can only hold letters, digits, '_', '.' and '-'")
+        checks = (("visium", spec.visium, True), ("imzml", spec.imzml, False), ("he", spec.he, False),
+                  ("annotations", spec.annotations, False))
+        for column, path, folder in checks:
+            if path is None:
+                continue
+            if not path.exists():
+                raise where.fail(f"{where_label} column {column}: not found: {path.resolve()}",
+                                 f"Paths in {csv.name} are relative to its folder ({csv.parent})", missing=True)
+            if folder != path.is_dir():
+                raise where.fail(f"{where_label} column {column}: {path.resolve()} must be a "
+                                 f"{'folder' if folder else 'file'}")
+        for column in ("msi_pixel_size_um", "he_microns_per_pixel"):
+            v = getattr(spec, column)
+            if v is not None and not (_is_number(v) and v > 0):
+                raise where.fail(f"{where_label} column {column} must be a positive number, got {v!r}")
+        if spec.imzml is not None:
+            _check_ibd(_Key(ctx, "data", f"samples_csv, {csv.name} sample {spec.sample}, column imzml"), spec.imzml)
+        for key in ("visium", "imzml", "he", "annotations"):
+            if getattr(spec, key) is not None:
+                setattr(spec, key, getattr(spec, key).resolve())
+    return specs, csv
+
+
+def _absent_modalities(samples: list[SampleSpec], prepare: dict) -> dict[str, str]:
+    """Modalities the run cannot have, with the reason."""
+    out = {}
+    if not any(s.imzml is not None for s in samples):
+        out["msi"] = "no sample has an imzml file"
+    if not any(s.he is not None for s in samples):
+        out["morphology"] = "no sample has an H&E image (he)"
+    elif prepare.get("morphology", True) is False:
+        out["morphology"] = "[prepare] morphology is false"
+    return out
+
+
+def _check_translations(ctx: _Context, value, modalities: list[str], model_set: bool, absent: dict[str, str]) -> list:
+    k = _Key(ctx, "outputs", "translations")
+    fix = ('Write a list of [sources, target] pairs, e.g. translations = [["msi+morphology", "rna"]] '
+           "(sources joined by '+', or a list)")
+    if not isinstance(value, list):
+        raise k.fail(f"must be a list of [sources, target] pairs, got {_got(value)}", fix)
+    out = []
+    for pair in value:
+        if not (isinstance(pair, list) and len(pair) == 2 and isinstance(pair[1], str)
+                and isinstance(pair[0], (str, list))):
+            raise k.fail(f"entry {_got(pair)} is not a [sources, target] pair", fix)
+        src = pair[0].split("+") if isinstance(pair[0], str) else pair[0]
+        src = [s.strip() if isinstance(s, str) else s for s in src]
+        target = pair[1].strip()
+        for m in [*src, target]:
+            if m not in modalities:
+                if model_set and m in MODALITY_TABLES:
+                    raise k.fail(f"entry {_got(pair)} uses {_got(m)}, which [model] modalities leaves out "
+                                 f"({', '.join(modalities)})", "Add it to [model] modalities or drop this translation")
+                if m in absent:
+                    raise k.fail(f"entry {_got(pair)} uses {_got(m)}, but {absent[m]}", "Drop this translation")
+                raise k.fail(f"entry {_got(pair)} names an unknown modality {_got(m)}"
+                             + (_suggest(m, MODALITY_TABLES) if isinstance(m, str) else ""),
+                             f"Modalities are {', '.join(MODALITY_TABLES)}")
+        if target in src:
+            raise k.fail(f"entry {_got(pair)} translates {target!r} into itself", "The target must not be a source")
+        if len(set(src)) != len(src):
+            raise k.fail(f"entry {_got(pair)} lists a source twice")
+        out.append((src, target))
+    return out
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read and check a run configuration (see ``docs/config.md``).
+
+    Raises
+    ------
+    ConfigError
+        On a TOML syntax error (with line and column), an unknown section or key (with the allowed ones and the
+        nearest match), a value of the wrong type or out of range, an unknown device or model, or a referenced
+        file that does not exist (then also :class:`ConfigFileNotFoundError`, a ``FileNotFoundError``).
+    """
+    from spatialmix.models import MODELS
+    from spatialmix.train import TrainConfig
+
+    path = Path(path).expanduser().resolve()
+    doc, content = _read(path)
+    ctx = _Context(path, content)
+    base = path.parent
+
+    for key, value in doc.items():
+        if key in SECTIONS:
+            continue
+        if not isinstance(value, (dict, list)) or (isinstance(value, list) and not all(isinstance(v, dict) for v in value)):
+            home = next((f"[{s}]" for s, keys in _section_keys().items() if key in keys and s != "samples"), None)
+            hint = f" (it belongs in {home})" if home else _suggest(key, SECTIONS)
+            raise ctx.error(f"{key}", f"is outside any section{hint}",
+                            "Put every key under its section header: " + ", ".join(
+                                "[[samples]]" if s == "samples" else f"[{s}]" for s in SECTIONS),
+                            table="", key=key)
+        raise ctx.error(f"[{key}]", f"is not a known section{_suggest(key, SECTIONS)}",
+                        "Sections are " + ", ".join("[[samples]]" if s == "samples" else f"[{s}]" for s in SECTIONS),
+                        table=key, key=None)
+
+    # -- [data] and the samples ---------------------------------------------------------------------------
+    data = _section(ctx, doc, "data")
+    _check_keys(ctx, data, "data", DATA_KEYS)
+    annotation_key = text(_Key(ctx, "data", "annotation_key"), data.get("annotation_key", ANNOTATION_KEY))
+    samples_csv = None
+    if "samples_csv" in data and "samples" in doc:
+        raise ctx.error("[data] samples_csv", "and [[samples]] are both given",
+                        "List the samples one way: either samples_csv or [[samples]] tables",
+                        table="data", key="samples_csv")
+    if "samples_csv" in data:
+        samples, samples_csv = _samples_from_csv(ctx, data["samples_csv"], base)
+    elif "samples" in doc:
+        samples = _samples_from_toml(ctx, doc["samples"], base)
+    else:
+        raise ctx.error("[data]", "names no samples",
+                        "Add samples_csv = \"path/to/samples.csv\" under [data], or one [[samples]] table per sample "
+                        "(name, visium, imzml, msi_pixel_size_um, he, he_microns_per_pixel, annotations)",
+                        table="data")
+
+    # -- [prepare] ---------------------------------------------------------------------------------------
+    prepare = _check_section(ctx, _section(ctx, doc, "prepare"), "prepare", PREPARE_CHECKS, base)
+
+    # -- [model] -----------------------------------------------------------------------------------------
+    model_table = _section(ctx, doc, "model")
+    k = _Key(ctx, "model", "name")
+    name = model_table.get("name", "mima")
+    if not isinstance(name, str) or name not in MODELS:
+        raise k.fail(f"is not a known model: {_got(name)}" + (_suggest(name, MODELS) if isinstance(name, str) else ""),
+                     f"Models are {', '.join(sorted(MODELS))}")
+    checks = {"name": lambda k_, v: v, "modalities": modality_list, **_model_checks(name)}
+    model_params = _check_section(ctx, model_table, "model", checks, base)
+    model_params.pop("name", None)
+    absent = _absent_modalities(samples, prepare)
+    model_set = "modalities" in model_params
+    modalities = model_params["modalities"] if model_set else [m for m in MODALITY_TABLES if m not in absent]
+    for m in modalities:
+        if m in absent:
+            raise _Key(ctx, "model", "modalities").fail(f"includes {m!r} but {absent[m]}",
+                                                        f"Drop {m!r} from modalities or give the files")
+    extra = sorted(set(model_params.get("hidden", {})) - set(modalities))
+    if extra:
+        raise _Key(ctx, "model", "hidden").fail(
+            f"names {extra}, which the model does not integrate ({', '.join(modalities)})"
+            + ("" if model_set else f": {'; '.join(absent[m] for m in extra if m in absent)}"))
+
+    # -- [train] -----------------------------------------------------------------------------------------
+    train = _check_section(ctx, _section(ctx, doc, "train"), "train", TRAIN_CHECKS, base)
+    if train.get("resume") is True and "checkpoint_dir" not in train:
+        raise _Key(ctx, "train", "resume").fail("= true needs checkpoint_dir (the folder holding last.ckpt)",
+                                                "Add checkpoint_dir, or give the checkpoint's path as resume")
+    try:  # the engine's own cross-field checks (checkpoint_every needs checkpoint_dir, ...)
+        TrainConfig.build(MODELS[name].train_defaults, {k_: (str(v) if isinstance(v, Path) else v)
+                                                        for k_, v in train.items()})
+    except SpatialMixError as err:
+        raise ctx.error("[train]", f"is not a valid training setup: {err}", table="train") from None
+
+    # -- [outputs] ---------------------------------------------------------------------------------------
+    outputs = _check_section(ctx, _section(ctx, doc, "outputs"), "outputs", OUTPUT_CHECKS, base)
+    outputs = {**OUTPUT_DEFAULTS, **outputs}
+    outputs["translations"] = _check_translations(ctx, outputs["translations"], modalities, model_set, absent)
+
+    return RunConfig(samples=samples, annotation_key=annotation_key, prepare=prepare, model=name,
+                     model_params=model_params, train=train, outputs=outputs, path=path, samples_csv=samples_csv)
+
+
+# ============================================================================================================
+# example_config
+# ============================================================================================================
+_COMMENTS = {
+    "samples_csv": "one row per sample; paths in it are relative to it",
+    "annotation_key": "obs column that receives the pathologist's labels",
+    "register": "automatic registration of MSI and H&E onto the Visium spots",
+    "bin_ppm": "m/z bin width in ppm (the same grid for every sample)",
+    "mz_range": "keep only this m/z window",
+    "morphology": "per-spot H&E features",
+    "morphology_encoder": "TorchScript image encoder instead of the built-in image features",
+    "min_msi_coverage": "spots covered less than this by MSI pixels count as without MSI",
+    "min_feature_fraction": "keep an m/z bin present in at least this fraction of spots",
+    "model.name": "a key of spatialmix.models.MODELS",
+    "modalities": "which tables to integrate",
+    "n_latent": "size of the shared, private and batch latents",
+    "beta": "KL weight",
+    "epochs": "passes over the data",
+    "lr": "learning rate (Adam)",
+    "batch_size": "spots per step",
+    "device": "auto, cpu, cuda or cuda:N",
+    "model.seed": "seeds the weight initialisation",
+    "model.hidden": "per-modality hidden layers ([] = direct)",
+    "train.seed": "same seed + same device = same result",
+    "translations": "[sources, target]: impute target from sources",
+    "corrected": "batch-corrected features of every modality",
+    "rgb": "3D UMAP of the embedding as RGB colours",
+    "figures": "PNG figures (training curve, maps)",
+    "metrics": "integration scores and annotation accuracy",
+}
+
+
+def _line(section: str, key: str, value: Any, *, commented: bool = False, note: str | None = None) -> str:
+    body = f"{'# ' if commented else ''}{key} = {_toml(value)}"
+    note = note or _COMMENTS.get(f"{section}.{key}") or _COMMENTS.get(key)
+    return f"{body:<44} # {note}" if note else body
+
+
+def example_config(data_dir: str | Path, *, relative_to: str | Path | None = None,
+                   explicit_samples: bool = False) -> str:
+    """A commented run configuration for the dataset folder ``data_dir`` (which holds a ``samples.csv``).
+
+    Paths are absolute, or relative to ``relative_to`` (the folder the file will be saved in). With
+    ``explicit_samples`` the samples are listed as ``[[samples]]`` tables instead of pointing to the csv. Keys the
+    example leaves at their defaults are shown commented out with the default value.
+    """
+    import inspect
+    from dataclasses import fields
+
+    from spatialmix.models import MODELS
+    from spatialmix.models.mima import DEFAULTS
+    from spatialmix.pipeline import iter_prepare
+    from spatialmix.train import TrainConfig
+
+    data_dir = Path(data_dir).expanduser().resolve()
+    csv = data_dir if data_dir.suffix == ".csv" else data_dir / "samples.csv"
+    specs = read_samples_csv(csv)
+
+    def show(p: Path) -> str:
+        p = Path(p).resolve()
+        return Path(os.path.relpath(p, Path(relative_to).resolve())).as_posix() if relative_to else p.as_posix()
+
+    mods = ["rna"] + (["msi"] if any(s.imzml for s in specs) else []) + (["morphology"] if any(s.he for s in specs) else [])
+    translations = [["+".join(m for m in mods if m != t), t] for t in ("rna", "msi") if t in mods and len(mods) > 1]
+    lines = [f"# napari-spatialmix run configuration for {data_dir.name}",
+             "# run:  spatialmix run THIS_FILE.toml --out RESULTS_DIR",
+             "# Relative paths are relative to the folder of this file. Every key: docs/config.md",
+             "", "[data]"]
+    if not explicit_samples:
+        lines.append(_line("data", "samples_csv", show(csv)))
+    lines += [_line("data", "annotation_key", ANNOTATION_KEY), ""]
+    if explicit_samples:
+        for s in specs:
+            lines.append("[[samples]]")
+            lines.append(f"name = {_toml(s.sample)}")
+            lines.append(f"patient = {_toml(s.patient)}")
+            for key in SAMPLE_KEYS[2:]:
+                value = getattr(s, key)
+                if value is not None:
+                    lines.append(f"{key} = {_toml(show(value) if isinstance(value, Path) else value)}")
+            lines.append("")
+
+    sig = inspect.signature(iter_prepare).parameters
+    lines.append("[prepare]")
+    for key in PREPARE_CHECKS:
+        default = sig[key].default
+        shown = {"mz_range": [400.0, 1000.0], "morphology_encoder": "encoder.pt"}.get(key, default)
+        lines.append(_line("prepare", key, shown, commented=key not in ("register", "bin_ppm")))
+    lines += ["", "[model]", _line("model", "name", "mima"), _line("model", "modalities", mods)]
+    for key, value in DEFAULTS.items():
+        if value is None:
+            lines.append(_line("model", key, DEFAULTS["beta"], commented=True, note="default: the value of beta"))
+        else:
+            lines.append(_line("model", key, value, commented=key not in ("n_latent", "beta")))
+    lines.append(_line("model", "hidden", {"rna": [300, 300], "msi": []}, commented=True))
+    train_defaults = {f.name: f.default for f in fields(TrainConfig)}
+    train_defaults.update(MODELS["mima"].train_defaults)
+    lines += ["", "[train]"]
+    shown_first = ("epochs", "lr", "batch_size", "device", "seed")
+    for key in shown_first:
+        lines.append(_line("train", key, train_defaults[key]))
+    for key, value in train_defaults.items():
+        if key in shown_first:
+            continue
+        if value is None:
+            value = {"checkpoint_dir": "checkpoints", "resume": True}.get(key, "")
+        lines.append(_line("train", key, value, commented=True))
+    lines += ["", "[outputs]", _line("outputs", "translations", translations)]
+    for key, value in OUTPUT_DEFAULTS.items():
+        if key != "translations":
+            lines.append(_line("outputs", key, value))
+    return "\n".join(lines) + "\n"

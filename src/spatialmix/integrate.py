@@ -1,0 +1,148 @@
+"""Train a model on a prepared project, write its outputs back, measure it and draw the figures.
+
+:func:`iter_integrate` is the second half of the main job (``spatialmix demo`` / ``spatialmix run``): build
+:class:`~spatialmix.data.MultiModalData`, train the model with the one engine, save the model, write every
+output into the SpatialData (:mod:`spatialmix.results`), compute ``metrics.json`` and draw per-sample PNGs.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from spatialmix.progress import Progress, forward
+
+#: Training used by the demo. The paper's defaults (lr 1e-4, 50 epochs) are the model's defaults, but with the
+#: bundled sample's 1,290 spots they make only 400 optimiser steps and the loss is still falling steeply at
+#: the end (docs/models.md, "Training on small data"); 100 epochs at lr 1e-3 converge.
+DEMO_TRAIN: dict[str, Any] = {"epochs": 100, "lr": 1e-3, "seed": 0}
+
+
+def _truth_regions(truth_dir, obs: pd.DataFrame):
+    if truth_dir is None:
+        return None
+    from spatialmix.simulate import load_truth
+
+    try:
+        return load_truth(truth_dir, obs)["region"]
+    except Exception:  # real data: no truth
+        return None
+
+
+def evaluate_integration(data, model, *, reference_labels=None, annotation_key: str | None = None,
+                         key: str = "mima") -> dict[str, Any]:
+    """Batch mixing and region separation of the raw inputs, the corrected MSI and the PoE embedding, and
+    translation fidelity on the model's held-out (validation) spots against the class-mean baseline.
+
+    ``reference_labels``: the true regions (simulated data) or, by default, the annotation column.
+    """
+    from spatialmix.evaluate.metrics import class_mean_baseline, integration_scores, translation_scores
+
+    obs = data.obs
+    labels = reference_labels if reference_labels is not None else (
+        obs[annotation_key] if annotation_key and annotation_key in obs else None)
+    out: dict[str, Any] = {"labels": "truth regions" if reference_labels is not None else annotation_key}
+    batches = obs[data.batch_key].astype(str).to_numpy()
+    if labels is not None and len(set(batches)) > 1:
+        lab = pd.Series(np.asarray(labels, dtype=object), index=obs.index)
+        reps: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        every = np.ones(len(obs), bool)
+        for m in model.modalities:
+            reps[f"raw_{m}"] = (data.dense(m), data.mask[m])
+        z = model.get_latent_representation()
+        reps[f"{key}_poe"] = (z, every)
+        if "msi" in model.modalities:
+            msi = data.mask["msi"]
+            reps[f"{key}_corrected_msi"] = (model.get_corrected("msi"), msi)
+            reps[f"{key}_poe_msi_spots"] = (z, msi)
+        scores = {}
+        for name, (X, keep) in reps.items():
+            scores[name] = integration_scores(X[keep], batches[keep], lab[keep].to_numpy())
+        out["integration"] = scores
+    if model.split_ is not None and annotation_key and annotation_key in obs and len(model.modalities) > 1:
+        val, train = model.split_["validation"], model.split_["train"]
+        ann = obs[annotation_key].astype(str).to_numpy()
+        trans = {}
+        for target in model.modalities:
+            sources = [m for m in model.modalities if m != target]
+            X = data.dense(target)
+            ok = data.mask[target]
+            v, t = val[ok[val]], train[ok[train]]
+            if len(v) < 10:
+                continue
+            pred = model.translate(sources, target)
+            base = class_mean_baseline(X[t], ann[t], ann[v])
+            trans[f"{'+'.join(sources)}->{target}"] = {
+                **translation_scores(pred[v], X[v], base, top=1000), "n_heldout_spots": int(len(v))}
+        out["translation_heldout"] = trans
+    return out
+
+
+def _pick_feature(X: np.ndarray, names, mask: np.ndarray) -> int:
+    """The most variable measured feature (the one a user would look at first)."""
+    return int(np.argmax(X[mask].var(axis=0)))
+
+
+def iter_integrate(sdata, out: str | Path, *, model: str = "mima", model_params: dict | None = None,
+                   train: dict | None = None, annotation_key: str | None = "pathologist", truth_dir=None,
+                   modalities=None, figures: bool = True, key: str | None = None,
+                   results_options: dict | None = None, metrics: bool = True):
+    """Train ``model`` on the project, write outputs into ``sdata``, save the model, metrics and figures.
+
+    Returns a report dict (model, training curve summary, metrics, output paths). ``sdata`` is modified in
+    place (results added); the caller saves it.
+    """
+    from spatialmix.data import MultiModalData
+    from spatialmix.errors import ParameterError
+    from spatialmix.models import MODELS
+    from spatialmix.results import iter_write_results
+
+    if model not in MODELS:
+        raise ParameterError(f"unknown model {model!r}; available: {sorted(MODELS)}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    ann = annotation_key if annotation_key and annotation_key in sdata.tables["rna"].obs else None
+    data = MultiModalData.from_spatialdata(sdata, modalities=modalities, annotation_key=ann)
+    mdl = MODELS[model](data, **(model_params or {}))
+    key = key or mdl.name
+    t0 = time.perf_counter()
+    yield from mdl.iter_train(**(train or {}))
+    train_s = time.perf_counter() - t0
+    mdl.save(out / "model", overwrite=True)
+    yield from forward(iter_write_results(sdata, mdl, key=key, **(results_options or {})), "")
+    yield Progress("metrics", 0, 1)
+    truth = _truth_regions(truth_dir, data.obs) if metrics else None
+    want_metrics = metrics
+    metrics = evaluate_integration(data, mdl, reference_labels=truth, annotation_key=ann, key=key) if want_metrics else {}
+    metrics["train_seconds"] = round(train_s, 2)
+    metrics["epochs"] = len(mdl.training_curve())
+    curve = mdl.training_curve()
+    metrics["final_loss"] = float(curve["loss"].iloc[-1]) if len(curve) else None
+    metrics["final_val_loss"] = float(curve["val_loss"].iloc[-1]) if len(curve) else None
+    sdata.attrs.setdefault("spatialmix", {}).setdefault("models", {}).setdefault(key, {})["metrics"] = metrics
+    (out / "metrics.json").write_text(json.dumps(_clean(metrics), indent=2))
+    yield Progress("metrics", 1, 1)
+    pngs = []
+    if figures:
+        from spatialmix.plotting import save_result_figures
+
+        pngs = yield from save_result_figures(sdata, data, mdl, out, key=key)
+    return {"model": repr(mdl), "metrics": metrics, "figures": [str(p) for p in pngs],
+            "model_dir": str(out / "model"), "metrics_json": str(out / "metrics.json")}
+
+
+def _clean(obj):
+    from spatialmix.project import jsonable
+
+    return jsonable(obj)
+
+
+def integrate(sdata, out, *, progress=False, **kwargs):
+    from spatialmix.progress import run
+
+    return run(iter_integrate(sdata, out, **kwargs), progress=progress)
