@@ -20,6 +20,8 @@ VARIANTS = {
     "paper loss only (beta_batch 0.01, adversarial 0)": {"beta_batch": 0.01, "adversarial": 0.0},
     "beta_batch 0, no adversarial": {"adversarial": 0.0},
     "adversarial 1.0": {"adversarial": 1.0},
+    "adversarial 0.1 on private latents only": {"adversarial_on": "private"},
+    "adversarial 0.3 on private latents only": {"adversarial_on": "private", "adversarial": 0.3},
     "no translation loss": {"translation_loss": False},
     "sample one-hot also into shared/private heads": {"encode_covariate": True},
 }

@@ -528,4 +528,5 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    _res = main()
+    sys.exit(1 if any("error" in r for r in _res.get("scales", {}).values()) else 0)

@@ -156,7 +156,8 @@ class MIMAModule(nn.Module):
     def __init__(self, n_features: Sequence[int], n_batches: int, *, n_latent: int = 100,
                  hidden: Sequence[Sequence[int]], dropout: float = 0.1, latent_dropout: float = 0.3,
                  beta: dict[str, float], translation: bool = True, batch_input: str = "sample",
-                 encode_covariate: bool = True, adversarial: float = 0.0, names: Sequence[str] | None = None):
+                 encode_covariate: bool = True, adversarial: float = 0.0,
+                 adversarial_on: Sequence[str] = ("shared", "private"), names: Sequence[str] | None = None):
         super().__init__()
         self.names = list(names) if names is not None else [f"m{i}" for i in range(len(n_features))]
         self.n_batches = n_batches
@@ -164,6 +165,7 @@ class MIMAModule(nn.Module):
         self.beta = dict(beta)
         self.translation = translation
         self.adversarial = float(adversarial)
+        self.adversarial_on = tuple(adversarial_on)
         self.vaes = nn.ModuleList(
             ModalityVAE(n, n_batches, n_latent=n_latent, hidden=h, dropout=dropout,
                         latent_dropout=latent_dropout, batch_input=batch_input, encode_covariate=encode_covariate)
@@ -174,7 +176,7 @@ class MIMAModule(nn.Module):
         if self.adversarial > 0 and n_batches > 1:
             self.discriminators = nn.ModuleDict({
                 f"{kind}_{name}": nn.Sequential(nn.Linear(n_latent, 64), nn.ReLU(), nn.Linear(64, n_batches))
-                for name in self.names for kind in ("shared", "private")
+                for name in self.names for kind in self.adversarial_on
             })
         else:
             self.discriminators = None
@@ -242,7 +244,7 @@ class MIMAModule(nn.Module):
         total = shared + private
         if self.discriminators is not None:
             for i, name in enumerate(self.names):
-                for kind in ("shared", "private"):
+                for kind in self.adversarial_on:
                     logits = self.discriminators[f"{kind}_{name}"](grad_reverse(enc[i][kind][0]))
                     ce = F.cross_entropy(logits.float(), batch, reduction="none")
                     terms[f"adv_{kind}_{name}"] = masked_mean(ce, masks[i])

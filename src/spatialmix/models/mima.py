@@ -44,6 +44,7 @@ DEFAULTS: dict[str, Any] = {
     "batch_input": "sample",
     "encode_covariate": False,
     "adversarial": 0.1,
+    "adversarial_on": "shared+private",
     "seed": 0,
 }
 
@@ -103,6 +104,8 @@ class MIMA(BaseModel):
         missing = [m for m in mods if m not in data.modalities]
         if missing:
             raise ParameterError(f"modalities {missing} are not in the data (it has {data.modalities})")
+        if not set(str(p["adversarial_on"]).split("+")) <= {"shared", "private"} or not p["adversarial_on"]:
+            raise ParameterError(f"adversarial_on must be 'shared', 'private' or 'shared+private', got {p['adversarial_on']!r}")
         if p["batch_input"] not in ("sample", "sample+features"):
             raise ParameterError(f"batch_input must be 'sample' or 'sample+features', got {p['batch_input']!r}")
         for key in ("n_latent", "n_hidden"):
@@ -149,6 +152,7 @@ class MIMA(BaseModel):
             dropout=float(p["dropout"]), latent_dropout=float(p["latent_dropout"]), beta=self._betas(),
             translation=bool(p["translation_loss"]), batch_input=p["batch_input"],
             encode_covariate=bool(p.get("encode_covariate", False)), adversarial=float(p.get("adversarial", 0.0)),
+            adversarial_on=str(p.get("adversarial_on", "shared+private")).split("+"),
             names=self.modalities,
         )
 
