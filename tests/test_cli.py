@@ -54,3 +54,35 @@ def test_prepare_refuses_an_existing_project_before_doing_any_work(tmp_path, cap
     assert main(["--quiet", "prepare", str(tmp_path / "no-such-dataset"), "--out", str(out)]) == 2
     assert "already exists. Pass --overwrite" in capsys.readouterr().err
     assert (out / "keep.txt").read_text() == "earlier results"
+
+
+@pytest.mark.slow
+def test_run_command_runs_the_main_job_from_a_config(sample_data_dir, tmp_path, capsys):
+    from spatialmix.cli import main
+    from spatialmix.config import example_config
+
+    cfg = tmp_path / "run.toml"
+    cfg.write_text(example_config(sample_data_dir))
+    out = tmp_path / "out"
+    assert main(["--quiet", "run", str(cfg), "--out", str(out), "--epochs", "2", "--device", "cpu"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["integration"]["epochs"] == 2
+    assert report["config"]["train"]["epochs"] == 2 and report["config"]["model"]["name"] == "mima"
+    assert (out / "project.zarr").is_dir() and (out / "metrics.json").exists() and (out / "model" / "model.pt").exists()
+    assert sorted(p.name for p in out.glob("results_*.png")) == [f"results_{s}.png" for s in report["samples"]]
+    # a second run into the same folder is refused before any work, and the project is kept
+    assert main(["--quiet", "run", str(cfg), "--out", str(out), "--epochs", "1"]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert (out / "project.zarr").is_dir()
+
+
+def test_run_command_reports_a_bad_config_and_writes_nothing(tmp_path, capsys):
+    from spatialmix.cli import main
+
+    cfg = tmp_path / "run.toml"
+    cfg.write_text('[data]\nsamples_csv = "nowhere/samples.csv"\n\n[train]\nepochs = 0\n')
+    out = tmp_path / "out"
+    assert main(["--quiet", "run", str(cfg), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "run.toml" in err and ("epochs" in err or "samples.csv" in err)
+    assert not out.exists()

@@ -216,17 +216,22 @@ def plot_results(sdata, sample: str, *, key: str = "mima", gene: str | None = No
 
     Top row: H&E, MSI TIC, 3D-RGB colouring of the raw MSI and of the batch-corrected MSI (UMAP axes -> R, G,
     B; the same colour means a similar spectrum across samples). Bottom row: a measured gene next to the same
-    gene imputed from MSI + H&E, and a measured m/z next to the same m/z imputed from RNA + H&E, on shared
-    colour scales. Grey spots: the modality was not measured there.
+    gene imputed from MSI + H&E, and a measured m/z next to the same m/z imputed from RNA + H&E (each with its
+    own colour scale; the Pearson r between them is in the title). Grey spots: the modality was not measured there.
     """
     import matplotlib.pyplot as plt
 
-    bounds = sample_bounds(sdata, sample)
+    xy_all = spot_xy(sdata, sample)
+    in_tissue = sdata.tables["rna"].obs
+    in_tissue = in_tissue.loc[in_tissue["sample"].astype(str) == sample, "spot_id"].to_numpy()
+    lo, hi = xy_all[in_tissue].min(axis=0), xy_all[in_tissue].max(axis=0)
+    side = float(max(hi - lo)) + 200.0  # square panel around the tissue's spots
+    centre = (lo + hi) / 2
+    bounds = (centre[0] - side / 2, centre[1] - side / 2, centre[0] + side / 2, centre[1] + side / 2)
     if resolution_um is None:
-        resolution_um = max(2.0, (bounds[2] - bounds[0]) / 600)
+        resolution_um = max(2.0, side / 500)
     extent = (bounds[0], bounds[0] + resolution_um * np.ceil((bounds[2] - bounds[0]) / resolution_um),
               bounds[1] + resolution_um * np.ceil((bounds[3] - bounds[1]) / resolution_um), bounds[1])
-    xy_all = spot_xy(sdata, sample)
     fig, axes = plt.subplots(2, 4, figsize=(19, 9.6), constrained_layout=True)
 
     def rows_of(table):
@@ -283,9 +288,13 @@ def plot_results(sdata, sample: str, *, key: str = "mima", gene: str | None = No
         norm = plt.Normalize(vmin, vmax)
         col_m = np.where(covered[:, None], cmap(norm(measured)), grey)
         _spot_patches(ax_m, xy, facecolors=col_m, edgecolors="none", lw=0)
-        _spot_patches(ax_i, xy, facecolors=cmap(norm(imputed)), edgecolors="none", lw=0)
-        sm = plt.cm.ScalarMappable(norm=norm, cmap=cmap)
-        fig.colorbar(sm, ax=[ax_m, ax_i], shrink=0.6, label=label)
+        fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax_m, shrink=0.6, label=label)
+        # imputations regress towards the mean: on the measured scale they look flat, so they get their own
+        # colour scale (1st-99th percentile) and the correlation is printed
+        lo, hi = np.percentile(imputed, [1, 99])
+        norm_i = plt.Normalize(lo, hi if hi > lo else lo + 1e-6)
+        _spot_patches(ax_i, xy, facecolors=cmap(norm_i(imputed)), edgecolors="none", lw=0)
+        fig.colorbar(plt.cm.ScalarMappable(norm=norm_i, cmap=cmap), ax=ax_i, shrink=0.6, label=f"imputed {label}")
         r = np.corrcoef(measured[covered], imputed[covered])[0, 1] if covered.sum() > 2 else np.nan
         ax_m.set_title(f"measured {feature}", fontsize=11)
         ax_i.set_title(f"imputed {feature} from {source_label}\n(Pearson r = {r:.2f} on this sample)", fontsize=11)
@@ -315,7 +324,8 @@ def plot_results(sdata, sample: str, *, key: str = "mima", gene: str | None = No
 def iter_save_result_figures(sdata, data, model, out_dir, *, key: str = "mima", dpi: int = 90):
     """Write ``results_<sample>.png`` for every sample (generator; returns the paths).
 
-    The gene and the m/z shown are the most variable measured ones (not picked by how well they impute).
+    The gene and the m/z shown are the most variable measured ones among features detected in at least half
+    of the measured spots (not picked by how well they impute).
     """
     import matplotlib
 
@@ -326,13 +336,15 @@ def iter_save_result_figures(sdata, data, model, out_dir, *, key: str = "mima", 
 
     out_dir = Path(out_dir)
     gene = mz = None
+    def most_variable(m):
+        x = data.dense(m)[data.mask[m]]
+        var = np.where((x > 0).mean(axis=0) >= 0.5, x.var(axis=0), -1.0)
+        return str(data.var_names[m][int(np.argmax(var))])
+
     if "rna" in data.modalities:
-        x = data.dense("rna")
-        gene = str(data.var_names["rna"][int(np.argmax(x.var(axis=0)))])
+        gene = most_variable("rna")
     if "msi" in data.modalities:
-        x = data.dense("msi")
-        ok = data.mask["msi"]
-        mz = str(data.var_names["msi"][int(np.argmax(x[ok].var(axis=0)))])
+        mz = most_variable("msi")
     samples = samples_of(sdata)
     paths = []
     for i, sample in enumerate(samples):

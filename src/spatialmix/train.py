@@ -167,6 +167,7 @@ def iter_train(model, *, stop: threading.Event | None = None, **options):
     train_idx, val_idx = split_indices(n, cfg.train_fraction, cfg.seed)
     model.split_ = {"train": train_idx, "validation": val_idx}
     data = {k: fabric.to_device(v) for k, v in tensors.items()}  # once; mini-batches are index slices
+    del tensors  # on a GPU, do not keep a host copy of the dense inputs alive for the whole training
     device = next(iter(data.values())).device
 
     module = model.module
