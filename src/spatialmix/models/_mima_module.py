@@ -53,7 +53,7 @@ class ModalityVAE(nn.Module):
 
     def __init__(self, n_features: int, n_batches: int, *, n_latent: int, hidden: Sequence[int],
                  dropout: float, latent_dropout: float, batch_input: str = "sample",
-                 encode_covariate: bool = True):
+                 encode_covariate: bool = True, latent_dropout_at: str = "heads"):
         super().__init__()
         self.n_features = n_features
         self.n_batches = n_batches
@@ -62,8 +62,11 @@ class ModalityVAE(nn.Module):
         self.body = mlp([n_features, *hidden], dropout)
         h = hidden[-1] if hidden else n_features
         n_head = h + (n_batches if encode_covariate else 0)
-        self.shared = GaussianHead(n_head, n_latent, latent_dropout)
-        self.private = GaussianHead(n_head, n_latent, latent_dropout)
+        head_drop = latent_dropout if latent_dropout_at == "heads" else 0.0
+        self.shared = GaussianHead(n_head, n_latent, head_drop)
+        self.private = GaussianHead(n_head, n_latent, head_drop)
+        # dropout on the (summed) latent sample before decoding: the "latent layer" read as the latent itself
+        self.z_drop = nn.Dropout(latent_dropout) if latent_dropout_at == "z" and latent_dropout > 0 else nn.Identity()
         n_batch_in = n_batches + (h if batch_input == "sample+features" else 0)
         self.batch = GaussianHead(n_batch_in, n_latent, 0.0)
         dec_hidden = list(reversed(hidden))
@@ -83,7 +86,7 @@ class ModalityVAE(nn.Module):
         return self.batch(onehot)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return self.decoder_out(self.decoder_body(z))
+        return self.decoder_out(self.decoder_body(self.z_drop(z)))
 
 
 class _GradReverse(torch.autograd.Function):
@@ -156,7 +159,7 @@ class MIMAModule(nn.Module):
     def __init__(self, n_features: Sequence[int], n_batches: int, *, n_latent: int = 100,
                  hidden: Sequence[Sequence[int]], dropout: float = 0.1, latent_dropout: float = 0.3,
                  beta: dict[str, float], translation: bool = True, batch_input: str = "sample",
-                 encode_covariate: bool = True, adversarial: float = 0.0,
+                 encode_covariate: bool = True, adversarial: float = 0.0, latent_dropout_at: str = "heads",
                  adversarial_on: Sequence[str] = ("shared", "private"), names: Sequence[str] | None = None):
         super().__init__()
         self.names = list(names) if names is not None else [f"m{i}" for i in range(len(n_features))]
@@ -168,7 +171,8 @@ class MIMAModule(nn.Module):
         self.adversarial_on = tuple(adversarial_on)
         self.vaes = nn.ModuleList(
             ModalityVAE(n, n_batches, n_latent=n_latent, hidden=h, dropout=dropout,
-                        latent_dropout=latent_dropout, batch_input=batch_input, encode_covariate=encode_covariate)
+                        latent_dropout=latent_dropout, batch_input=batch_input, encode_covariate=encode_covariate,
+                        latent_dropout_at=latent_dropout_at)
             for n, h in zip(n_features, hidden)
         )
         # batch classifiers on each modality's shared and private latent means, trained through a gradient

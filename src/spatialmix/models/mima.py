@@ -35,6 +35,7 @@ DEFAULTS: dict[str, Any] = {
     "direct_max_features": DIRECT_MAX_FEATURES,
     "dropout": 0.1,
     "latent_dropout": 0.3,
+    "latent_dropout_at": "heads",
     "beta": 0.01,
     "beta_poe": None,
     "beta_shared": None,
@@ -67,7 +68,9 @@ class MIMA(BaseModel):
     hidden
         ``{modality: [sizes]}`` overriding the hidden layers of single modalities (``[]`` = direct).
     dropout, latent_dropout
-        Dropout in encoder / decoder layers (0.1) and before the latent layers (0.3).
+        Dropout in encoder / decoder layers (0.1) and in the latent layers (0.3): by default on the input of the
+        latent heads (``latent_dropout_at="heads"``); ``"z"`` applies it to the latent sample before decoding
+        (ablation; worse in our measurements).
     beta
         KL weight (0.01, the paper's); ``beta_poe``, ``beta_shared``, ``beta_private`` override the weight of the
         PoE KL and of each modality's shared / private KL. ``beta_batch`` defaults to 0: with equal weights the
@@ -106,6 +109,8 @@ class MIMA(BaseModel):
             raise ParameterError(f"modalities {missing} are not in the data (it has {data.modalities})")
         if not set(str(p["adversarial_on"]).split("+")) <= {"shared", "private"} or not p["adversarial_on"]:
             raise ParameterError(f"adversarial_on must be 'shared', 'private' or 'shared+private', got {p['adversarial_on']!r}")
+        if p["latent_dropout_at"] not in ("z", "heads"):
+            raise ParameterError(f"latent_dropout_at must be 'z' or 'heads', got {p['latent_dropout_at']!r}")
         if p["batch_input"] not in ("sample", "sample+features"):
             raise ParameterError(f"batch_input must be 'sample' or 'sample+features', got {p['batch_input']!r}")
         for key in ("n_latent", "n_hidden"):
@@ -153,6 +158,7 @@ class MIMA(BaseModel):
             translation=bool(p["translation_loss"]), batch_input=p["batch_input"],
             encode_covariate=bool(p.get("encode_covariate", False)), adversarial=float(p.get("adversarial", 0.0)),
             adversarial_on=str(p.get("adversarial_on", "shared+private")).split("+"),
+            latent_dropout_at=str(p.get("latent_dropout_at", "heads")),
             names=self.modalities,
         )
 
