@@ -263,3 +263,26 @@ def test_new_samples_get_batch_free_outputs_only(tmp_path):
     with pytest.raises(ModelError, match=r"samples \['S9'\] were not in the training data"):
         model.get_denoised("a", data=new)
     assert model.translate("a", "b", batch_free=True, data=new).shape == (240, 25)
+
+
+@pytest.mark.slow
+def test_the_same_engine_trains_with_ddp_on_two_processes(tmp_path):
+    """Lightning Fabric DDP (gloo, CPU) through torchrun: each process sees half of the mini-batches and the
+    weights stay identical across processes (gradients are all-reduced)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parent / "_ddp_train.py"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "--master_port", "29517", str(script)], capture_output=True, text=True, env=env,
+                          cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = [json.loads(line.split("RESULT ", 1)[1]) for line in proc.stdout.splitlines() if "RESULT " in line]
+    assert sorted(r["rank"] for r in results) == [0, 1] and all(r["world"] == 2 for r in results)
+    assert all(r["epochs"] == 2 for r in results)
+    assert all(r["steps_per_epoch"] == 3 for r in results)  # 192 training spots / 2 processes / 32 per batch
+    assert results[0]["zsum"] == pytest.approx(results[1]["zsum"], rel=1e-6)
