@@ -35,7 +35,7 @@ xvfb:
 
 test: install xvfb
 	$(VENV)/bin/npe2 validate napari-spatialmix
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q -ra $(PYTEST_ARGS)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -ra --durations=10 $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache
