@@ -197,17 +197,19 @@ def test_writing_again_replaces_and_never_duplicates(trained):
 
 
 def test_untrained_model_or_foreign_table_is_refused(trained):
-    s = load_project(trained.path)
+    s = load_project(trained.path)  # the demo project already holds the demo's own "mima" results
+    before = sorted(s.attrs["spatialmix"].get("models", {}))
     with pytest.raises(ModelError, match="not trained"):
-        write_results(s, MIMA(trained.data))
-    assert "X_mima" not in s.tables["rna"].obsm and "models" not in s.attrs["spatialmix"]
+        write_results(s, MIMA(trained.data), key="fresh")
+    assert "X_fresh" not in s.tables["rna"].obsm and sorted(s.attrs["spatialmix"].get("models", {})) == before
     with pytest.raises(ParameterError, match="unknown output"):
-        write_results(s, trained.model, outputs=("umap",))
+        write_results(s, trained.model, key="fresh", outputs=("umap",))
     ad = s.tables["msi"]
     ad.obs_names = [f"other_{i}" for i in range(ad.n_obs)]
     with pytest.raises(ProjectError, match="table 'msi'"):
-        write_results(s, trained.model, outputs=("latent",))
-    assert "X_mima" not in s.tables["rna"].obsm  # nothing half-written
+        write_results(s, trained.model, key="fresh", outputs=("latent",))
+    assert "X_fresh" not in s.tables["rna"].obsm  # nothing half-written
+    assert sorted(s.attrs["spatialmix"].get("models", {})) == before
 
 
 def test_spot_values_by_gene_mz_obsm_and_column(trained):
