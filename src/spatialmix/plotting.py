@@ -325,7 +325,7 @@ def iter_save_result_figures(sdata, data, model, out_dir, *, key: str = "mima", 
     """Write ``results_<sample>.png`` for every sample (generator; returns the paths).
 
     The gene and the m/z shown are the most variable measured ones among features detected in at least half
-    of the measured spots (not picked by how well they impute).
+    of the measured spots of every sample (not picked by how well they impute).
     """
     import matplotlib
 
@@ -336,9 +336,15 @@ def iter_save_result_figures(sdata, data, model, out_dir, *, key: str = "mima", 
 
     out_dir = Path(out_dir)
     gene = mz = None
+    samples_col = data.obs["sample"].astype(str).to_numpy()
+
     def most_variable(m):
-        x = data.dense(m)[data.mask[m]]
-        var = np.where((x > 0).mean(axis=0) >= 0.5, x.var(axis=0), -1.0)
+        ok = data.mask[m]
+        x = data.dense(m)
+        detected = np.ones(x.shape[1], bool)  # in at least half of the measured spots of *every* sample
+        for smp in np.unique(samples_col[ok]):
+            detected &= (x[ok & (samples_col == smp)] > 0).mean(axis=0) >= 0.5
+        var = np.where(detected, x[ok].var(axis=0), -1.0)
         return str(data.var_names[m][int(np.argmax(var))])
 
     if "rna" in data.modalities:
