@@ -27,11 +27,12 @@ DEMO_TRAIN: dict[str, Any] = {"epochs": 200, "lr": 1e-3, "seed": 0}
 def _truth_regions(truth_dir, obs: pd.DataFrame):
     if truth_dir is None:
         return None
+    from spatialmix.errors import MissingFileError
     from spatialmix.simulate import load_truth
 
     try:
         return load_truth(truth_dir, obs)["region"]
-    except Exception:  # real data: no truth
+    except MissingFileError:  # real data: no truth/ folders
         return None
 
 
@@ -84,11 +85,6 @@ def evaluate_integration(data, model, *, reference_labels=None, annotation_key: 
     return out
 
 
-def _pick_feature(X: np.ndarray, names, mask: np.ndarray) -> int:
-    """The most variable measured feature (the one a user would look at first)."""
-    return int(np.argmax(X[mask].var(axis=0)))
-
-
 def iter_integrate(sdata, out: str | Path, *, model: str = "mima", model_params: dict | None = None,
                    train: dict | None = None, annotation_key: str | None = "pathologist", truth_dir=None,
                    modalities=None, figures: bool = True, key: str | None = None,
@@ -101,6 +97,7 @@ def iter_integrate(sdata, out: str | Path, *, model: str = "mima", model_params:
     from spatialmix.data import MultiModalData
     from spatialmix.errors import ParameterError
     from spatialmix.models import MODELS
+    from spatialmix.project import jsonable
     from spatialmix.results import iter_write_results
 
     if model not in MODELS:
@@ -117,30 +114,25 @@ def iter_integrate(sdata, out: str | Path, *, model: str = "mima", model_params:
     mdl.save(out / "model", overwrite=True)
     yield from forward(iter_write_results(sdata, mdl, key=key, **(results_options or {})), "")
     yield Progress("metrics", 0, 1)
-    truth = _truth_regions(truth_dir, data.obs) if metrics else None
-    want_metrics = metrics
-    metrics = evaluate_integration(data, mdl, reference_labels=truth, annotation_key=ann, key=key) if want_metrics else {}
-    metrics["train_seconds"] = round(train_s, 2)
-    metrics["epochs"] = len(mdl.training_curve())
+    scores: dict[str, Any] = {}
+    if metrics:
+        truth = _truth_regions(truth_dir, data.obs)
+        scores = evaluate_integration(data, mdl, reference_labels=truth, annotation_key=ann, key=key)
     curve = mdl.training_curve()
-    metrics["final_loss"] = float(curve["loss"].iloc[-1]) if len(curve) else None
-    metrics["final_val_loss"] = float(curve["val_loss"].iloc[-1]) if len(curve) else None
-    sdata.attrs.setdefault("spatialmix", {}).setdefault("models", {}).setdefault(key, {})["metrics"] = metrics
-    (out / "metrics.json").write_text(json.dumps(_clean(metrics), indent=2))
+    scores["train_seconds"] = round(train_s, 2)
+    scores["epochs"] = len(curve)
+    scores["final_loss"] = float(curve["loss"].iloc[-1]) if len(curve) else None
+    scores["final_val_loss"] = float(curve["val_loss"].iloc[-1]) if len(curve) else None
+    sdata.attrs.setdefault("spatialmix", {}).setdefault("models", {}).setdefault(key, {})["metrics"] = scores
+    (out / "metrics.json").write_text(json.dumps(jsonable(scores), indent=2))
     yield Progress("metrics", 1, 1)
     pngs = []
     if figures:
-        from spatialmix.plotting import save_result_figures
+        from spatialmix.plotting import iter_save_result_figures
 
-        pngs = yield from save_result_figures(sdata, data, mdl, out, key=key)
-    return {"model": repr(mdl), "metrics": metrics, "figures": [str(p) for p in pngs],
+        pngs = yield from iter_save_result_figures(sdata, data, out, key=key)
+    return {"model": repr(mdl), "metrics": scores, "figures": [str(p) for p in pngs],
             "model_dir": str(out / "model"), "metrics_json": str(out / "metrics.json")}
-
-
-def _clean(obj):
-    from spatialmix.project import jsonable
-
-    return jsonable(obj)
 
 
 def integrate(sdata, out, *, progress=False, **kwargs):

@@ -408,18 +408,19 @@ def iter_run(config, out: str | Path, *, overwrite: bool = False):
         "metrics": bool(o.get("metrics", True)),
     }
     prepare_kwargs = {**cfg.prepare, "annotation_key": cfg.annotation_key}
-    report = yield from iter_job(cfg.samples, out, data_dir=Path(cfg.path).parent, overwrite=overwrite,
-                                 integrate=True, model=cfg.model, model_params=cfg.model_params, train=cfg.train,
-                                 prepare_kwargs=prepare_kwargs, results_options=outputs)
-    report["config"] = cfg.to_dict()
-    Path(out, "report.json").write_text(json.dumps(report, indent=2, default=str))
-    return report
+    return (yield from iter_job(cfg.samples, out, data_dir=Path(cfg.path).parent, overwrite=overwrite,
+                                integrate=True, model=cfg.model, model_params=cfg.model_params, train=cfg.train,
+                                prepare_kwargs=prepare_kwargs, results_options=outputs,
+                                report_extra={"config": cfg.to_dict()}))
 
 
 def iter_job(specs, out: str | Path, *, data_dir: Path | None = None, overwrite: bool = True,
              integrate: bool = True, model: str = "mima", model_params: dict | None = None,
-             train: dict | None = None, prepare_kwargs: dict | None = None, results_options: dict | None = None):
-    """prepare -> train + write outputs + metrics -> save project -> figures -> report (the one main job)."""
+             train: dict | None = None, prepare_kwargs: dict | None = None, results_options: dict | None = None,
+             report_extra: dict | None = None):
+    """prepare -> train + write outputs + metrics -> save project -> figures -> report (the one main job).
+
+    ``report_extra`` is added to ``report.json`` (e.g. the run configuration)."""
     from spatialmix.errors import ProjectError
     from spatialmix.plotting import save_overlays
     from spatialmix.project import save_project
@@ -472,8 +473,9 @@ def iter_job(specs, out: str | Path, *, data_dir: Path | None = None, overwrite:
                         "metrics": integration["metrics_json"]} if integration else {})},
         "integration": integration["metrics"] if integration else None,
         "versions": sdata.attrs["spatialmix"]["prepare"]["version"],
+        **(report_extra or {}),
     }
-    (out / "report.json").write_text(json.dumps(report, indent=2))
+    (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
     (out / "report.md").write_text(format_report(report))
     yield Progress("figures", 1, 1)
     return report

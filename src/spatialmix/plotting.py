@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from spatialmix._elements import element_affine, image_levels, level_affine, pick_level, resample_to_grid
+from spatialmix.data import COVERED_KEYS
 from spatialmix.project import samples_of
 
 
@@ -100,6 +101,27 @@ def _spot_patches(ax, xy, *, facecolors="none", edgecolors="k", values=None, cma
     return coll
 
 
+def _figure_extent(bounds, resolution_um: float) -> tuple[float, float, float, float]:
+    """imshow extent (left, right, bottom, top) of images rendered on the ``resolution_um`` grid of ``bounds``."""
+    return (bounds[0], bounds[0] + resolution_um * np.ceil((bounds[2] - bounds[0]) / resolution_um),
+            bounds[1] + resolution_um * np.ceil((bounds[3] - bounds[1]) / resolution_um), bounds[1])
+
+
+def _draw_he(ax, sdata, sample: str, bounds, resolution_um: float, extent) -> None:
+    """The sample's H&E image (white where there is none) in the sample frame."""
+    if f"{sample}_he" in sdata.images:
+        he = render_image(sdata, f"{sample}_he", sample, bounds=bounds, resolution_um=resolution_um)
+        ax.imshow(np.nan_to_num(he, nan=255).astype(np.uint8), extent=extent)
+
+
+def _draw_tic(fig, ax, sdata, sample: str, bounds, resolution_um: float, extent, *, label: str, shrink: float) -> None:
+    """The sample's MSI TIC image (transparent off the raster) with a colour bar."""
+    if f"{sample}_msi_tic" in sdata.images:
+        tic = render_image(sdata, f"{sample}_msi_tic", sample, bounds=bounds, resolution_um=resolution_um)[..., 0]
+        im = ax.imshow(np.ma.masked_invalid(tic), extent=extent, cmap="magma", interpolation="nearest")
+        fig.colorbar(im, ax=ax, shrink=shrink, label=label)
+
+
 def _registration_label(name: str, record: dict) -> str:
     what = "landmark RMS" if record.get("method") == "landmarks" else "boundary residual"
     return f"{name} registered ({record.get('method')}), {what} {record.get('rms_um', float('nan')):.1f} um"
@@ -117,8 +139,7 @@ def plot_overlay(sdata, sample: str, *, annotation_key: str = "pathologist", res
     bounds = sample_bounds(sdata, sample)
     if resolution_um is None:
         resolution_um = max(2.0, (bounds[2] - bounds[0]) / 800)
-    extent = (bounds[0], bounds[0] + resolution_um * np.ceil((bounds[2] - bounds[0]) / resolution_um),
-              bounds[1] + resolution_um * np.ceil((bounds[3] - bounds[1]) / resolution_um), bounds[1])
+    extent = _figure_extent(bounds, resolution_um)
     contour = _tissue_contour(sdata, sample, bounds, resolution_um)
     xy = spot_xy(sdata, sample)
     rna = sdata.tables["rna"]
@@ -133,9 +154,7 @@ def plot_overlay(sdata, sample: str, *, annotation_key: str = "pathologist", res
                        levels=[0.5], colors="cyan", linewidths=0.8)
 
     ax = axes[0]
-    if f"{sample}_he" in sdata.images:
-        he = render_image(sdata, f"{sample}_he", sample, bounds=bounds, resolution_um=resolution_um)
-        ax.imshow(np.nan_to_num(he, nan=255).astype(np.uint8), extent=extent)
+    _draw_he(ax, sdata, sample, bounds, resolution_um, extent)
     title = "H&E + pathologist annotation"
     if "he" in reg:
         title += "\n" + _registration_label("H&E", reg["he"])
@@ -153,10 +172,7 @@ def plot_overlay(sdata, sample: str, *, annotation_key: str = "pathologist", res
     ax.set_title(title, fontsize=10)
 
     ax = axes[1]
-    if f"{sample}_msi_tic" in sdata.images:
-        tic = render_image(sdata, f"{sample}_msi_tic", sample, bounds=bounds, resolution_um=resolution_um)[..., 0]
-        im = ax.imshow(np.ma.masked_invalid(tic), extent=extent, cmap="magma", interpolation="nearest")
-        fig.colorbar(im, ax=ax, shrink=0.7, label="MSI TIC")
+    _draw_tic(fig, ax, sdata, sample, bounds, resolution_um, extent, label="MSI TIC", shrink=0.7)
     title = "MSI total ion current"
     if "msi" in reg:
         title += "\n" + _registration_label("MSI", reg["msi"])
@@ -230,8 +246,7 @@ def plot_results(sdata, sample: str, *, key: str = "mima", gene: str | None = No
     bounds = (centre[0] - side / 2, centre[1] - side / 2, centre[0] + side / 2, centre[1] + side / 2)
     if resolution_um is None:
         resolution_um = max(2.0, side / 500)
-    extent = (bounds[0], bounds[0] + resolution_um * np.ceil((bounds[2] - bounds[0]) / resolution_um),
-              bounds[1] + resolution_um * np.ceil((bounds[3] - bounds[1]) / resolution_um), bounds[1])
+    extent = _figure_extent(bounds, resolution_um)
     fig, axes = plt.subplots(2, 4, figsize=(19, 9.6), constrained_layout=True)
 
     def rows_of(table):
@@ -241,17 +256,10 @@ def plot_results(sdata, sample: str, *, key: str = "mima", gene: str | None = No
         sel = sel[order]
         return sel, xy_all[t.obs["spot_id"].to_numpy()[sel]]
 
-    ax = axes[0, 0]
-    if f"{sample}_he" in sdata.images:
-        he = render_image(sdata, f"{sample}_he", sample, bounds=bounds, resolution_um=resolution_um)
-        ax.imshow(np.nan_to_num(he, nan=255).astype(np.uint8), extent=extent)
-    ax.set_title("H&E", fontsize=11)
-    ax = axes[0, 1]
-    if f"{sample}_msi_tic" in sdata.images:
-        tic = render_image(sdata, f"{sample}_msi_tic", sample, bounds=bounds, resolution_um=resolution_um)[..., 0]
-        im = ax.imshow(np.ma.masked_invalid(tic), extent=extent, cmap="magma", interpolation="nearest")
-        fig.colorbar(im, ax=ax, shrink=0.6, label="TIC")
-    ax.set_title("MSI total ion current", fontsize=11)
+    _draw_he(axes[0, 0], sdata, sample, bounds, resolution_um, extent)
+    axes[0, 0].set_title("H&E", fontsize=11)
+    _draw_tic(fig, axes[0, 1], sdata, sample, bounds, resolution_um, extent, label="TIC", shrink=0.6)
+    axes[0, 1].set_title("MSI total ion current", fontsize=11)
 
     msi = sdata.tables.get("msi")
     for ax, name, title in ((axes[0, 2], "X_msi_rgb", "raw MSI, 3D-UMAP RGB"),
@@ -276,7 +284,7 @@ def plot_results(sdata, sample: str, *, key: str = "mima", gene: str | None = No
         if table == "msi":
             measured = np.log1p(measured)
         measured = measured[sel]
-        covered_key = {"msi": "msi_covered", "morphology": "he_covered"}.get(table)
+        covered_key = COVERED_KEYS.get(table)
         covered = t.obs[covered_key].to_numpy(bool)[sel] if covered_key in t.obs else np.ones(len(sel), bool)
         imputed = np.asarray(t.layers[layer][:, j]).ravel()[sel]
         vals = measured[covered]
@@ -321,7 +329,7 @@ def plot_results(sdata, sample: str, *, key: str = "mima", gene: str | None = No
     return fig
 
 
-def iter_save_result_figures(sdata, data, model, out_dir, *, key: str = "mima", dpi: int = 90):
+def iter_save_result_figures(sdata, data, out_dir, *, key: str = "mima", dpi: int = 90):
     """Write ``results_<sample>.png`` for every sample (generator; returns the paths).
 
     The gene and the m/z shown are the most variable measured ones among features detected in at least half
@@ -363,5 +371,3 @@ def iter_save_result_figures(sdata, data, model, out_dir, *, key: str = "mima", 
     yield Progress("result figures", len(samples), len(samples))
     return paths
 
-
-save_result_figures = iter_save_result_figures

@@ -42,13 +42,12 @@ import numpy as np
 import pandas as pd
 
 from spatialmix.errors import ModelError, ParameterError, ProjectError, check_positive
+from spatialmix.pipeline import MODALITY_TABLES
 from spatialmix.progress import Progress, run
 
 #: characters SpatialData's zarr writer accepts in element and layer names
 _NAME_OK = re.compile(r"^[A-Za-z0-9_.-]+$")
 OUTPUTS = ("latent", "private", "corrected", "denoised", "translations", "rgb")
-MODALITY_TABLES = ("rna", "msi", "morphology")
-COVERED_KEYS = {"msi": "msi_covered", "morphology": "he_covered"}
 
 
 # ---------------------------------------------------------------------------------------------------------------

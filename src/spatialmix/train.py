@@ -216,14 +216,12 @@ def iter_train(model, *, stop: threading.Event | None = None, **options):
     def restore(state):
         module.load_state_dict(state)
 
-    def check_finite(total, terms, epoch, step, where):
-        if torch.isfinite(total).item():
-            return
+    def non_finite(total, terms, epoch, step):
         bad = [k for k, v in terms.items() if not torch.isfinite(v).all().item()]
         restore(last_good)
         model._after_training(history, cfg)
-        raise TrainingError(
-            f"{where} loss became {float(total.detach())} at epoch {epoch}, step {step}: non-finite term(s) "
+        return TrainingError(
+            f"training loss became {float(total.detach())} at epoch {epoch}, step {step}: non-finite term(s) "
             f"{bad or ['total']}. The model keeps the weights of epoch {epoch - 1}. "
             "Check the inputs for NaN/Inf, or lower the learning rate (lr)"
         )
@@ -245,7 +243,7 @@ def iter_train(model, *, stop: threading.Event | None = None, **options):
                 names = list(terms)
                 values = torch.stack([total.detach().float(), *[terms[k].detach().float() for k in names]]).cpu()
                 if not torch.isfinite(values).all():
-                    check_finite(total, terms, epoch, step + 1, "training")
+                    raise non_finite(total, terms, epoch, step + 1)
                 optimizer.zero_grad(set_to_none=True)
                 fabric.backward(total)
                 optimizer.step()

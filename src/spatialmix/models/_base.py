@@ -48,6 +48,10 @@ class BaseModel:
         self.modalities: list[str] = list(params.get("modalities") or data.modalities)
         self.var_names = {m: pd.Index(data.var_names[m]) for m in self.modalities}
         self.batches = list(pd.Categorical(data.obs[data.batch_key]).categories)
+        self._reset_training_state()
+
+    def _reset_training_state(self) -> None:
+        """An untrained model's training record (also used when a saved model is rebuilt)."""
         self.history: list[dict[str, Any]] = []
         self.train_config: dict[str, Any] = {}
         self.is_trained = False

@@ -171,10 +171,7 @@ class MIMA(BaseModel):
         obj.modalities = list(config["modalities"])
         obj.var_names = {m: pd.Index(v) for m, v in config["var_names"].items()}
         obj.batches = list(config["batches"])
-        obj.history, obj.train_config, obj.is_trained, obj.stopped_early, obj.split_ = [], {}, False, False, None
-        import threading
-
-        obj._stop_event = threading.Event()
+        obj._reset_training_state()
         obj._build()
         return obj
 
