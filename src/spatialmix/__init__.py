@@ -7,7 +7,11 @@ The headless API is grouped by purpose (submodules are imported lazily, so ``imp
 - :mod:`spatialmix.registration` – landmark and automatic alignment of MSI / H&E onto the Visium spots.
 - :mod:`spatialmix.features` – MSI pixels -> spots, H&E -> per-spot morphology features.
 - :mod:`spatialmix.data` – paired per-spot matrices of every modality, ready for the models.
-- :mod:`spatialmix.pipeline` – the end-to-end jobs (``prepare``, ``demo``) used by the CLI and the widgets.
+- :mod:`spatialmix.models` – MIMA and the baselines; :mod:`spatialmix.train` – the one training engine.
+- :mod:`spatialmix.results` – model outputs written into the SpatialData.
+- :mod:`spatialmix.evaluate` – annotation prediction, scIB metrics, translation fidelity.
+- :mod:`spatialmix.pipeline` – the end-to-end jobs (``prepare``, ``demo``) used by the CLI and the widgets;
+  :mod:`spatialmix.benchmark` – every model and baseline measured on one dataset.
 """
 
 from __future__ import annotations
@@ -28,6 +32,12 @@ _SUBMODULES = {
     "project",
     "progress",
     "errors",
+    "models",
+    "train",
+    "results",
+    "evaluate",
+    "integrate",
+    "benchmark",
 }
 
 

@@ -1,4 +1,4 @@
-"""Command line: ``spatialmix simulate | prepare | demo | run``."""
+"""Command line: ``spatialmix simulate | prepare | demo | run | benchmark``."""
 
 from __future__ import annotations
 
@@ -72,6 +72,25 @@ def _cmd_run(args) -> int:
     return 0
 
 
+def _cmd_benchmark(args) -> int:
+    from spatialmix.benchmark import format_benchmark, iter_benchmark
+    from spatialmix.progress import run
+
+    classifier = {k: v for k, v in (("n_bags", args.n_bags), ("n_trees", args.n_trees), ("n_jobs", args.n_jobs))
+                  if v is not None}
+    exclude = None if args.exclude is None else [c.strip() for c in args.exclude.split(",") if c.strip()]
+    metrics = run(iter_benchmark(args.data, args.out, models=args.models.split(","),
+                                 annotation_key=args.annotation_key, exclude=exclude, train=_train_overrides(args),
+                                 translation=not args.no_translation, cv_folds=args.cv_folds,
+                                 classifier=classifier, figures=not args.no_figures,
+                                 map_representation=args.map_representation,
+                                 seed=args.seed if args.seed is not None else 0, overwrite=args.overwrite),
+                  progress=not args.quiet)
+    print(format_benchmark(metrics))
+    print(f"outputs in {args.out}: {', '.join(metrics['files'])}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="spatialmix", description=__doc__)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -106,6 +125,27 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true", help="replace an existing project in --out")
     _train_args(s)
     s.set_defaults(func=_cmd_run)
+
+    s = sub.add_parser("benchmark", help="every model and baseline on one dataset: annotation prediction, scIB, "
+                       "translation fidelity; metrics.json/csv, report.md, figures (see docs/benchmarks.md)")
+    s.add_argument("--data", required=True, type=Path,
+                   help="dataset folder with samples.csv (e.g. from `spatialmix simulate`) or a project .zarr")
+    s.add_argument("--models", default="mima,pca,harmony", help="comma-separated: mima, pca, harmony")
+    s.add_argument("--out", required=True, type=Path)
+    s.add_argument("--annotation-key", default="pathologist")
+    s.add_argument("--exclude", default=None,
+                   help="comma-separated classes left out of training and scoring (default: the paper's: "
+                        "Nerve, Necrosis, ISUP2, ISUP4, Other, Unlabelled); '' keeps every class")
+    s.add_argument("--cv-folds", type=int, default=4, help="folds of the within-sample and translation CV")
+    s.add_argument("--no-translation", action="store_true", help="skip the cross-validated translation fidelity")
+    s.add_argument("--no-figures", action="store_true")
+    s.add_argument("--map-representation", default=None, help="whose predictions the annotation maps show")
+    s.add_argument("--n-bags", type=int, default=None, help="bags per one-vs-rest ensemble (default 10)")
+    s.add_argument("--n-trees", type=int, default=None, help="trees per random forest (default 50)")
+    s.add_argument("--n-jobs", type=int, default=None, help="parallel bags (joblib; -1 = all cores)")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing metrics.json in --out")
+    _train_args(s)
+    s.set_defaults(func=_cmd_benchmark)
     return p
 
 

@@ -1,5 +1,13 @@
-"""Evaluation: integration metrics (scib-metrics), translation fidelity."""
+"""Evaluation, the way the papers measure it.
 
-from . import metrics
+- :mod:`~spatialmix.evaluate.annotations`: the pathologist's annotation predicted from any representation
+  (one-vs-rest balanced-bagging random forests; leave-one-sample-out and within-sample 4-fold).
+- :mod:`~spatialmix.evaluate.metrics`: scIB metrics (scib-metrics), translation fidelity helpers, FOSCTTM and
+  label transfer.
+- :mod:`~spatialmix.evaluate.translation`: cross-validated translation fidelity against annotation centroids.
+- :mod:`~spatialmix.evaluate.plots`: the benchmark figures.
+"""
 
-__all__ = ["metrics"]
+from . import annotations, metrics
+
+__all__ = ["annotations", "metrics"]

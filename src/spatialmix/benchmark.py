@@ -1,0 +1,391 @@
+"""``spatialmix benchmark``: every listed model and baseline on one dataset, measured the way the papers do.
+
+:func:`iter_benchmark` opens a dataset (a folder written by ``spatialmix simulate`` or any folder with a
+``samples.csv``, prepared here; or a saved project zarr), builds the representations
+
+- ``raw_<modality>`` and ``raw_concat``: the model inputs themselves (references),
+- the baselines (:mod:`spatialmix.models.baselines`): ``pca_<modality>``, ``pca_concat``, ``harmony``,
+- each model's shared embedding (``mima``), trained with the demo's training options,
+
+and scores every one of them on the same spots (those with every modality):
+
+- annotation prediction against the pathologist (:mod:`spatialmix.evaluate.annotations`), leave-one-sample-out
+  and within-sample 4-fold; predictions, confidences and agreement are written into the project,
+- scIB bio-conservation, batch-correction and total scores (scib-metrics' ``Benchmarker``),
+- for models that translate: 4-fold cross-validated translation fidelity against the annotation-centroid
+  baselines (:mod:`spatialmix.evaluate.translation`),
+- for models with a latent per modality: FOSCTTM and label transfer between modalities, as if unpaired,
+- training time and peak memory.
+
+It writes ``metrics.json``, ``metrics.csv``, ``report.md``, the figures and ``project.zarr`` into ``out``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from spatialmix.errors import ParameterError, ProjectError
+from spatialmix.progress import Progress, forward
+
+DEFAULT_MODELS = ("mima", "pca", "harmony")
+
+
+@dataclass
+class Representation:
+    name: str
+    kind: str  # "raw", "baseline" or "model"
+    X: np.ndarray  # (n_spots, dims); NaN rows where undefined
+    resources: dict = field(default_factory=dict)
+    source: str = ""  # the --models entry it came from
+
+
+def _open(data) -> tuple[Any, Path | None]:
+    """(SpatialData, dataset folder or None) from a project zarr or a dataset folder."""
+    from spatialmix.project import load_project
+
+    path = Path(data)
+    if not path.exists():
+        raise ProjectError(f"{path} does not exist. Pass a dataset folder (with samples.csv, e.g. written by "
+                           "`spatialmix simulate`) or a project .zarr saved by spatialmix")
+    if path.suffix == ".zarr" or (path / "zarr.json").exists() or (path / ".zgroup").exists():
+        return load_project(path), None
+    if not (path / "samples.csv").exists() and not path.is_file():
+        raise ProjectError(f"{path} is neither a project .zarr nor a dataset folder with samples.csv")
+    return None, path
+
+
+def _raw(data) -> list[Representation]:
+    from spatialmix.models.baselines import concatenated
+
+    reps = []
+    for m in data.modalities:
+        X = data.dense(m)
+        X[~data.mask[m]] = np.nan
+        reps.append(Representation(f"raw_{m}", "raw", X, source="raw"))
+    if len(data.modalities) > 1:
+        Xc, keep = concatenated(data)
+        full = np.full((data.n_obs, Xc.shape[1]), np.nan, np.float32)
+        full[keep] = Xc
+        reps.append(Representation("raw_concat", "raw", full, source="raw"))
+    return reps
+
+
+def _unpaired(model, data, labels: pd.Series) -> dict[str, dict[str, float]]:
+    """FOSCTTM and kNN label transfer between every pair of per-modality shared latents (paired spots
+    treated as unpaired; each modality's latent is computed from that modality alone)."""
+    from spatialmix.evaluate.metrics import foscttm, label_transfer_accuracy
+
+    z = {m: model.get_latent_representation("shared", m) for m in data.modalities}
+    out = {}
+    mods = data.modalities
+    for i, a in enumerate(mods):
+        for b in mods[i + 1:]:
+            ok = data.mask[a] & data.mask[b]
+            if ok.sum() < 20:
+                continue
+            lab = labels.to_numpy()[ok]
+            out[f"{a}-{b}"] = {
+                "foscttm": foscttm(z[a][ok], z[b][ok]),
+                f"label_transfer_{a}_to_{b}": label_transfer_accuracy(z[a][ok], lab, z[b][ok], lab),
+                f"label_transfer_{b}_to_{a}": label_transfer_accuracy(z[b][ok], lab, z[a][ok], lab),
+                "n_spots": int(ok.sum()),
+            }
+    return out
+
+
+def _claims(metrics: dict, model: str = "mima") -> dict[str, Any]:
+    """The paper's three claims, checked on these numbers (each with the figures it rests on)."""
+    reps = metrics["representations"]
+    out: dict[str, Any] = {}
+    if model not in reps:
+        return out
+    f1 = {r: v["loocv"]["f1"] for r, v in reps.items() if "loocv" in v}
+    singles = {r: f1[r] for r in f1 if r.startswith("raw_") and r != "raw_concat"}
+    if model in f1 and singles:
+        out["loocv_f1_above_each_raw_modality"] = {
+            "holds": bool(all(f1[model] > v for v in singles.values())), model: f1[model], **singles}
+    totals = {r: v["scib"]["Total"] for r, v in reps.items()
+              if "scib" in v and (r == model or v["kind"] == "baseline")}
+    if model in totals and len(totals) > 1:
+        best = max(totals, key=totals.get)
+        out["best_total_scib_among_model_and_baselines"] = {"holds": best == model, "best": best, **totals}
+    trans = reps[model].get("translation", {})
+    wins = {}
+    for direction, methods in trans.items():
+        if "->" not in direction or direction.split("->")[0] == direction.split("->")[1]:
+            continue
+        m, own = methods["model"], methods["own_centroid"]
+        wins[direction] = {"r2_spot_median": [m["r2_spot_median"], own["r2_spot_median"]],
+                           "mse": [m["mse"], own["mse"]],
+                           "beats_by_r2": m["r2_spot_median"] > own["r2_spot_median"],
+                           "beats_by_mse": m["mse"] < own["mse"]}
+    if wins:
+        out["translation_beats_own_annotation_centroid"] = {
+            "holds": bool(all(w["beats_by_r2"] and w["beats_by_mse"] for w in wins.values())),
+            "directions_won_by_r2": int(sum(w["beats_by_r2"] for w in wins.values())),
+            "directions_won_by_mse": int(sum(w["beats_by_mse"] for w in wins.values())),
+            "directions": len(wins), "detail": wins}
+    return out
+
+
+def iter_benchmark(data, out, *, models: Sequence[str] = DEFAULT_MODELS, annotation_key: str = "pathologist",
+                   exclude: Sequence[str] | None = None, train: dict | None = None,
+                   model_params: dict | None = None, translation: bool = True, cv_folds: int = 4,
+                   classifier: dict | None = None, figures: bool = True, save: bool = True,
+                   map_representation: str | None = None, seed: int = 0, overwrite: bool = True):
+    """Run the benchmark; yields progress events, returns the metrics dict (also in ``out/metrics.json``).
+
+    Parameters
+    ----------
+    data
+        Dataset folder (``samples.csv``; prepared here) or a saved project ``.zarr``.
+    models
+        Names from :data:`spatialmix.models.MODELS` (trained) and :data:`~spatialmix.models.baselines.BASELINES`.
+    exclude
+        Annotation classes left out of the classifier and of the scIB labels (default: the paper's list,
+        :data:`spatialmix.evaluate.annotations.PAPER_EXCLUDED`).
+    train
+        Training options of every trained model (default: the demo's, 200 epochs at lr 1e-3).
+    classifier
+        :class:`~spatialmix.evaluate.annotations.EnsembleOptions` fields (``n_bags``, ``n_trees``, ``n_jobs``).
+    map_representation
+        Whose predictions the per-sample maps show (default: the first trained model, else ``harmony``).
+    """
+    from spatialmix._resources import measure
+    from spatialmix.data import MultiModalData
+    from spatialmix.evaluate import annotations as ann_mod
+    from spatialmix.evaluate.metrics import scib_benchmark
+    from spatialmix.integrate import DEMO_TRAIN
+    from spatialmix.models import MODELS
+    from spatialmix.models.baselines import BASELINES, common_spots
+    from spatialmix.project import jsonable, save_project
+
+    models = [m.strip().lower() for m in models if m.strip()]
+    unknown = [m for m in models if m not in MODELS and m not in BASELINES]
+    if unknown:
+        raise ParameterError(f"unknown model(s) {unknown}; choose from {sorted(MODELS) + sorted(BASELINES)}")
+    if not models:
+        raise ParameterError("no model to benchmark; pass e.g. --models mima,pca,harmony")
+    exclude = ann_mod.PAPER_EXCLUDED if exclude is None else tuple(exclude)
+    out = Path(out)
+    if (out / "metrics.json").exists() and not overwrite:
+        raise ProjectError(f"{out / 'metrics.json'} already exists; pass --overwrite or choose another --out")
+    train = {**DEMO_TRAIN, "seed": seed, **(train or {})}
+    options = ann_mod.EnsembleOptions(**{"seed": seed, **(classifier or {})})
+    t_start = time.perf_counter()
+
+    sdata, folder = _open(data)
+    if sdata is None:
+        from spatialmix.pipeline import iter_prepare
+
+        sdata = yield from forward(iter_prepare(folder, annotation_key=annotation_key), "prepare: ")
+    if annotation_key not in sdata.tables["rna"].obs:
+        raise ProjectError(f"annotation column {annotation_key!r} not in the project (columns: "
+                           f"{list(sdata.tables['rna'].obs.columns)}); pass --annotation-key")
+    out.mkdir(parents=True, exist_ok=True)
+    mmd = MultiModalData.from_spatialdata(sdata, annotation_key=annotation_key)
+    labels = mmd.obs[annotation_key]
+    samples = mmd.obs["sample"].astype(str).to_numpy()
+    evaluated = common_spots(mmd)
+
+    reps = _raw(mmd)
+    trained = {}
+    for name in models:
+        if name in BASELINES:
+            yield Progress(f"baseline {name}", 0, 1)
+            with measure() as res:
+                embs = BASELINES[name](mmd, seed=seed)
+            for rep, X in embs.items():
+                if any(r.name == rep for r in reps):
+                    continue
+                reps.append(Representation(rep, "baseline", X, dict(res), source=name))
+            yield Progress(f"baseline {name}", 1, 1)
+        else:
+            mdl = MODELS[name](mmd, **(model_params or {}))
+            with measure() as res:
+                yield from forward(mdl.iter_train(**train), f"train {name}: ")
+            trained[name] = mdl
+            reps.append(Representation(name, "model", mdl.get_latent_representation(), dict(res), source=name))
+
+    metrics: dict[str, Any] = {
+        "data": str(data), "annotation_key": annotation_key, "models": models, "train": train,
+        "samples": sorted(set(samples)), "n_spots": int(mmd.n_obs), "n_evaluated_spots": int(evaluated.sum()),
+        "evaluated_spots": "spots with every modality measured (" + ", ".join(mmd.modalities) + ")",
+        "classifier": {"n_bags": options.n_bags, "n_trees": options.n_trees, "min_instances": 3,
+                       "excluded_requested": list(exclude)},
+        "representations": {}}
+    results: dict[str, dict[str, ann_mod.AnnotationResult]] = {}
+    stage = metrics["stage_seconds"] = {"prepare_and_train": round(time.perf_counter() - t_start, 1)}
+    t0 = time.perf_counter()
+    for i, rep in enumerate(reps):
+        entry = {"kind": rep.kind, "source": rep.source, "dims": int(rep.X.shape[1]), **rep.resources}
+        results[rep.name] = {}
+        for scheme in ("loocv", "4cv"):
+            r = yield from forward(ann_mod.iter_cross_validate(
+                rep.X, labels, samples, representation=rep.name, scheme=scheme, exclude=exclude,
+                mask=evaluated, n_folds=cv_folds, options=options), f"annotations {i + 1}/{len(reps)} ")
+            results[rep.name][scheme] = r
+            entry[scheme] = {k: v for k, v in r.to_dict().items() if k not in ("representation", "options")}
+            entry[scheme]["confusion"] = json.loads(r.confusion.to_json(orient="split"))
+            ann_mod.write_predictions(sdata, r, name=rep.name if scheme == "loocv" else f"{rep.name}_4cv",
+                                      annotation_key=annotation_key)
+        metrics["representations"][rep.name] = entry
+    first = next(iter(results.values()))["loocv"]
+    metrics["classifier"]["excluded_classes"] = first.excluded
+    metrics["classifier"]["classes"] = first.classes
+
+    stage["annotation_cv"] = round(time.perf_counter() - t0, 1)
+    t0 = time.perf_counter()
+    yield Progress("scIB metrics (scib-metrics Benchmarker)", 0, 1)
+    scib_labels = labels.astype(object).where(~labels.astype(str).isin(first.excluded))
+    # scIB evaluates feature matrices (the raw inputs) on their PCA, as scIB does for unintegrated data
+    from spatialmix.evaluate.metrics import representation
+
+    embs = {r.name: (representation(r.X[evaluated], seed=seed) if r.kind == "raw" else r.X[evaluated]) for r in reps}
+    pre = "pca_concat" if "pca_concat" in embs else None
+    table = scib_benchmark(embs, samples[evaluated], scib_labels.to_numpy()[evaluated], pre_integrated=pre,
+                           seed=seed)
+    for name, row in table.iterrows():
+        metrics["representations"][name]["scib"] = {k: float(v) for k, v in row.items()}
+    yield Progress("scIB metrics (scib-metrics Benchmarker)", 1, 1)
+    stage["scib"] = round(time.perf_counter() - t0, 1)
+    t0 = time.perf_counter()
+
+    translations = {}
+    for name, mdl in trained.items():
+        if hasattr(mdl, "translate") and len(mmd.modalities) > 1:
+            metrics["representations"][name]["unpaired"] = _unpaired(mdl, mmd, labels)
+            if translation:
+                from spatialmix.evaluate.translation import iter_translation_cv
+
+                tr = yield from forward(iter_translation_cv(
+                    mmd, model=name, model_params=model_params, train=train, annotation_key=annotation_key,
+                    n_folds=cv_folds, seed=seed), f"{name} ")
+                translations[name] = tr
+                metrics["representations"][name]["translation"] = tr.to_dict()
+                metrics["representations"][name]["translation_fold_train_seconds"] = tr.train_seconds
+    stage["translation_cv"] = round(time.perf_counter() - t0, 1)
+    metrics["claims"] = _claims(metrics, next(iter(trained), "mima"))
+
+    # write embeddings of the baselines next to the model outputs, so the project shows them all
+    for rep in reps:
+        if rep.kind != "raw":
+            for t in ("rna", "msi", "morphology"):
+                if t in sdata.tables:
+                    sdata.tables[t].obsm[f"X_{rep.name}"] = rep.X
+    for name, mdl in trained.items():
+        from spatialmix.results import iter_write_results
+
+        yield from forward(iter_write_results(sdata, mdl, key=name), f"write {name} outputs: ")
+    metrics["seconds_total"] = round(time.perf_counter() - t_start, 1)
+    (out / "metrics.json").write_text(json.dumps(jsonable(metrics), indent=2))
+    metrics_table(metrics).to_csv(out / "metrics.csv")
+    written = ["metrics.json", "metrics.csv"]
+    if figures:
+        from spatialmix.evaluate import plots
+
+        yield Progress("figures", 0, 1)
+        written += [p.name for p in plots.save_benchmark_figures(
+            metrics, results, translations, sdata, out, annotation_key=annotation_key,
+            map_representation=map_representation or next(iter(trained), "harmony"))]
+        yield Progress("figures", 1, 1)
+    (out / "report.md").write_text(format_benchmark(metrics))
+    written.append("report.md")
+    if save:
+        yield Progress("save project", 0, 1)
+        save_project(sdata, out / "project.zarr", overwrite=True)
+        written.append("project.zarr")
+    metrics["files"] = written
+    return metrics
+
+
+def benchmark(data, out, *, progress: bool = False, **kwargs) -> dict:
+    from spatialmix.progress import run
+
+    return run(iter_benchmark(data, out, **kwargs), progress=progress)
+
+
+def metrics_table(metrics: dict) -> pd.DataFrame:
+    """One row per representation: kind, dims, scIB aggregates and metrics, LOOCV / 4CV scores, resources,
+    and for models the per-direction translation fidelity (model and both baselines)."""
+    rows = {}
+    for name, e in metrics["representations"].items():
+        row = {"kind": e["kind"], "dims": e["dims"]}
+        for k in ("seconds", "peak_rss_mb", "peak_increase_mb", "cuda_peak_mb"):
+            if k in e:
+                row[f"train_{k}"] = e[k]
+        for k, v in e.get("scib", {}).items():
+            row[f"scib_{k.lower().replace(' ', '_')}"] = v
+        for scheme in ("loocv", "4cv"):
+            for k in ("accuracy", "precision", "recall", "f1", "n_scored"):
+                if scheme in e:
+                    row[f"{scheme}_{k}"] = e[scheme][k]
+        for direction, methods in e.get("translation", {}).items():
+            for method, vals in methods.items():
+                for k in ("mse", "r2_spot_median", "r2_feature_median"):
+                    row[f"translation_{direction}_{method}_{k}"] = vals[k]
+        for pair, vals in e.get("unpaired", {}).items():
+            for k, v in vals.items():
+                if k != "n_spots":
+                    row[f"unpaired_{pair}_{k}"] = v
+        rows[name] = row
+    df = pd.DataFrame.from_dict(rows, orient="index")
+    df.index.name = "representation"
+    return df
+
+
+def format_benchmark(metrics: dict) -> str:
+    """Markdown report: the main table, translation fidelity, unpaired alignment and the paper's claims."""
+    lines = [f"# Benchmark on `{metrics['data']}`", "",
+             f"{metrics['n_evaluated_spots']} of {metrics['n_spots']} spots evaluated ({metrics['evaluated_spots']}); "
+             f"samples {', '.join(metrics['samples'])}; labels `{metrics['annotation_key']}`; classes left out: "
+             f"{', '.join(metrics['classifier'].get('excluded_classes', [])) or 'none'}.", "",
+             "| representation | kind | dims | scIB bio | scIB batch | scIB total | LOOCV F1 | LOOCV acc | 4CV F1 "
+             "| 4CV acc | train s | peak MB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+
+    def f(v, d=3):
+        return "" if v is None or (isinstance(v, float) and np.isnan(v)) else (f"{v:.{d}f}" if isinstance(v, float) else str(v))
+
+    for name, e in metrics["representations"].items():
+        s = e.get("scib", {})
+        lines.append(
+            f"| {name} | {e['kind']} | {e['dims']} | {f(s.get('Bio conservation'))} | {f(s.get('Batch correction'))} "
+            f"| {f(s.get('Total'))} | {f(e.get('loocv', {}).get('f1'))} | {f(e.get('loocv', {}).get('accuracy'))} "
+            f"| {f(e.get('4cv', {}).get('f1'))} | {f(e.get('4cv', {}).get('accuracy'))} | {f(e.get('seconds'), 1)} "
+            f"| {f(e.get('peak_increase_mb'), 0)} |")
+    for name, e in metrics["representations"].items():
+        if "translation" in e:
+            lines += ["", f"## Translation fidelity of `{name}` (4-fold CV; median per-spot R^2 / MSE)", "",
+                      "| direction | model R^2 | own-annotation centroid R^2 | other-annotations centroid R^2 "
+                      "| model MSE | own centroid MSE | other centroids MSE | spots | features |",
+                      "|---|---|---|---|---|---|---|---|---|"]
+            for d, m in e["translation"].items():
+                lines.append(f"| {d} | {f(m['model']['r2_spot_median'])} | {f(m['own_centroid']['r2_spot_median'])} "
+                             f"| {f(m['other_centroids']['r2_spot_median'])} | {f(m['model']['mse'])} "
+                             f"| {f(m['own_centroid']['mse'])} | {f(m['other_centroids']['mse'])} "
+                             f"| {m['model']['n_spots']} | {m['model']['n_features']} |")
+        if e.get("unpaired"):
+            lines += ["", f"## `{name}` modalities treated as unpaired (per-modality shared latents)", "",
+                      "| pair | FOSCTTM (0 best, 0.5 random) | label transfer a->b | label transfer b->a | spots |",
+                      "|---|---|---|---|---|"]
+            for pair, v in e["unpaired"].items():
+                a, b = pair.split("-")
+                lines.append(f"| {pair} | {f(v['foscttm'])} | {f(v[f'label_transfer_{a}_to_{b}'])} "
+                             f"| {f(v[f'label_transfer_{b}_to_{a}'])} | {v['n_spots']} |")
+    if metrics.get("claims"):
+        lines += ["", "## The paper's claims on these numbers", ""]
+        for claim, v in metrics["claims"].items():
+            detail = {k: (round(x, 3) if isinstance(x, float) else x) for k, x in v.items()
+                      if k not in ("holds", "detail")}
+            lines.append(f"- **{claim.replace('_', ' ')}**: {'holds' if v['holds'] else 'DOES NOT HOLD'} ({detail})")
+    lines += ["", f"Total time {metrics.get('seconds_total', 0):.0f} s.", ""]
+    return "\n".join(lines)

@@ -1,0 +1,96 @@
+"""`spatialmix benchmark`: every model, baseline and raw input scored the same way; metrics, report, figures."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from spatialmix.cli import main
+
+REPS = {"raw_rna", "raw_msi", "raw_morphology", "raw_concat", "pca_rna", "pca_msi", "pca_morphology",
+        "pca_concat", "harmony", "mima"}
+
+
+@pytest.fixture(scope="module")
+def bench(saved_project, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    # few epochs and small forests: this checks the command, not the model (docs/benchmarks.md has the real run)
+    assert main(["--quiet", "benchmark", "--data", str(saved_project), "--models", "mima,pca,harmony",
+                 "--out", str(out), "--epochs", "2", "--n-bags", "3", "--n-trees", "8"]) == 0
+    return out, json.loads((out / "metrics.json").read_text())
+
+
+def test_benchmark_scores_every_representation_on_the_same_spots(bench):
+    out, m = bench
+    reps = m["representations"]
+    assert set(reps) == REPS
+    assert m["n_evaluated_spots"] == 918 and m["n_spots"] == 1290  # spots with RNA, MSI and H&E
+    assert m["classifier"]["excluded_classes"] == ["Nerve"]  # the paper's exclusions present in the sample
+    for name, e in reps.items():
+        s = e["scib"]
+        assert 0 <= s["Bio conservation"] <= 1 and 0 <= s["Batch correction"] <= 1
+        assert s["Total"] == pytest.approx(0.4 * s["Batch correction"] + 0.6 * s["Bio conservation"])
+        for scheme in ("loocv", "4cv"):
+            assert 0 <= e[scheme]["f1"] <= 1 and e[scheme]["n_scored"] > 0
+            cm = np.asarray(e[scheme]["confusion"]["data"])
+            assert cm.sum() == e[scheme]["n_spots"]
+    assert reps["mima"]["dims"] == 100 and reps["harmony"]["dims"] == 100 and reps["pca_morphology"]["dims"] == 67
+    assert reps["mima"]["seconds"] > 0 and reps["mima"]["peak_rss_mb"] > 100
+    # Harmony mixes the samples more than the PCA it corrects
+    assert reps["harmony"]["scib"]["Batch correction"] > reps["pca_concat"]["scib"]["Batch correction"]
+    # the MSI batch effect: predicting an unseen sample is much harder than an unseen spot of a seen sample
+    assert reps["raw_msi"]["4cv"]["f1"] > reps["raw_msi"]["loocv"]["f1"] + 0.2
+
+
+def test_benchmark_measures_translation_and_unpaired_alignment_of_the_model(bench):
+    _, m = bench
+    mima = m["representations"]["mima"]
+    assert len(mima["translation"]) == 12  # 3 reconstructions + 9 translations
+    for direction, methods in mima["translation"].items():
+        assert set(methods) == {"model", "own_centroid", "other_centroids"}
+        assert methods["model"]["n_spots"] > 500 and methods["model"]["n_features"] in (1000, 526, 67)
+        assert methods["own_centroid"]["mse"] < methods["other_centroids"]["mse"]
+    assert len(mima["translation_fold_train_seconds"]) == 4
+    assert set(mima["unpaired"]) == {"rna-msi", "rna-morphology", "msi-morphology"}
+    assert all(0 <= v["foscttm"] <= 1 for v in mima["unpaired"].values())
+    claims = m["claims"]
+    assert set(claims) == {"loocv_f1_above_each_raw_modality", "best_total_scib_among_model_and_baselines",
+                           "translation_beats_own_annotation_centroid"}
+    assert claims["translation_beats_own_annotation_centroid"]["directions"] == 9
+
+
+def test_benchmark_writes_table_report_figures_and_predictions(bench):
+    from spatialmix.project import load_project
+
+    out, m = bench
+    csv = pd.read_csv(out / "metrics.csv", index_col=0)
+    assert set(csv.index) == REPS
+    assert csv.loc["mima", "loocv_f1"] == pytest.approx(m["representations"]["mima"]["loocv"]["f1"])
+    assert "scib_total" in csv and "translation_rna+morphology->msi_model_mse" in csv
+    report = (out / "report.md").read_text()
+    assert "| harmony | baseline | 100 |" in report and "The paper's claims" in report
+    for name in ["scib_bio_vs_batch.png", "annotation_f1.png", "confusion_mima.png", "translation_r2_mima.png"] + [
+            f"annotations_mima_{s}.png" for s in m["samples"]]:
+        assert (out / name).stat().st_size > 20_000, name
+    sdata = load_project(out / "project.zarr")
+    obs = sdata.tables["rna"].obs
+    for rep in ("mima", "harmony", "raw_rna"):
+        assert {f"pred_{rep}", f"pred_{rep}_confidence", f"agree_{rep}", f"pred_{rep}_4cv"} <= set(obs.columns)
+    assert list(obs["pred_mima"].cat.categories) == list(obs["pathologist"].cat.categories)
+    assert obs["pred_mima"].notna().sum() == 918
+    assert (obs.loc[obs["pathologist"] == "Nerve", "agree_mima"].dropna() == "excluded").all()
+    assert sdata.tables["msi"].obsm["X_harmony"].shape == (1290, 100)
+
+
+def test_benchmark_rejects_bad_input_before_any_work(saved_project, tmp_path, capsys):
+    out = tmp_path / "b"
+    assert main(["--quiet", "benchmark", "--data", str(saved_project), "--models", "mima,foo", "--out", str(out)]) == 2
+    assert "unknown model(s) ['foo']" in capsys.readouterr().err and not out.exists()
+    assert main(["--quiet", "benchmark", "--data", str(tmp_path / "nope"), "--out", str(out)]) == 2
+    assert "does not exist" in capsys.readouterr().err and not out.exists()
+    assert main(["--quiet", "benchmark", "--data", str(saved_project), "--annotation-key", "expert",
+                 "--out", str(out)]) == 2
+    assert "'expert' not in the project" in capsys.readouterr().err and not out.exists()
