@@ -11,5 +11,5 @@ for name in bundled seed7; do
   OMP_NUM_THREADS=2 $BIN/spatialmix --quiet benchmark --data "$data" --models mima,pca,harmony \
     --out "$WORK/$name" --overwrite > "$WORK/$name.log" 2>&1
   mkdir -p "docs/benchmarks/$name"
-  cp "$WORK/$name"/{metrics.json,metrics.csv,report.md} "$WORK/$name"/*.png "docs/benchmarks/$name/"
+  cp "$WORK/$name"/{metrics.json,metrics.csv,annotation_per_class.csv,report.md} "$WORK/$name"/*.png "docs/benchmarks/$name/"
 done

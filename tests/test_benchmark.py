@@ -70,6 +70,9 @@ def test_benchmark_writes_table_report_figures_and_predictions(bench):
     assert set(csv.index) == REPS
     assert csv.loc["mima", "loocv_f1"] == pytest.approx(m["representations"]["mima"]["loocv"]["f1"])
     assert "scib_total" in csv and "translation_rna+morphology->msi_model_mse" in csv
+    per_class = pd.read_csv(out / "annotation_per_class.csv")
+    assert set(per_class["representation"]) == REPS and set(per_class["scheme"]) == {"loocv", "4cv"}
+    assert "Nerve" not in set(per_class["class"]) and (per_class["n_folds"] >= 1).all()
     report = (out / "report.md").read_text()
     assert "| harmony | baseline | 100 |" in report and "The paper's claims" in report
     for name in ["scib_bio_vs_batch.png", "annotation_f1.png", "confusion_mima.png", "translation_r2_mima.png"] + [

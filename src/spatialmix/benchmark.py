@@ -288,7 +288,11 @@ def iter_benchmark(data, out, *, models: Sequence[str] = DEFAULT_MODELS, annotat
     metrics["seconds_total"] = round(time.perf_counter() - t_start, 1)
     (out / "metrics.json").write_text(json.dumps(jsonable(metrics), indent=2))
     metrics_table(metrics).to_csv(out / "metrics.csv")
-    written = ["metrics.json", "metrics.csv"]
+    per_class = pd.concat([r.per_class.assign(representation=name, scheme=scheme).reset_index(names="class")
+                           for name, by_scheme in results.items() for scheme, r in by_scheme.items()])
+    per_class[["representation", "scheme", "class", "n_folds", "n_spots", "accuracy", "precision", "recall",
+               "f1"]].to_csv(out / "annotation_per_class.csv", index=False)
+    written = ["metrics.json", "metrics.csv", "annotation_per_class.csv"]
     if figures:
         from spatialmix.evaluate import plots
 

@@ -86,8 +86,11 @@ class OneVsRestEnsemble:
             if pos.sum() < 2 or (~pos).sum() < 2:  # a binary forest needs both sides
                 continue
             rf = RandomForestClassifier(n_estimators=o.n_trees, random_state=o.seed + i, n_jobs=1)
-            clf = BalancedBaggingClassifier(estimator=rf, n_estimators=o.n_bags, random_state=o.seed + i,
-                                            n_jobs=o.n_jobs)
+            # bootstrap=False: every bag under-samples the majority side of all training spots. With the
+            # default bootstrap a bag could draw none of a rare class's spots and fail ("needs more than 1
+            # class"); the forests inside still bootstrap.
+            clf = BalancedBaggingClassifier(estimator=rf, n_estimators=o.n_bags, bootstrap=False,
+                                            random_state=o.seed + i, n_jobs=o.n_jobs)
             clf.fit(X, pos)
             self.classes_.append(c)
             self.estimators_.append(clf)

@@ -16,6 +16,33 @@ METHOD_LABELS = {"model": "model (held-out fold)", "own_centroid": "centroid of 
                  "other_centroids": "centroid of the other annotations"}
 
 
+def _place_labels(ax, labels, xs, ys, fontsize: float = 8) -> None:
+    """Label points without overlaps: each label takes the first of a few offsets whose box (estimated from
+    its length, in points) overlaps neither an earlier label nor a point."""
+    fig = ax.figure
+    fig.canvas.draw()
+    to_pt = 72.0 / fig.dpi
+    pts = [np.asarray(ax.transData.transform((x, y))) * to_pt for x, y in zip(xs, ys)]
+    boxes: list[tuple[float, float, float, float]] = []
+    candidates = [(9, 4), (9, -12), (9, 16), (9, -24), (9, 28), (9, -36)]
+    for label, p in zip(labels, pts):
+        w, h = 0.55 * fontsize * len(label), fontsize
+        chosen = None
+        for dx, dy in candidates + [(-w - 9, 4), (-w - 9, -12)]:
+            box = (p[0] + dx, p[1] + dy, p[0] + dx + w, p[1] + dy + h)
+            free = all(box[2] < b[0] or box[0] > b[2] or box[3] < b[1] or box[1] > b[3] for b in boxes)
+            free &= all(not (box[0] - 3 < q[0] < box[2] + 3 and box[1] - 3 < q[1] < box[3] + 3)
+                        for q in pts if q is not p)
+            if free:
+                chosen = (dx, dy, box)
+                break
+        dx, dy, box = chosen or (6, 3, (p[0] + 6, p[1] + 3, p[0] + 6 + w, p[1] + 3 + h))
+        boxes.append(box)
+        ax.annotate(label, (xs[len(boxes) - 1], ys[len(boxes) - 1]), xytext=(dx, dy), textcoords="offset points",
+                    fontsize=fontsize, va="bottom" if dy >= 0 else "top",
+                    arrowprops={"arrowstyle": "-", "lw": 0.6, "color": "0.35", "shrinkA": 0, "shrinkB": 4})
+
+
 def plot_scib_scatter(metrics: dict):
     """Bio conservation (y) against batch correction (x), one point per representation (Fig. 3F)."""
     import matplotlib.pyplot as plt
@@ -29,20 +56,15 @@ def plot_scib_scatter(metrics: dict):
     gx, gy = np.meshgrid(np.linspace(lo_x, hi_x, 50), np.linspace(lo_y, hi_y, 50))
     cs = ax.contour(gx, gy, 0.4 * gx + 0.6 * gy, levels=8, colors="#dddddd", linewidths=0.8)
     ax.clabel(cs, fmt="total %.2f", fontsize=7)
-    placed: list[tuple[float, float]] = []
+    ax.set_xlim(lo_x, hi_x)
+    ax.set_ylim(lo_y, hi_y)
     for (name, e), x, y in zip(reps.items(), xs, ys):
         ax.scatter(x, y, s=70, color=KIND_COLORS.get(e["kind"], "k"), edgecolor="k", zorder=3)
-        # points on top of each other (e.g. a 67-feature modality and its PCA) get stacked labels
-        stack = sum(abs(x - px) < 0.02 * (hi_x - lo_x) and abs(y - py) < 0.02 * (hi_y - lo_y) for px, py in placed)
-        placed.append((x, y))
-        ax.annotate(f"{name} ({e['scib']['Total']:.2f})", (x, y), xytext=(5, 4 - 11 * stack),
-                    textcoords="offset points", fontsize=8)
+    _place_labels(ax, [f"{n} ({e['scib']['Total']:.2f})" for n, e in reps.items()], xs, ys)
     for kind, c in KIND_COLORS.items():
         ax.scatter([], [], color=c, edgecolor="k", label={"raw": "raw inputs", "baseline": "baselines",
                                                         "model": "models"}[kind])
     ax.legend(loc="lower right", fontsize=8)
-    ax.set_xlim(lo_x, hi_x)
-    ax.set_ylim(lo_y, hi_y)
     ax.set_xlabel("batch correction (scIB aggregate)")
     ax.set_ylabel("bio conservation (scIB aggregate)")
     ax.set_title(f"scIB scores vs `{metrics['annotation_key']}` ({metrics['n_evaluated_spots']} spots; "

@@ -55,9 +55,16 @@ def concatenated(data, modalities: Sequence[str] | None = None) -> tuple[np.ndar
     return np.hstack(blocks).astype(np.float32), keep
 
 
+#: Harmony run to convergence. With harmonypy's defaults (at most 10 rounds, stop when the objective changes by
+#: < 1e-2) it stopped after 1 round on the bundled sample and barely corrected (batch silhouette of the
+#: concatenated PCA 0.230 -> 0.183); with these it reaches 0.032 (label silhouette -0.032 -> -0.044). A
+#: baseline is only worth beating when it does its job.
+HARMONY_OPTIONS = {"max_iter_harmony": 20, "epsilon_harmony": 1e-4}
+
+
 def harmony(Z: np.ndarray, batches, *, seed: int = 0, **options) -> np.ndarray:
     """Harmony-corrected ``Z`` (harmonypy >= 2.1's ``run_harmony`` called directly; scanpy's wrapper
-    transposes its output wrongly with that version)."""
+    transposes its output wrongly with that version). ``options`` override :data:`HARMONY_OPTIONS`."""
     import harmonypy
     import pandas as pd
 
@@ -65,7 +72,7 @@ def harmony(Z: np.ndarray, batches, *, seed: int = 0, **options) -> np.ndarray:
     if meta["batch"].nunique() < 2:
         raise ParameterError("Harmony needs at least two batches")
     ho = harmonypy.run_harmony(np.asarray(Z, dtype=np.float64), meta, ["batch"], random_state=seed,
-                               verbose=False, **options)
+                               verbose=False, **{**HARMONY_OPTIONS, **options})
     out = np.asarray(ho.Z_corr)
     if out.shape != Z.shape and out.T.shape == Z.shape:  # harmonypy < 2 returned (dims, spots)
         out = out.T
