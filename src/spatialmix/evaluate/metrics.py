@@ -244,15 +244,16 @@ def foscttm(Za: np.ndarray, Zb: np.ndarray) -> float:
     if n < 2:
         raise ParameterError("FOSCTTM needs at least 2 paired spots")
     true_d = np.linalg.norm(Za - Zb, axis=1)
-    sq_a, sq_b = (Za ** 2).sum(axis=1), (Zb ** 2).sum(axis=1)
+    sq_a, sq_b = (Za ** 2).sum(axis=1), (Zb ** 2).sum(axis=1)  # a_i vs every b_j in blocks of rows
     closer_ab = np.zeros(n)
     closer_ba = np.zeros(n)
     for s in range(0, n, 1024):
         sl = slice(s, s + 1024)
-        d = np.sqrt(np.maximum(sq_a[sl, None] + sq_b[None, :] - 2 * Za[sl] @ Zb.T, 0))  # a_i vs every b_j
-        closer_ab[sl] = (d < true_d[sl, None]).sum(axis=1)
-        d = np.sqrt(np.maximum(sq_b[sl, None] + sq_a[None, :] - 2 * Zb[sl] @ Za.T, 0))
-        closer_ba[sl] = (d < true_d[sl, None]).sum(axis=1)
+        rows = np.arange(s, min(s + 1024, n))
+        for other_sq, mine, theirs, closer in ((sq_b, Za, Zb, closer_ab), (sq_a, Zb, Za, closer_ba)):
+            d = np.sqrt(np.maximum((mine[sl] ** 2).sum(axis=1)[:, None] + other_sq[None, :] - 2 * mine[sl] @ theirs.T, 0))
+            d[rows - s, rows] = np.inf  # the true partner itself (rounding could put it below true_d)
+            closer[sl] = (d < true_d[sl, None]).sum(axis=1)
     return float((closer_ab.mean() + closer_ba.mean()) / 2 / (n - 1))
 
 
