@@ -178,24 +178,8 @@ def tensor_bytes(data) -> int:
 
 
 # -- memory -----------------------------------------------------------------------------------------------
-def _status_bytes(key: str) -> int | None:
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith(key):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def _reset_hwm() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")  # VmHWM (peak RSS) := current RSS
-        return True
-    except OSError:
-        return False
+from spatialmix._resources import reset_peak as _reset_hwm  # noqa: E402  (Linux VmHWM := current RSS)
+from spatialmix._resources import status_bytes as _status_bytes  # noqa: E402
 
 
 def _maxrss_bytes() -> int:

@@ -6,7 +6,7 @@ import time
 from contextlib import contextmanager
 
 
-def _status_bytes(key: str) -> int | None:
+def status_bytes(key: str) -> int | None:
     try:
         with open("/proc/self/status") as fh:
             for line in fh:
@@ -17,7 +17,7 @@ def _status_bytes(key: str) -> int | None:
     return None
 
 
-def _reset_peak() -> bool:
+def reset_peak() -> bool:
     try:
         with open("/proc/self/clear_refs", "w") as fh:
             fh.write("5")  # Linux: VmHWM (peak resident memory) := current resident memory
@@ -39,8 +39,8 @@ def measure():
 
     out: dict = {}
     sampler = None
-    before = _status_bytes("VmRSS:")
-    exact = before is not None and _reset_peak()
+    before = status_bytes("VmRSS:")
+    exact = before is not None and reset_peak()
     if not exact:
         import psutil
 
@@ -70,7 +70,7 @@ def measure():
     finally:
         out["seconds"] = round(time.perf_counter() - t0, 3)
         if exact:
-            peak_b = _status_bytes("VmHWM:") or before
+            peak_b = status_bytes("VmHWM:") or before
         else:
             halt.set()
             sampler.join()

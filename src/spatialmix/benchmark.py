@@ -281,9 +281,9 @@ def iter_benchmark(data, out, *, models: Sequence[str] = DEFAULT_MODELS, annotat
             for t in ("rna", "msi", "morphology"):
                 if t in sdata.tables:
                     sdata.tables[t].obsm[f"X_{rep.name}"] = rep.X
-    for name, mdl in trained.items():
-        from spatialmix.results import iter_write_results
+    from spatialmix.results import iter_write_results
 
+    for name, mdl in trained.items():
         yield from forward(iter_write_results(sdata, mdl, key=name), f"write {name} outputs: ")
     metrics["seconds_total"] = round(time.perf_counter() - t_start, 1)
     (out / "metrics.json").write_text(json.dumps(jsonable(metrics), indent=2))

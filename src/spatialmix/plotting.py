@@ -217,6 +217,16 @@ def save_overlays(sdata, out_dir: str | Path, *, annotation_key: str = "patholog
     return paths
 
 
+def square_panel(xy: np.ndarray, *, pad_um: float = 100.0) -> tuple[tuple[float, float, float, float], float]:
+    """Square bounds (xmin, ymin, xmax, ymax) around spot centres ``xy`` padded by ``pad_um``, and the
+    rendering resolution (um per pixel) that gives about 500 pixels across."""
+    lo, hi = xy.min(axis=0), xy.max(axis=0)
+    side = float(max(hi - lo)) + 2 * pad_um
+    centre = (lo + hi) / 2
+    bounds = (centre[0] - side / 2, centre[1] - side / 2, centre[0] + side / 2, centre[1] + side / 2)
+    return bounds, max(2.0, side / 500)
+
+
 def _panel_axes(ax, extent):
     ax.set_xlim(extent[0], extent[1])
     ax.set_ylim(extent[2], extent[3])
@@ -240,12 +250,8 @@ def plot_results(sdata, sample: str, *, key: str = "mima", gene: str | None = No
     xy_all = spot_xy(sdata, sample)
     in_tissue = sdata.tables["rna"].obs
     in_tissue = in_tissue.loc[in_tissue["sample"].astype(str) == sample, "spot_id"].to_numpy()
-    lo, hi = xy_all[in_tissue].min(axis=0), xy_all[in_tissue].max(axis=0)
-    side = float(max(hi - lo)) + 200.0  # square panel around the tissue's spots
-    centre = (lo + hi) / 2
-    bounds = (centre[0] - side / 2, centre[1] - side / 2, centre[0] + side / 2, centre[1] + side / 2)
-    if resolution_um is None:
-        resolution_um = max(2.0, side / 500)
+    bounds, default_res = square_panel(xy_all[in_tissue])
+    resolution_um = resolution_um or default_res
     extent = _figure_extent(bounds, resolution_um)
     fig, axes = plt.subplots(2, 4, figsize=(19, 9.6), constrained_layout=True)
 

@@ -108,17 +108,13 @@ def plot_annotation_map(sdata, sample: str, result, *, annotation_key: str = "pa
     from matplotlib.patches import Patch
 
     from spatialmix.plotting import (UNLABELLED_COLOR, _draw_he, _figure_extent, _panel_axes, _spot_patches,
-                                     category_colors, spot_xy)
+                                     category_colors, spot_xy, square_panel)
 
     table = sdata.tables["rna"]
     obs = table.obs
     rows = np.flatnonzero(obs["sample"].astype(str).to_numpy() == sample)
     xy = spot_xy(sdata, sample)[obs["spot_id"].to_numpy()[rows]]
-    lo, hi = xy.min(axis=0), xy.max(axis=0)
-    side = float(max(hi - lo)) + 200.0
-    c = (lo + hi) / 2
-    bounds = (c[0] - side / 2, c[1] - side / 2, c[0] + side / 2, c[1] + side / 2)
-    res_um = max(2.0, side / 500)
+    bounds, res_um = square_panel(xy)
     extent = _figure_extent(bounds, res_um)
     col = obs[annotation_key]
     cats = list(col.cat.categories) if hasattr(col, "cat") else sorted(col.dropna().astype(str).unique())
