@@ -19,8 +19,16 @@ def sample_data_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def demo_out(tmp_path_factory, sample_data_dir) -> Path:
-    """One run of `spatialmix demo` (the headless main job) shared by the tests that read its outputs."""
+    """One run of `spatialmix demo` (the headless main job) shared by the tests that read its outputs.
+
+    ``SPATIALMIX_TEST_DEMO_OUT`` names an existing demo output folder to reuse instead (local iteration only;
+    CI always runs the demo)."""
+    import os
+
     from spatialmix.cli import main
+
+    if os.environ.get("SPATIALMIX_TEST_DEMO_OUT"):
+        return Path(os.environ["SPATIALMIX_TEST_DEMO_OUT"])
 
     out = tmp_path_factory.mktemp("demo")
     assert main(["--quiet", "demo", "--data", str(sample_data_dir), "--out", str(out)]) == 0

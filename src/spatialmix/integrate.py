@@ -94,25 +94,19 @@ def iter_integrate(sdata, out: str | Path, *, model: str = "mima", model_params:
     Returns a report dict (model, training curve summary, metrics, output paths). ``sdata`` is modified in
     place (results added); the caller saves it.
     """
-    from spatialmix.data import MultiModalData
-    from spatialmix.errors import ParameterError
-    from spatialmix.models import MODELS
     from spatialmix.project import jsonable
-    from spatialmix.results import iter_write_results
 
-    if model not in MODELS:
-        raise ParameterError(f"unknown model {model!r}; available: {sorted(MODELS)}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    ann = annotation_key if annotation_key and annotation_key in sdata.tables["rna"].obs else None
-    data = MultiModalData.from_spatialdata(sdata, modalities=modalities, annotation_key=ann)
-    mdl = MODELS[model](data, **(model_params or {}))
-    key = key or mdl.name
     t0 = time.perf_counter()
-    yield from mdl.iter_train(**(train or {}))
-    train_s = time.perf_counter() - t0
+    mdl = yield from iter_fit(sdata, model=model, model_params=model_params, train=train,
+                              annotation_key=annotation_key, modalities=modalities, key=key,
+                              results_options=results_options, timings=(timings := {}))
+    key = key or mdl.name
+    data = mdl.data
+    ann = data.annotation_key
+    train_s = timings.get("train", time.perf_counter() - t0)
     mdl.save(out / "model", overwrite=True)
-    yield from forward(iter_write_results(sdata, mdl, key=key, **(results_options or {})), "")
     yield Progress("metrics", 0, 1)
     scores: dict[str, Any] = {}
     if metrics:
@@ -135,7 +129,61 @@ def iter_integrate(sdata, out: str | Path, *, model: str = "mima", model_params:
             "model_dir": str(out / "model"), "metrics_json": str(out / "metrics.json")}
 
 
+def iter_fit(sdata, *, model: str = "mima", model_params: dict | None = None, train: dict | None = None,
+             modalities=None, batch_key: str = "batch", annotation_key: str | None = "pathologist",
+             key: str | None = None, stop=None, results_options: dict | None = None, timings: dict | None = None):
+    """Train a model on a project and write its outputs into it (what the napari Integrate widget runs).
+
+    Builds the MSI / H&E spot tables first when the project has none yet
+    (:func:`spatialmix.pipeline.iter_build_tables`). ``stop`` (a ``threading.Event``) ends training after the
+    current step, keeping the last completed epoch, whose outputs are then written. Returns the model.
+    """
+    from spatialmix.data import MultiModalData
+    from spatialmix.errors import ParameterError, TrainingError
+    from spatialmix.models import MODELS
+    from spatialmix.pipeline import iter_build_tables, needs_tables
+    from spatialmix.results import iter_write_results
+
+    if model not in MODELS:
+        raise ParameterError(f"unknown model {model!r}; available: {sorted(MODELS)}")
+    timings = {} if timings is None else timings
+    ann_key = annotation_key or "pathologist"
+    if needs_tables(sdata):
+        yield from iter_build_tables(sdata, annotation_key=ann_key)
+    ann = annotation_key if annotation_key and annotation_key in sdata.tables["rna"].obs else None
+    data = MultiModalData.from_spatialdata(sdata, modalities=modalities, batch_key=batch_key, annotation_key=ann)
+    mdl = MODELS[model](data, **(model_params or {}))
+    t0 = time.perf_counter()
+    yield from mdl.iter_train(stop=stop, **(train or {}))
+    timings["train"] = time.perf_counter() - t0
+    if not mdl.is_trained:
+        raise TrainingError("training was stopped before its first epoch finished; there is nothing to write. "
+                            "Train again and stop later")
+    yield from forward(iter_write_results(sdata, mdl, key=key or mdl.name, **(results_options or {})), "")
+    return mdl
+
+
 def integrate(sdata, out, *, progress=False, **kwargs):
     from spatialmix.progress import run
 
     return run(iter_integrate(sdata, out, **kwargs), progress=progress)
+
+
+def warm_up(seed: int = 0) -> float:
+    """Import the training stack (torch, Lightning Fabric) and compile UMAP's numba code on a 200-point input.
+
+    Importing and numba compilation hold Python's GIL for up to a few hundred milliseconds at a time, so when
+    they first happen inside a worker thread the napari event loop stalls. The Integrate widget runs this in a
+    worker as soon as it opens; measured on 2 cores, a later training run + results writing then held the GIL
+    for less than 100 ms at a time (the first UMAP call otherwise stalls the UI for 0.5-0.7 s).
+    Returns the seconds it took.
+    """
+    t0 = time.perf_counter()
+    import lightning_fabric  # noqa: F401
+    import torch  # noqa: F401
+
+    from spatialmix.models import mima  # noqa: F401
+    from spatialmix.results import rgb_embedding
+
+    rgb_embedding(np.random.default_rng(seed).normal(size=(200, 20)).astype(np.float32), seed=seed)
+    return time.perf_counter() - t0

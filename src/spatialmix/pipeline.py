@@ -13,6 +13,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -22,6 +23,8 @@ from spatialmix.progress import Progress, ProgressGen, forward, run
 
 ANNOTATION_KEY = "pathologist"
 MODALITY_TABLES = ("rna", "msi", "morphology")
+#: Per-sample element names are f"{sample}_{suffix}" (docs/conventions.md).
+SAMPLE_ELEMENTS = ("spots", "msi", "msi_tic", "he", "visium_hires", "visium_lowres")
 
 
 @dataclass
@@ -220,9 +223,6 @@ def iter_prepare(
     -------
     SpatialData with every sample, its registration records and the three modality tables.
     """
-    from spatialdata import SpatialData
-
-    from spatialmix import features as smfeat
     from spatialmix import registration as smreg
 
     if not isinstance(samples, list):
@@ -240,21 +240,7 @@ def iter_prepare(
         timings[f"read {spec.sample}"] = time.perf_counter() - t
     yield Progress("read samples", len(samples), len(samples))
 
-    images, shapes, tables, attrs = {}, {}, {}, {}
-    for sd_ in per_sample:
-        images.update(sd_.images)
-        shapes.update(sd_.shapes)
-        for name, table in sd_.tables.items():
-            if name != "rna":
-                tables[name] = table
-        _merge_attrs(attrs, dict(sd_.attrs))
-    regions = [f"{spec.sample}_spots" for spec in samples]
-    rna = _concat_tables([sd_.tables["rna"] for sd_ in per_sample], regions)
-    if annotation_key in rna.obs:
-        rna.obs[annotation_key] = pd.Categorical(rna.obs[annotation_key])
-    tables["rna"] = rna
-    sdata = SpatialData(images=images, shapes=shapes, tables=tables, attrs=attrs)
-
+    sdata = merge_samples(per_sample, annotation_key=annotation_key)
     meta = sdata.attrs.setdefault("spatialmix", {})
     if register:
         for spec in samples:
@@ -266,28 +252,9 @@ def iter_prepare(
                     yield from smreg.iter_auto_register(sdata, spec.sample, modality)
                     timings[f"register {spec.sample} {modality}"] = time.perf_counter() - t
 
-    obs_cols = ["sample", "patient", "batch", "barcode", "region", "spot_id"]
-    if annotation_key in rna.obs:
-        obs_cols.append(annotation_key)
-    msi_parts, morph_parts = [], []
-    for spec in samples:
-        s = spec.sample
-        if f"{s}_msi" in sdata.tables:
-            t = time.perf_counter()
-            msi_parts.append((yield from smfeat.iter_aggregate_msi(sdata, s, min_coverage=min_msi_coverage)))
-            timings[f"aggregate msi {s}"] = time.perf_counter() - t
-        if morphology and f"{s}_he" in sdata.images:
-            t = time.perf_counter()
-            morph_parts.append((yield from smfeat.iter_morphology_features(sdata, s, encoder=morphology_encoder)))
-            timings[f"morphology {s}"] = time.perf_counter() - t
-
-    yield Progress("build tables", 0, 1)
-    base_obs = rna.obs[obs_cols].copy()
-    if msi_parts:
-        sdata.tables["msi"] = _modality_table(msi_parts, base_obs, regions, "msi_covered", min_feature_fraction)
-    if morph_parts:
-        sdata.tables["morphology"] = _modality_table(morph_parts, base_obs, regions, "he_covered", 0.0)
-    normalize_rna(sdata.tables["rna"])
+    yield from iter_build_tables(sdata, annotation_key=annotation_key, morphology=morphology,
+                                 morphology_encoder=morphology_encoder, min_msi_coverage=min_msi_coverage,
+                                 min_feature_fraction=min_feature_fraction, timings=timings)
     meta["prepare"] = {
         "version": _version(),
         "bin_ppm": bin_ppm,
@@ -299,6 +266,120 @@ def iter_prepare(
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
         "seconds": round(time.perf_counter() - t0, 3),
     }
+    return sdata
+
+
+def merge_samples(parts: list, *, annotation_key: str = ANNOTATION_KEY):
+    """One SpatialData from per-sample ones (:func:`iter_read_sample`): images and shapes side by side, the
+    per-sample ``rna`` tables stacked into one (raw counts in ``X``), no spot tables of MSI / H&E yet."""
+    from spatialdata import SpatialData
+
+    images, shapes, tables, attrs = {}, {}, {}, {}
+    for sd_ in parts:
+        images.update(sd_.images)
+        shapes.update(sd_.shapes)
+        for name, table in sd_.tables.items():
+            if name != "rna":
+                tables[name] = table
+        _merge_attrs(attrs, dict(sd_.attrs))
+    regions = [f"{s}_spots" for sd_ in parts for s in _samples_in(sd_)]
+    rna = _concat_tables([sd_.tables["rna"] for sd_ in parts], regions)
+    if annotation_key in rna.obs:
+        rna.obs[annotation_key] = pd.Categorical(rna.obs[annotation_key])
+    tables["rna"] = rna
+    return SpatialData(images=images, shapes=shapes, tables=tables, attrs=attrs)
+
+
+def _samples_in(sdata) -> list[str]:
+    regions = sdata.tables["rna"].obs["region"].astype(str)
+    return [r[: -len("_spots")] for r in dict.fromkeys(regions)]
+
+
+def add_sample(sdata, part, *, annotation_key: str = ANNOTATION_KEY):
+    """Add one sample read with :func:`iter_read_sample` to a project (``sdata`` may be None); a sample of
+    the same name is replaced.
+
+    The project's spot tables of MSI and H&E, and any model results in them, are dropped: they must be rebuilt
+    (:func:`iter_build_tables`) because the set of spots changed. Returns the new SpatialData.
+    """
+    import anndata as ad
+
+    if sdata is None:
+        return merge_samples([part], annotation_key=annotation_key)
+    new = set(_samples_in(part))
+    keep = [s for s in _samples_in(sdata) if s not in new]
+
+    def mine(name: str, samples) -> bool:  # exact element names (docs/conventions.md): "P1" must not claim "P1_S1_he"
+        return any(name == f"{s}_{suffix}" for s in samples for suffix in SAMPLE_ELEMENTS)
+
+    rna = sdata.tables["rna"]
+    rows = rna.obs["region"].astype(str).isin([f"{s}_spots" for s in keep]).to_numpy()
+    old = ad.AnnData(X=(rna.layers["counts"] if "counts" in rna.layers else rna.X)[rows],
+                     obs=rna.obs.iloc[rows].copy(), var=rna.var.copy())
+    old.obs = old.obs[[c for c in old.obs.columns if not c.startswith(("pred_", "agree_"))]]
+    if annotation_key in old.obs:
+        old.obs[annotation_key] = old.obs[annotation_key].astype(object)
+    kept = SimpleNamespace(  # merge_samples only reads these four attributes; no validation of a half-built object
+        images={k: v for k, v in sdata.images.items() if mine(k, keep)},
+        shapes={k: v for k, v in sdata.shapes.items() if mine(k, keep)},
+        tables={**{k: v for k, v in sdata.tables.items() if k not in ("rna", *MODALITY_TABLES) and mine(k, keep)},
+                "rna": old},
+        attrs={"spatialmix": {k: v for k, v in dict(sdata.attrs.get("spatialmix", {})).items()
+                              if k not in ("models", "prepare")}},
+    )
+    for key in ("samples", "registration"):
+        block = kept.attrs["spatialmix"].get(key)
+        if isinstance(block, dict):
+            kept.attrs["spatialmix"][key] = {s: v for s, v in block.items() if s in keep}
+    return merge_samples([kept, part] if keep else [part], annotation_key=annotation_key)
+
+
+def needs_tables(sdata) -> bool:
+    """True when the project has no MSI / H&E spot tables for data it holds (they are built after registration)."""
+    samples = _samples_in(sdata)
+    has_msi = any(f"{s}_msi" in sdata.tables for s in samples)
+    has_he = any(f"{s}_he" in sdata.images for s in samples)
+    return (has_msi and "msi" not in sdata.tables) or (has_he and "morphology" not in sdata.tables) \
+        or "counts" not in sdata.tables["rna"].layers
+
+
+def iter_build_tables(sdata, *, annotation_key: str = ANNOTATION_KEY, morphology: bool = True,
+                      morphology_encoder: str | Path | None = None, min_msi_coverage: float = 0.5,
+                      min_feature_fraction: float = 0.01, timings: dict | None = None) -> ProgressGen:
+    """Aggregate every sample's MSI pixels and H&E features onto its spots (after registration) and build the
+    ``msi`` / ``morphology`` tables aligned on the ``rna`` spots; normalise RNA. Rebuilding replaces them
+    (model results written into the old tables go with them). Returns ``sdata``."""
+    from spatialmix import features as smfeat
+
+    timings = {} if timings is None else timings
+    rna = sdata.tables["rna"]
+    if "counts" in rna.layers:  # a rebuild: start again from the raw counts
+        rna.X = rna.layers["counts"].copy()
+    samples = _samples_in(sdata)
+    regions = [f"{s}_spots" for s in samples]
+    obs_cols = ["sample", "patient", "batch", "barcode", "region", "spot_id"]
+    if annotation_key in rna.obs:
+        obs_cols.append(annotation_key)
+    msi_parts, morph_parts = [], []
+    for s in samples:
+        if f"{s}_msi" in sdata.tables:
+            t = time.perf_counter()
+            msi_parts.append((yield from smfeat.iter_aggregate_msi(sdata, s, min_coverage=min_msi_coverage)))
+            timings[f"aggregate msi {s}"] = time.perf_counter() - t
+        if morphology and f"{s}_he" in sdata.images:
+            t = time.perf_counter()
+            morph_parts.append((yield from smfeat.iter_morphology_features(sdata, s, encoder=morphology_encoder)))
+            timings[f"morphology {s}"] = time.perf_counter() - t
+
+    yield Progress("build tables", 0, 1)
+    base_obs = rna.obs[obs_cols].copy()
+    for name, parts, covered in (("msi", msi_parts, "msi_covered"), ("morphology", morph_parts, "he_covered")):
+        if parts:
+            sdata.tables[name] = _modality_table(parts, base_obs, regions, covered,
+                                                 min_feature_fraction if name == "msi" else 0.0)
+        elif name in sdata.tables:
+            del sdata.tables[name]
+    normalize_rna(sdata.tables["rna"])
     yield Progress("build tables", 1, 1)
     return sdata
 

@@ -627,3 +627,42 @@ def render_result(sdata, sample: str, values, *, resolution_um: float = 5.0, bou
     # render_spots samples the grid x = xmin + col * res, y = ymin + row * res: that point is the pixel centre
     affine = np.array([[resolution_um, 0.0, bounds[1]], [0.0, resolution_um, bounds[0]], [0.0, 0.0, 1.0]])
     return RenderedMap(image, bounds, resolution_um, affine, sample=sample, name=name, categories=categories)
+
+
+def write_translation(sdata, model, sources: str | Sequence[str], target: str, *, key: str | None = None) -> str:
+    """Impute ``target`` from ``sources`` with a trained model and write it as the layer
+    ``<key>_from_<a>_and_<b>`` of the target table (replacing an earlier one); returns the layer name.
+
+    :func:`iter_write_results` writes every target from all other modalities; this adds any other choice of
+    sources (e.g. RNA from MSI alone) without touching the other outputs.
+    """
+    key = getattr(model, "name", None) if key is None else key
+    if not getattr(model, "is_trained", False):
+        raise ModelError(f"{type(model).__name__} is not trained; train or load a trained model first")
+    pairs = _normalise_translations([(sources, target)], list(model.modalities))
+    srcs, tgt = pairs[0]
+    if tgt not in sdata.tables:
+        raise ProjectError(f"no table {tgt!r} in this project (it has {sorted(sdata.tables)})")
+    values = np.asarray(model.translate(srcs, tgt), dtype=np.float32)
+    if values.shape != sdata.tables[tgt].shape:
+        raise ModelError(f"the translation has shape {values.shape}, table {tgt!r} has {sdata.tables[tgt].shape}; "
+                         "the model was trained on another version of this project")
+    name = translation_layer(key, srcs)
+    sdata.tables[tgt].layers[name] = values
+    return name
+
+
+def spot_table(sdata, table: str = "rna", *, with_rgb: bool = True) -> pd.DataFrame:
+    """One row per spot: the table's ``obs`` (sample, barcode, annotations, predictions, ...) and, with
+    ``with_rgb``, every RGB colouring as ``<name>_R`` / ``_G`` / ``_B`` columns (for a CSV export)."""
+    if table not in sdata.tables:
+        raise ProjectError(f"no table {table!r} (tables: {sorted(sdata.tables)})")
+    ad = sdata.tables[table]
+    df = ad.obs.copy()
+    if with_rgb:
+        for k in ad.obsm:
+            if k.endswith("_rgb"):
+                df = df.join(pd.DataFrame(np.asarray(ad.obsm[k]), index=ad.obs_names,
+                                          columns=[f"{k[2:]}_{c}" for c in "RGB"]))
+    df.index.name = "spot"
+    return df

@@ -323,3 +323,97 @@ def write_predictions(sdata, result: AnnotationResult, *, name: str | None = Non
         store = table.uns.setdefault("spatialmix", {}).setdefault("annotations", {})
         store[name] = {"scores_json": scores, "confusion_json": confusion}
     return cols
+
+
+def representations_of(sdata) -> list[str]:
+    """Representations of a project that annotations can be predicted from: every model embedding
+    (``obsm["X_<name>"]`` of the ``rna`` table, e.g. ``mima``, ``harmony``) and the raw inputs ``raw_<table>``."""
+    out = []
+    if "rna" in sdata.tables:
+        out += [k[2:] for k in sdata.tables["rna"].obsm
+                if k.startswith("X_") and not k.endswith(("_rgb", "_private")) and k != "X_spatial"]
+    out += [f"raw_{t}" for t in ("rna", "msi", "morphology") if t in sdata.tables]
+    return out
+
+
+def representation_matrix(sdata, representation: str) -> tuple[np.ndarray, pd.Index]:
+    """(X, spot names) of a representation named as in :func:`representations_of`; rows of spots without the
+    modality (``msi_covered`` / ``he_covered`` False) are NaN, so they are predicted but not evaluated."""
+    from spatialmix.data import COVERED_KEYS
+    from spatialmix.errors import ProjectError
+
+    if "rna" not in sdata.tables:
+        raise ProjectError("the project has no 'rna' spot table; build the spot tables first")
+    if representation.startswith("raw_"):
+        table = representation[4:]
+        if table not in sdata.tables:
+            raise ProjectError(f"no table {table!r} for representation {representation!r} "
+                               f"(available: {representations_of(sdata)})")
+        ad = sdata.tables[table]
+        X = np.asarray(ad.X.toarray() if hasattr(ad.X, "toarray") else ad.X, dtype=np.float32).copy()
+        cov = COVERED_KEYS.get(table)
+        if cov and cov in ad.obs:
+            X[~ad.obs[cov].to_numpy(bool)] = np.nan
+        return X, ad.obs_names
+    key = f"X_{representation}"
+    ad = sdata.tables["rna"]
+    if key not in ad.obsm:
+        raise ProjectError(f"no embedding {key!r} in the project (available: {representations_of(sdata)}); "
+                           "train a model and write its results first")
+    return np.asarray(ad.obsm[key], dtype=np.float32), ad.obs_names
+
+
+def iter_predict_annotations(sdata, representation: str = "mima", *, annotation_key: str = "pathologist",
+                             scheme: str = "loocv", exclude: Sequence[str] | None = PAPER_EXCLUDED,
+                             options: EnsembleOptions | None = None, write: bool = True):
+    """Cross-validated prediction of the pathologist's annotation from one representation of a project, written
+    back as ``pred_<representation>``, its confidence and ``agree_<representation>`` (:func:`write_predictions`).
+
+    Yields progress per fold and returns the :class:`AnnotationResult`. Nothing is written unless it succeeds.
+    """
+    from spatialmix.errors import ProjectError
+
+    X, names = representation_matrix(sdata, representation)
+    obs = sdata.tables["rna"].obs
+    if annotation_key not in obs:
+        raise ProjectError(f"the project has no annotation column {annotation_key!r} "
+                           f"(obs columns: {list(obs.columns)}); add the pathologist's labels first")
+    labels = obs[annotation_key].reindex(names)
+    samples = obs["sample"].astype(str).reindex(names).to_numpy()
+    result = yield from iter_cross_validate(X, labels, samples, representation=representation, scheme=scheme,
+                                            exclude=exclude, index=names, options=options)
+    if write:
+        write_predictions(sdata, result, name=representation, annotation_key=annotation_key)
+    return result
+
+
+def stored_predictions(sdata, name: str, table: str = "rna") -> dict[str, Any] | None:
+    """Scores (as :meth:`AnnotationResult.to_dict`), per-class table and confusion matrix written by
+    :func:`write_predictions` for ``name``, or None when there are none."""
+    import io
+
+    store = sdata.tables[table].uns.get("spatialmix", {}).get("annotations", {}) if table in sdata.tables else {}
+    if name not in store:
+        return None
+    scores = json.loads(store[name]["scores_json"])
+    per_class = pd.DataFrame.from_dict(scores.get("per_class", {}), orient="index")
+    per_class.index.name = "class"
+    confusion = pd.read_json(io.StringIO(store[name]["confusion_json"]), orient="split")
+    confusion.index.name, confusion.columns.name = "pathologist", "predicted"
+    return {"scores": scores, "per_class": per_class, "confusion": confusion}
+
+
+def prediction_scores(sdata, table: str = "rna") -> pd.DataFrame:
+    """Per-class scores of every stored prediction (one row per representation and class)."""
+    from spatialmix.errors import ProjectError
+
+    store = sdata.tables[table].uns.get("spatialmix", {}).get("annotations", {}) if table in sdata.tables else {}
+    if not store:
+        raise ProjectError("no annotation predictions in this project yet: predict them first "
+                           "(Explore widget, or iter_predict_annotations)")
+    frames = []
+    for name in store:
+        stored = stored_predictions(sdata, name, table)
+        frames.append(stored["per_class"].reset_index().assign(representation=name,
+                                                               scheme=stored["scores"].get("scheme", "")))
+    return pd.concat(frames, ignore_index=True)

@@ -158,30 +158,39 @@ def plot_annotation_map(sdata, sample: str, result, *, annotation_key: str = "pa
     return fig
 
 
+def draw_confusion(ax, cm: pd.DataFrame, *, normalize: bool = True, title: str = "", fontsize: int = 9):
+    """Draw a pathologist (rows) x predicted (columns) count table on ``ax``: row-normalised colours (recall on
+    the diagonal) with the counts written in each cell. Returns the image (for a colourbar)."""
+    counts = cm.to_numpy()
+    frac = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1) if normalize else counts
+    n = len(cm)
+    im = ax.imshow(frac, cmap="Blues", vmin=0, vmax=1 if normalize else None)
+    for i in range(n):
+        for j in range(n):
+            if counts[i, j]:
+                ax.text(j, i, f"{counts[i, j]}", ha="center", va="center", fontsize=fontsize - 1,
+                        color="white" if frac[i, j] > 0.6 else "black")
+    ax.set_xticks(range(n), cm.columns, rotation=40, ha="right", fontsize=fontsize)
+    ax.set_yticks(range(n), cm.index, fontsize=fontsize)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("pathologist")
+    if title:
+        ax.set_title(title, fontsize=fontsize + 1)
+    return im
+
+
 def plot_confusion(result, *, normalize: bool = True):
     """Pathologist (rows) x predicted (columns) over the scored spots, row-normalised (recall on the
     diagonal), with the counts written in each cell."""
     import matplotlib.pyplot as plt
 
-    cm = result.confusion
-    counts = cm.to_numpy()
-    frac = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1) if normalize else counts
-    n = len(cm)
+    n = len(result.confusion)
     fig, ax = plt.subplots(figsize=(1.0 * n + 3, 0.8 * n + 2), constrained_layout=True)
-    im = ax.imshow(frac, cmap="Blues", vmin=0, vmax=1 if normalize else None)
-    for i in range(n):
-        for j in range(n):
-            if counts[i, j]:
-                ax.text(j, i, f"{counts[i, j]}", ha="center", va="center", fontsize=8,
-                        color="white" if frac[i, j] > 0.6 else "black")
-    ax.set_xticks(range(n), cm.columns, rotation=40, ha="right", fontsize=9)
-    ax.set_yticks(range(n), cm.index, fontsize=9)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("pathologist")
-    fig.colorbar(im, ax=ax, shrink=0.8, label="fraction of the pathologist's class" if normalize else "spots")
     s = result.summary
-    ax.set_title(f"{result.representation}, {result.scheme}: {s['n_spots']} spots, accuracy "
-                 f"{s['overall_accuracy']:.2f}, macro F1 {s['f1']:.2f}", fontsize=10)
+    im = draw_confusion(ax, result.confusion, normalize=normalize,
+                        title=f"{result.representation}, {result.scheme}: {s['n_spots']} spots, accuracy "
+                              f"{s['overall_accuracy']:.2f}, macro F1 {s['f1']:.2f}")
+    fig.colorbar(im, ax=ax, shrink=0.8, label="fraction of the pathologist's class" if normalize else "spots")
     return fig
 
 

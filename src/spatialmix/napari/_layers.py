@@ -178,22 +178,122 @@ def spot_features(sdata, sample: str) -> pd.DataFrame:
     return feats.reset_index()
 
 
+def sample_layers(sdata, sample: str, *, offset=(0.0, 0.0), visible: bool = True) -> list[tuple]:
+    """One sample's layers: the Visium image (hidden), the H&E, the MSI TIC and the spots."""
+    s, off, layers = sample, offset, []
+    if f"{s}_visium_hires" in sdata.images:
+        layers.append(image_layer(sdata, f"{s}_visium_hires", s, offset=off,
+                                  layer_name=f"{s}{SEP}Visium image", visible=False))
+    if f"{s}_he" in sdata.images:
+        layers.append(image_layer(sdata, f"{s}_he", s, offset=off, layer_name=f"{s}{SEP}H&E", visible=visible))
+    if f"{s}_msi_tic" in sdata.images:
+        layers.append(image_layer(sdata, f"{s}_msi_tic", s, offset=off, layer_name=f"{s}{SEP}MSI TIC",
+                                  opacity=0.7, blending="translucent", visible=visible))
+    if f"{s}_spots" in sdata.shapes:
+        layers.append(spots_layer(sdata, s, offset=off, visible=visible))
+    return layers
+
+
 def project_layers(sdata, *, samples: list[str] | None = None, layout: str = "side_by_side") -> list[tuple]:
     """All layers of a project: per sample the Visium image, the H&E, the MSI TIC and the spots."""
     samples = samples or samples_of(sdata)
     offsets = sample_offsets(sdata, samples, layout=layout)
     layers = []
     for i, s in enumerate(samples):
-        visible = layout == "side_by_side" or i == 0
-        off = offsets[s]
-        if f"{s}_visium_hires" in sdata.images:
-            layers.append(image_layer(sdata, f"{s}_visium_hires", s, offset=off,
-                                      layer_name=f"{s}{SEP}Visium image", visible=False))
-        if f"{s}_he" in sdata.images:
-            layers.append(image_layer(sdata, f"{s}_he", s, offset=off, layer_name=f"{s}{SEP}H&E", visible=visible))
-        if f"{s}_msi_tic" in sdata.images:
-            layers.append(image_layer(sdata, f"{s}_msi_tic", s, offset=off, layer_name=f"{s}{SEP}MSI TIC",
-                                      opacity=0.7, blending="translucent", visible=visible))
-        if f"{s}_spots" in sdata.shapes:
-            layers.append(spots_layer(sdata, s, offset=off, visible=visible))
+        layers += sample_layers(sdata, s, offset=offsets[s], visible=layout == "side_by_side" or i == 0)
     return layers
+
+
+#: Colours of the agreement between a prediction and the pathologist (green / red / grey / light grey).
+AGREEMENT_COLORS = {"agree": "#1a9850", "disagree": "#d73027", "unlabelled": "#a0a0a0", "excluded": "#e0e0e0"}
+
+
+def _sample_rows(sdata, sample: str, table: str) -> tuple[np.ndarray, np.ndarray]:
+    """(row indices of ``sample`` in ``table``, their positions in the sample's spot order)."""
+    t = sdata.tables[table]
+    rows = np.flatnonzero((t.obs["region"].astype(str) == f"{sample}_spots").to_numpy())
+    pos = pd.Index(sdata.shapes[f"{sample}_spots"].index).get_indexer(t.obs["spot_id"].to_numpy()[rows])
+    return rows, pos
+
+
+def rgb_spots_layer(sdata, sample: str, obsm: str, *, table: str = "rna", offset=(0.0, 0.0),
+                    layer_name: str | None = None, **kwargs) -> tuple:
+    """Spots of ``sample`` coloured by a 3-column RGB colouring ``obsm`` (values in [0, 1]); spots without a
+    value (NaN, e.g. no MSI there) are drawn hollow grey."""
+    from spatialmix.errors import ProjectError
+
+    t = sdata.tables[table]
+    if obsm not in t.obsm:
+        raise ProjectError(f"table {table!r} has no RGB colouring {obsm!r} (obsm: {sorted(t.obsm)}); write the "
+                           "model's results first")
+    xy = spot_xy(sdata, sample)
+    rows, pos = _sample_rows(sdata, sample, table)
+    rgb = np.full((len(xy), 3), np.nan, np.float32)
+    rgb[pos] = np.asarray(t.obsm[obsm], dtype=np.float32)[rows]
+    missing = ~np.isfinite(rgb).all(axis=1)
+    face = np.ones((len(xy), 4), np.float32)
+    face[:, :3] = np.nan_to_num(rgb, nan=0.6)
+    face[missing, 3] = 0.0
+    edge = np.zeros((len(xy), 4), np.float32)
+    edge[missing] = (0.6, 0.6, 0.6, 1.0)
+    points = np.column_stack([xy[:, 1] + offset[1], xy[:, 0] + offset[0]])
+    meta = {
+        "name": layer_name or f"{sample}{SEP}{obsm.removeprefix('X_')}",
+        "size": SPOT_DIAMETER_UM, "face_color": face, "border_color": edge, "border_width": 0.08,
+        "border_width_is_relative": True, "features": spot_features(sdata, sample),
+        "metadata": {"spatialmix": {"sample": sample, "element": f"{sample}_spots", "obsm": obsm}},
+    }
+    meta.update(kwargs)
+    return (points, meta, "points")
+
+
+def category_spots_layer(sdata, sample: str, column: str, *, offset=(0.0, 0.0), layer_name: str | None = None,
+                         **kwargs) -> tuple:
+    """Spots of ``sample`` coloured by a categorical obs column: the annotation's palette (a prediction
+    ``pred_*`` shares the pathologist's colours), or green / red / grey for an agreement column ``agree_*``.
+    ``metadata["spatialmix"]["legend"]`` holds {label: colour} of the categories present."""
+    from matplotlib.colors import to_rgba
+
+    from spatialmix.errors import ProjectError
+
+    layer = spots_layer(sdata, sample, offset=offset, color_by="__none__", layer_name=layer_name or
+                        f"{sample}{SEP}{column}", **kwargs)
+    feats = layer[1]["features"]
+    if column not in feats:
+        raise ProjectError(f"the spot tables have no column {column!r}; run the prediction first")
+    values = feats[column]
+    if column.startswith("agree_"):
+        colors = np.array([to_rgba(AGREEMENT_COLORS.get(str(v), "#ffffff")) if pd.notna(v) else (1, 1, 1, 0)
+                           for v in values])
+        present = set(values.dropna().astype(str))
+        legend = {k: c for k, c in AGREEMENT_COLORS.items() if k in present}
+    else:
+        colors, legend = categorical_face_colors(values, _categories(sdata, column))
+    layer[1]["face_color"] = colors
+    layer[1]["metadata"]["spatialmix"].update(legend=legend, column=column)
+    layer[1]["opacity"] = kwargs.get("opacity", 1.0)
+    return layer
+
+
+def map_image_layer(rendered, *, offset=(0.0, 0.0), layer_name: str | None = None, colormap: str = "viridis",
+                    contrast_limits=None, **kwargs) -> tuple:
+    """An image layer tuple for a :class:`spatialmix.results.RenderedMap` (per-spot values as 55 um disks in
+    the sample's frame), shifted by the sample's ``offset``; NaN (no spot) is transparent."""
+    img = np.asarray(rendered.image, dtype=np.float32)
+    finite = img[np.isfinite(img)]
+    if contrast_limits is None:
+        if finite.size:
+            lo, hi = float(np.percentile(finite, 1)), float(np.percentile(finite, 99))
+            contrast_limits = (lo, hi) if hi > lo else (lo, lo + 1.0)
+        else:
+            contrast_limits = (0.0, 1.0)
+    affine = np.array(rendered.affine, dtype=float)
+    affine[0, 2] += offset[1]
+    affine[1, 2] += offset[0]
+    meta = {
+        "name": layer_name or f"{rendered.sample}{SEP}{rendered.name}",
+        "affine": affine, "colormap": colormap, "contrast_limits": contrast_limits,
+        "metadata": {"spatialmix": {"sample": rendered.sample, "colorbar": True, "values": rendered.name}},
+    }
+    meta.update(kwargs)
+    return (img, meta, "image")

@@ -299,3 +299,45 @@ def register_landmarks(sdata, sample: str, modality: str, moving_xy, fixed_xy, *
                            "fixed_xy": np.asarray(fixed_xy, float).tolist()}}
     _write(sdata, sample, modality, name, result, extra)
     return result
+
+
+def registration_state(sdata, sample: str, modality: str) -> dict:
+    """The current registration of a sample's MSI or H&E element: its transformation into ``sample`` and its
+    record, to hand back to :func:`restore_registration` (undo)."""
+    import copy
+
+    from spatialdata.transformations import get_transformation
+
+    _check_modality(modality)
+    name = MODALITIES[modality].format(sample=sample)
+    element = _image(sdata, name, "MSI TIC image" if modality == "msi" else "H&E image")
+    transforms = get_transformation(element, get_all=True)
+    record = sdata.attrs.get("spatialmix", {}).get("registration", {}).get(sample, {}).get(modality)
+    return {"sample": sample, "modality": modality, "element": name,
+            "transformation": copy.deepcopy(transforms.get(sample)), "record": copy.deepcopy(record)}
+
+
+def restore_registration(sdata, state: dict) -> None:
+    """Put back a registration saved by :func:`registration_state` (transformation and record)."""
+    from spatialdata.transformations import remove_transformation, set_transformation
+
+    sample, modality = state["sample"], state["modality"]
+    element = _image(sdata, state["element"], "MSI TIC image" if modality == "msi" else "H&E image")
+    if state["transformation"] is None:
+        remove_transformation(element, sample)
+    else:
+        set_transformation(element, state["transformation"], to_coordinate_system=sample)
+    block = sdata.attrs.setdefault("spatialmix", {}).setdefault("registration", {}).setdefault(sample, {})
+    if state["record"] is None:
+        block.pop(modality, None)
+    else:
+        block[modality] = state["record"]
+
+
+def element_pixel_to_sample(sdata, sample: str, modality: str) -> np.ndarray:
+    """3x3 matrix mapping the moving element's finest-level pixel (x, y) to the sample frame (x, y) um."""
+    name = MODALITIES[_check_modality(modality)].format(sample=sample)
+    m = _affine_to(_image(sdata, name, "image"), sample)
+    if m is None:
+        raise ProjectError(f"{name!r} has no transformation into {sample!r}; register it first")
+    return m

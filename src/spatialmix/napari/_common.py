@@ -1,0 +1,303 @@
+"""What every dock widget shares: the per-viewer project state, running headless generators in workers with a
+progress bar, error notifications, and adding layers so that recomputing replaces rather than duplicates.
+
+Nothing here computes anything: the work is always one generator of the headless API (``iter_*``), run by
+napari's ``create_worker`` in a thread; its :class:`~spatialmix.progress.Progress` events drive the bar.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+import weakref
+from collections.abc import Callable
+
+import numpy as np
+from psygnal import Signal
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QFileDialog,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from spatialmix.errors import SpatialMixError
+from spatialmix.napari._layers import SEP, sample_offsets
+from spatialmix.progress import Progress
+
+LAYOUTS = ("side by side", "one at a time")
+
+
+class ProjectState:
+    """The project open in one viewer, shared by the SpatialMix widgets of that viewer.
+
+    ``changed`` is emitted with what changed: ``"project"`` (a new SpatialData), ``"registration"``,
+    ``"tables"``, ``"model"``, ``"results"``, ``"predictions"``, ``"layout"``.
+    """
+
+    changed = Signal(str)
+
+    def __init__(self) -> None:
+        self.sdata = None
+        self.specs: list = []
+        self.model = None
+        self.model_key = "mima"
+        self.layout = LAYOUTS[0]
+        self.current_sample: str | None = None
+        self.busy: set[str] = set()
+
+    @property
+    def samples(self) -> list[str]:
+        if self.sdata is None or "rna" not in self.sdata.tables:
+            return []
+        from spatialmix.pipeline import _samples_in
+
+        return _samples_in(self.sdata)
+
+    def offsets(self) -> dict[str, tuple[float, float]]:
+        """(dx, dy) um placing each sample in the viewer for the current layout."""
+        samples = self.samples
+        if not samples:
+            return {}
+        layout = "side_by_side" if self.layout == LAYOUTS[0] else "overlay"
+        return sample_offsets(self.sdata, samples, layout=layout)
+
+    def offset(self, sample: str) -> tuple[float, float]:
+        return self.offsets().get(sample, (0.0, 0.0))
+
+    def row_shift(self, sample: str, row: int) -> tuple[float, float]:
+        """Offset of a comparison row under the sample (row 1: imputed or predicted, row 2: agreement)."""
+        from spatialmix.napari._layers import sample_extent
+
+        dx, dy = self.offset(sample)
+        if row == 0:
+            return dx, dy
+        _, ymin, _, ymax = sample_extent(self.sdata, sample)
+        return dx, dy + row * (ymax - ymin + 300.0)
+
+    def visible(self, sample: str) -> bool:
+        return self.layout == LAYOUTS[0] or sample == (self.current_sample or (self.samples or [None])[0])
+
+
+_STATES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def state_of(viewer) -> ProjectState:
+    """The project state of ``viewer`` (created on first use; every SpatialMix widget of the viewer shares it)."""
+    if viewer not in _STATES:
+        _STATES[viewer] = ProjectState()
+    return _STATES[viewer]
+
+
+def notify_error(err: BaseException, what: str = "") -> None:
+    """Show an error as a napari notification: our own errors by their message (it says what to do), others
+    with their type and the traceback in the console."""
+    from napari.utils.notifications import show_error
+
+    prefix = f"{what}: " if what else ""
+    if isinstance(err, SpatialMixError):
+        show_error(f"{prefix}{err}")
+    else:
+        traceback.print_exception(type(err), err, err.__traceback__)
+        show_error(f"{prefix}{type(err).__name__}: {err}")
+
+
+def add_or_replace(viewer, layer_data: tuple, *, row: int | None = None):
+    """Add a layer tuple; a layer of the same name is replaced in place (same position in the list)."""
+    from napari.layers import Layer
+
+    data, meta, kind = layer_data
+    meta = dict(meta)
+    layer = Layer.create(data, meta, kind)
+    name = meta.get("name")
+    if name in viewer.layers:
+        old = viewer.layers[name]
+        index = viewer.layers.index(old)
+        viewer.layers.remove(old)
+        viewer.layers.insert(index, layer)
+    else:
+        viewer.layers.append(layer)
+    if meta.get("metadata", {}).get("spatialmix", {}).get("colorbar"):
+        layer.colorbar.visible = True
+    return layer
+
+
+def spatialmix_layers(viewer, sample: str | None = None) -> list:
+    return [ly for ly in viewer.layers if "spatialmix" in ly.metadata
+            and (sample is None or ly.metadata["spatialmix"].get("sample") == sample)]
+
+
+def shift_layer(layer, dx: float, dy: float) -> None:
+    """Move a layer by (dx, dy) um in the viewer (composes with its affine)."""
+    if dx == 0 and dy == 0:
+        return
+    m = np.array(layer.affine.affine_matrix, dtype=float)
+    shift = np.eye(m.shape[0])
+    shift[-3, -1], shift[-2, -1] = dy, dx
+    layer.affine = shift @ m
+
+
+def layer_name(sample: str, *parts: str) -> str:
+    """``<sample> · part · part`` (the naming every SpatialMix layer follows)."""
+    return SEP.join([sample, *[p for p in parts if p]])
+
+
+class WorkerPanel(QWidget):
+    """A progress bar, a status line and a Stop button that run one headless generator at a time."""
+
+    def __init__(self, parent=None) -> None:
+        super().__init__(parent)
+        self.bar = QProgressBar()
+        self.bar.setRange(0, 1)
+        self.bar.setValue(0)
+        self.bar.setTextVisible(True)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        self.status.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        self.stop_button = QPushButton("Stop")
+        self.stop_button.setEnabled(False)
+        self.stop_button.clicked.connect(self.stop)
+        row = QHBoxLayout()
+        row.addWidget(self.bar, 1)
+        row.addWidget(self.stop_button)
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addLayout(row)
+        lay.addWidget(self.status)
+        self.worker = None
+        self._on_stop: Callable[[], None] | None = None
+        self._started = 0.0
+
+    @property
+    def running(self) -> bool:
+        return self.worker is not None
+
+    def start(self, gen_func: Callable, *args, on_done: Callable | None = None, on_event: Callable | None = None,
+              on_error: Callable | None = None, what: str = "", on_stop: Callable[[], None] | None = None,
+              **kwargs):
+        """Run ``gen_func(*args, **kwargs)`` (a generator of Progress events returning a result) in a worker.
+
+        ``on_event`` receives every yielded event, ``on_done`` the return value, ``on_error`` the exception
+        (after the notification). ``on_stop`` replaces quitting the worker when Stop is pressed (training
+        stops itself at the end of the epoch and still returns its model).
+        """
+        from napari.qt.threading import create_worker
+
+        if self.worker is not None:
+            from napari.utils.notifications import show_warning
+
+            show_warning(f"{what or 'a job'} waits: {self.status.text() or 'another job'} is still running")
+            return None
+        # errors are ours to show (notification + on_error); without _ignore_errors superqt re-raises them in the
+        # event loop as well
+        worker = create_worker(gen_func, *args, _start_thread=False, _ignore_errors=True, **kwargs)
+        self.worker = worker
+        self._on_stop = on_stop
+        self._started = time.perf_counter()
+        self.bar.setRange(0, 0)  # busy until the first event
+        self.status.setText(f"{what}…" if what else "working…")
+        self.stop_button.setEnabled(True)
+
+        def yielded(event):
+            if isinstance(event, Progress):
+                self.show_progress(event)
+            if on_event is not None:
+                on_event(event)
+
+        def returned(value):
+            self._finish(f"{what} done in {time.perf_counter() - self._started:.1f} s" if what else "done")
+            if on_done is not None:
+                try:
+                    on_done(value)
+                except Exception as err:  # noqa: BLE001 - any failure shows, the widget stays usable
+                    notify_error(err, what)
+
+        def errored(err):
+            self._finish(f"{what} failed: {err}" if what else f"failed: {err}")
+            notify_error(err, what)
+            if on_error is not None:
+                on_error(err)
+
+        def aborted():
+            self._finish(f"{what} stopped" if what else "stopped")
+
+        worker.yielded.connect(yielded)
+        worker.returned.connect(returned)
+        worker.errored.connect(errored)
+        worker.aborted.connect(aborted)
+        worker.start()
+        return worker
+
+    def show_progress(self, event: Progress) -> None:
+        frac = event.fraction
+        if frac is None:
+            self.bar.setRange(0, 0)
+        else:
+            self.bar.setRange(0, 1000)
+            self.bar.setValue(int(round(1000 * frac)))
+        total = f" {event.step}/{event.total}" if event.total else ""
+        msg = f": {event.message}" if event.message else ""
+        self.status.setText(f"{event.stage}{total}{msg}")
+
+    def stop(self) -> None:
+        if self.worker is None:
+            return
+        self.stop_button.setEnabled(False)
+        self.status.setText(self.status.text() + " (stopping…)")
+        if self._on_stop is not None:
+            self._on_stop()
+        else:
+            self.worker.quit()
+
+    def _finish(self, text: str) -> None:
+        self.worker = None
+        self._on_stop = None
+        self.bar.setRange(0, 1)
+        self.bar.setValue(1)
+        self.stop_button.setEnabled(False)
+        self.status.setText(text)
+
+
+class PathEdit(QWidget):
+    """A line edit with a Browse button (file, folder or save path)."""
+
+    def __init__(self, placeholder: str = "", *, mode: str = "file", filter: str = "", parent=None) -> None:
+        super().__init__(parent)
+        self.mode, self.filter = mode, filter
+        self.edit = QLineEdit()
+        self.edit.setPlaceholderText(placeholder)
+        button = QPushButton("…")
+        button.setFixedWidth(28)
+        button.setToolTip("Browse")
+        button.clicked.connect(self._browse)
+        lay = QHBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(self.edit, 1)
+        lay.addWidget(button)
+
+    def _browse(self) -> None:
+        if self.mode == "dir":
+            path = QFileDialog.getExistingDirectory(self, "Choose a folder")
+        elif self.mode == "save":
+            path, _ = QFileDialog.getSaveFileName(self, "Save as", filter=self.filter)
+        else:
+            path, _ = QFileDialog.getOpenFileName(self, "Choose a file", filter=self.filter)
+        if path:
+            self.edit.setText(path)
+
+    def text(self) -> str:
+        return self.edit.text().strip()
+
+    def setText(self, text: str) -> None:  # noqa: N802 - Qt naming
+        self.edit.setText(str(text))
+
+
+def section(title: str) -> QLabel:
+    label = QLabel(f"<b>{title}</b>")
+    label.setContentsMargins(0, 8, 0, 0)
+    return label

@@ -1,0 +1,453 @@
+"""Explore: the 3D-RGB colouring of an embedding, measured / batch-corrected / denoised feature maps by name,
+imputed maps beside the measured ones, and predicted annotations beside the pathologist's with an agreement
+layer, a legend, the per-class scores and the confusion matrix.
+
+Each button is one headless call (:func:`spatialmix.results.spot_values` + :func:`~spatialmix.results.
+render_result`, :func:`~spatialmix.results.write_translation`,
+:func:`spatialmix.evaluate.annotations.iter_predict_annotations`); the layer conversion is in ``_layers``.
+Comparison layers (imputed, predicted, agreement) are placed in rows under their sample: row 0 is the
+measured map or the pathologist's labels.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QCompleter,
+    QDoubleSpinBox,
+    QFormLayout,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from spatialmix.napari._common import (
+    WorkerPanel,
+    add_or_replace,
+    layer_name,
+    notify_error,
+    section,
+    state_of,
+)
+
+TABLE_LABELS = {"rna": "RNA", "msi": "MSI", "morphology": "H&E features"}
+ALL_SAMPLES = "all samples"
+
+
+def feature_label(sdata, table: str, feature: str) -> str:
+    """``m/z 702.54`` for MSI, the feature name otherwise."""
+    if table == "msi":
+        try:
+            return f"m/z {float(feature):.2f}"
+        except ValueError:
+            return str(feature)
+    return str(feature)
+
+
+def values_label(key: str, layer: str | None, table: str) -> str:
+    """``measured MSI`` / ``MIMA corrected MSI`` / ``MIMA denoised RNA`` / ``MIMA imputed MSI from RNA+H&E``."""
+    what = TABLE_LABELS.get(table, table)
+    if layer is None:
+        return f"measured {what}" + (" (log1p)" if table == "msi" else "")
+    if layer.startswith(f"{key}_from_"):
+        sources = layer[len(f"{key}_from_"):].split("_and_")
+        return f"{key.upper()} imputed {what} from {'+'.join(TABLE_LABELS.get(s, s) for s in sources)}"
+    kind = layer[len(key) + 1:] if layer.startswith(f"{key}_") else layer
+    return f"{key.upper()} {kind} {what}"
+
+
+def rgb_choices(sdata) -> dict[str, tuple[str, str]]:
+    """{label: (table, obsm key)} of every RGB colouring in the project."""
+    out = {}
+    if sdata is None:
+        return out
+    for table in ("rna", "msi", "morphology"):
+        if table not in sdata.tables:
+            continue
+        for k in sdata.tables[table].obsm:
+            if not k.endswith("_rgb"):
+                continue
+            stem = k[2:-4]
+            if stem.endswith(f"_{table}"):  # X_<source>_<table>_rgb: a table's own input or layer
+                source = stem[: -len(table) - 1]
+                label = f"{TABLE_LABELS[table]} {'raw' if source == table else source.replace('_', ' ')}"
+            elif stem == table:
+                label = f"{TABLE_LABELS[table]} raw"
+            else:
+                label = f"{stem.upper()} shared embedding"
+            out.setdefault(label, (table, k))
+    return out
+
+
+class ExploreWidget(QWidget):
+    """Show a project's results as layers: RGB latent colouring, feature maps, imputations, annotations."""
+
+    def __init__(self, napari_viewer) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.state = state_of(napari_viewer)
+        self.last_result = None
+        #: the classifier's size (None: the paper's ensemble, :class:`~spatialmix.evaluate.annotations.EnsembleOptions`)
+        self.ensemble_options = None
+
+        self.sample_combo = QComboBox()
+        # latent colouring
+        self.rgb_combo = QComboBox()
+        self.rgb_button = QPushButton("Show RGB colouring")
+        self.rgb_button.clicked.connect(self.show_rgb)
+        # feature maps
+        self.table_combo = QComboBox()
+        self.values_combo = QComboBox()
+        self.feature_edit = QLineEdit()
+        self.feature_edit.setPlaceholderText("gene symbol, m/z (e.g. 702.54) or feature name")
+        self.ppm = QDoubleSpinBox()
+        self.ppm.setRange(0.1, 10000)
+        self.ppm.setValue(20.0)
+        self.ppm.setSuffix(" ppm")
+        self.map_button = QPushButton("Show feature map")
+        self.map_button.clicked.connect(self.show_feature)
+        # imputation
+        self.source_boxes = {m: QCheckBox(TABLE_LABELS[m]) for m in TABLE_LABELS}
+        self.impute_button = QPushButton("Show imputed beside measured")
+        self.impute_button.clicked.connect(self.show_imputed)
+        # annotations
+        self.rep_combo = QComboBox()
+        self.scheme_combo = QComboBox()
+        self.scheme_combo.addItems(["loocv", "4cv"])
+        self.predict_button = QPushButton("Predict (cross-validated)")
+        self.predict_button.clicked.connect(self.predict)
+        self.stored_button = QPushButton("Show stored")
+        self.stored_button.clicked.connect(self.show_stored)
+        self.legend = QLabel("")
+        self.legend.setWordWrap(True)
+        self.scores_label = QLabel("")
+        self.scores_label.setWordWrap(True)
+        self.f1_table = QTableWidget(0, 5)
+        self.f1_table.setHorizontalHeaderLabels(["class", "spots", "precision", "recall", "F1"])
+        self.f1_table.verticalHeader().setVisible(False)
+        self.f1_table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeToContents)
+        self.f1_table.setEditTriggers(QTableWidget.NoEditTriggers)
+        self.f1_table.setMinimumHeight(150)
+        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+        from matplotlib.figure import Figure
+
+        self.figure = Figure(figsize=(4.2, 3.6), dpi=90, layout="constrained")
+        self.canvas = FigureCanvasQTAgg(self.figure)
+        self.canvas.setMinimumHeight(300)
+        self.panel = WorkerPanel()
+
+        lay = QVBoxLayout(self)
+        form = QFormLayout()
+        form.addRow("Sample", self.sample_combo)
+        lay.addLayout(form)
+        lay.addWidget(section("Latent space as colour (3D UMAP → RGB)"))
+        row = QHBoxLayout()
+        row.addWidget(self.rgb_combo, 1)
+        row.addWidget(self.rgb_button)
+        lay.addLayout(row)
+        lay.addWidget(section("Feature map"))
+        form = QFormLayout()
+        form.addRow("Modality", self.table_combo)
+        form.addRow("Values", self.values_combo)
+        form.addRow("Feature", self.feature_edit)
+        form.addRow("m/z tolerance", self.ppm)
+        lay.addLayout(form)
+        lay.addWidget(self.map_button)
+        lay.addWidget(section("Imputed map of the feature above, from"))
+        row = QHBoxLayout()
+        for box in self.source_boxes.values():
+            row.addWidget(box)
+        lay.addLayout(row)
+        lay.addWidget(self.impute_button)
+        lay.addWidget(section("Predicted annotations vs the pathologist"))
+        form = QFormLayout()
+        form.addRow("Representation", self.rep_combo)
+        form.addRow("Scheme", self.scheme_combo)
+        lay.addLayout(form)
+        row = QHBoxLayout()
+        row.addWidget(self.predict_button)
+        row.addWidget(self.stored_button)
+        lay.addLayout(row)
+        lay.addWidget(self.panel)
+        lay.addWidget(self.scores_label)
+        lay.addWidget(self.legend)
+        lay.addWidget(self.f1_table)
+        lay.addWidget(self.canvas)
+        lay.addStretch(1)
+
+        self.table_combo.currentTextChanged.connect(self._table_changed)
+        self.rep_combo.currentTextChanged.connect(self._rep_changed)
+        self.state.changed.connect(self._state_changed)
+        self._state_changed("project")
+
+    # -- choices ----------------------------------------------------------------------------------------------
+    @property
+    def table(self) -> str:
+        inv = {v: k for k, v in TABLE_LABELS.items()}
+        return inv.get(self.table_combo.currentText(), self.table_combo.currentText())
+
+    def samples(self) -> list[str]:
+        chosen = self.sample_combo.currentText()
+        return self.state.samples if chosen in ("", ALL_SAMPLES) else [chosen]
+
+    def _state_changed(self, what: str) -> None:
+        if what not in ("project", "samples", "tables", "model", "results", "predictions"):
+            return
+        sdata = self.state.sdata
+        _fill(self.sample_combo, [ALL_SAMPLES, *self.state.samples])
+        _fill(self.rgb_combo, list(rgb_choices(sdata)))
+        tables = [TABLE_LABELS[t] for t in TABLE_LABELS if sdata is not None and t in sdata.tables]
+        _fill(self.table_combo, tables)
+        self._table_changed()
+        from spatialmix.evaluate.annotations import representations_of
+
+        _fill(self.rep_combo, representations_of(sdata) if sdata is not None else [])
+        self._rep_changed()
+        for m, box in self.source_boxes.items():
+            box.setEnabled(sdata is not None and m in sdata.tables)
+
+    def _table_changed(self, *_):
+        sdata, table = self.state.sdata, self.table
+        if sdata is None or table not in sdata.tables:
+            _fill(self.values_combo, [])
+            return
+        ad = sdata.tables[table]
+        key = self.state.model_key
+        layers = [ly for ly in ad.layers if ly.startswith(f"{key}_") and not ly.startswith(f"{key}_from_")]
+        _fill(self.values_combo, ["measured", *[values_label(key, ly, table) for ly in layers]])
+        self._layer_of_label = {values_label(key, ly, table): ly for ly in layers}
+        names = [f"{float(v):.4f}" for v in ad.var["mz"]] if table == "msi" and "mz" in ad.var else \
+            [str(v) for v in ad.var_names]
+        self.feature_edit.setCompleter(QCompleter(names))
+        self.ppm.setEnabled(table == "msi")
+        if not self.feature_edit.text() or self.feature_edit.text() not in names:
+            self.feature_edit.setText(_default_feature(ad, table))
+
+    def _rep_changed(self, *_):
+        from spatialmix.evaluate.annotations import stored_predictions
+
+        rep = self.rep_combo.currentText()
+        has = bool(rep) and self.state.sdata is not None and stored_predictions(self.state.sdata, rep) is not None
+        self.stored_button.setEnabled(has)
+
+    # -- latent colouring -------------------------------------------------------------------------------------
+    def show_rgb(self):
+        from spatialmix.errors import ProjectError
+        from spatialmix.napari._layers import rgb_spots_layer
+
+        choices = rgb_choices(self.state.sdata)
+        label = self.rgb_combo.currentText()
+        try:
+            if label not in choices:
+                raise ProjectError("no RGB colouring in this project yet: train a model (Integrate) first")
+            table, obsm = choices[label]
+            layers = []
+            for s in self.samples():
+                layers.append(add_or_replace(self.viewer, rgb_spots_layer(
+                    self.state.sdata, s, obsm, table=table, offset=self.state.offset(s),
+                    layer_name=layer_name(s, f"RGB of {label}"), visible=self.state.visible(s))))
+        except Exception as err:  # noqa: BLE001
+            notify_error(err, "RGB colouring")
+            return []
+        return layers
+
+    # -- feature maps -----------------------------------------------------------------------------------------
+    def _values(self, table: str, layer: str | None):
+        from spatialmix.results import spot_values
+
+        return spot_values(self.state.sdata, table, layer=layer, feature=self.feature_edit.text().strip(),
+                           ppm=self.ppm.value())
+
+    def _map_layers(self, values, table: str, label: str, *, row: int, colormap: str = "viridis") -> list:
+        from spatialmix.napari._layers import map_image_layer
+        from spatialmix.results import render_result
+
+        finite = values.to_numpy(dtype=float)
+        finite = finite[np.isfinite(finite)]
+        limits = (float(np.percentile(finite, 1)), float(np.percentile(finite, 99))) if finite.size else (0.0, 1.0)
+        if limits[1] <= limits[0]:
+            limits = (limits[0], limits[0] + 1.0)
+        layers = []
+        feat = feature_label(self.state.sdata, table, values.name)
+        for i, s in enumerate(self.samples()):
+            rendered = render_result(self.state.sdata, s, values, table=table)
+            data = map_image_layer(rendered, offset=self.state.row_shift(s, row), colormap=colormap,
+                                   contrast_limits=limits, layer_name=layer_name(s, label, feat),
+                                   visible=self.state.visible(s))
+            data[1]["metadata"]["spatialmix"].update(row=row, colorbar=i == 0)
+            layer = add_or_replace(self.viewer, data)
+            if i == 0:  # one colourbar per row, at the row's height (top: measured, bottom: imputed)
+                layer.colorbar.position = "top_right" if row == 0 else "bottom_right"
+            layers.append(layer)
+        return layers
+
+    def show_feature(self):
+        try:
+            table = self.table
+            label = self.values_combo.currentText()
+            layer = None if label == "measured" else self._layer_of_label[label]
+            values = self._values(table, layer)
+            values = _measured(self.state.sdata, table, values) if layer is None else values
+            return self._map_layers(values, table, values_label(self.state.model_key, layer, table), row=0)
+        except Exception as err:  # noqa: BLE001
+            notify_error(err, "feature map")
+            return []
+
+    def show_imputed(self):
+        """The imputed map of the chosen feature from the ticked sources, one row under the measured map."""
+        from spatialmix.errors import ModelError, ParameterError
+        from spatialmix.results import translation_layer, write_translation
+
+        try:
+            table, key = self.table, self.state.model_key
+            sources = [m for m, box in self.source_boxes.items() if box.isChecked() and box.isEnabled()
+                       and m != table]
+            if not sources:
+                raise ParameterError(f"tick at least one source modality other than the target "
+                                     f"{TABLE_LABELS.get(table, table)}")
+            layer = translation_layer(key, sources)
+            if layer not in self.state.sdata.tables[table].layers:
+                if self.state.model is None:
+                    raise ModelError(f"the project holds no imputation of {TABLE_LABELS[table]} from "
+                                     f"{'+'.join(TABLE_LABELS[s] for s in sources)} and no trained model is loaded; "
+                                     "train or load a model (Integrate)")
+                write_translation(self.state.sdata, self.state.model, sources, table, key=key)
+            measured = _measured(self.state.sdata, table, self._values(table, None))
+            imputed = self._values(table, layer)
+            shown = self._map_layers(measured, table, values_label(key, None, table), row=0)
+            shown += self._map_layers(imputed, table, values_label(key, layer, table), row=1, colormap="magma")
+            self._only_row_layers(shown)
+            return shown
+        except Exception as err:  # noqa: BLE001
+            notify_error(err, "imputed map")
+            return []
+
+    def _only_row_layers(self, keep: list) -> None:
+        """Hide other comparison-row layers so rows do not overlap."""
+        for ly in self.viewer.layers:
+            meta = ly.metadata.get("spatialmix", {})
+            if meta.get("row", 0) > 0 and ly not in keep:
+                ly.visible = False
+
+    # -- annotations ------------------------------------------------------------------------------------------
+    def predict(self):
+        from spatialmix.errors import ProjectError
+        from spatialmix.evaluate.annotations import iter_predict_annotations
+
+        rep = self.rep_combo.currentText()
+        if self.state.sdata is None or not rep:
+            notify_error(ProjectError("no representation to predict from: build the spot tables or train a model"))
+            return None
+        return self.panel.start(iter_predict_annotations, self.state.sdata, rep, scheme=self.scheme_combo.currentText(),
+                                options=self.ensemble_options, on_done=lambda result: self._predicted(rep), what=f"predict annotations from {rep}")
+
+    def _predicted(self, rep: str) -> None:
+        self.state.changed.emit("predictions")
+        self.rep_combo.setCurrentText(rep)
+        self.show_stored()
+
+    def show_stored(self):
+        from spatialmix.evaluate.annotations import stored_predictions
+        from spatialmix.napari._layers import category_spots_layer
+
+        rep = self.rep_combo.currentText()
+        try:
+            stored = stored_predictions(self.state.sdata, rep)
+            if stored is None:
+                from spatialmix.errors import ProjectError
+
+                raise ProjectError(f"no predictions from {rep!r} yet: press Predict")
+            scheme = stored["scores"].get("scheme", "")
+            ann = _annotation_key(self.state.sdata)
+            shown, legend = [], {}
+            for s in self.samples():
+                vis = self.state.visible(s)
+                for row, column, label in ((0, ann, "pathologist"),
+                                           (1, f"pred_{rep}", f"predicted from {rep} ({scheme.upper()})"),
+                                           (2, f"agree_{rep}", f"agreement of {rep} ({scheme.upper()})")):
+                    data = category_spots_layer(self.state.sdata, s, column, offset=self.state.row_shift(s, row),
+                                                layer_name=layer_name(s, label), visible=vis)
+                    data[1]["metadata"]["spatialmix"]["row"] = row
+                    shown.append(add_or_replace(self.viewer, data))
+                    for k, v in data[1]["metadata"]["spatialmix"]["legend"].items():
+                        legend.setdefault(("agreement" if row == 2 else "class", k), v)
+            self._only_row_layers(shown)
+            self._show_scores(stored, legend)
+            return shown
+        except Exception as err:  # noqa: BLE001
+            notify_error(err, "annotations")
+            return []
+
+    def _show_scores(self, stored: dict, legend: dict) -> None:
+        from spatialmix.evaluate.plots import draw_confusion
+
+        sc = stored["scores"]
+        self.scores_label.setText(
+            f"<b>{sc['representation']}</b>, {sc['scheme'].upper()}: {sc['n_spots']} scored spots, accuracy "
+            f"{sc['overall_accuracy']:.2f}, mean per-class F1 {sc['f1']:.2f} (precision {sc['precision']:.2f}, "
+            f"recall {sc['recall']:.2f}); excluded: {', '.join(sc.get('excluded', [])) or 'none'}")
+        swatch = '<span style="background-color:{c}">&nbsp;&nbsp;&nbsp;&nbsp;</span>&nbsp;{k}'
+        classes = [swatch.format(c=c, k=k) for (kind, k), c in legend.items() if kind == "class"]
+        agree = [swatch.format(c=c, k=k) for (kind, k), c in legend.items() if kind == "agreement"]
+        self.legend.setText("<b>Classes</b> (pathologist and predicted): " + " ".join(classes) +
+                            "<br><b>Agreement</b>: " + " ".join(agree))
+        per = stored["per_class"]
+        self.f1_table.setRowCount(len(per))
+        for i, (cls, r) in enumerate(per.iterrows()):
+            for j, v in enumerate([cls, f"{int(r['n_spots'])}", f"{r['precision']:.2f}", f"{r['recall']:.2f}",
+                                   f"{r['f1']:.2f}"]):
+                self.f1_table.setItem(i, j, QTableWidgetItem(v))
+        self.figure.clear()
+        ax = self.figure.add_subplot(111)
+        draw_confusion(ax, stored["confusion"], fontsize=7,
+                       title=f"{sc['representation']} ({sc['scheme'].upper()}), row-normalised")
+        self.canvas.draw_idle()
+
+
+def _annotation_key(sdata) -> str:
+    return sdata.attrs.get("spatialmix", {}).get("prepare", {}).get("annotation_key", "pathologist")
+
+
+def _measured(sdata, table: str, values: pd.Series) -> pd.Series:
+    """Measured values on the model's scale (MSI: log1p of the TIC-normalised intensity, as the model sees it,
+    so that measured, corrected and imputed maps compare), NaN (not drawn) where the modality was not measured."""
+    from spatialmix.data import COVERED_KEYS
+
+    if table == "msi":
+        values = np.log1p(values)
+
+    cov = COVERED_KEYS.get(table)
+    if cov and cov in sdata.tables[table].obs:
+        values = values.where(sdata.tables[table].obs[cov].reindex(values.index).fillna(False).astype(bool))
+    return values
+
+
+def _default_feature(ad, table: str) -> str:
+    """The most variable feature among those detected in at least half the spots."""
+    X = ad.X
+    X = np.asarray(X.toarray() if hasattr(X, "toarray") else X, dtype=np.float32)
+    detected = (X > 0).mean(axis=0) >= 0.5
+    var = np.where(detected, X.var(axis=0), -1.0)
+    j = int(np.argmax(var))
+    if table == "msi" and "mz" in ad.var:
+        return f"{float(ad.var['mz'].iloc[j]):.4f}"
+    return str(ad.var_names[j])
+
+
+def _fill(combo: QComboBox, items: list[str]) -> None:
+    current = combo.currentText()
+    combo.blockSignals(True)
+    combo.clear()
+    combo.addItems(items)
+    if current in items:
+        combo.setCurrentText(current)
+    combo.blockSignals(False)

@@ -1,0 +1,488 @@
+"""Integrate: choose a model, its modalities, columns and hyperparameters (the paper's defaults); train in a
+worker with a live loss plot per term, epoch time and time left; stop keeping the last completed epoch;
+save / load the trained model.
+
+Training is one headless call, :func:`spatialmix.integrate.iter_fit` (tables if needed, train, write results).
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pandas as pd
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from spatialmix.napari._common import PathEdit, WorkerPanel, notify_error, section, state_of
+
+#: What the Preset box fills in: the paper's defaults, or the settings the bundled demo was measured with.
+PRESETS = {
+    "paper defaults": {"epochs": 50, "lr": 1e-4},
+    "bundled demo (200 epochs, lr 1e-3)": {"epochs": 200, "lr": 1e-3},
+}
+MODALITY_NAMES = {"rna": "RNA (Visium)", "msi": "MSI", "morphology": "H&E features"}
+
+
+LINE_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf",
+               "#7f7f7f", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896"]
+
+
+class LossPlot(QWidget):
+    """The live training curve in the dock: every loss term against epochs on a log scale (training loss thick,
+    validation loss dashed), with a legend.
+
+    Painted with QPainter: it repaints on the event loop at every epoch, and a matplotlib draw of the same plot
+    took 100-170 ms on 2 cores (an event-loop stall each epoch); this takes about a millisecond. Rendering
+    matplotlib in a worker instead deadlocked under pytest-qt (matplotlib's text layout is not thread-safe).
+    """
+
+    def __init__(self, parent=None) -> None:
+        super().__init__(parent)
+        self.setMinimumHeight(240)
+        self.records: list[dict] = []
+        self.labels: list[str] = []
+
+    def clear(self) -> None:
+        self.records, self.labels = [], []
+        self.update()
+
+    def add_epoch(self, info: dict) -> None:
+        rec = {"epoch": info["epoch"], "loss": info["loss"], **info.get("terms", {})}
+        if info.get("val_loss") is not None:
+            rec["val_loss"] = info["val_loss"]
+        self.records.append(rec)
+        self.labels = [k for k in dict.fromkeys(k for r in self.records for k in r) if k != "epoch"]
+        self.update()
+
+    def series(self) -> dict[str, tuple]:
+        """{label: (epochs, values)} of the positive values of every term (log scale)."""
+        import numpy as np
+
+        out = {}
+        for k in self.labels:
+            pts = [(r["epoch"], r[k]) for r in self.records if k in r and r[k] is not None and r[k] > 0]
+            if pts:
+                e, v = np.array(pts, dtype=float).T
+                out[k] = (e, v)
+        return out
+
+    def paintEvent(self, event) -> None:  # noqa: N802 - Qt naming
+        import math
+
+        from qtpy.QtCore import QPointF, QRectF
+        from qtpy.QtGui import QColor, QFont, QPainter, QPen, QPolygonF
+
+        painter = QPainter(self)
+        painter.setRenderHint(QPainter.Antialiasing)
+        w, h = self.width(), self.height()
+        painter.fillRect(0, 0, w, h, QColor("white"))
+        font = QFont()
+        font.setPointSize(7)
+        painter.setFont(font)
+        left, right, top, bottom = 46, 8, 8, 30
+        legend_h = 12 * math.ceil(len(self.labels) / 3) if self.labels else 0
+        plot = QRectF(left, top, max(10, w - left - right), max(10, h - top - bottom - legend_h))
+        painter.setPen(QPen(QColor("#444444"), 1))
+        painter.drawRect(plot)
+        series = self.series()
+        if not series:
+            painter.drawText(plot, 0x0084, "the loss per term appears here while training")  # AlignCenter
+            painter.end()
+            return
+        e_max = max(float(e.max()) for e, _ in series.values())
+        lo = min(float(v.min()) for _, v in series.values())
+        hi = max(float(v.max()) for _, v in series.values())
+        y0, y1 = math.floor(math.log10(lo)), math.ceil(math.log10(hi))
+        y1 = y1 if y1 > y0 else y0 + 1
+        x0, x1 = 1.0, max(e_max, 2.0)
+
+        def to_px(e, v):
+            x = plot.left() + (e - x0) / (x1 - x0) * plot.width()
+            y = plot.bottom() - (math.log10(v) - y0) / (y1 - y0) * plot.height()
+            return QPointF(x, y)
+
+        painter.setPen(QPen(QColor("#888888"), 1))
+        for d in range(y0, y1 + 1):  # decades
+            y = plot.bottom() - (d - y0) / (y1 - y0) * plot.height()
+            painter.drawLine(QPointF(plot.left() - 3, y), QPointF(plot.left(), y))
+            painter.drawText(QRectF(0, y - 7, left - 5, 14), 0x0082, f"1e{d}")  # AlignRight | AlignVCenter
+        for frac in (0.0, 0.5, 1.0):
+            e = x0 + frac * (x1 - x0)
+            x = plot.left() + frac * plot.width()
+            painter.drawText(QRectF(x - 20, plot.bottom() + 2, 40, 12), 0x0084, f"{e:.0f}")
+        painter.drawText(QRectF(plot.left(), plot.bottom() + 12, plot.width(), 12), 0x0084, "epoch")
+        for i, (label, (e, v)) in enumerate(series.items()):
+            color = QColor("black") if label in ("loss", "val_loss") else QColor(LINE_COLORS[i % len(LINE_COLORS)])
+            pen = QPen(color, 2.2 if label == "loss" else 1.8 if label == "val_loss" else 1.0)
+            if label == "val_loss":
+                pen.setStyle(2)  # Qt.DashLine
+            painter.setPen(pen)
+            pts = [to_px(a, b) for a, b in zip(e, v)]
+            if len(pts) == 1:
+                painter.drawEllipse(pts[0], 2, 2)
+            else:
+                painter.drawPolyline(QPolygonF(pts))
+        # legend: three columns under the axis labels
+        col_w = (w - left) / 3
+        for i, label in enumerate(series):
+            r, c = divmod(i, 3)
+            x, y = left + c * col_w, plot.bottom() + 26 + 12 * r
+            color = QColor("black") if label in ("loss", "val_loss") else QColor(LINE_COLORS[i % len(LINE_COLORS)])
+            pen = QPen(color, 2)
+            if label == "val_loss":
+                pen.setStyle(2)
+            painter.setPen(pen)
+            painter.drawLine(QPointF(x, y + 6), QPointF(x + 14, y + 6))
+            painter.setPen(QPen(QColor("#222222"), 1))
+            painter.drawText(QRectF(x + 17, y, col_w - 18, 12), 0x0081, label)  # AlignLeft | AlignVCenter
+        painter.end()
+
+
+class IntegrateWidget(QWidget):
+    """Train a multi-omics integration model on the open project and write its outputs into it."""
+
+    def __init__(self, napari_viewer) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.state = state_of(napari_viewer)
+        self.stop_event: threading.Event | None = None
+        self._last_epoch_event: dict | None = None
+
+        from spatialmix.models import MODELS
+        from spatialmix.models.mima import DEFAULTS
+
+        self.model_combo = QComboBox()
+        self.model_combo.addItems([m.upper() if m == "mima" else m for m in MODELS])
+        self.modality_boxes = {m: QCheckBox(label) for m, label in MODALITY_NAMES.items()}
+        mod_row = QHBoxLayout()
+        for box in self.modality_boxes.values():
+            box.setChecked(True)
+            mod_row.addWidget(box)
+        self.batch_combo = QComboBox()
+        self.annotation_combo = QComboBox()
+        self.key_edit = QLineEdit("mima")
+        self.key_edit.setToolTip("prefix of every output name (X_<key>, <key>_corrected, ...)")
+
+        self.preset = QComboBox()
+        self.preset.addItems(list(PRESETS))
+        self.preset.currentTextChanged.connect(self._apply_preset)
+        self.n_latent = _spin(1, 1000, DEFAULTS["n_latent"])
+        self.n_hidden = _spin(1, 10000, DEFAULTS["n_hidden"])
+        self.beta = _dspin(0, 10, DEFAULTS["beta"], 4)
+        self.adversarial = _dspin(0, 10, DEFAULTS["adversarial"], 3)
+        self.dropout = _dspin(0, 0.95, DEFAULTS["dropout"], 2)
+        self.latent_dropout = _dspin(0, 0.95, DEFAULTS["latent_dropout"], 2)
+        self.epochs = _spin(1, 100000, 50)
+        self.lr = _dspin(1e-6, 1.0, 1e-4, 6)
+        self.batch_size = _spin(1, 100000, 128)
+        self.train_fraction = _dspin(0.05, 1.0, 0.8, 2)
+        self.seed = _spin(0, 2**31 - 1, 0)
+        self.device = QComboBox()
+        self.device.addItems(["auto", "cpu", "cuda"])
+
+        form = QFormLayout()
+        form.addRow("Model", self.model_combo)
+        form.addRow("Modalities", mod_row)
+        form.addRow("Batch column", self.batch_combo)
+        form.addRow("Annotation column", self.annotation_combo)
+        form.addRow("Output name", self.key_edit)
+        form.addRow("Preset", self.preset)
+        form.addRow("Latent size", self.n_latent)
+        form.addRow("Hidden units", self.n_hidden)
+        form.addRow("KL weight (beta)", self.beta)
+        form.addRow("Adversarial weight", self.adversarial)
+        form.addRow("Dropout / latent dropout", _pair(self.dropout, self.latent_dropout))
+        form.addRow("Epochs", self.epochs)
+        form.addRow("Learning rate", self.lr)
+        form.addRow("Batch size", self.batch_size)
+        form.addRow("Train fraction", self.train_fraction)
+        form.addRow("Seed", self.seed)
+        form.addRow("Device", self.device)
+
+        self.train_button = QPushButton("Train")
+        self.train_button.clicked.connect(self.train)
+        self.time_label = QLabel("")
+        self.plot = LossPlot()
+        self.panel = WorkerPanel()
+        self.model_path = PathEdit("model folder", mode="dir")
+        self.save_button = QPushButton("Save model")
+        self.save_button.clicked.connect(lambda: self.save_model(self.model_path.text()))
+        self.load_button = QPushButton("Load model")
+        self.load_button.clicked.connect(lambda: self.load_model(self.model_path.text()))
+        self.model_label = QLabel("no trained model")
+        self.model_label.setWordWrap(True)
+
+        lay = QVBoxLayout(self)
+        lay.addLayout(form)
+        lay.addWidget(self.train_button)
+        lay.addWidget(self.panel)
+        lay.addWidget(self.time_label)
+        lay.addWidget(self.plot)
+        lay.addWidget(section("Trained model"))
+        lay.addWidget(self.model_label)
+        row = QHBoxLayout()
+        row.addWidget(self.model_path, 1)
+        row.addWidget(self.save_button)
+        row.addWidget(self.load_button)
+        lay.addLayout(row)
+        lay.addStretch(1)
+        self.state.changed.connect(self._state_changed)
+        self._state_changed("project")
+        self.warmed = False
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        """Imports and UMAP's compilation, in a worker while the user fills in the form (see
+        :func:`spatialmix.integrate.warm_up`): done there, they do not stall the UI during training."""
+        from napari.qt.threading import create_worker
+
+        from spatialmix.integrate import warm_up
+
+        self.warm_event = threading.Event()
+        self.warm_worker = create_worker(warm_up, _ignore_errors=True, _start_thread=False)
+        self.warm_worker.finished.connect(lambda: setattr(self, "warmed", True))
+        self.warm_worker.finished.connect(self.warm_event.set)
+        self.warm_worker.start()
+
+    # -- options ----------------------------------------------------------------------------------------------
+    def _apply_preset(self, name: str) -> None:
+        p = PRESETS[name]
+        self.epochs.setValue(p["epochs"])
+        self.lr.setValue(p["lr"])
+
+    def _state_changed(self, what: str) -> None:
+        if what not in ("project", "samples", "tables"):
+            return
+        sdata = self.state.sdata
+        obs = sdata.tables["rna"].obs if sdata is not None and "rna" in sdata.tables else pd.DataFrame()
+        cats = [c for c in obs.columns if not pd.api.types.is_numeric_dtype(obs[c]) or
+                isinstance(obs[c].dtype, pd.CategoricalDtype)]
+        _fill(self.batch_combo, [c for c in ("batch", "sample", "patient") if c in obs] +
+              [c for c in cats if c not in ("batch", "sample", "patient", "barcode", "region")], "batch")
+        ann = [c for c in cats if c not in ("batch", "sample", "patient", "barcode", "region")
+               and not c.startswith(("pred_", "agree_"))]
+        _fill(self.annotation_combo, ann + ["(none)"], "pathologist")
+        has = {"rna": True, "msi": False, "morphology": False}
+        if sdata is not None:
+            samples = self.state.samples
+            has["msi"] = any(f"{s}_msi_tic" in sdata.images for s in samples)
+            has["morphology"] = any(f"{s}_he" in sdata.images for s in samples)
+        for m, box in self.modality_boxes.items():
+            box.setEnabled(has[m])
+            box.setChecked(has[m] and (box.isChecked() or what == "project"))
+
+    def options(self) -> dict:
+        """The headless call's keyword arguments, as the form says."""
+        from spatialmix.errors import ParameterError
+
+        mods = [m for m, box in self.modality_boxes.items() if box.isChecked() and box.isEnabled()]
+        if not mods:
+            raise ParameterError("choose at least one modality to integrate")
+        ann = self.annotation_combo.currentText()
+        return {
+            "model": self.model_combo.currentText().lower(),
+            "modalities": mods,
+            "batch_key": self.batch_combo.currentText() or "batch",
+            "annotation_key": None if ann in ("", "(none)") else ann,
+            "key": self.key_edit.text().strip() or "mima",
+            "model_params": {"n_latent": self.n_latent.value(), "n_hidden": self.n_hidden.value(),
+                             "beta": self.beta.value(), "adversarial": self.adversarial.value(),
+                             "dropout": self.dropout.value(), "latent_dropout": self.latent_dropout.value()},
+            "train": {"epochs": self.epochs.value(), "lr": self.lr.value(), "batch_size": self.batch_size.value(),
+                      "train_fraction": self.train_fraction.value(), "seed": self.seed.value(),
+                      "device": self.device.currentText()},
+        }
+
+    # -- training ---------------------------------------------------------------------------------------------
+    def train(self):
+        from spatialmix.errors import ProjectError
+        from spatialmix.integrate import iter_fit
+
+        if self.state.sdata is None:
+            notify_error(ProjectError("no project: add samples or open a project in the Data widget first"))
+            return None
+        try:
+            opts = self.options()
+        except Exception as err:  # noqa: BLE001
+            notify_error(err, "train")
+            return None
+        _leave_a_core_for_the_ui()
+        self.stop_event = threading.Event()
+        self.plot.clear()
+        self.time_label.setText("")
+        self.train_button.setEnabled(False)
+        return self.panel.start(_after, self.warm_event, iter_fit, self.state.sdata, stop=self.stop_event, **opts,
+                                on_event=self._on_event, on_done=self._trained,
+                                on_error=lambda _: self.train_button.setEnabled(True),
+                                on_stop=self.stop_event.set, what=f"train {opts['model'].upper()}")
+
+    def stop(self) -> None:
+        self.panel.stop()
+
+    def _on_event(self, event) -> None:
+        info = getattr(event, "info", {}) or {}
+        if info.get("event") == "epoch":
+            self._last_epoch_event = info
+            self.plot.add_epoch(info)
+            self.time_label.setText(f"epoch {info['epoch']}/{info['epochs']} · {info['seconds_per_epoch']:.2f} s/epoch"
+                                    f" · {_duration(info['eta_s'])} left")
+        elif info.get("event") == "stopped":
+            self.time_label.setText(f"stopped: kept epoch {info['epoch']} of {info['epochs']}; writing its outputs")
+
+    def _trained(self, model) -> None:
+        self.train_button.setEnabled(True)
+        self.state.model = model
+        self.state.model_key = self.key_edit.text().strip() or model.name
+        self._describe(model)
+        self.state.changed.emit("model")
+        self.state.changed.emit("results")
+
+    def _describe(self, model) -> None:
+        curve = model.training_curve()
+        last = curve.iloc[-1] if len(curve) else None
+        text = f"{type(model).__name__} on {', '.join(model.modalities)}: {len(curve)} epoch(s)"
+        if last is not None:
+            text += f", final loss {last['loss']:.4g}"
+            if pd.notna(last.get("val_loss", float("nan"))):
+                text += f", validation {last['val_loss']:.4g}"
+        if model.stopped_early:
+            text += " (stopped by the user)"
+        self.model_label.setText(text)
+
+    # -- save / load ------------------------------------------------------------------------------------------
+    def save_model(self, path: str):
+        from spatialmix.errors import ModelError, ParameterError
+
+        try:
+            if self.state.model is None:
+                raise ModelError("no trained model to save: train one first")
+            if not path:
+                raise ParameterError("choose a folder to save the model into")
+            out = self.state.model.save(path, overwrite=True)
+        except Exception as err:  # noqa: BLE001
+            notify_error(err, "save model")
+            return None
+        from napari.utils.notifications import show_info
+
+        show_info(f"model saved to {out}")
+        return out
+
+    def load_model(self, path: str):
+        """Load a saved model onto the open project (checked against its tables) and write its outputs."""
+        from spatialmix.errors import ProjectError
+
+        if self.state.sdata is None:
+            notify_error(ProjectError("open the project the model was trained on first (Data widget)"))
+            return None
+
+        def done(model):
+            self.state.model = model
+            self.state.model_key = model.name
+            self._describe(model)
+            self.state.changed.emit("model")
+            self.state.changed.emit("results")
+
+        return self.panel.start(iter_load_model, self.state.sdata, path, on_done=done, what="load model")
+
+
+def _after(event: threading.Event, gen_func, *args, **kwargs):
+    """Run a generator once ``event`` is set. Training waits for the widget's warm-up: numba compiling (LLVM)
+    in one thread while torch builds a model in another deadlocked both threads in our tests."""
+    from spatialmix.progress import Progress
+
+    while not event.wait(0.1):
+        yield Progress("waiting for the warm-up (imports, UMAP compilation)", 0, None)
+    return (yield from gen_func(*args, **kwargs))
+
+
+def _leave_a_core_for_the_ui() -> None:
+    """torch's intra-op threads default to every core; training then competes with the event loop (and with 2
+    threads on 2 busy cores torch slows 10-50x). The widget trains on all cores but one."""
+    import os
+
+    import torch
+
+    torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
+
+
+def iter_load_model(sdata, path):
+    """Load a saved model onto a project's data and write its outputs into the project."""
+    import json
+    from pathlib import Path
+
+    from spatialmix.data import MultiModalData
+    from spatialmix.errors import ModelError
+    from spatialmix.models import MODELS
+    from spatialmix.models._base import CONFIG
+    from spatialmix.progress import Progress
+    from spatialmix.results import iter_write_results
+
+    yield Progress("load model", 0, 1, str(path))
+    cfg_file = Path(path) / CONFIG
+    if not cfg_file.exists():
+        raise ModelError(f"{path} holds no saved model ({CONFIG} missing); choose the folder a model was saved to")
+    name = json.loads(cfg_file.read_text()).get("model", "mima")
+    if name not in MODELS:
+        raise ModelError(f"{path} holds a {name!r} model, which this version cannot load (it has {sorted(MODELS)})")
+    data = MultiModalData.from_spatialdata(sdata, annotation_key=None)
+    model = MODELS[name].load(path, data)
+    yield Progress("load model", 1, 1, str(path))
+    yield from iter_write_results(sdata, model)
+    return model
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0.0, float(seconds))
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _spin(lo, hi, value) -> QSpinBox:
+    w = QSpinBox()
+    w.setRange(lo, hi)
+    w.setValue(value)
+    return w
+
+
+def _dspin(lo, hi, value, decimals) -> QDoubleSpinBox:
+    w = QDoubleSpinBox()
+    w.setDecimals(decimals)
+    w.setRange(lo, hi)
+    w.setSingleStep(10 ** -decimals * 10)
+    w.setValue(value)
+    return w
+
+
+def _pair(a, b) -> QWidget:
+    w = QWidget()
+    lay = QHBoxLayout(w)
+    lay.setContentsMargins(0, 0, 0, 0)
+    lay.addWidget(a)
+    lay.addWidget(b)
+    return w
+
+
+def _fill(combo: QComboBox, items: list[str], preferred: str) -> None:
+    current = combo.currentText()
+    combo.blockSignals(True)
+    combo.clear()
+    combo.addItems(list(dict.fromkeys(items)))
+    for choice in (current, preferred):
+        if choice in items:
+            combo.setCurrentText(choice)
+            break
+    combo.blockSignals(False)

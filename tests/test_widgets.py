@@ -1,0 +1,320 @@
+"""The five dock widgets driven end to end in a real napari window (Xvfb) on the bundled sample: load, register,
+train, explore every output, save and reopen. Assertions are on the layers a user would see."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from matplotlib.colors import to_rgba
+
+pytest.importorskip("napari")
+
+from qtpy.QtCore import QTimer  # noqa: E402
+from qtpy.QtWidgets import QApplication  # noqa: E402
+
+from spatialmix.napari._common import state_of  # noqa: E402
+from spatialmix.napari._data_widget import DataWidget  # noqa: E402
+from spatialmix.napari._explore_widget import ExploreWidget  # noqa: E402
+from spatialmix.napari._integrate_widget import IntegrateWidget  # noqa: E402
+from spatialmix.napari._register_widget import RegisterWidget  # noqa: E402
+from spatialmix.napari._save_widget import SaveWidget  # noqa: E402
+
+
+def wait(panel, timeout: float = 600.0) -> None:
+    t0 = time.perf_counter()
+    while panel.running:
+        QApplication.processEvents()
+        time.sleep(0.01)
+        assert time.perf_counter() - t0 < timeout, f"worker still running: {panel.status.text()}"
+    QApplication.processEvents()
+
+
+def notifications() -> list[str]:
+    from napari.utils.notifications import notification_manager
+
+    return [str(n.message) for n in notification_manager.records]
+
+
+def _project_copy(saved_project):
+    from spatialmix.project import load_project
+
+    return load_project(saved_project)
+
+
+def test_data_widget_reads_samples_as_layers_and_reports_bad_input(make_napari_viewer, sample_data_dir):
+    from spatialmix.pipeline import read_samples_csv
+
+    viewer = make_napari_viewer(show=True)
+    w = DataWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    specs = read_samples_csv(sample_data_dir)[:2]
+    seen = []
+    viewer.layers.events.inserted.connect(lambda e: seen.append((time.perf_counter(), e.value.name)))
+    w.read_specs(specs)
+    wait(w.panel)
+    names = [ly.name for ly in viewer.layers]
+    for s in ("P1_S1", "P1_S2"):
+        assert {f"{s} · H&E", f"{s} · MSI TIC", f"{s} · spots", f"{s} · Visium image"} <= set(names)
+    assert type(viewer.layers["P1_S1 · spots"]).__name__ == "Points"
+    assert viewer.layers["P1_S1 · H&E"].rgb
+    # layers of the first sample appeared before the second sample was read
+    first = max(t for t, n in seen if n.startswith("P1_S1"))
+    second = min(t for t, n in seen if n.startswith("P1_S2"))
+    assert first < second
+    assert w.table.rowCount() == 2 and w.table.item(0, 3).text() == "yes"
+    # side by side: the second sample lies to the right of the first
+    x1 = viewer.layers["P1_S1 · spots"].data[:, 1].max()
+    x2 = viewer.layers["P1_S2 · spots"].data[:, 1].min()
+    assert x2 > x1
+    # one at a time: both at the same place, only the chosen one visible
+    w.layout_combo.setCurrentText("one at a time")
+    w.sample_combo.setCurrentText("P1_S2")
+    assert not viewer.layers["P1_S1 · spots"].visible and viewer.layers["P1_S2 · spots"].visible
+    p2 = viewer.layers["P1_S2 · spots"]
+    assert p2.affine.affine_matrix[1, 2] < 0  # moved left onto the first sample's place
+    w.layout_combo.setCurrentText("side by side")
+    np.testing.assert_allclose(p2.affine.affine_matrix[1, 2], 0.0, atol=1e-6)
+
+    # bad input: a notification with our message, the widget still works
+    w.sample.setText("X1")
+    w.visium.setText(str(sample_data_dir / "nope"))
+    w.add_sample_from_form()
+    wait(w.panel)
+    assert any("nope" in m and "Visium" in m for m in notifications()), notifications()[-3:]
+    w.sample.setText("")
+    w.add_sample_from_form()
+    assert any("Sample field is empty" in m for m in notifications())
+    assert w.table.rowCount() == 2 and not w.panel.running
+
+
+def test_register_widget_auto_landmarks_undo_and_tables(make_napari_viewer, sample_data_dir):
+    from spatialmix.pipeline import read_samples_csv
+    from spatialmix.registration import apply_matrix, element_pixel_to_sample
+
+    viewer = make_napari_viewer(show=True)
+    data, reg = DataWidget(viewer), RegisterWidget(viewer)
+    viewer.window.add_dock_widget(data)
+    viewer.window.add_dock_widget(reg)
+    data.read_specs(read_samples_csv(sample_data_dir)[:1])
+    wait(data.panel)
+    state = state_of(viewer)
+    assert reg.sample_combo.currentText() == "P1_S1"
+
+    reg.modality_combo.setCurrentText("H&E")
+    before = np.array(viewer.layers["P1_S1 · H&E"].affine.affine_matrix)
+    reg.auto_register()
+    wait(reg.panel)
+    rec = state.sdata.attrs["spatialmix"]["registration"]["P1_S1"]["he"]
+    assert rec["method"] != "landmarks" and "RMS" in reg.record_label.text()
+    after = np.array(viewer.layers["P1_S1 · H&E"].affine.affine_matrix)
+    assert not np.allclose(before, after)  # the layer follows the new transformation
+    assert len([ly for ly in viewer.layers if ly.name == "P1_S1 · H&E"]) == 1  # replaced, not duplicated
+
+    # landmarks: pairs from a known transform (the automatic one, shifted 30 um in x)
+    reg.landmark_button.setChecked(True)
+    moving, fixed = reg._landmark_layers
+    m = element_pixel_to_sample(state.sdata, "P1_S1", "he")
+    px = np.array([[100.0, 120.0], [900.0, 200.0], [500.0, 800.0], [150.0, 700.0]])
+    um = apply_matrix(m, px) + [30.0, 0.0]
+    for p, q in zip(px, um):
+        moving.add(p[::-1])
+        fixed.add(q[::-1])
+    assert "RMS: 0.00 um over 4 pairs" in reg.rms_label.text(), reg.rms_label.text()
+    assert list(fixed.features["pair"]) == [1, 2, 3, 4]
+    reg.opacity.setValue(30)
+    assert viewer.layers["P1_S1 · H&E"].opacity == pytest.approx(0.3)
+    reg.apply_landmarks()
+    rec = state.sdata.attrs["spatialmix"]["registration"]["P1_S1"]["he"]
+    assert rec["method"] == "landmarks" and rec["rms_um"] < 1e-6
+    np.testing.assert_allclose(element_pixel_to_sample(state.sdata, "P1_S1", "he")[0, 2], m[0, 2] + 30.0)
+    reg.undo()
+    np.testing.assert_allclose(element_pixel_to_sample(state.sdata, "P1_S1", "he"), m)
+    assert state.sdata.attrs["spatialmix"]["registration"]["P1_S1"]["he"]["method"] != "landmarks"
+    reg.landmark_button.setChecked(False)
+    assert not any("landmarks" in ly.name for ly in viewer.layers)
+
+    reg.modality_combo.setCurrentText("MSI")
+    reg.auto_register()
+    wait(reg.panel)
+    assert "msi" in state.sdata.attrs["spatialmix"]["registration"]["P1_S1"]
+    reg.build_tables()
+    wait(reg.panel)
+    assert {"msi", "morphology"} <= set(state.sdata.tables)
+    assert state.sdata.tables["msi"].n_obs == state.sdata.tables["rna"].n_obs
+
+
+@pytest.fixture
+def trained_viewer(make_napari_viewer, saved_project):
+    """A viewer with the demo project open and MIMA trained from the Integrate widget (3 epochs), the event
+    loop's longest stall measured meanwhile."""
+    viewer = make_napari_viewer(show=True)
+    data, integ = DataWidget(viewer), IntegrateWidget(viewer)
+    viewer.window.add_dock_widget(data)
+    viewer.window.add_dock_widget(integ)
+    data.open_project(str(saved_project))
+    wait(data.panel)
+    integ.preset.setCurrentText("bundled demo (200 epochs, lr 1e-3)")
+    integ.epochs.setValue(3)
+    integ.device.setCurrentText("cpu")
+    t0 = time.perf_counter()
+    while not integ.warmed:  # the widget's warm-up (imports, UMAP compilation) while the user fills the form
+        QApplication.processEvents()
+        time.sleep(0.01)
+        assert time.perf_counter() - t0 < 300
+    ticks = []
+    timer = QTimer()
+    timer.setInterval(5)
+    timer.timeout.connect(lambda: ticks.append((time.perf_counter(), integ.panel.status.text())))
+    timer.start()
+    integ.train()
+    wait(integ.panel)
+    timer.stop()
+    gaps = np.diff([t for t, _ in ticks])
+    worst = int(np.argmax(gaps))
+    return viewer, integ, (gaps, f"{gaps[worst] * 1000:.0f} ms between '{ticks[worst][1]}' and '{ticks[worst + 1][1]}'")
+
+
+def test_integrate_widget_trains_in_a_worker_without_freezing_the_ui(trained_viewer):
+    viewer, integ, (gaps, worst) = trained_viewer
+    state = state_of(viewer)
+    assert state.model is not None and state.model.is_trained
+    assert len(state.model.training_curve()) == 3
+    assert "X_mima" in state.sdata.tables["rna"].obsm
+    # the loss plot shows every loss term of every epoch, and the time label the last epoch
+    assert [r["epoch"] for r in integ.plot.records] == [1, 2, 3]
+    series = integ.plot.series()
+    assert {"loss", "val_loss"} <= set(series) and len(series) > 4 and len(series["loss"][0]) == 3
+    img = integ.plot.grab().toImage()
+    colours = {img.pixelColor(x, y).name() for x in range(0, img.width(), 3) for y in range(0, img.height(), 3)}
+    assert len(colours) > 8  # lines in several colours, not a blank widget
+    assert integ.time_label.text().startswith("epoch 3/3")
+    assert len(gaps) > 100
+    print(f"longest event-loop stall: {worst}")
+    assert gaps.max() < 0.2, f"the event loop stalled for {worst}"
+
+
+def test_stop_keeps_the_completed_epochs_and_writes_them(make_napari_viewer, saved_project):
+    viewer = make_napari_viewer(show=True)
+    data, integ = DataWidget(viewer), IntegrateWidget(viewer)
+    viewer.window.add_dock_widget(integ)
+    data.open_project(str(saved_project))
+    wait(data.panel)
+    state_of(viewer).sdata.tables["rna"].obsm.pop("X_mima")
+    integ.epochs.setValue(500)
+    integ.device.setCurrentText("cpu")
+    integ.train()
+    t0 = time.perf_counter()
+    while len(integ.plot.records) < 2:
+        QApplication.processEvents()
+        time.sleep(0.01)
+        assert time.perf_counter() - t0 < 300
+    integ.panel.stop()
+    wait(integ.panel)
+    model = state_of(viewer).model
+    assert model is not None and model.stopped_early
+    assert 2 <= len(model.training_curve()) < 500
+    assert "X_mima" in state_of(viewer).sdata.tables["rna"].obsm  # the kept epochs' outputs were written
+    assert "stopped by the user" in integ.model_label.text()
+
+
+def test_explore_widget_shows_every_output(trained_viewer, tmp_path):
+    from spatialmix.evaluate.annotations import EnsembleOptions
+    from spatialmix.plotting import category_colors
+
+    viewer, integ, _ = trained_viewer
+    state = state_of(viewer)
+    ex = ExploreWidget(viewer)
+    viewer.window.add_dock_widget(ex)
+    n_spots = {s: int((state.sdata.tables["rna"].obs["sample"] == s).sum()) for s in state.samples}
+
+    # RGB colouring of the shared embedding: one Points layer per sample, RGBA face colours
+    ex.rgb_combo.setCurrentText("MIMA shared embedding")
+    layers = ex.show_rgb()
+    assert [ly.name for ly in layers] == [f"{s} · RGB of MIMA shared embedding" for s in state.samples]
+    for ly in layers:
+        s = ly.metadata["spatialmix"]["sample"]
+        assert type(ly).__name__ == "Points" and len(ly.data) == n_spots[s]
+        assert ly.face_color.shape == (n_spots[s], 4) and len(np.unique(ly.face_color.round(2), axis=0)) > 20
+    ex.show_rgb()  # recomputing replaces
+    assert sum(ly.name.endswith("RGB of MIMA shared embedding") for ly in viewer.layers) == len(state.samples)
+
+    # batch-corrected MSI by m/z, with the ppm search
+    ex.table_combo.setCurrentText("MSI")
+    mz = float(ex.feature_edit.text())
+    ex.feature_edit.setText(f"{mz * (1 + 5e-6):.5f}")  # 5 ppm off: still found within 20 ppm
+    ex.values_combo.setCurrentText("MIMA corrected MSI")
+    maps = ex.show_feature()
+    assert maps[0].name == f"P1_S1 · MIMA corrected MSI · m/z {mz:.2f}"
+    img = maps[0].data
+    assert type(maps[0]).__name__ == "Image" and img.ndim == 2 and np.isfinite(img).mean() > 0.05
+    assert maps[0].colorbar.visible
+    ex.ppm.setValue(1.0)
+    ex.show_feature()  # now 5 ppm is too far: a notification names the nearest feature
+    assert any("ppm" in m for m in notifications()[-2:])
+
+    # imputed MSI from RNA + H&E, one row under the measured map of the same m/z
+    ex.feature_edit.setText(f"{mz:.4f}")
+    for m, box in ex.source_boxes.items():
+        box.setChecked(m != "msi")
+    shown = ex.show_imputed()
+    measured = viewer.layers[f"P1_S1 · measured MSI (log1p) · m/z {mz:.2f}"]
+    imputed = viewer.layers[f"P1_S1 · MIMA imputed MSI from RNA+H&E features · m/z {mz:.2f}"]
+    assert len(shown) == 2 * len(state.samples)
+    assert imputed.affine.affine_matrix[0, 2] > measured.affine.affine_matrix[0, 2] + measured.data.shape[0] * 5 * 0.9
+    np.testing.assert_allclose(imputed.affine.affine_matrix[1, 2], measured.affine.affine_matrix[1, 2])
+    # an imputation the project does not hold yet (MSI from RNA alone) is computed with the trained model
+    ex.source_boxes["morphology"].setChecked(False)
+    ex.show_imputed()
+    assert "mima_from_rna" in state.sdata.tables["msi"].layers
+    assert "P2_S2 · MIMA imputed MSI from RNA · m/z " + f"{mz:.2f}" in viewer.layers
+
+    # predicted annotations beside the pathologist's, same colours, agreement, legend, F1 table, confusion
+    ex.ensemble_options = EnsembleOptions(n_bags=2, n_trees=10)
+    ex.rep_combo.setCurrentText("mima")
+    ex.predict()
+    wait(ex.panel)
+    path = viewer.layers["P1_S1 · pathologist"]
+    pred = viewer.layers["P1_S1 · predicted from mima (LOOCV)"]
+    agree = viewer.layers["P1_S1 · agreement of mima (LOOCV)"]
+    assert pred.affine.affine_matrix[0, 2] > path.affine.affine_matrix[0, 2]
+    cats = list(state.sdata.tables["rna"].obs["pathologist"].cat.categories)
+    palette = category_colors(cats)
+    feats = pred.features
+    for cls in feats["pred_mima"].dropna().unique()[:3]:
+        i = int(np.flatnonzero((feats["pred_mima"] == cls).to_numpy())[0])
+        np.testing.assert_allclose(pred.face_color[i], to_rgba(palette[str(cls)]), atol=1e-6)
+    ok = (agree.features["agree_mima"] == "agree").to_numpy()
+    np.testing.assert_allclose(agree.face_color[ok][0], to_rgba("#1a9850"), atol=1e-6)
+    assert "Classes" in ex.legend.text() and "agree" in ex.legend.text()
+    assert ex.f1_table.rowCount() >= 3
+    assert ex.figure.axes and ex.figure.axes[0].get_xlabel() == "predicted"
+    assert "LOOCV" in ex.scores_label.text() and "F1" in ex.scores_label.text()
+
+    # save, export, and reopen: the outputs come back
+    save = SaveWidget(viewer)
+    viewer.window.add_dock_widget(save)
+    save.save(str(tmp_path / "p.zarr"))
+    wait(save.panel)
+    save.csv_what.setCurrentIndex(0)
+    csv = save.export_csv(str(tmp_path / "spots.csv"))
+    header = csv.read_text().splitlines()[0]
+    assert "pred_mima" in header and "mima_rgb_R" in header
+    save.csv_what.setCurrentIndex(1)
+    assert "f1" in save.export_csv(str(tmp_path / "scores.csv")).read_text().splitlines()[0]
+    viewer.layers.selection.active = pred
+    png = save.export_layer(str(tmp_path / "pred.png"))
+    from imageio.v3 import imread
+
+    shot = imread(png)
+    assert shot.shape[0] > 50 and shot[..., :3].std() > 5
+
+    viewer2_data = DataWidget(viewer)
+    viewer2_data.open_project(str(tmp_path / "p.zarr"))
+    wait(viewer2_data.panel)
+    sd = state_of(viewer).sdata
+    assert "pred_mima" in sd.tables["rna"].obs and "mima_from_rna" in sd.tables["msi"].layers
+    assert ex.stored_button.isEnabled()
+    ex.show_stored()
+    assert "P2_S2 · predicted from mima (LOOCV)" in viewer.layers
