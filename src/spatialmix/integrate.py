@@ -173,10 +173,9 @@ def warm_up(seed: int = 0) -> float:
     """Import the training stack (torch, Lightning Fabric) and compile UMAP's numba code on a 200-point input.
 
     Importing and numba compilation hold Python's GIL for up to a few hundred milliseconds at a time, so when
-    they first happen inside a worker thread the napari event loop stalls. The Integrate widget runs this in a
-    worker as soon as it opens; measured on 2 cores, a later training run + results writing then held the GIL
-    for less than 100 ms at a time (the first UMAP call otherwise stalls the UI for 0.5-0.7 s).
-    Returns the seconds it took.
+    they first happen during training the napari event loop stalls. The Integrate widget runs this in a worker
+    as soon as it opens, with UMAP in its helper process (:func:`spatialmix.results.use_umap_process`), so the
+    compilation happens there. Returns the seconds it took.
     """
     t0 = time.perf_counter()
     import lightning_fabric  # noqa: F401

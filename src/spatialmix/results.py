@@ -53,7 +53,41 @@ OUTPUTS = ("latent", "private", "corrected", "denoised", "translations", "rgb")
 # ---------------------------------------------------------------------------------------------------------------
 # 3D-UMAP RGB colouring
 # ---------------------------------------------------------------------------------------------------------------
+_UMAP_EXECUTOR = None
+
+
+def use_umap_process(enable: bool = True):
+    """Run every :func:`rgb_embedding` (UMAP) in one helper process, spawned on first use and kept.
+
+    The napari widgets turn this on. In-process, numba compiling UMAP holds Python's GIL for up to 0.7 s at a
+    time (the viewer freezes), and under software OpenGL (Mesa's llvmpipe, e.g. Xvfb) the process holds two
+    LLVMs, Mesa's and numba's: compiling in a worker thread while the viewer rendered hung the compilation in
+    our tests. A separate process has neither problem. Returns the executor (None when turned off).
+    """
+    global _UMAP_EXECUTOR
+    if enable and _UMAP_EXECUTOR is None:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        _UMAP_EXECUTOR = ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn"))
+    elif not enable and _UMAP_EXECUTOR is not None:
+        _UMAP_EXECUTOR.shutdown(wait=False, cancel_futures=True)
+        _UMAP_EXECUTOR = None
+    return _UMAP_EXECUTOR
+
+
 def rgb_embedding(X, *, n_pcs: int = 50, seed: int = 0, n_neighbors: int = 15, min_dist: float = 0.1) -> np.ndarray:
+    """The paper's RGB colouring of spots: a 3D UMAP whose axes, min-max scaled to [0, 1], are R, G, B.
+
+    Runs in the helper process of :func:`use_umap_process` when that is on (same result: same code, same seed).
+    """
+    kwargs = {"n_pcs": n_pcs, "seed": seed, "n_neighbors": n_neighbors, "min_dist": min_dist}
+    if _UMAP_EXECUTOR is not None:
+        return _UMAP_EXECUTOR.submit(_rgb_embedding, np.asarray(X), **kwargs).result()
+    return _rgb_embedding(X, **kwargs)
+
+
+def _rgb_embedding(X, *, n_pcs: int = 50, seed: int = 0, n_neighbors: int = 15, min_dist: float = 0.1) -> np.ndarray:
     """The paper's RGB colouring of spots: a 3D UMAP whose axes, min-max scaled to [0, 1], are R, G, B.
 
     Parameters

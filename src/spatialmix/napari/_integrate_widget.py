@@ -248,7 +248,9 @@ class IntegrateWidget(QWidget):
         from napari.qt.threading import create_worker
 
         from spatialmix.integrate import warm_up
+        from spatialmix.results import use_umap_process
 
+        use_umap_process()
         self.warm_event = threading.Event()
         self.warm_worker = create_worker(warm_up, _ignore_errors=True, _start_thread=False)
         self.warm_worker.finished.connect(lambda: setattr(self, "warmed", True))
@@ -317,7 +319,6 @@ class IntegrateWidget(QWidget):
         except Exception as err:  # noqa: BLE001
             notify_error(err, "train")
             return None
-        _leave_a_core_for_the_ui()
         self.stop_event = threading.Event()
         self.plot.clear()
         self.time_label.setText("")
@@ -397,12 +398,13 @@ class IntegrateWidget(QWidget):
 
 
 def _after(event: threading.Event, gen_func, *args, **kwargs):
-    """Run a generator once ``event`` is set. Training waits for the widget's warm-up: numba compiling (LLVM)
-    in one thread while torch builds a model in another deadlocked both threads in our tests."""
+    """Run a generator once ``event`` is set: training waits for the widget's warm-up (imports, and UMAP's
+    compilation in its helper process), so that neither stalls the event loop during training."""
     from spatialmix.progress import Progress
 
     while not event.wait(0.1):
         yield Progress("waiting for the warm-up (imports, UMAP compilation)", 0, None)
+    _leave_a_core_for_the_ui()
     return (yield from gen_func(*args, **kwargs))
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 from qtpy.QtWidgets import QComboBox, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
 from spatialmix.napari._common import PathEdit, WorkerPanel, notify_error, section, state_of
@@ -88,7 +89,7 @@ class SaveWidget(QWidget):
             return None
         try:
             out = _png(path)
-            self.viewer.export_figure(str(out))
+            self.viewer.screenshot(str(out), canvas_only=True)  # what the user sees, at screen resolution
         except Exception as err:  # noqa: BLE001
             notify_error(err, "export view")
             return None
@@ -96,7 +97,9 @@ class SaveWidget(QWidget):
         return out
 
     def export_layer(self, path: str):
-        """Export only the selected layer (the others hidden meanwhile), cropped to its extent."""
+        """Export only the selected layer (the others hidden meanwhile), the view fitted to its extent.
+
+        (napari's ``export_figure`` renders one pixel per data unit: 200 megapixels for micrometre layers.)"""
         from spatialmix.errors import ParameterError
 
         if not self._need(path, "PNG"):
@@ -106,17 +109,23 @@ class SaveWidget(QWidget):
             notify_error(ParameterError("select the layer to export in the layer list"))
             return None
         shown = {ly: ly.visible for ly in self.viewer.layers}
+        camera = (self.viewer.camera.center, self.viewer.camera.zoom)
         try:
             for ly in self.viewer.layers:
                 ly.visible = ly is layer
+            lo, hi = (np.asarray(b, float)[-2:] for b in layer.extent.world)
+            self.viewer.camera.center = tuple((lo + hi) / 2)
+            h, w = self.viewer.window._qt_viewer.canvas.size
+            self.viewer.camera.zoom = 0.95 * min(h / max(hi[0] - lo[0], 1e-9), w / max(hi[1] - lo[1], 1e-9))
             out = _png(path)
-            self.viewer.export_figure(str(out))
+            self.viewer.screenshot(str(out), canvas_only=True)
         except Exception as err:  # noqa: BLE001
             notify_error(err, "export layer")
             return None
         finally:
             for ly, vis in shown.items():
                 ly.visible = vis
+            self.viewer.camera.center, self.viewer.camera.zoom = camera
         self.result.setText(f"wrote {out} ({layer.name})")
         return out
 
