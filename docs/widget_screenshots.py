@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import sys
 import time
+import warnings
 from pathlib import Path
 
-import napari
+warnings.filterwarnings("ignore", message=".*PyQt5 backend is deprecated.*")  # a toast over the canvas otherwise
+
+import napari  # noqa: E402
 import numpy as np
 from qtpy.QtWidgets import QApplication
 
@@ -128,10 +131,10 @@ def main(out_dir: str = "/tmp/spatialmix-widget-shots") -> None:
     ex = widgets["Explore"]
     show(viewer, docks, "Explore")
     for ly in viewer.layers:
-        ly.visible = ly.name.endswith(" · H&E")
+        ly.visible = False
     ex.rgb_combo.setCurrentText("MIMA shared embedding")
-    ex.show_rgb()
-    viewer.reset_view()
+    shown = ex.show_rgb()
+    zoom_on(viewer, shown[:2])  # two samples of patient P1, large enough to see the spots
     shot(viewer, "widget_explore_rgb.png")
 
     for ly in viewer.layers:

@@ -101,8 +101,8 @@ class DataWidget(QWidget):
         form.addRow("Visium", self.visium)
         form.addRow("imzML", self.imzml)
         form.addRow("MSI pixel size", self.msi_px)
-        form.addRow("H&E", self.he)
-        form.addRow("H&E resolution", self.he_mpp)
+        form.addRow("H&&E", self.he)
+        form.addRow("H&&E resolution", self.he_mpp)
         form.addRow("Annotations", self.annotations)
 
         self.add_button = QPushButton("Add sample")

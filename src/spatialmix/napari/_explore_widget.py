@@ -116,7 +116,7 @@ class ExploreWidget(QWidget):
         self.map_button = QPushButton("Show feature map")
         self.map_button.clicked.connect(self.show_feature)
         # imputation
-        self.source_boxes = {m: QCheckBox(TABLE_LABELS[m]) for m in TABLE_LABELS}
+        self.source_boxes = {m: QCheckBox(TABLE_LABELS[m].replace("&", "&&")) for m in TABLE_LABELS}
         self.impute_button = QPushButton("Show imputed beside measured")
         self.impute_button.clicked.connect(self.show_imputed)
         # annotations
@@ -255,6 +255,8 @@ class ExploreWidget(QWidget):
                 layers.append(add_or_replace(self.viewer, rgb_spots_layer(
                     self.state.sdata, s, obsm, table=table, offset=self.state.offset(s),
                     layer_name=layer_name(s, f"RGB of {label}"), visible=self.state.visible(s))))
+            self._caption(f"RGB of the {label}: a 3D UMAP scaled to red, green, blue\n"
+                          "similar colour = similar spots, across samples")
         except Exception as err:  # noqa: BLE001
             notify_error(err, "RGB colouring")
             return []
@@ -285,8 +287,8 @@ class ExploreWidget(QWidget):
                                    visible=self.state.visible(s))
             data[1]["metadata"]["spatialmix"].update(row=row, colorbar=i == 0)
             layer = add_or_replace(self.viewer, data)
-            if i == 0:  # one colourbar per row, at the row's height (top: measured, bottom: imputed)
-                layer.colorbar.position = "top_right" if row == 0 else "bottom_right"
+            if i == 0:  # one colourbar per row (top right: measured row, bottom left: imputed row)
+                layer.colorbar.position = "top_right" if row == 0 else "bottom_left"
             layers.append(layer)
         return layers
 
@@ -326,10 +328,20 @@ class ExploreWidget(QWidget):
             shown = self._map_layers(measured, table, values_label(key, None, table), row=0)
             shown += self._map_layers(imputed, table, values_label(key, layer, table), row=1, colormap="magma")
             self._only_row_layers(shown)
+            feat = feature_label(self.state.sdata, table, imputed.name)
+            self._caption(f"{feat}\nTop row: {values_label(key, None, table)} (colour bar top right)\n"
+                          f"Bottom row: {values_label(key, layer, table)} (colour bar bottom left)")
             return shown
         except Exception as err:  # noqa: BLE001
             notify_error(err, "imputed map")
             return []
+
+    def _caption(self, text: str) -> None:
+        """Say on the canvas what the rows are."""
+        self.viewer.text_overlay.text = text
+        self.viewer.text_overlay.font_size = 11
+        self.viewer.text_overlay.position = "top_left"
+        self.viewer.text_overlay.visible = True
 
     def _only_row_layers(self, keep: list) -> None:
         """Hide other comparison-row layers so rows do not overlap."""
@@ -381,6 +393,8 @@ class ExploreWidget(QWidget):
                     for k, v in data[1]["metadata"]["spatialmix"]["legend"].items():
                         legend.setdefault(("agreement" if row == 2 else "class", k), v)
             self._only_row_layers(shown)
+            self._caption(f"Top row: the pathologist's labels\nMiddle: predicted from {rep} ({scheme.upper()}, "
+                          "same colours)\nBottom: agreement (green agree, red disagree, grey unlabelled)")
             self._show_scores(stored, legend)
             return shown
         except Exception as err:  # noqa: BLE001

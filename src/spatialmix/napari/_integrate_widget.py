@@ -164,7 +164,7 @@ class IntegrateWidget(QWidget):
 
         self.model_combo = QComboBox()
         self.model_combo.addItems([m.upper() if m == "mima" else m for m in MODELS])
-        self.modality_boxes = {m: QCheckBox(label) for m, label in MODALITY_NAMES.items()}
+        self.modality_boxes = {m: QCheckBox(label.replace("&", "&&")) for m, label in MODALITY_NAMES.items()}
         mod_row = QHBoxLayout()
         for box in self.modality_boxes.values():
             box.setChecked(True)
@@ -483,7 +483,8 @@ def _fill(combo: QComboBox, items: list[str], preferred: str) -> None:
     combo.blockSignals(True)
     combo.clear()
     combo.addItems(list(dict.fromkeys(items)))
-    for choice in (current, preferred):
+    keep = current if current in items and current not in ("", "(none)") else None
+    for choice in (keep, preferred):
         if choice in items:
             combo.setCurrentText(choice)
             break

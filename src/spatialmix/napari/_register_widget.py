@@ -96,7 +96,7 @@ class RegisterWidget(QWidget):
         self.opacity.valueChanged.connect(self._set_opacity)
         self.record_label = QLabel("")
         self.record_label.setWordWrap(True)
-        self.tables_button = QPushButton("Build spot tables (MSI + H&E onto spots)")
+        self.tables_button = QPushButton("Build spot tables (MSI + H&&E onto spots)")
         self.tables_button.clicked.connect(self.build_tables)
         self.panel = WorkerPanel()
 
@@ -275,20 +275,19 @@ class RegisterWidget(QWidget):
             return
         dx, dy = self.state.offset(self.sample)
         what = MOVING_LAYER[self.modality]
-        common = {"ndim": 2, "size": 12, "text": {"string": "{pair}", "size": 11, "color": "white",
+        m_px = float(np.sqrt(abs(np.linalg.det(moving_affine[:2, :2]))))  # um per moving pixel
+        common = {"ndim": 2, "text": {"string": "{pair}", "size": 11, "color": "white",
                                                    "anchor": "upper_left"},
                   "features": {"pair": np.zeros(0, int)}, "border_color": "white", "border_width": 0.15}
         fixed = self.viewer.add_points(name=layer_name(self.sample, "landmarks on spots (fixed)"),
                                        affine=np.array([[1.0, 0, dy], [0, 1.0, dx], [0, 0, 1.0]]),
                                        metadata={"spatialmix": {"sample": self.sample, "role": "fixed"}},
-                                       **common)
+                                       size=60.0, **common)
         moving = self.viewer.add_points(name=layer_name(self.sample, f"landmarks on {what} (moving)"),
-                                        affine=moving_affine, symbol="cross",
+                                        affine=moving_affine, symbol="cross", size=60.0 / max(m_px, 1e-9),
                                         metadata={"spatialmix": {"sample": self.sample, "role": "moving"}},
                                         **common)
         for layer in (moving, fixed):  # markers 60 um wide whatever the layer's pixel size
-            px_um = float(np.sqrt(abs(np.linalg.det(np.asarray(layer.affine.affine_matrix)[:2, :2]))))
-            layer.current_size = 60.0 / max(px_um, 1e-9)
             layer.events.data.connect(self._landmarks_changed)
             layer.mode = "add"
         self._landmark_layers = (moving, fixed)
