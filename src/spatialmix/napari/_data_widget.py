@@ -6,8 +6,6 @@ sample's layers appear as soon as it is read.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from qtpy.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
@@ -283,7 +281,3 @@ class DataWidget(QWidget):
             self.viewer.reset_view()
         except Exception as err:  # noqa: BLE001
             notify_error(err, "layout")
-
-
-def _exists(path: str) -> bool:
-    return bool(path) and Path(path).exists()
