@@ -297,6 +297,22 @@ class PathEdit(QWidget):
         self.edit.setText(str(text))
 
 
+def fill_combo(combo, items: list[str], preferred: str | None = None) -> None:
+    """Refill a combo box without emitting change signals: keep the user's choice when it is still offered
+    (an empty or "(none)" choice does not count), else pick ``preferred`` when offered."""
+    current = combo.currentText()
+    items = list(dict.fromkeys(items))
+    combo.blockSignals(True)
+    combo.clear()
+    combo.addItems(items)
+    keep = current if current in items and current not in ("", "(none)") else None
+    for choice in (keep, preferred):
+        if choice in items:
+            combo.setCurrentText(choice)
+            break
+    combo.blockSignals(False)
+
+
 def section(title: str) -> QLabel:
     label = QLabel(f"<b>{title}</b>")
     label.setContentsMargins(0, 8, 0, 0)

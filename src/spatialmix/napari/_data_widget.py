@@ -25,6 +25,7 @@ from spatialmix.napari._common import (
     PathEdit,
     WorkerPanel,
     add_or_replace,
+    fill_combo,
     notify_error,
     section,
     shift_layer,
@@ -250,13 +251,7 @@ class DataWidget(QWidget):
                       f"{n_ann} spots" if n_ann else "—", rms or "not yet")
             for j, v in enumerate(values):
                 self.table.setItem(i, j, QTableWidgetItem(v))
-        current = self.sample_combo.currentText()
-        self.sample_combo.blockSignals(True)
-        self.sample_combo.clear()
-        self.sample_combo.addItems(samples)
-        if current in samples:
-            self.sample_combo.setCurrentText(current)
-        self.sample_combo.blockSignals(False)
+        fill_combo(self.sample_combo, samples)
         self.sample_combo.setEnabled(self.layout_combo.currentText() == LAYOUTS[1])
 
     def _layout_changed(self, *_):

@@ -33,6 +33,7 @@ from qtpy.QtWidgets import (
 from spatialmix.napari._common import (
     WorkerPanel,
     add_or_replace,
+    fill_combo,
     layer_name,
     notify_error,
     section,
@@ -203,14 +204,14 @@ class ExploreWidget(QWidget):
         if what not in ("project", "samples", "tables", "model", "results", "predictions"):
             return
         sdata = self.state.sdata
-        _fill(self.sample_combo, [ALL_SAMPLES, *self.state.samples])
-        _fill(self.rgb_combo, list(rgb_choices(sdata)))
+        fill_combo(self.sample_combo, [ALL_SAMPLES, *self.state.samples])
+        fill_combo(self.rgb_combo, list(rgb_choices(sdata)))
         tables = [TABLE_LABELS[t] for t in TABLE_LABELS if sdata is not None and t in sdata.tables]
-        _fill(self.table_combo, tables)
+        fill_combo(self.table_combo, tables)
         self._table_changed()
         from spatialmix.evaluate.annotations import representations_of
 
-        _fill(self.rep_combo, representations_of(sdata) if sdata is not None else [])
+        fill_combo(self.rep_combo, representations_of(sdata) if sdata is not None else [])
         self._rep_changed()
         for m, box in self.source_boxes.items():
             box.setEnabled(sdata is not None and m in sdata.tables)
@@ -218,12 +219,12 @@ class ExploreWidget(QWidget):
     def _table_changed(self, *_):
         sdata, table = self.state.sdata, self.table
         if sdata is None or table not in sdata.tables:
-            _fill(self.values_combo, [])
+            fill_combo(self.values_combo, [])
             return
         ad = sdata.tables[table]
         key = self.state.model_key
         layers = [ly for ly in ad.layers if ly.startswith(f"{key}_") and not ly.startswith(f"{key}_from_")]
-        _fill(self.values_combo, ["measured", *[values_label(key, ly, table) for ly in layers]])
+        fill_combo(self.values_combo, ["measured", *[values_label(key, ly, table) for ly in layers]])
         self._layer_of_label = {values_label(key, ly, table): ly for ly in layers}
         names = [f"{float(v):.4f}" for v in ad.var["mz"]] if table == "msi" and "mz" in ad.var else \
             [str(v) for v in ad.var_names]
@@ -455,13 +456,3 @@ def _default_feature(ad, table: str) -> str:
     if table == "msi" and "mz" in ad.var:
         return f"{float(ad.var['mz'].iloc[j]):.4f}"
     return str(ad.var_names[j])
-
-
-def _fill(combo: QComboBox, items: list[str]) -> None:
-    current = combo.currentText()
-    combo.blockSignals(True)
-    combo.clear()
-    combo.addItems(items)
-    if current in items:
-        combo.setCurrentText(current)
-    combo.blockSignals(False)

@@ -24,7 +24,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from spatialmix.napari._common import PathEdit, WorkerPanel, notify_error, section, state_of
+from spatialmix.napari._common import PathEdit, WorkerPanel, fill_combo, notify_error, section, state_of
 
 #: What the Preset box fills in: the paper's defaults, or the settings the bundled demo was measured with.
 PRESETS = {
@@ -270,11 +270,11 @@ class IntegrateWidget(QWidget):
         obs = sdata.tables["rna"].obs if sdata is not None and "rna" in sdata.tables else pd.DataFrame()
         cats = [c for c in obs.columns if not pd.api.types.is_numeric_dtype(obs[c]) or
                 isinstance(obs[c].dtype, pd.CategoricalDtype)]
-        _fill(self.batch_combo, [c for c in ("batch", "sample", "patient") if c in obs] +
+        fill_combo(self.batch_combo, [c for c in ("batch", "sample", "patient") if c in obs] +
               [c for c in cats if c not in ("batch", "sample", "patient", "barcode", "region")], "batch")
         ann = [c for c in cats if c not in ("batch", "sample", "patient", "barcode", "region")
                and not c.startswith(("pred_", "agree_"))]
-        _fill(self.annotation_combo, ann + ["(none)"], "pathologist")
+        fill_combo(self.annotation_combo, ann + ["(none)"], "pathologist")
         has = {"rna": True, "msi": False, "morphology": False}
         if sdata is not None:
             samples = self.state.samples
@@ -476,16 +476,3 @@ def _pair(a, b) -> QWidget:
     lay.addWidget(a)
     lay.addWidget(b)
     return w
-
-
-def _fill(combo: QComboBox, items: list[str], preferred: str) -> None:
-    current = combo.currentText()
-    combo.blockSignals(True)
-    combo.clear()
-    combo.addItems(list(dict.fromkeys(items)))
-    keep = current if current in items and current not in ("", "(none)") else None
-    for choice in (keep, preferred):
-        if choice in items:
-            combo.setCurrentText(choice)
-            break
-    combo.blockSignals(False)

@@ -21,7 +21,15 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from spatialmix.napari._common import WorkerPanel, add_or_replace, layer_name, notify_error, section, state_of
+from spatialmix.napari._common import (
+    WorkerPanel,
+    add_or_replace,
+    fill_combo,
+    layer_name,
+    notify_error,
+    section,
+    state_of,
+)
 
 MODALITY_LABELS = {"MSI": "msi", "H&E": "he"}
 MOVING_LAYER = {"msi": "MSI TIC", "he": "H&E"}
@@ -168,13 +176,7 @@ class RegisterWidget(QWidget):
     def _state_changed(self, what: str) -> None:
         if what not in ("project", "samples"):
             return
-        current = self.sample_combo.currentText()
-        self.sample_combo.blockSignals(True)
-        self.sample_combo.clear()
-        self.sample_combo.addItems(self.state.samples)
-        if current in self.state.samples:
-            self.sample_combo.setCurrentText(current)
-        self.sample_combo.blockSignals(False)
+        fill_combo(self.sample_combo, self.state.samples)
         self._selection_changed()
 
     def _selection_changed(self, *_):
