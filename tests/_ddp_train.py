@@ -17,5 +17,7 @@ model = small_model(toy_data())
 model.train(epochs=2, lr=1e-3, batch_size=32, device="cpu", devices=2, strategy="ddp", progress=events.append)
 z = model.get_latent_representation()
 steps = [e.info["steps_per_epoch"] for e in events if e.info.get("event") == "epoch"]
-print("RESULT " + json.dumps({"rank": dist.get_rank(), "world": dist.get_world_size(), "epochs": len(model.history),
-                              "steps_per_epoch": steps[0], "zsum": float(abs(z).sum())}), flush=True)
+# One file per rank: both ranks share torchrun's stdout, where their lines can interleave mid-line.
+Path(f"result_{dist.get_rank()}.json").write_text(json.dumps({
+    "rank": dist.get_rank(), "world": dist.get_world_size(), "epochs": len(model.history),
+    "steps_per_epoch": steps[0], "zsum": float(abs(z).sum())}))

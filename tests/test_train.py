@@ -281,7 +281,7 @@ def test_the_same_engine_trains_with_ddp_on_two_processes(tmp_path):
                            "--master_port", "29517", str(script)], capture_output=True, text=True, env=env,
                           cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    results = [json.loads(line.split("RESULT ", 1)[1]) for line in proc.stdout.splitlines() if "RESULT " in line]
+    results = [json.loads(f.read_text()) for f in sorted(tmp_path.glob("result_*.json"))]
     assert sorted(r["rank"] for r in results) == [0, 1] and all(r["world"] == 2 for r in results)
     assert all(r["epochs"] == 2 for r in results)
     assert all(r["steps_per_epoch"] == 3 for r in results)  # 192 training spots / 2 processes / 32 per batch
