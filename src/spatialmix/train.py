@@ -11,6 +11,23 @@ A model plugs in by providing
 - ``train_defaults``: its paper's training defaults (lr, batch size, epochs, ...),
 - ``_fingerprint()``: what a checkpoint must match to be resumed (modalities, feature counts, batches).
 
+Models trained with several optimisers or alternating objectives (adversarial alignment, GANs, the
+two-step calibration schedule) add to their module
+
+- ``configure_optimizers(lr, weight_decay) -> {name: optimizer}`` (default: one Adam over every parameter,
+  named ``"main"``),
+- ``phases(epoch, step) -> [(phase, optimizer_name), ...]``: the updates of one training step, in order.
+  For each, the engine calls ``module(batch, phase=phase)`` (through Fabric, so DDP hooks still run),
+  checks the loss, back-propagates and steps that optimiser. ``epoch`` counts from 1 over the whole training
+  (never reset per stage), so a model's stage schedule and loss ramps can rely on it. Validation calls
+  ``module(batch)`` (``phase=None``): the module returns its evaluation loss.
+
+Models whose inputs are several unpaired datasets (different rows, e.g. scMODAL) return
+``_training_groups() -> {group: {name: tensor}}`` instead of ``_training_tensors()``: each group is split and
+shuffled on its own, every step draws ``batch_size`` rows from every group (smaller groups cycle), and the
+module receives ``{"<group>/<name>": tensor}``. ``max_steps`` (optional) counts optimiser steps instead of
+epochs, for models whose papers do (scMODAL: 10,000 steps).
+
 Lightning Fabric runs the loop on CPU, one GPU, or several GPUs / nodes (``devices``, ``num_nodes``,
 ``strategy``; launch several processes with ``torchrun`` or ``fabric run``), with optional mixed precision.
 """
@@ -54,6 +71,7 @@ class TrainConfig:
     precision: str = "32-true"
     seed: int = 0
     step_events: bool = True
+    max_steps: int | None = None
 
     @classmethod
     def build(cls, defaults: dict[str, Any], overrides: dict[str, Any]) -> "TrainConfig":
@@ -73,6 +91,8 @@ class TrainConfig:
 
         for name in ("epochs", "batch_size", "patience", "devices", "num_nodes"):
             positive_int(name)
+        if self.max_steps is not None:
+            positive_int("max_steps")
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
             raise ParameterError(f"training option lr must be a positive number, got {self.lr!r}")
         if not 0 < float(self.train_fraction) <= 1:
@@ -162,17 +182,35 @@ def iter_train(model, *, stop: threading.Event | None = None, **options):
     torch.manual_seed(cfg.seed)
     shuffle = torch.Generator().manual_seed(cfg.seed)
 
-    tensors = model._training_tensors()
-    n = next(iter(tensors.values())).shape[0]
-    train_idx, val_idx = split_indices(n, cfg.train_fraction, cfg.seed)
-    model.split_ = {"train": train_idx, "validation": val_idx}
-    data = {k: fabric.to_device(v) for k, v in tensors.items()}  # once; mini-batches are index slices
-    del tensors  # on a GPU, do not keep a host copy of the dense inputs alive for the whole training
+    grouped = hasattr(model, "_training_groups")
+    groups = model._training_groups() if grouped else {"": model._training_tensors()}
+    sizes, splits = {}, {}
+    for g, tensors in groups.items():
+        n_rows = {k: v.shape[0] for k, v in tensors.items()}
+        if len(set(n_rows.values())) != 1:
+            raise TrainingError(f"training tensors of {model.name}{' group ' + repr(g) if g else ''} have different "
+                                f"row counts {n_rows}; every tensor needs one row per observation")
+        sizes[g] = next(iter(n_rows.values()))
+        splits[g] = split_indices(sizes[g], cfg.train_fraction, cfg.seed)
+    model.split_ = ({"train": splits[""][0], "validation": splits[""][1]} if not grouped else
+                    {f"{kind}/{g}": splits[g][i] for g in groups for i, kind in enumerate(("train", "validation"))})
+    # moved to the device once; mini-batches are index slices
+    data = {(f"{g}/{k}" if grouped else k): fabric.to_device(v) for g, tensors in groups.items() for k, v in tensors.items()}
+    keys_of = {g: [(f"{g}/{k}" if grouped else k) for k in tensors] for g, tensors in groups.items()}
+    del groups  # on a GPU, do not keep a host copy of the dense inputs alive for the whole training
     device = next(iter(data.values())).device
+    train_idx = {g: splits[g][0] for g in splits}
+    val_idx = {g: splits[g][1] for g in splits}
 
     module = model.module
-    optimizer = torch.optim.Adam(module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    fmodule, optimizer = fabric.setup(module, optimizer)
+    if hasattr(module, "configure_optimizers"):
+        optimizers = dict(module.configure_optimizers(lr=cfg.lr, weight_decay=cfg.weight_decay))
+    else:
+        optimizers = {"main": torch.optim.Adam(module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)}
+    opt_names = list(optimizers)
+    fmodule, *fopts = fabric.setup(module, *optimizers.values())
+    optimizers = dict(zip(opt_names, fopts))
+    phases = getattr(module, "phases", None)
 
     history: list[dict[str, Any]] = []
     start_epoch = 0
@@ -193,21 +231,28 @@ def iter_train(model, *, stop: threading.Event | None = None, **options):
                 f"checkpoint {path} was written for a different model or dataset "
                 f"({ckpt.get('fingerprint')}) than this one ({model._fingerprint()}); start a new training")
         module.load_state_dict(ckpt["module"])
-        optimizer.load_state_dict(ckpt["optimizer"])
+        saved_opts = ckpt["optimizer"] if isinstance(ckpt["optimizer"], dict) and "state" not in ckpt["optimizer"] \
+            else {"main": ckpt["optimizer"]}
+        for name, opt in optimizers.items():
+            opt.load_state_dict(saved_opts[name])
         history = list(ckpt["history"])
         start_epoch = int(ckpt["epoch"])
         best.update(ckpt.get("best", {}))
         shuffle.set_state(ckpt["shuffle_rng"])
         torch.set_rng_state(ckpt["torch_rng"])
-        if not np.array_equal(ckpt["split"]["train"], train_idx):
+        if any(not np.array_equal(ckpt["split"][k], v) for k, v in model.split_.items() if k.startswith("train")):
             raise TrainingError(f"checkpoint {path} used another train/validation split (seed or "
                                 "train_fraction changed); resume with the same options")
 
-    train_dev = torch.as_tensor(train_idx, device=device)
+    train_dev = {g: torch.as_tensor(v, device=device) for g, v in train_idx.items()}
     world, rank = fabric.world_size, fabric.global_rank
-    n_local = len(range(rank, len(train_idx), world))
-    steps_per_epoch = max(1, math.ceil(n_local / cfg.batch_size))
-    total_steps = cfg.epochs * steps_per_epoch
+    n_local = {g: len(range(rank, len(v), world)) for g, v in train_idx.items()}
+    if min(n_local.values()) < 1:
+        raise TrainingError(f"{model.name}: a group of the training data has no training rows "
+                            f"({ {g: len(v) for g, v in train_idx.items()} }); give it more observations")
+    steps_per_epoch = max(1, max(math.ceil(n / cfg.batch_size) for n in n_local.values()))
+    epochs = cfg.epochs if cfg.max_steps is None else math.ceil(cfg.max_steps / steps_per_epoch)
+    total_steps = epochs * steps_per_epoch if cfg.max_steps is None else cfg.max_steps
     stage = f"train {model.name}"
     last_good = _cpu_state(module)
     completed = False
@@ -227,44 +272,61 @@ def iter_train(model, *, stop: threading.Event | None = None, **options):
         )
 
     try:
-        for epoch in range(start_epoch + 1, cfg.epochs + 1):
+        for epoch in range(start_epoch + 1, epochs + 1):
             t0 = time.perf_counter()
             fmodule.train()
-            order = train_dev[torch.randperm(len(train_idx), generator=shuffle).to(device)]
-            order = order[rank::world]
+            orders = {}
+            for g, idx_g in train_dev.items():
+                perm = torch.randperm(len(idx_g), generator=shuffle).to(device)
+                orders[g] = idx_g[perm][rank::world]
             sums: dict[str, float] = {}
             loss_sum, count = 0.0, 0
             for step in range(steps_per_epoch):
-                idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+                global_step = (epoch - 1) * steps_per_epoch + step + 1
+                if global_step > total_steps:
+                    break
+                batch = {}
+                for g, order in orders.items():
+                    if len(orders) == 1:
+                        idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+                    else:  # every group gives batch_size rows per step; smaller groups cycle
+                        take = min(cfg.batch_size, len(order))
+                        idx = order[(step * take + torch.arange(take, device=device)) % len(order)]
+                    batch.update({k: data[k][idx] for k in keys_of[g]})
                 if len(idx) == 0:
                     break
-                batch = {k: v[idx] for k, v in data.items()}
-                total, terms = fmodule(batch)
-                names = list(terms)
-                values = torch.stack([total.detach().float(), *[terms[k].detach().float() for k in names]]).cpu()
-                if not torch.isfinite(values).all():
-                    raise non_finite(total, terms, epoch, step + 1)
-                optimizer.zero_grad(set_to_none=True)
-                fabric.backward(total)
-                optimizer.step()
+                plan = phases(epoch, step + 1) if phases is not None else [(None, opt_names[0])]
+                total_value = 0.0
+                step_terms: dict[str, float] = {}
+                for phase, opt_name in plan:
+                    total, terms = fmodule(batch, phase=phase) if phase is not None else fmodule(batch)
+                    names = list(terms)
+                    values = torch.stack([total.detach().float(), *[terms[k].detach().float() for k in names]]).cpu()
+                    if not torch.isfinite(values).all():
+                        raise non_finite(total, terms, epoch, step + 1)
+                    opt = optimizers[opt_name]
+                    opt.zero_grad(set_to_none=True)
+                    fabric.backward(total)
+                    opt.step()
+                    total_value += float(values[0])
+                    step_terms.update(zip(names, values[1:].tolist()))
                 w = len(idx)
-                loss_sum += float(values[0]) * w
+                loss_sum += total_value * w
                 count += w
-                for k, v in zip(names, values[1:].tolist()):
+                for k, v in step_terms.items():
                     sums[k] = sums.get(k, 0.0) + v * w
-                global_step = (epoch - 1) * steps_per_epoch + step + 1
                 if stop.is_set():
                     restore(last_good)
                     yield Progress(stage, global_step, total_steps, f"stopped in epoch {epoch}; kept epoch {epoch - 1}",
-                                   {"event": "stopped", "epoch": epoch - 1, "epochs": cfg.epochs})
+                                   {"event": "stopped", "epoch": epoch - 1, "epochs": epochs})
                     completed = True
                     model._after_training(history, cfg, stopped=True)
                     return model
                 if cfg.step_events:
-                    yield Progress(stage, global_step, total_steps, f"epoch {epoch}/{cfg.epochs}",
-                                   {"event": "step", "epoch": epoch, "epochs": cfg.epochs, "step": step + 1,
-                                    "steps_per_epoch": steps_per_epoch, "loss": float(values[0])})
-            val_loss, val_terms = _validate(fmodule, data, val_idx, cfg.batch_size, device)
+                    yield Progress(stage, global_step, total_steps, f"epoch {epoch}/{epochs}",
+                                   {"event": "step", "epoch": epoch, "epochs": epochs, "step": step + 1,
+                                    "steps_per_epoch": steps_per_epoch, "loss": total_value})
+            val_loss, val_terms = _validate(fmodule, data, keys_of, val_idx, cfg.batch_size, device)
             if val_loss is not None and not math.isfinite(val_loss):
                 bad = [k for k, v in val_terms.items() if not math.isfinite(v)]
                 restore(last_good)
@@ -278,27 +340,27 @@ def iter_train(model, *, stop: threading.Event | None = None, **options):
                       **{f"val_{k}": v for k, v in val_terms.items()}}
             history.append(record)
             last_good = _cpu_state(module)
-            eta = float(np.mean(epoch_seconds[-5:])) * (cfg.epochs - epoch)
+            eta = float(np.mean(epoch_seconds[-5:])) * (epochs - epoch)
             improved = val_loss is not None and val_loss < best["val"] - cfg.min_delta
             if improved:
                 best.update(val=val_loss, epoch=epoch, bad=0, state=last_good if cfg.early_stopping else None)
             else:
                 best["bad"] += 1
-            msg = f"epoch {epoch}/{cfg.epochs} loss {record['loss']:.4g}" + (
+            msg = f"epoch {epoch}/{epochs} loss {record['loss']:.4g}" + (
                 f" val {val_loss:.4g}" if val_loss is not None else "")
-            yield Progress(stage, epoch * steps_per_epoch, total_steps, msg,
-                           {"event": "epoch", "epoch": epoch, "epochs": cfg.epochs, "step": steps_per_epoch,
+            yield Progress(stage, min(epoch * steps_per_epoch, total_steps), total_steps, msg,
+                           {"event": "epoch", "epoch": epoch, "epochs": epochs, "step": steps_per_epoch,
                             "steps_per_epoch": steps_per_epoch, "loss": record["loss"],
                             "terms": {k: v / max(count, 1) for k, v in sums.items()}, "val_loss": val_loss,
                             "val_terms": val_terms, "seconds_per_epoch": seconds, "eta_s": eta})
             if ckpt_dir is not None and cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0 and rank == 0:
-                _save_checkpoint(ckpt_dir, module, optimizer, epoch, history, best, shuffle, model, cfg)
+                _save_checkpoint(ckpt_dir, module, optimizers, epoch, history, best, shuffle, model, cfg)
             if cfg.early_stopping and val_loss is not None and best["bad"] >= cfg.patience:
                 restore(best["state"] if best["state"] is not None else last_good)
                 history.append({"epoch": epoch, "early_stopped": True, "best_epoch": best["epoch"]})
                 yield Progress(stage, total_steps, total_steps,
                                f"early stop at epoch {epoch}; best epoch {best['epoch']} (val {best['val']:.4g})",
-                               {"event": "early_stop", "epoch": epoch, "epochs": cfg.epochs,
+                               {"event": "early_stop", "epoch": epoch, "epochs": epochs,
                                 "best_epoch": best["epoch"]})
                 break
         completed = True
@@ -311,21 +373,33 @@ def iter_train(model, *, stop: threading.Event | None = None, **options):
                 model._after_training(history, cfg, stopped=True)
 
 
-def _validate(fmodule, data, val_idx, batch_size, device):
-    """Mean loss (and terms) over the validation spots in eval mode; ``(None, {})`` when there are none."""
+def _validate(fmodule, data, keys_of, val_idx, batch_size, device):
+    """Mean loss (and terms) over the validation rows in eval mode; ``(None, {})`` when there are none.
+
+    With several groups (unpaired datasets), chunk ``c`` takes the ``c``-th slice of every group's validation
+    rows (smaller groups cycle) and is weighted by the largest group's share."""
     import torch
 
-    if len(val_idx) == 0:
+    if any(len(v) == 0 for v in val_idx.values()):
         return None, {}
     fmodule.eval()
-    idx_all = torch.as_tensor(val_idx, device=device)
+    chunk = max(batch_size, 1024)
+    idx_all = {g: torch.as_tensor(v, device=device) for g, v in val_idx.items()}
+    n_chunks = max(math.ceil(len(v) / chunk) for v in idx_all.values())
     sums: dict[str, float] = {}
     total_sum, n = 0.0, 0
     with torch.no_grad():
-        for start in range(0, len(idx_all), max(batch_size, 1024)):
-            idx = idx_all[start:start + max(batch_size, 1024)]
-            total, terms = fmodule({k: v[idx] for k, v in data.items()})
-            w = len(idx)
+        for c in range(n_chunks):
+            batch, w = {}, 0
+            for g, idx_g in idx_all.items():
+                if len(idx_all) == 1:
+                    idx = idx_g[c * chunk:(c + 1) * chunk]
+                else:
+                    take = min(chunk, len(idx_g))
+                    idx = idx_g[(c * take + torch.arange(take, device=device)) % len(idx_g)]
+                batch.update({k: data[k][idx] for k in keys_of[g]})
+                w = max(w, len(idx))
+            total, terms = fmodule(batch)
             total_sum += float(total) * w
             n += w
             for k, v in terms.items():
@@ -333,13 +407,14 @@ def _validate(fmodule, data, val_idx, batch_size, device):
     return total_sum / n, {k: v / n for k, v in sums.items()}
 
 
-def _save_checkpoint(folder: Path, module, optimizer, epoch, history, best, shuffle, model, cfg) -> Path:
+def _save_checkpoint(folder: Path, module, optimizers, epoch, history, best, shuffle, model, cfg) -> Path:
     """Write ``last.ckpt`` atomically (temp file + rename) so a crash never leaves half a checkpoint."""
     import torch
 
     folder.mkdir(parents=True, exist_ok=True)
     state = {
-        "module": module.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+        "module": module.state_dict(), "optimizer": {k: o.state_dict() for k, o in optimizers.items()},
+        "epoch": epoch,
         "history": history, "best": {k: v for k, v in best.items() if k != "state"},
         "shuffle_rng": shuffle.get_state(), "torch_rng": torch.get_rng_state(),
         "split": model.split_, "fingerprint": model._fingerprint(), "config": asdict(cfg), "model": model.name,
