@@ -41,6 +41,13 @@ class BaseModel:
     name = "base"
     #: the model's paper defaults for :class:`spatialmix.train.TrainConfig`
     train_defaults: dict[str, Any] = {}
+    #: the outputs this model can produce; :mod:`spatialmix.results` writes only these. Any of ``"latent"``
+    #: (``get_latent_representation()``), ``"private"`` (``get_latent_representation("private", m)``),
+    #: ``"corrected"`` (``get_corrected(m)``), ``"denoised"`` (``get_denoised(m)``), ``"translations"``
+    #: (``translate(sources, target)``) and ``"labels"`` (``predict_labels()``).
+    supports: frozenset[str] = frozenset({"latent"})
+    #: whether the model needs the annotation column (labelled training samples)
+    needs_labels: bool = False
 
     def __init__(self, data, **params):
         self.data = data
@@ -84,6 +91,24 @@ class BaseModel:
         return {"model": self.name, "modalities": self.modalities,
                 "n_features": [len(self.var_names[m]) for m in self.modalities], "batches": self.batches,
                 "params": {k: v for k, v in self.params.items() if k != "modalities"}}
+
+    def _unsupported(self, what: str, instead: str = "") -> ModelError:
+        """The error for an output this model does not produce (never a silent fallback)."""
+        return ModelError(f"{type(self).__name__} does not produce {what}" + (f"; {instead}" if instead else "")
+                          + f". It provides: {sorted(self.supports)}")
+
+    def get_corrected(self, modality: str, *, data=None):
+        raise self._unsupported("batch-corrected features")
+
+    def get_denoised(self, modality: str, *, data=None):
+        raise self._unsupported("denoised features")
+
+    def translate(self, sources, target: str, **kwargs):
+        raise self._unsupported("translations between modalities")
+
+    def predict_labels(self, *, data=None) -> pd.DataFrame:
+        raise self._unsupported("label predictions", "train an annotation classifier on its embedding instead "
+                                "(spatialmix.evaluate.annotations)")
 
     def _check_trained(self) -> None:
         if not self.is_trained:

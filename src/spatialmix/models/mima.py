@@ -93,6 +93,7 @@ class MIMA(BaseModel):
     """
 
     name = "mima"
+    supports = frozenset({"latent", "private", "corrected", "denoised", "translations"})
     train_defaults = {"epochs": 50, "batch_size": 128, "lr": 1e-4, "train_fraction": 0.8}
 
     def __init__(self, data, *, modalities: Sequence[str] | None = None, hidden: dict[str, list[int]] | None = None,
