@@ -15,6 +15,13 @@ and scores every one of them on the same spots (those with every modality):
 - for models that translate: 4-fold cross-validated translation fidelity against the annotation-centroid
   baselines (:mod:`spatialmix.evaluate.translation`),
 - for models with a latent per modality: FOSCTTM and label transfer between modalities, as if unpaired,
+- for label-supervised domain-adaptation models (MoDAmix, calibration): half of the samples are labelled
+  sources, the rest unlabelled targets; the model's own target predictions are scored against the paper's
+  ensemble trained on the sources' raw concatenated features (and on every other representation), on the same
+  target spots (:func:`_domain_adaptation`),
+- for scMODAL: RNA of the source samples against MSI of the target samples, never paired; links from the
+  correlation of paired spots of one reference sample; FOSCTTM and label transfer on the truly paired spots of
+  the other samples, against Harmony on the PCA of the row-stacked linked features (:func:`_unpaired_alignment`),
 - training time and peak memory.
 
 It writes ``metrics.json``, ``metrics.csv``, ``report.md``, the figures and ``project.zarr`` into ``out``.
@@ -36,6 +43,109 @@ from spatialmix.errors import ParameterError, ProjectError
 from spatialmix.progress import Progress, forward
 
 DEFAULT_MODELS = ("mima", "pca", "harmony")
+
+
+def default_sources(samples) -> list[str]:
+    """Half of the samples as labelled sources: every other one in sorted order (P1_S1, P2_S1 of P1_S1, P1_S2,
+    P2_S1, P2_S2), so each patient has a source and a target section when samples are named by patient."""
+    uniq = sorted(pd.unique(np.asarray(samples).astype(str)))
+    return uniq[::2]
+
+
+def _model_params(model_params: dict | None, name: str) -> dict:
+    """``model_params`` is ``{model name: {param: value}}``; a flat dict (the older form) applies to ``mima``."""
+    from spatialmix.models import MODELS
+
+    model_params = model_params or {}
+    if any(k in MODELS for k in model_params):
+        return dict(model_params.get(name) or {})
+    return dict(model_params) if name == "mima" else {}
+
+
+def _domain_adaptation(name, mdl, mmd, reps, labels, samples, evaluated, sources, exclude, options, cache):
+    """Target-sample predictions of a label-supervised model and, on the same target spots, the ensemble trained
+    on the source samples of every unsupervised representation (raw_concat is the reference to beat); ``cache``
+    keeps those ensembles' results between models."""
+    from spatialmix.models import MODELS
+
+    from spatialmix.evaluate import annotations as ann_mod
+
+    pred = mdl.predict_labels()
+    own = ann_mod.score_predictions(pred["label"].astype(object).to_numpy(), pred["confidence"].to_numpy(float),
+                                    labels, samples, source_samples=sources, representation=name, exclude=exclude,
+                                    mask=evaluated, index=labels.index)
+    out = {"model": {**own.summary, "per_class": json.loads(own.per_class.to_json(orient="index"))}}
+    results = {name: own}
+    for rep in reps:
+        if rep.kind == "model" and MODELS[rep.source].needs_labels:
+            continue
+        if rep.name not in cache:
+            cache[rep.name] = ann_mod.transfer(rep.X, labels, samples, source_samples=sources,
+                                               representation=rep.name, exclude=exclude, mask=evaluated,
+                                               index=labels.index, options=options)
+        r = cache[rep.name]
+        out[rep.name] = r.summary
+        results[rep.name] = r
+    ref = out.get("raw_concat", {}).get("f1")
+    out["beats_raw_concat_ensemble"] = None if ref is None else bool(out["model"]["f1"] > ref)
+    out["source_samples"] = list(sources)
+    out["target_samples"] = sorted(set(samples) - set(sources))
+    return out, results
+
+
+def _unpaired_alignment(mmd, labels, samples, sources, *, seed, train, params, n_links=None):
+    """scMODAL on RNA of ``sources`` against MSI of the other samples, never paired, against Harmony on the PCA of
+    the row-stacked linked features. Scored on the truly paired spots of the samples other than the reference."""
+    from spatialmix._resources import measure
+    from spatialmix.evaluate.metrics import foscttm, label_transfer_accuracy
+    from spatialmix.models.baselines import harmony, pca
+    from spatialmix.models.scmodal import SCMODAL, correlation_links
+
+    a, b = "rna", "msi"
+    if a not in mmd.modalities or b not in mmd.modalities:
+        raise ParameterError(f"the scMODAL benchmark aligns rna with msi; the data has {mmd.modalities}")
+    uniq = sorted(pd.unique(samples))
+    targets = [x for x in uniq if x not in sources]
+    reference = sources[0]
+    link_opts = {} if n_links is None else {"top": n_links}
+    links = correlation_links(mmd, a, b, samples=[reference], **link_opts)
+    mdl = SCMODAL(mmd, modalities=[a, b], samples={a: list(sources), b: targets}, links={f"{a}|{b}": links},
+                  **params)
+    with measure() as res:
+        mdl.train(**{"seed": seed, **train})
+    za = mdl.get_latent_representation(modality=a)
+    zb = mdl.get_latent_representation(modality=b)
+    ev = mmd.mask[a] & mmd.mask[b] & (samples != reference)
+    lab = labels.to_numpy()
+
+    def scores(Za, Zb):
+        return {"foscttm": foscttm(Za[ev], Zb[ev]),
+                f"label_transfer_{a}_to_{b}": label_transfer_accuracy(Za[ev], lab[ev], Zb[ev], lab[ev]),
+                f"label_transfer_{b}_to_{a}": label_transfer_accuracy(Zb[ev], lab[ev], Za[ev], lab[ev])}
+
+    # Harmony on the concatenated (row-stacked) linked features: RNA rows and MSI rows of the same spots, the
+    # modality as Harmony's batch; it never sees which rows pair either
+    la = _standardise(mmd.dense(a)[:, mmd.var_names[a].get_indexer([x[0] for x in links])][ev])
+    lb = _standardise(mmd.dense(b)[:, mmd.var_names[b].get_indexer([x[1] for x in links])][ev])
+    stacked = np.vstack([la, lb])
+    Z = pca(stacked, n_components=min(50, stacked.shape[1] - 1), seed=seed)
+    mod = np.array([a] * len(la) + [b] * len(lb))
+    Zh = harmony(Z, mod, seed=seed)
+    full_a, full_b = np.full((len(ev), Zh.shape[1]), np.nan, np.float32), np.full((len(ev), Zh.shape[1]), np.nan, np.float32)
+    full_a[ev], full_b[ev] = Zh[: len(la)], Zh[len(la):]
+    return {
+        "setup": {"rna_samples": list(sources), "msi_samples": targets, "link_reference_sample": reference,
+                  "n_links": len(links), "evaluated_spots": int(ev.sum()),
+                  "evaluated": "spots with RNA and MSI of the samples other than the link reference"},
+        "scmodal": {**scores(za, zb), **res},
+        "harmony_linked_pca": scores(full_a, full_b),
+    }, mdl
+
+
+def _standardise(X: np.ndarray) -> np.ndarray:
+    X = X - X.mean(axis=0)
+    sd = X.std(axis=0)
+    return X / np.where(sd > 0, sd, 1.0)
 
 
 @dataclass
@@ -136,7 +246,28 @@ def _claims(metrics: dict, model: str = "mima") -> dict[str, Any]:
     return out
 
 
+def _other_claims(metrics: dict) -> dict[str, Any]:
+    """Issue 6's claims: each domain-adaptation model's target macro-F1 above the ensemble on the raw
+    concatenated features; scMODAL's FOSCTTM and label transfer better than Harmony on the linked-feature PCA."""
+    out: dict[str, Any] = {}
+    for name, e in metrics["representations"].items():
+        da = e.get("domain_adaptation")
+        if da and "raw_concat" in da:
+            out[f"{name}_target_f1_above_raw_concat_ensemble"] = {
+                "holds": bool(da["model"]["f1"] > da["raw_concat"]["f1"]), name: da["model"]["f1"],
+                "raw_concat_ensemble": da["raw_concat"]["f1"]}
+    ua = metrics.get("unpaired_alignment")
+    if ua:
+        sm, h = ua["scmodal"], ua["harmony_linked_pca"]
+        lt = [k for k in sm if k.startswith("label_transfer_")]
+        out["scmodal_better_than_harmony_on_linked_features"] = {
+            "holds": bool(sm["foscttm"] < h["foscttm"] and all(sm[k] > h[k] for k in lt)),
+            "foscttm": [sm["foscttm"], h["foscttm"]], **{k: [sm[k], h[k]] for k in lt}}
+    return out
+
+
 def iter_benchmark(data, out, *, models: Sequence[str] = DEFAULT_MODELS, annotation_key: str = "pathologist",
+                   source_samples: Sequence[str] | None = None,
                    exclude: Sequence[str] | None = None, train: dict | None = None,
                    model_params: dict | None = None, translation: bool = True, cv_folds: int = 4,
                    classifier: dict | None = None, figures: bool = True, save: bool = True,
@@ -152,8 +283,14 @@ def iter_benchmark(data, out, *, models: Sequence[str] = DEFAULT_MODELS, annotat
     exclude
         Annotation classes left out of the classifier and of the scIB labels (default: the paper's list,
         :data:`spatialmix.evaluate.annotations.PAPER_EXCLUDED`).
+    source_samples
+        The labelled source samples of the domain-adaptation models and the RNA samples of scMODAL (default:
+        :func:`default_sources`, half of the samples).
     train
-        Training options of every trained model (default: the demo's, 200 epochs at lr 1e-3).
+        Training options of every trained model (default: MIMA the demo's, 200 epochs at lr 1e-3; the other
+        models their papers' defaults).
+    model_params
+        ``{model name: {parameter: value}}``.
     classifier
         :class:`~spatialmix.evaluate.annotations.EnsembleOptions` fields (``n_bags``, ``n_trees``, ``n_jobs``).
     map_representation
@@ -178,7 +315,6 @@ def iter_benchmark(data, out, *, models: Sequence[str] = DEFAULT_MODELS, annotat
     out = Path(out)
     if (out / "metrics.json").exists() and not overwrite:
         raise ProjectError(f"{out / 'metrics.json'} already exists; pass --overwrite or choose another --out")
-    train = {**DEMO_TRAIN, "seed": seed, **(train or {})}
     options = ann_mod.EnsembleOptions(**{"seed": seed, **(classifier or {})})
     t_start = time.perf_counter()
 
@@ -198,6 +334,14 @@ def iter_benchmark(data, out, *, models: Sequence[str] = DEFAULT_MODELS, annotat
 
     reps = _raw(mmd)
     trained = {}
+    scmodal_run = False
+    sources = list(source_samples) if source_samples else default_sources(samples)
+
+    def train_for(name):
+        """The demo's training for MIMA; the other models train with their papers' defaults (plus the seed);
+        ``train`` given by the caller applies to every model."""
+        base = {**DEMO_TRAIN, "seed": seed} if name == "mima" else {"seed": seed}
+        return {**base, **(train or {})}
     for name in models:
         if name in BASELINES:
             yield Progress(f"baseline {name}", 0, 1)
@@ -208,15 +352,25 @@ def iter_benchmark(data, out, *, models: Sequence[str] = DEFAULT_MODELS, annotat
                     continue
                 reps.append(Representation(rep, "baseline", X, dict(res), source=name))
             yield Progress(f"baseline {name}", 1, 1)
+        elif name == "scmodal":
+            scmodal_run = True  # after the other representations: its section compares with Harmony itself
         else:
-            mdl = MODELS[name](mmd, **(model_params or {}))
+            cls = MODELS[name]
+            params = _model_params(model_params, name)
+            if cls.needs_labels:
+                batches_of = mmd.obs.groupby(mmd.obs["sample"].astype(str), observed=True)[mmd.batch_key].first()
+                params.setdefault("source_samples" if name == "modamix" else "source_batches",
+                                  list(sources) if name == "modamix" else [str(batches_of[x]) for x in sources])
+            mdl = cls(mmd, **params)
             with measure() as res:
-                yield from forward(mdl.iter_train(**train), f"train {name}: ")
+                yield from forward(mdl.iter_train(**train_for(name)), f"train {name}: ")
             trained[name] = mdl
             reps.append(Representation(name, "model", mdl.get_latent_representation(), dict(res), source=name))
 
     metrics: dict[str, Any] = {
-        "data": str(data), "annotation_key": annotation_key, "models": models, "train": train,
+        "data": str(data), "annotation_key": annotation_key, "models": models,
+        "train": {name: train_for(name) for name in models if name in MODELS},
+        "source_samples": sources,
         "samples": sorted(set(samples)), "n_spots": int(mmd.n_obs), "n_evaluated_spots": int(evaluated.sum()),
         "evaluated_spots": "spots with every modality measured (" + ", ".join(mmd.modalities) + ")",
         "classifier": {"n_bags": options.n_bags, "n_trees": options.n_trees, "min_instances": 3,
@@ -228,7 +382,11 @@ def iter_benchmark(data, out, *, models: Sequence[str] = DEFAULT_MODELS, annotat
     for i, rep in enumerate(reps):
         entry = {"kind": rep.kind, "source": rep.source, "dims": int(rep.X.shape[1]), **rep.resources}
         results[rep.name] = {}
-        for scheme in ("loocv", "4cv"):
+        supervised = rep.kind == "model" and MODELS[rep.source].needs_labels
+        if supervised:
+            entry["note"] = ("trained on the source samples' labels: scored on its target-sample predictions "
+                             "(domain_adaptation), not by the leave-one-sample-out classifier")
+        for scheme in (() if supervised else ("loocv", "4cv")):
             r = yield from forward(ann_mod.iter_cross_validate(
                 rep.X, labels, samples, representation=rep.name, scheme=scheme, exclude=exclude,
                 mask=evaluated, n_folds=cv_folds, options=options), f"annotations {i + 1}/{len(reps)} ")
@@ -238,7 +396,7 @@ def iter_benchmark(data, out, *, models: Sequence[str] = DEFAULT_MODELS, annotat
             ann_mod.write_predictions(sdata, r, name=rep.name if scheme == "loocv" else f"{rep.name}_4cv",
                                       annotation_key=annotation_key)
         metrics["representations"][rep.name] = entry
-    first = next(iter(results.values()))["loocv"]
+    first = next(r["loocv"] for r in results.values() if "loocv" in r)
     metrics["classifier"]["excluded_classes"] = first.excluded
     metrics["classifier"]["classes"] = first.classes
 
@@ -260,8 +418,21 @@ def iter_benchmark(data, out, *, models: Sequence[str] = DEFAULT_MODELS, annotat
     t0 = time.perf_counter()
 
     translations = {}
+    transfer_cache: dict = {}
     for name, mdl in trained.items():
-        if hasattr(mdl, "translate") and len(mmd.modalities) > 1:
+        if MODELS[name].needs_labels:
+            yield Progress(f"{name}: target-sample predictions vs the source-trained ensembles", 0, 1)
+            da, da_results = _domain_adaptation(name, mdl, mmd, reps, labels, samples, evaluated, sources, exclude,
+                                                options, transfer_cache)
+            metrics["representations"][name]["domain_adaptation"] = da
+            for rep_name, r in da_results.items():
+                results.setdefault(rep_name, {})["transfer"] = r
+                ann_mod.write_predictions(sdata, r, name=f"{rep_name}_transfer" if rep_name != name else name,
+                                          annotation_key=annotation_key)
+    stage["domain_adaptation"] = round(time.perf_counter() - t0, 1)
+    t0 = time.perf_counter()
+    for name, mdl in trained.items():
+        if "private" in MODELS[name].supports and len(mmd.modalities) > 1:
             metrics["representations"][name]["unpaired"] = _unpaired(mdl, mmd, labels)
             if translation:
                 from spatialmix.evaluate.translation import iter_translation_cv
@@ -273,7 +444,16 @@ def iter_benchmark(data, out, *, models: Sequence[str] = DEFAULT_MODELS, annotat
                 metrics["representations"][name]["translation"] = tr.to_dict()
                 metrics["representations"][name]["translation_fold_train_seconds"] = tr.train_seconds
     stage["translation_cv"] = round(time.perf_counter() - t0, 1)
-    metrics["claims"] = _claims(metrics, next(iter(trained), "mima"))
+    if scmodal_run:
+        t0 = time.perf_counter()
+        yield Progress("scMODAL: RNA of the sources against MSI of the targets", 0, 1)
+        section, mdl = _unpaired_alignment(mmd, labels, samples, sources, seed=seed,
+                                           train={**(train or {})}, params=_model_params(model_params, "scmodal"))
+        metrics["unpaired_alignment"] = section
+        yield Progress("scMODAL: RNA of the sources against MSI of the targets", 1, 1)
+        stage["scmodal"] = round(time.perf_counter() - t0, 1)
+    metrics["claims"] = _claims(metrics, "mima" if "mima" in trained else next(iter(trained), "mima"))
+    metrics["claims"].update(_other_claims(metrics))
 
     # write embeddings of the baselines next to the model outputs, so the project shows them all
     for rep in reps:
@@ -336,6 +516,10 @@ def metrics_table(metrics: dict) -> pd.DataFrame:
             for method, vals in methods.items():
                 for k in ("mse", "r2_spot_median", "r2_feature_median"):
                     row[f"translation_{direction}_{method}_{k}"] = vals[k]
+        da = e.get("domain_adaptation", {})
+        for k, v in da.items():
+            if isinstance(v, dict) and "f1" in v:
+                row[f"transfer_f1_{'own' if k == 'model' else k}"] = v["f1"]
         for pair, vals in e.get("unpaired", {}).items():
             for k, v in vals.items():
                 if k != "n_spots":
@@ -385,6 +569,32 @@ def format_benchmark(metrics: dict) -> str:
                 a, b = pair.split("-")
                 lines.append(f"| {pair} | {f(v['foscttm'])} | {f(v[f'label_transfer_{a}_to_{b}'])} "
                              f"| {f(v[f'label_transfer_{b}_to_{a}'])} | {v['n_spots']} |")
+    for name, e in metrics["representations"].items():
+        da = e.get("domain_adaptation")
+        if not da:
+            continue
+        lines += ["", f"## `{name}`: labelled sources {', '.join(da['source_samples'])} -> targets "
+                  f"{', '.join(da['target_samples'])} (mean per-class F1 over target samples, classes with >= 3 spots)",
+                  "", "| predictions of | target F1 | target accuracy | precision | recall | scored (sample, class) |",
+                  "|---|---|---|---|---|---|"]
+        rows = [("model" , f"**{name}** (its own classifier)")] + [
+            (k, f"ensemble on {k}") for k in da if isinstance(da[k], dict) and k != "model"]
+        for k, label in rows:
+            v = da[k]
+            lines.append(f"| {label} | {f(v.get('f1'))} | {f(v.get('accuracy'))} | {f(v.get('precision'))} "
+                         f"| {f(v.get('recall'))} | {v.get('n_scored', '')} |")
+    ua = metrics.get("unpaired_alignment")
+    if ua:
+        st = ua["setup"]
+        lines += ["", f"## scMODAL: RNA of {', '.join(st['rna_samples'])} against MSI of {', '.join(st['msi_samples'])}, "
+                  f"never paired ({st['n_links']} gene-lipid links from the paired spots of {st['link_reference_sample']})",
+                  "", f"Scored on {st['evaluated_spots']} {st['evaluated']}.", "",
+                  "| method | FOSCTTM (0 best, 0.5 random) | label transfer rna->msi | label transfer msi->rna | train s "
+                  "| peak MB |", "|---|---|---|---|---|---|"]
+        for k, label in (("scmodal", "scMODAL"), ("harmony_linked_pca", "Harmony on the PCA of the stacked linked features")):
+            v = ua[k]
+            lines.append(f"| {label} | {f(v['foscttm'])} | {f(v['label_transfer_rna_to_msi'])} "
+                         f"| {f(v['label_transfer_msi_to_rna'])} | {f(v.get('seconds'), 1)} | {f(v.get('peak_increase_mb'), 0)} |")
     if metrics.get("claims"):
         lines += ["", "## The paper's claims on these numbers", ""]
         for claim, v in metrics["claims"].items():

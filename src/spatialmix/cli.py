@@ -81,6 +81,8 @@ def _cmd_benchmark(args) -> int:
     exclude = None if args.exclude is None else [c.strip() for c in args.exclude.split(",") if c.strip()]
     metrics = run(iter_benchmark(args.data, args.out, models=args.models.split(","),
                                  annotation_key=args.annotation_key, exclude=exclude, train=_train_overrides(args),
+                                 source_samples=None if not args.source_samples else
+                                 [x.strip() for x in args.source_samples.split(",") if x.strip()],
                                  translation=not args.no_translation, cv_folds=args.cv_folds,
                                  classifier=classifier, figures=not args.no_figures,
                                  map_representation=args.map_representation,
@@ -130,7 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
                        "translation fidelity; metrics.json/csv, report.md, figures (see docs/benchmarks.md)")
     s.add_argument("--data", required=True, type=Path,
                    help="dataset folder with samples.csv (e.g. from `spatialmix simulate`) or a project .zarr")
-    s.add_argument("--models", default="mima,pca,harmony", help="comma-separated: mima, pca, harmony")
+    s.add_argument("--models", default="mima,pca,harmony",
+                   help="comma-separated: mima, modamix, calibration, scmodal (trained) and pca, harmony (baselines)")
+    s.add_argument("--source-samples", default=None,
+                   help="comma-separated labelled source samples of modamix / calibration and the RNA samples of "
+                        "scmodal (default: every other sample in sorted order)")
     s.add_argument("--out", required=True, type=Path)
     s.add_argument("--annotation-key", default="pathologist")
     s.add_argument("--exclude", default=None,

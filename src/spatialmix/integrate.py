@@ -46,6 +46,7 @@ def evaluate_integration(data, model, *, reference_labels=None, annotation_key: 
     from spatialmix.evaluate.metrics import class_mean_baseline, integration_scores, translation_scores
 
     obs = data.obs
+    supports = set(getattr(model, "supports", ()))
     labels = reference_labels if reference_labels is not None else (
         obs[annotation_key] if annotation_key and annotation_key in obs else None)
     out: dict[str, Any] = {"labels": "truth regions" if reference_labels is not None else annotation_key}
@@ -58,7 +59,7 @@ def evaluate_integration(data, model, *, reference_labels=None, annotation_key: 
             reps[f"raw_{m}"] = (data.dense(m), data.mask[m])
         z = model.get_latent_representation()
         reps[f"{key}_poe"] = (z, every)
-        if "msi" in model.modalities:
+        if "msi" in model.modalities and "corrected" in supports:
             msi = data.mask["msi"]
             reps[f"{key}_corrected_msi"] = (model.get_corrected("msi"), msi)
             reps[f"{key}_poe_msi_spots"] = (z, msi)
@@ -66,7 +67,8 @@ def evaluate_integration(data, model, *, reference_labels=None, annotation_key: 
         for name, (X, keep) in reps.items():
             scores[name] = integration_scores(X[keep], batches[keep], lab[keep].to_numpy())
         out["integration"] = scores
-    if model.split_ is not None and annotation_key and annotation_key in obs and len(model.modalities) > 1:
+    if (model.split_ is not None and "validation" in model.split_ and "translations" in supports
+            and annotation_key and annotation_key in obs and len(model.modalities) > 1):
         val, train = model.split_["validation"], model.split_["train"]
         ann = obs[annotation_key].astype(str).to_numpy()
         trans = {}
@@ -77,7 +79,12 @@ def evaluate_integration(data, model, *, reference_labels=None, annotation_key: 
             v, t = val[ok[val]], train[ok[train]]
             if len(v) < 10:
                 continue
+            if getattr(model, "single_source_translation", False):
+                sources = sources[:1]
             pred = model.translate(sources, target)
+            v = v[np.isfinite(pred[v]).all(axis=1)]  # a model may leave spots without its source(s) NaN
+            if len(v) < 10:
+                continue
             base = class_mean_baseline(X[t], ann[t], ann[v])
             trans[f"{'+'.join(sources)}->{target}"] = {
                 **translation_scores(pred[v], X[v], base, top=1000), "n_heldout_spots": int(len(v))}

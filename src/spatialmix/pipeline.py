@@ -478,11 +478,12 @@ def iter_run(config, out: str | Path, *, overwrite: bool = False):
     from spatialmix.config import load_config
 
     cfg = config if not isinstance(config, (str, Path)) else load_config(config)
-    from spatialmix.results import OUTPUTS
+    from spatialmix.models import MODELS
+    from spatialmix.results import supported_outputs
 
     o = dict(cfg.outputs)
     outputs = {
-        "outputs": [k for k in OUTPUTS if (k != "rgb" or o.get("rgb", True))
+        "outputs": [k for k in supported_outputs(MODELS[cfg.model]) if (k != "rgb" or o.get("rgb", True))
                     and (k not in ("corrected", "denoised") or o.get("corrected", True))],
         "translations": o.get("translations") or None,  # empty: every target from all other modalities
         "figures": bool(o.get("figures", True)) and o.get("rgb", True),

@@ -47,7 +47,30 @@ from spatialmix.progress import Progress, run
 
 #: characters SpatialData's zarr writer accepts in element and layer names
 _NAME_OK = re.compile(r"^[A-Za-z0-9_.-]+$")
-OUTPUTS = ("latent", "private", "corrected", "denoised", "translations", "rgb")
+OUTPUTS = ("latent", "private", "corrected", "denoised", "translations", "rgb", "labels")
+
+
+def supported_outputs(model) -> list[str]:
+    """The outputs of :data:`OUTPUTS` that ``model`` produces (its ``supports``; ``rgb`` needs the latent)."""
+    supports = set(getattr(model, "supports", {"latent", "private", "corrected", "denoised", "translations"}))
+    out = [o for o in OUTPUTS if o in supports]
+    if "latent" in supports:
+        out.insert(out.index("latent") + 1, "rgb")
+    return out
+
+
+def label_sources(model) -> list[str]:
+    """The labelled source samples of a domain-adaptation model (``source_samples``, or the samples of its
+    ``source_batches``)."""
+    params = getattr(model, "params", {}) or {}
+    if params.get("source_samples"):
+        return [str(s) for s in params["source_samples"]]
+    data = model.data
+    if params.get("source_batches"):
+        obs = data.obs
+        keep = obs[data.batch_key].astype(str).isin([str(b) for b in params["source_batches"]])
+        return [str(s) for s in pd.unique(obs.loc[keep, "sample"].astype(str))]
+    raise ModelError(f"{type(model).__name__} predicts labels but names no labelled source samples")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -149,9 +172,13 @@ def translation_layer(key: str, sources: str | Sequence[str]) -> str:
     return f"{key}_from_{'_and_'.join(map(str, sources))}"
 
 
-def _default_translations(modalities: list[str]) -> list[tuple[list[str], str]]:
+def _default_translations(modalities: list[str], single_source: bool = False) -> list[tuple[list[str], str]]:
+    """Every modality from all the others; models that translate from one source only (scMODAL): every
+    ordered pair."""
     if len(modalities) < 2:
         return []
+    if single_source:
+        return [([s], t) for t in modalities for s in modalities if s != t]
     return [([s for s in modalities if s != t], t) for t in modalities]
 
 
@@ -230,7 +257,7 @@ def iter_write_results(
     model,
     *,
     key: str | None = None,
-    outputs: Sequence[str] = OUTPUTS,
+    outputs: Sequence[str] | None = None,
     translations: Sequence[tuple[Sequence[str] | str, str]] | None = None,
     rgb_of: Sequence[tuple[str, str]] | None = None,
     seed: int = 0,
@@ -247,7 +274,10 @@ def iter_write_results(
         Prefix of every name written (default: the model's name, ``"mima"``).
     outputs
         Which outputs to write, any of ``"latent"``, ``"private"``, ``"corrected"``, ``"denoised"``,
-        ``"translations"``, ``"rgb"``.
+        ``"translations"``, ``"rgb"``, ``"labels"`` (default: every output the model supports,
+        :func:`supported_outputs`). ``"labels"`` writes the model's own predictions for its target samples as
+        ``pred_<key>`` / ``pred_<key>_confidence`` / ``agree_<key>`` with their scores, like
+        :func:`spatialmix.evaluate.annotations.write_predictions`.
     translations
         ``[(sources, target), ...]`` to impute; default: every modality from all the others.
     rgb_of
@@ -267,10 +297,16 @@ def iter_write_results(
     if not isinstance(key, str) or not _NAME_OK.match(key):
         raise ParameterError(f"key must be a non-empty name of letters, digits, '_', '.' or '-' (SpatialData cannot "
                              f"save other characters), got {key!r}")
+    if outputs is None:
+        outputs = supported_outputs(model)
     outputs = [outputs] if isinstance(outputs, str) else list(outputs)
     unknown = [o for o in outputs if o not in OUTPUTS]
     if unknown:
         raise ParameterError(f"unknown output(s) {unknown}; choose from {list(OUTPUTS)}")
+    unsupported = [o for o in outputs if o not in supported_outputs(model)]
+    if unsupported:
+        raise ModelError(f"{type(model).__name__} does not produce {unsupported}; it provides "
+                         f"{supported_outputs(model)}")
     if not getattr(model, "is_trained", False):
         raise ModelError(f"cannot write the results of {type(model).__name__}: the model is not trained yet. "
                          "Call model.train(...) first, or load a trained model with Model.load(folder, data)")
@@ -293,7 +329,8 @@ def iter_write_results(
                 "from, or rebuild the data with MultiModalData.from_spatialdata(sdata)"
             )
     if "translations" in outputs:
-        pairs = _default_translations(modalities) if translations is None else \
+        pairs = _default_translations(modalities, getattr(model, "single_source_translation", False)) \
+            if translations is None else \
             _normalise_translations(translations, modalities)
     else:
         pairs = []
@@ -320,6 +357,8 @@ def iter_write_results(
     if "rgb" in outputs:
         steps.append(("rgb", None))
     steps += [("rgb_of", p) for p in rgb_pairs]
+    if "labels" in outputs:
+        steps.append(("labels", None))
     stage = f"write results ({key})"
     total = len(steps) + 1
 
@@ -337,6 +376,7 @@ def iter_write_results(
         staged[(table, slot, name)] = values
 
     z = None
+    label_result = None
     for i, (what, arg) in enumerate(steps):
         if what == "latent":
             msg = "shared (PoE) embedding"
@@ -346,6 +386,8 @@ def iter_write_results(
             msg = f"{arg[1]} from {'+'.join(arg[0])}"
         elif what == "rgb":
             msg = "RGB of the shared embedding (3D UMAP)"
+        elif what == "labels":
+            msg = "predicted labels of the target samples"
         else:
             msg = f"RGB of {arg[0]} {arg[1]} (3D UMAP)"
         yield Progress(stage, i, total, msg)
@@ -363,6 +405,18 @@ def iter_write_results(
         elif what == "translation":
             sources, target = arg
             put(target, "layers", translation_layer(key, sources), model.translate(sources, target))
+        elif what == "labels":
+            from spatialmix.evaluate.annotations import PAPER_EXCLUDED, score_predictions
+
+            if data.annotation_key is None:
+                raise ModelError(f"{type(model).__name__} was trained without an annotation column; "
+                                 "there are no labels to compare its predictions with")
+            pred = model.predict_labels()
+            label_result = score_predictions(
+                pred["label"].astype(object).to_numpy(), pred["confidence"].to_numpy(float), data.labels,
+                data.obs["sample"].astype(str).to_numpy(), source_samples=label_sources(model),
+                representation=key, index=data.obs.index,
+                exclude=model.params["exclude"] if model.params.get("exclude") is not None else PAPER_EXCLUDED)
         elif what == "rgb":
             rgb = rgb_embedding(z, seed=seed)
             for m in modalities:
@@ -408,6 +462,8 @@ def iter_write_results(
         "outputs": written,
         "translations": [{"sources": s, "target": t, "layer": translation_layer(key, s)} for s, t in pairs],
         "rgb_of": [{"table": t, "source": s, "obsm": _rgb_name(t, s)} for t, s in rgb_pairs],
+        "labels": None if label_result is None else {
+            "column": f"pred_{key}", "source_samples": label_sources(model), **label_result.summary},
         "training_curve": curve.to_dict("records"),
         "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     })
@@ -424,6 +480,10 @@ def iter_write_results(
         if not isinstance(uns.get("spatialmix"), dict):
             uns["spatialmix"] = {}
         uns["spatialmix"][key] = {"provenance_json": prov_json, "history": history.copy()}
+    if label_result is not None:
+        from spatialmix.evaluate.annotations import write_predictions
+
+        write_predictions(sdata, label_result, name=key, annotation_key=data.annotation_key, tables=modalities)
     spatialmix_attrs(sdata).setdefault("models", {})[key] = record
     yield Progress(stage, total, total, f"wrote {len(staged)} result(s) into {modalities}")
     return sdata

@@ -35,7 +35,7 @@ from spatialmix.progress import Progress
 #: Classes the MIMA paper leaves out of training and scoring (rare or without meaning as a tissue class).
 #: Matched case-insensitively, ignoring spaces, "_" and "-" ("ISUP 2" == "isup2").
 PAPER_EXCLUDED: tuple[str, ...] = ("Nerve", "Necrosis", "ISUP2", "ISUP4", "Other", "Unlabelled")
-SCHEMES = ("loocv", "4cv")
+SCHEMES = ("loocv", "4cv")  # plus "transfer": source samples -> target samples (score_predictions)
 METRICS = ("accuracy", "precision", "recall", "f1")
 AGREEMENT = ("agree", "disagree", "unlabelled", "excluded")
 
@@ -284,6 +284,103 @@ def iter_cross_validate(X, labels, samples, *, representation: str = "X", scheme
         options={"n_bags": options.n_bags, "n_trees": options.n_trees, "seed": options.seed,
                  "min_instances": min_instances, "n_folds": len(folds)},
     )
+
+
+def _source_split(samples: np.ndarray, source_samples: Sequence[str]) -> np.ndarray:
+    """Boolean "is a source spot" over ``samples``; clear errors for unknown names or no target left."""
+    known = list(pd.unique(samples))
+    source_samples = [str(s) for s in source_samples]
+    unknown = [s for s in source_samples if s not in known]
+    if unknown:
+        raise ParameterError(f"source sample(s) {unknown} are not in the data (samples: {known})")
+    is_source = np.isin(samples, source_samples)
+    if is_source.all() or not is_source.any():
+        raise ParameterError(f"source samples {source_samples} leave no {'target' if is_source.all() else 'source'} "
+                             f"sample (samples: {known}); choose a proper subset as labelled sources")
+    return is_source
+
+
+def score_predictions(prediction, confidence, labels, samples, *, source_samples: Sequence[str],
+                      representation: str, exclude: Sequence[str] | None = PAPER_EXCLUDED, min_instances: int = 3,
+                      mask=None, index=None, options: dict | None = None) -> AnnotationResult:
+    """Score labels predicted for the target samples (spots not in ``source_samples``) against the pathologist,
+    one fold per target sample, with the same per-class rule as :func:`iter_cross_validate`.
+
+    Used for the labels of domain-adaptation models (MoDAmix, calibration) and for :func:`transfer`; source spots
+    get no prediction in the result (they were trained on), so maps and scores show target spots only.
+    """
+    samples = np.asarray(samples).astype(str)
+    n = len(samples)
+    if index is None:
+        index = labels.index if isinstance(labels, pd.Series) else pd.RangeIndex(n)
+    lab = pd.Series(np.asarray(labels, dtype=object), index=index)
+    is_source = _source_split(samples, source_samples)
+    mask = np.ones(n, bool) if mask is None else np.asarray(mask, bool)
+    labelled = lab.notna().to_numpy() & ~lab.astype(str).isin(["nan", "", "None"]).to_numpy()
+    y = lab.astype(str).to_numpy()
+    present = sorted(set(y[labelled & mask & ~is_source]) | set(y[labelled & is_source]))
+    excluded = excluded_classes(present, exclude)
+    classes = [c for c in sorted(set(y[labelled & is_source])) if c not in excluded]
+    usable = labelled & np.isin(y, classes)
+    target = mask & ~is_source
+    pred = np.full(n, None, dtype=object)
+    conf = np.full(n, np.nan)
+    pred[target] = np.asarray(prediction, dtype=object)[target]
+    conf[target] = np.asarray(confidence, dtype=float)[target]
+    rows = []
+    for s in pd.unique(samples[target]):
+        scored = np.flatnonzero(target & (samples == s) & usable)
+        for r in _scores(y[scored], pred[scored].astype(str), classes, min_instances):
+            rows.append({"fold": str(s), **r})
+    agreement = np.full(n, None, dtype=object)
+    agreement[target & ~labelled] = "unlabelled"
+    agreement[target & labelled & ~usable] = "excluded"
+    ok = target & usable
+    agreement[ok] = np.where(pred[ok].astype(str) == y[ok], "agree", "disagree")
+    return AnnotationResult(
+        representation=representation, scheme="transfer",
+        prediction=pd.Series(pred, index=index, name=f"pred_{representation}"),
+        confidence=pd.Series(conf, index=index, name=f"pred_{representation}_confidence"),
+        agreement=pd.Series(pd.Categorical(agreement, categories=list(AGREEMENT)), index=index,
+                            name=f"agree_{representation}"),
+        folds=pd.DataFrame(rows, columns=["fold", "class", "n", *METRICS]),
+        truth=pd.Series(y, index=index, name="pathologist"), classes=classes, excluded=excluded,
+        options={"source_samples": [str(x) for x in source_samples], "min_instances": min_instances,
+                 **(options or {})},
+    )
+
+
+def transfer(X, labels, samples, *, source_samples: Sequence[str], representation: str = "X",
+             exclude: Sequence[str] | None = PAPER_EXCLUDED, min_instances: int = 3, mask=None, index=None,
+             options: EnsembleOptions | None = None) -> AnnotationResult:
+    """The paper's ensemble trained on the labelled ``source_samples`` and predicting every other sample: the
+    reference that domain-adaptation models (MoDAmix, calibration) must beat on the same target spots."""
+    import scipy.sparse as sp
+
+    options = options or EnsembleOptions()
+    X = X.toarray() if sp.issparse(X) else np.asarray(X, dtype=np.float32)
+    samples = np.asarray(samples).astype(str)
+    lab = pd.Series(np.asarray(labels, dtype=object))
+    is_source = _source_split(samples, source_samples)
+    finite = np.isfinite(X).all(axis=1)
+    mask = finite if mask is None else (np.asarray(mask, bool) & finite)
+    labelled = lab.notna().to_numpy() & ~lab.astype(str).isin(["nan", "", "None"]).to_numpy()
+    y = lab.astype(str).to_numpy()
+    present = sorted(set(y[labelled & is_source & mask]))
+    classes = [c for c in present if c not in excluded_classes(present, exclude)]
+    if not classes:
+        raise ParameterError(f"no labelled source spots to train on (source samples {list(source_samples)})")
+    train = mask & is_source & labelled & np.isin(y, classes)
+    pred = np.full(len(y), None, dtype=object)
+    conf = np.full(len(y), np.nan)
+    test = mask & ~is_source
+    model = OneVsRestEnsemble(options).fit(X[train], y[train], classes)
+    p, c, _ = model.predict(X[test])
+    pred[test], conf[test] = p, c
+    return score_predictions(pred, conf, labels, samples, source_samples=source_samples,
+                             representation=representation, exclude=exclude, min_instances=min_instances,
+                             mask=mask, index=index, options={"n_bags": options.n_bags, "n_trees": options.n_trees,
+                                                              "seed": options.seed})
 
 
 def cross_validate(X, labels, samples, *, progress: bool = False, **kwargs) -> AnnotationResult:

@@ -76,7 +76,8 @@ def plot_f1(results: dict, schemes=("loocv", "4cv")):
     """Per-(fold, class) F1 of every representation, sorted by mean (Fig. 3B), one panel per scheme."""
     import matplotlib.pyplot as plt
 
-    titles = {"loocv": "leave one sample out", "4cv": "within-sample 4-fold"}
+    titles = {"loocv": "leave one sample out", "4cv": "within-sample 4-fold",
+              "transfer": "labelled sources -> target samples"}
     fig, axes = plt.subplots(1, len(schemes), figsize=(6.5 * len(schemes), 5.5), constrained_layout=True,
                              squeeze=False)
     for ax, scheme in zip(axes[0], schemes):
@@ -240,11 +241,13 @@ def save_benchmark_figures(metrics, results, translations, sdata, out, *, annota
         written.append(path)
 
     save(plot_scib_scatter(metrics), "scib_bio_vs_batch.png")
-    save(plot_f1(results), "annotation_f1.png")
+    schemes = ("loocv", "4cv") + (("transfer",) if any("transfer" in r for r in results.values()) else ())
+    save(plot_f1(results, schemes), "annotation_f1.png")
     rep = map_representation if map_representation in results else next(iter(results))
-    save(plot_confusion(results[rep]["loocv"]), f"confusion_{rep}.png")
+    scheme = "loocv" if "loocv" in results[rep] else next(iter(results[rep]))
+    save(plot_confusion(results[rep][scheme]), f"confusion_{rep}.png")
     for sample in metrics["samples"]:
-        save(plot_annotation_map(sdata, sample, results[rep]["loocv"], annotation_key=annotation_key),
+        save(plot_annotation_map(sdata, sample, results[rep][scheme], annotation_key=annotation_key),
              f"annotations_{rep}_{sample}.png")
     for name, tr in translations.items():
         save(plot_translation(tr, name=name), f"translation_r2_{name}.png")

@@ -170,6 +170,7 @@ class BaseModel:
             "model": self.name, "class": type(self).__name__, "params": self.params, "modalities": self.modalities,
             "var_names": {m: [str(v) for v in self.var_names[m]] for m in self.modalities},
             "batches": [str(b) for b in self.batches], "batch_key": getattr(self.data, "batch_key", "batch"),
+            "annotation_key": getattr(self.data, "annotation_key", None),
             "train_config": self.train_config, "history": self.history, "is_trained": self.is_trained,
             "stopped_early": self.stopped_early, "versions": versions(),
             "split": {k: v.tolist() for k, v in (self.split_ or {}).items()},

@@ -18,11 +18,15 @@ from qtpy.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QLineEdit,
+    QListWidget,
+    QListWidgetItem,
     QPushButton,
     QSpinBox,
+    QStackedWidget,
     QVBoxLayout,
     QWidget,
 )
+from qtpy.QtCore import Qt
 
 from spatialmix.napari._common import PathEdit, WorkerPanel, fill_combo, notify_error, section, state_of
 
@@ -32,6 +36,59 @@ PRESETS = {
     "bundled demo (200 epochs, lr 1e-3)": {"epochs": 200, "lr": 1e-3},
 }
 MODALITY_NAMES = {"rna": "RNA (Visium)", "msi": "MSI", "morphology": "H&E features"}
+#: Display names of the models in the Model box (registry keys otherwise)
+MODEL_LABELS = {"mima": "MIMA", "modamix": "MoDAmix", "calibration": "Multi-batch calibration", "scmodal": "scMODAL"}
+#: MIMA's form rows (the others get one row per scalar default, generated from their DEFAULTS)
+MIMA_ROWS = {"n_latent": "Latent size", "n_hidden": "Hidden units", "beta": "KL weight (beta)",
+             "adversarial": "Adversarial weight", "dropout": "Dropout", "latent_dropout": "Latent dropout"}
+
+
+def model_defaults(name: str) -> dict:
+    """The parameter defaults of model ``name`` (its module's ``DEFAULTS``)."""
+    import sys
+
+    from spatialmix.models import MODELS
+
+    return dict(getattr(sys.modules[MODELS[name].__module__], "DEFAULTS", {}) or {})
+
+
+class ParamPage(QWidget):
+    """One form row per scalar parameter of a model (numbers, switches, choices as text), from its defaults."""
+
+    def __init__(self, name: str, rows: dict[str, str] | None = None) -> None:
+        super().__init__()
+        self.name = name
+        self.widgets: dict[str, QWidget] = {}
+        defaults = model_defaults(name)
+        form = QFormLayout(self)
+        form.setContentsMargins(0, 0, 0, 0)
+        keys = list(rows) if rows else [k for k, v in defaults.items()
+                                          if k != "seed" and isinstance(v, (bool, int, float, str))]
+        for key in keys:
+            value = defaults[key]
+            if isinstance(value, bool):
+                w = QCheckBox()
+                w.setChecked(value)
+            elif isinstance(value, int):
+                w = _spin(0, 10**7, value)
+            elif isinstance(value, float):
+                w = _dspin(0, 1e4, value, 4 if 0 < abs(value) < 0.1 else 3)
+            else:
+                w = QLineEdit(str(value))
+            w.setToolTip(f"{key} (default {value!r})")
+            self.widgets[key] = w
+            form.addRow((rows or {}).get(key) or key.replace("_", " "), w)
+
+    def values(self) -> dict:
+        out = {}
+        for key, w in self.widgets.items():
+            if isinstance(w, QCheckBox):
+                out[key] = w.isChecked()
+            elif isinstance(w, (QSpinBox, QDoubleSpinBox)):
+                out[key] = w.value()
+            else:
+                out[key] = w.text().strip()
+        return out
 
 
 LINE_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf",
@@ -160,10 +217,10 @@ class IntegrateWidget(QWidget):
         self._last_epoch_event: dict | None = None
 
         from spatialmix.models import MODELS
-        from spatialmix.models.mima import DEFAULTS
 
         self.model_combo = QComboBox()
-        self.model_combo.addItems([m.upper() if m == "mima" else m for m in MODELS])
+        for m in MODELS:
+            self.model_combo.addItem(MODEL_LABELS.get(m, m), m)
         self.modality_boxes = {m: QCheckBox(label.replace("&", "&&")) for m, label in MODALITY_NAMES.items()}
         mod_row = QHBoxLayout()
         for box in self.modality_boxes.values():
@@ -177,13 +234,24 @@ class IntegrateWidget(QWidget):
         self.preset = QComboBox()
         self.preset.addItems(list(PRESETS))
         self.preset.currentTextChanged.connect(self._apply_preset)
-        self.n_latent = _spin(1, 1000, DEFAULTS["n_latent"])
-        self.n_hidden = _spin(1, 10000, DEFAULTS["n_hidden"])
-        self.beta = _dspin(0, 10, DEFAULTS["beta"], 4)
-        self.adversarial = _dspin(0, 10, DEFAULTS["adversarial"], 3)
-        self.dropout = _dspin(0, 0.95, DEFAULTS["dropout"], 2)
-        self.latent_dropout = _dspin(0, 0.95, DEFAULTS["latent_dropout"], 2)
+        self.pages = {m: ParamPage(m, MIMA_ROWS if m == "mima" else None) for m in MODELS}
+        self.param_stack = QStackedWidget()
+        for page in self.pages.values():
+            self.param_stack.addWidget(page)
+        mima = self.pages["mima"].widgets
+        self.n_latent, self.n_hidden, self.beta = mima["n_latent"], mima["n_hidden"], mima["beta"]
+        self.sources = QListWidget()
+        self.sources.setToolTip("labelled source samples (their annotation trains the model); the unchecked "
+                                "samples are the unlabelled targets whose labels it predicts")
+        self.sources.setMaximumHeight(90)
+        self.sources_label = QLabel("Labelled sources")
+        self.link_reference = QComboBox()
+        self.link_reference.setToolTip("scMODAL links features of consecutive modalities by their correlation on "
+                                       "the paired spots of this sample")
+        self.link_label = QLabel("Links from sample")
         self.epochs = _spin(1, 100000, 50)
+        self.max_steps = _spin(0, 10**7, 0)
+        self.max_steps.setToolTip("optimiser steps (0 = count epochs instead)")
         self.lr = _dspin(1e-6, 1.0, 1e-4, 6)
         self.batch_size = _spin(1, 100000, 128)
         self.train_fraction = _dspin(0.05, 1.0, 0.8, 2)
@@ -198,12 +266,11 @@ class IntegrateWidget(QWidget):
         form.addRow("Annotation column", self.annotation_combo)
         form.addRow("Output name", self.key_edit)
         form.addRow("Preset", self.preset)
-        form.addRow("Latent size", self.n_latent)
-        form.addRow("Hidden units", self.n_hidden)
-        form.addRow("KL weight (beta)", self.beta)
-        form.addRow("Adversarial weight", self.adversarial)
-        form.addRow("Dropout / latent dropout", _pair(self.dropout, self.latent_dropout))
+        form.addRow(self.param_stack)
+        form.addRow(self.sources_label, self.sources)
+        form.addRow(self.link_label, self.link_reference)
         form.addRow("Epochs", self.epochs)
+        form.addRow("Steps", self.max_steps)
         form.addRow("Learning rate", self.lr)
         form.addRow("Batch size", self.batch_size)
         form.addRow("Train fraction", self.train_fraction)
@@ -237,8 +304,10 @@ class IntegrateWidget(QWidget):
         row.addWidget(self.load_button)
         lay.addLayout(row)
         lay.addStretch(1)
+        self.model_combo.currentIndexChanged.connect(self._model_changed)
         self.state.changed.connect(self._state_changed)
         self._state_changed("project")
+        self._model_changed()
         self.warmed = False
         self._warm_up()
 
@@ -258,6 +327,32 @@ class IntegrateWidget(QWidget):
         self.warm_worker.start()
 
     # -- options ----------------------------------------------------------------------------------------------
+    @property
+    def model_name(self) -> str:
+        return self.model_combo.currentData() or "mima"
+
+    def _model_changed(self, *_):
+        """Show the chosen model's parameters and its papers' training defaults."""
+        from spatialmix.models import MODELS
+
+        name = self.model_name
+        cls = MODELS[name]
+        self.param_stack.setCurrentWidget(self.pages[name])
+        self.param_stack.setFixedHeight(self.pages[name].sizeHint().height())
+        for w in (self.sources, self.sources_label):
+            w.setVisible(bool(cls.needs_labels))
+        for w in (self.link_reference, self.link_label):
+            w.setVisible(name == "scmodal")
+        self.preset.setEnabled(name == "mima")
+        d = cls.train_defaults
+        self.epochs.setValue(int(d.get("epochs", 50)))
+        self.lr.setValue(float(d.get("lr", 1e-3)))
+        self.batch_size.setValue(int(d.get("batch_size", 128)))
+        self.train_fraction.setValue(float(d.get("train_fraction", 0.8)))
+        self.max_steps.setValue(int(d.get("max_steps") or 0))
+        if self.key_edit.text().strip() in ("", *MODELS):
+            self.key_edit.setText(name)
+
     def _apply_preset(self, name: str) -> None:
         p = PRESETS[name]
         self.epochs.setValue(p["epochs"])
@@ -283,6 +378,20 @@ class IntegrateWidget(QWidget):
         for m, box in self.modality_boxes.items():
             box.setEnabled(has[m])
             box.setChecked(has[m] and (box.isChecked() or what == "project"))
+        samples = list(self.state.samples) if sdata is not None else []
+        checked = {self.sources.item(i).text() for i in range(self.sources.count())
+                   if self.sources.item(i).checkState() == Qt.Checked}
+        if not checked:  # default: every other sample (spatialmix.benchmark.default_sources)
+            from spatialmix.benchmark import default_sources
+
+            checked = set(default_sources(samples)) if samples else set()
+        self.sources.clear()
+        for sample in samples:
+            item = QListWidgetItem(sample)
+            item.setFlags(item.flags() | Qt.ItemIsUserCheckable)
+            item.setCheckState(Qt.Checked if sample in checked else Qt.Unchecked)
+            self.sources.addItem(item)
+        fill_combo(self.link_reference, samples, samples[0] if samples else None)
 
     def options(self) -> dict:
         """The headless call's keyword arguments, as the form says."""
@@ -291,19 +400,33 @@ class IntegrateWidget(QWidget):
         mods = [m for m, box in self.modality_boxes.items() if box.isChecked() and box.isEnabled()]
         if not mods:
             raise ParameterError("choose at least one modality to integrate")
+        from spatialmix.models import MODELS
+
         ann = self.annotation_combo.currentText()
+        name = self.model_name
+        params = self.pages[name].values()
+        if MODELS[name].needs_labels:
+            sources = [self.sources.item(i).text() for i in range(self.sources.count())
+                       if self.sources.item(i).checkState() == Qt.Checked]
+            if not sources:
+                raise ParameterError(f"{MODEL_LABELS.get(name, name)} needs labelled source samples: tick at least "
+                                     "one in 'Labelled sources' (and leave at least one unticked as a target)")
+            params["source_samples"] = sources
+        if name == "scmodal":
+            params["link_reference"] = self.link_reference.currentText()
+        train = {"epochs": self.epochs.value(), "lr": self.lr.value(), "batch_size": self.batch_size.value(),
+                 "train_fraction": self.train_fraction.value(), "seed": self.seed.value(),
+                 "device": self.device.currentText()}
+        if self.max_steps.value() > 0:
+            train["max_steps"] = self.max_steps.value()
         return {
-            "model": self.model_combo.currentText().lower(),
+            "model": name,
             "modalities": mods,
             "batch_key": self.batch_combo.currentText() or "batch",
             "annotation_key": None if ann in ("", "(none)") else ann,
-            "key": self.key_edit.text().strip() or "mima",
-            "model_params": {"n_latent": self.n_latent.value(), "n_hidden": self.n_hidden.value(),
-                             "beta": self.beta.value(), "adversarial": self.adversarial.value(),
-                             "dropout": self.dropout.value(), "latent_dropout": self.latent_dropout.value()},
-            "train": {"epochs": self.epochs.value(), "lr": self.lr.value(), "batch_size": self.batch_size.value(),
-                      "train_fraction": self.train_fraction.value(), "seed": self.seed.value(),
-                      "device": self.device.currentText()},
+            "key": self.key_edit.text().strip() or name,
+            "model_params": params,
+            "train": train,
         }
 
     # -- training ---------------------------------------------------------------------------------------------
@@ -326,7 +449,8 @@ class IntegrateWidget(QWidget):
         return self.panel.start(_after, self.warm_event, iter_fit, self.state.sdata, stop=self.stop_event, **opts,
                                 on_event=self._on_event, on_done=self._trained,
                                 on_error=lambda _: self.train_button.setEnabled(True),
-                                on_stop=self.stop_event.set, what=f"train {opts['model'].upper()}")
+                                on_stop=self.stop_event.set,
+                                what=f"train {MODEL_LABELS.get(opts['model'], opts['model'])}")
 
     def stop(self) -> None:
         self.panel.stop()
@@ -434,10 +558,14 @@ def iter_load_model(sdata, path):
     cfg_file = Path(path) / CONFIG
     if not cfg_file.exists():
         raise ModelError(f"{path} holds no saved model ({CONFIG} missing); choose the folder a model was saved to")
-    name = json.loads(cfg_file.read_text()).get("model", "mima")
+    config = json.loads(cfg_file.read_text())
+    name = config.get("model", "mima")
     if name not in MODELS:
         raise ModelError(f"{path} holds a {name!r} model, which this version cannot load (it has {sorted(MODELS)})")
-    data = MultiModalData.from_spatialdata(sdata, annotation_key=None)
+    ann = config.get("annotation_key")
+    ann = ann if ann and "rna" in sdata.tables and ann in sdata.tables["rna"].obs else None
+    data = MultiModalData.from_spatialdata(sdata, modalities=config.get("modalities"),
+                                           batch_key=config.get("batch_key", "batch"), annotation_key=ann)
     model = MODELS[name].load(path, data)
     yield Progress("load model", 1, 1, str(path))
     yield from iter_write_results(sdata, model)
@@ -466,13 +594,4 @@ def _dspin(lo, hi, value, decimals) -> QDoubleSpinBox:
     w.setRange(lo, hi)
     w.setSingleStep(10 ** -decimals * 10)
     w.setValue(value)
-    return w
-
-
-def _pair(a, b) -> QWidget:
-    w = QWidget()
-    lay = QHBoxLayout(w)
-    lay.setContentsMargins(0, 0, 0, 0)
-    lay.addWidget(a)
-    lay.addWidget(b)
     return w
