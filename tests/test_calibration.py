@@ -1,0 +1,333 @@
+"""Multi-batch calibration (Niu et al., 2021): batch mixing, label transfer to target batches, the two-step
+schedule, save / load and the errors a user can run into."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import f1_score
+from sklearn.model_selection import cross_val_score
+from sklearn.neighbors import KNeighborsClassifier
+from sklearn.preprocessing import StandardScaler
+from torch.optim.optimizer import register_optimizer_step_post_hook
+
+from spatialmix.data import MultiModalData
+from spatialmix.errors import FeatureMismatchError, ModelError, ParameterError
+from spatialmix.models.calibration import Calibration
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    torch.set_num_threads(1)
+
+
+def calib_data(n_per_batch=150, n_batches=4, n_classes=4, n_sources=2, seed=0, missing_msi=0.0) -> MultiModalData:
+    """Two modalities ('rna' 30, 'msi' 12 features) driven by ``n_classes`` classes, ``n_batches`` batches with
+    strong multiplicative (x0.5-x2) and additive per-batch effects; the additive shifts run along differences
+    between class centres, so that a classifier trained on the raw source batches confuses classes in the
+    targets. The annotation column 'cell_type' is filled on the first ``n_sources`` batches only; 'truth' has
+    every spot's class (for scoring)."""
+    rng = np.random.default_rng(seed)
+    n = n_per_batch * n_batches
+    batch = np.repeat(np.arange(n_batches), n_per_batch)
+    cls = rng.integers(0, n_classes, n)
+    X, mask, var = {}, {}, {}
+    for m, d in (("rna", 30), ("msi", 12)):
+        centres = rng.normal(0, 1.0, (n_classes, d))
+        base = centres[cls] + rng.normal(0, 0.6, (n, d))
+        pairs = [rng.permutation(n_classes)[:2] for _ in range(n_batches)]
+        offsets = np.stack([1.2 * (centres[a] - centres[b]) for a, b in pairs]) + rng.normal(0, 1.5, (n_batches, d))
+        mult = rng.uniform(0.5, 2.0, (n_batches, d))
+        X[m] = (base * mult[batch] + offsets[batch] + 5).astype(np.float32)
+        mask[m] = np.ones(n, bool)
+        var[m] = pd.Index([f"{m}{i}" for i in range(d)])
+    if missing_msi:
+        mask["msi"][rng.random(n) < missing_msi] = False
+        X["msi"][~mask["msi"]] = 0
+    truth = np.array([f"class{c}" for c in range(n_classes)])[cls]
+    annotation = pd.Series(truth, dtype=object)
+    annotation[batch >= n_sources] = np.nan
+    obs = pd.DataFrame({"sample": [f"B{b}" for b in batch], "batch": [f"B{b}" for b in batch], "truth": truth,
+                        "cell_type": annotation.to_numpy()}, index=[f"spot{i}" for i in range(n)])
+    return MultiModalData(["rna", "msi"], X, mask, var, obs, None, "batch", "cell_type")
+
+
+def knn_batch_accuracy(z, batches) -> float:
+    """5-fold accuracy of a 15-NN classifier predicting the batch: 1 = batches apart, 1/n_batches = mixed."""
+    return float(cross_val_score(KNeighborsClassifier(15), z, batches, cv=5).mean())
+
+
+def raw_features(data) -> np.ndarray:
+    return np.concatenate([data.dense(m) for m in data.modalities], axis=1)
+
+
+@pytest.fixture(scope="module")
+def trained4():
+    torch.set_num_threads(1)
+    data = calib_data(n_classes=4)
+    model = Calibration(data)
+    model.train(epochs=60, step_events=False)
+    return data, model
+
+
+def test_calibration_mixes_batches_and_transfers_labels_better_than_raw_logistic_regression(trained4):
+    data, model = trained4
+    # defaults: sources = the batches with labelled spots, classes from the source labels, paper weights
+    assert model.params["source_batches"] == ["B0", "B1"]
+    assert model.params["classes"] == ["class0", "class1", "class2", "class3"]
+    assert {k: model.params[k] for k in ("alpha1", "alpha2", "beta", "gamma", "lambda1", "lambda2")} == \
+        {"alpha1": 10.0, "alpha2": 10.0, "beta": 10.0, "gamma": 0.01, "lambda1": 1, "lambda2": 1}
+    assert model.train_config["lr"] == 1e-3 and model.train_config["batch_size"] == 128
+    assert len(model.module.reconstructors) == 2
+    # multi-class head: softmax over 4 logits
+    assert model.module.discriminator.head[-1].out_features == 4
+
+    b = data.obs["batch"].to_numpy()
+    truth = data.obs["truth"].to_numpy()
+    src = np.isin(b, ["B0", "B1"])
+    raw = StandardScaler().fit_transform(raw_features(data))
+    z = model.get_latent_representation()
+    assert z.shape == (data.n_obs, 42) and np.isfinite(z).all()
+    raw_mix, cal_mix = knn_batch_accuracy(raw, b), knn_batch_accuracy(z, b)
+    print(f"kNN batch accuracy raw {raw_mix:.3f} -> calibrated {cal_mix:.3f} (chance 0.25)")
+    assert raw_mix > 0.9 and cal_mix < 0.5
+
+    baseline = LogisticRegression(max_iter=2000).fit(raw[src], truth[src])
+    f1_raw = f1_score(truth[~src], baseline.predict(raw[~src]), average="macro")
+    pred = model.predict_labels()
+    assert list(pred.columns) == ["label", "confidence"] and pred.index.equals(data.obs.index)
+    assert list(pred["label"].cat.categories) == model.params["classes"]
+    assert pred["confidence"].between(0.25, 1).all()
+    f1_cal = f1_score(truth[~src], pred["label"].astype(str)[~src], average="macro")
+    print(f"target macro-F1: LogisticRegression on raw sources {f1_raw:.3f}, calibration {f1_cal:.3f}")
+    assert f1_cal > 0.85 and f1_cal > f1_raw + 0.2
+
+
+def test_corrected_layer_is_in_the_reference_batchs_units_and_mixed(trained4):
+    data, model = trained4
+    b = data.obs["batch"].to_numpy()
+    truth = data.obs["truth"].to_numpy()
+    raw = data.dense("msi")
+    corrected = model.get_corrected("msi")
+    assert corrected.shape == raw.shape
+
+    def class_mean_error(y, ref):
+        # per class and batch, distance of the class mean from the reference batch's raw class mean
+        return np.mean([np.abs(y[(b == bb) & (truth == c)].mean(0) - raw[(b == ref) & (truth == c)].mean(0)).mean()
+                        for c in np.unique(truth) for bb in sorted(set(b) - {ref})])
+
+    err_raw, err_cor = class_mean_error(raw, "B0"), class_mean_error(corrected, "B0")
+    print(f"msi class-mean error vs batch B0: raw {err_raw:.3f}, corrected {err_cor:.3f}; kNN batch accuracy "
+          f"raw {knn_batch_accuracy(raw, b):.3f} corrected {knn_batch_accuracy(corrected, b):.3f}")
+    assert err_cor < 0.5 * err_raw
+    assert knn_batch_accuracy(corrected, b) < 0.6
+    # another reference batch gives that batch's units
+    other = model.get_corrected("msi", reference="B1")
+    assert class_mean_error(other, "B1") < 0.5 * class_mean_error(raw, "B1")
+    with pytest.raises(ParameterError, match="'B2' is not a source batch.*B0"):
+        model.get_corrected("msi", reference="B2")
+    with pytest.raises(ModelError, match="'he' is not in this model"):
+        model.get_corrected("he")
+    with pytest.raises(ModelError, match="does not produce translations"):
+        model.translate("rna", "msi")
+
+
+def test_two_classes_use_one_sigmoid_logit():
+    data = calib_data(n_classes=2, seed=1)
+    model = Calibration(data)
+    assert model.module.discriminator.head[-1].out_features == 1
+    # the label loss is the binary cross-entropy of that logit
+    z = torch.randn(10, 42)
+    y = torch.tensor([0, 1] * 5)
+    model.module.eval()
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(model.module.discriminator(z)[:, 0], y.float())
+    assert torch.allclose(model.module.loss_label(z, y), expected)
+    model.train(epochs=40, step_events=False)
+    truth = data.obs["truth"].to_numpy()
+    src = np.isin(data.obs["batch"].to_numpy(), ["B0", "B1"])
+    pred = model.predict_labels()
+    assert list(pred["label"].cat.categories) == ["class0", "class1"]
+    assert pred["confidence"].between(0.5, 1).all()
+    f1 = f1_score(truth[~src], pred["label"].astype(str)[~src], average="macro")
+    print(f"two-class target macro-F1 {f1:.3f}")
+    assert f1 > 0.9
+
+
+def _snapshot(module):
+    def grab(net):
+        return {k: v.detach().clone() for k, v in net.state_dict().items()}
+    return {"C": grab(module.calibrator), "D": grab(module.discriminator), "R": grab(module.reconstructors)}
+
+
+def _changed(a, b) -> bool:
+    return any(not torch.equal(a[k], b[k]) for k in a)
+
+
+def test_two_optimisers_created_once_and_each_step_updates_only_its_networks(monkeypatch):
+    data = calib_data(n_per_batch=40, seed=2)
+    model = Calibration(data, lambda1=2, lambda2=1)
+    assert model.module.phases(1, 1) == [("A", "cd"), ("A", "cd"), ("B", "cr")]
+    created = []
+    original = type(model.module).configure_optimizers
+
+    def counting(self, lr, weight_decay=0.0):
+        out = original(self, lr, weight_decay)
+        created.append(out)
+        return out
+
+    monkeypatch.setattr(type(model.module), "configure_optimizers", counting)
+    steps = []
+    last = [_snapshot(model.module)]
+
+    def hook(optimizer, args, kwargs):
+        now = _snapshot(model.module)
+        steps.append((id(optimizer), {k: _changed(last[0][k], now[k]) for k in now}))
+        last[0] = now
+
+    handle = register_optimizer_step_post_hook(hook)
+    try:
+        model.train(epochs=3, batch_size=64, device="cpu", step_events=False)
+    finally:
+        handle.remove()
+    assert len(created) == 1  # once per training, not per epoch
+    ids = {name: id(opt) for name, opt in created[0].items()}
+    assert set(ids) == {"cd", "cr"}
+    # 160 spots, 128 for training: 2 steps per epoch x 3 epochs, each A, A, B
+    assert [i for i, _ in steps] == [ids["cd"], ids["cd"], ids["cr"]] * 6
+    for opt_id, changed in steps:
+        if opt_id == ids["cd"]:  # step A: C and D move, the reconstructors do not
+            assert changed == {"C": True, "D": True, "R": False}
+        else:  # step B: C and the reconstructors move, D (weights and BatchNorm statistics) does not
+            assert changed == {"C": True, "D": False, "R": True}
+    # the optimisers hold exactly their networks' parameters
+    cd = {id(p) for g in created[0]["cd"].param_groups for p in g["params"]}
+    cr = {id(p) for g in created[0]["cr"].param_groups for p in g["params"]}
+    m = model.module
+    assert cd == {id(p) for p in [*m.calibrator.parameters(), *m.discriminator.parameters()]}
+    assert cr == {id(p) for p in [*m.calibrator.parameters(), *m.reconstructors.parameters()]}
+
+
+def test_loss_weights_from_params_reach_the_loss():
+    data = calib_data(n_per_batch=40, seed=3)
+    model = Calibration(data, alpha1=3.0, alpha2=2.0, beta=7.0, gamma=0.5)
+    batch = {k: v[::2] for k, v in model._training_tensors().items()}  # every batch present
+    module = model.module
+    module.eval()  # no dropout: the same features in every call
+    with torch.no_grad():
+        total_a, ta = module(batch, phase="A")
+        total_b, tb = module(batch, phase="B")
+        total_v, tv = module(batch)
+    assert set(ta) == {"mmd_a", "label"} and set(tb) == {"mmd_b", "recon"} and set(tv) == {"mmd", "label", "recon"}
+    assert float(ta["mmd_a"]) > 0 and float(ta["label"]) > 0 and float(tb["recon"]) > 0
+    assert torch.allclose(total_a, 3.0 * ta["mmd_a"] + 7.0 * ta["label"])
+    assert torch.allclose(total_b, 2.0 * tb["mmd_b"] + 0.5 * tb["recon"])
+    assert torch.allclose(total_v, 3.0 * tv["mmd"] + 7.0 * tv["label"] + 0.5 * tv["recon"])
+    # the MMD sums every pair of batches present (4 batches -> 6 pairs): dropping a batch lowers it
+    keep = batch["batch"] != 3
+    with torch.no_grad():
+        fewer = module({k: v[keep] for k, v in batch.items()})[1]["mmd"]
+    assert float(fewer) < float(tv["mmd"])
+    # the training curve records every term of both steps
+    model.train(epochs=2, step_events=False)
+    assert {"mmd_a", "label", "mmd_b", "recon", "val_mmd", "val_label", "val_recon"} <= set(model.training_curve())
+
+
+def test_save_load_gives_identical_outputs(trained4, tmp_path):
+    data, model = trained4
+    model.save(tmp_path / "cal")
+    state = torch.load(tmp_path / "cal" / "model.pt", weights_only=True)
+    assert torch.equal(state["mean"], model.module.mean) and torch.equal(state["scale"], model.module.scale)
+    loaded = Calibration.load(tmp_path / "cal", data)
+    assert loaded.params == model.params and loaded.is_trained
+    np.testing.assert_array_equal(loaded.get_latent_representation(), model.get_latent_representation())
+    np.testing.assert_array_equal(loaded.get_corrected("rna"), model.get_corrected("rna"))
+    pd.testing.assert_frame_equal(loaded.predict_labels(), model.predict_labels())
+    # loaded without data: outputs for data passed explicitly; wrong features are named
+    bare = Calibration.load(tmp_path / "cal")
+    np.testing.assert_array_equal(bare.get_latent_representation(data=data), model.get_latent_representation())
+    other = calib_data(n_per_batch=10)
+    other.var_names["msi"] = pd.Index([f"mz{i}" for i in range(12)])
+    with pytest.raises(FeatureMismatchError, match="msi: 12 feature"):
+        model.predict_labels(data=other)
+
+
+def test_missing_modality_spots_single_modality_and_exclude():
+    data = calib_data(n_per_batch=60, seed=4, missing_msi=0.2)
+    complete = data.mask["msi"]
+    model = Calibration(data, exclude=["class3"])
+    assert model.params["classes"] == ["class0", "class1", "class2"] and model.params["exclude"] == ["class3"]
+    t = model._training_tensors()
+    assert len(t["x"]) == int(complete.sum())  # training uses only spots with every modality
+    labels = data.obs["cell_type"].to_numpy()[complete]
+    assert (t["label"].numpy()[labels == "class3"] == -1).all()  # excluded class: unlabelled, still calibrated
+    assert (t["label"].numpy()[pd.isna(labels)] == -1).all()
+    assert (t["source"].numpy()[np.isin(data.obs["batch"].to_numpy()[complete], ["B2", "B3"])] == -1).all()
+    model.train(epochs=10, step_events=False)
+    z = model.get_latent_representation()
+    assert z.shape == (data.n_obs, 42) and np.isfinite(z).all()
+    assert "class3" not in set(model.predict_labels()["label"].astype(str))
+    # a spot without msi is calibrated with the msi block at the training mean
+    filled = calib_data(n_per_batch=60, seed=4, missing_msi=0.2)
+    filled.X["msi"][~complete] = model.module.mean[30:].numpy()
+    filled.mask["msi"] = np.ones(data.n_obs, bool)
+    np.testing.assert_allclose(model.get_latent_representation(data=filled), z, rtol=1e-5, atol=1e-6)
+
+    rna_only = Calibration(data, modalities=["rna"])
+    rna_only.train(epochs=5, step_events=False)
+    assert rna_only.get_latent_representation().shape == (data.n_obs, 30)
+    assert rna_only.get_corrected("rna").shape == (data.n_obs, 30)
+    with pytest.raises(ModelError, match="'msi' is not in this model"):
+        rna_only.get_corrected("msi")
+
+
+def test_errors_name_the_problem():
+    data = calib_data(n_per_batch=30)
+    unlabelled = calib_data(n_per_batch=30)
+    unlabelled.annotation_key = None
+    with pytest.raises(ParameterError, match="no annotation column.*annotation_key"):
+        Calibration(unlabelled)
+    empty = calib_data(n_per_batch=30)
+    empty.obs["cell_type"] = ""
+    with pytest.raises(ParameterError, match="no spot has a label in the annotation column 'cell_type'"):
+        Calibration(empty)
+    with pytest.raises(ParameterError, match=r"source batch\(es\) \['B2'\] have no labelled spot.*\['B0', 'B1'\]"):
+        Calibration(data, source_batches=["B0", "B2"])
+    with pytest.raises(ParameterError, match=r"source_batches \['B9'\] are not batches.*\['B0', 'B1', 'B2', 'B3'\]"):
+        Calibration(data, source_batches=["B0", "B9"])
+    with pytest.raises(ParameterError, match=r"unknown Calibration parameter\(s\) \['alpha'\]"):
+        Calibration(data, alpha=1)
+    with pytest.raises(ParameterError, match="lambda1 .* whole number >= 1"):
+        Calibration(data, lambda1=0)
+    with pytest.raises(ParameterError, match="gamma must be a finite number >= 0"):
+        Calibration(data, gamma=-1)
+    with pytest.raises(ParameterError, match=r"exclude names classes \['tumour'\]"):
+        Calibration(data, exclude=["tumour"])
+    with pytest.raises(ParameterError, match="at least two classes"):
+        Calibration(data, exclude=["class0", "class1", "class2"])
+    with pytest.raises(ParameterError, match=r"modalities \['he'\] are not in the data"):
+        Calibration(data, modalities=["he"])
+    one_batch = calib_data(n_per_batch=30, n_batches=1, n_sources=1)
+    with pytest.raises(ParameterError, match="at least two batches"):
+        Calibration(one_batch)
+    model = Calibration(data, source_batches="B1")  # a single source batch by name works
+    assert model.params["source_batches"] == ["B1"] and len(model.module.reconstructors) == 1
+    with pytest.raises(ModelError, match="not trained yet"):
+        model.predict_labels()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_trains_and_predicts_on_gpu():
+    data = calib_data(seed=5)
+    cpu = Calibration(data)
+    gpu = Calibration(data)
+    gpu.train(epochs=40, device="cuda", step_events=False)
+    assert next(gpu.module.parameters()).device.type == "cuda"
+    truth = data.obs["truth"].to_numpy()
+    src = np.isin(data.obs["batch"].to_numpy(), ["B0", "B1"])
+    f1 = f1_score(truth[~src], gpu.predict_labels()["label"].astype(str)[~src], average="macro")
+    assert f1 > 0.8
+    assert gpu.get_corrected("msi").shape == (data.n_obs, 12)
+    del cpu
