@@ -1,0 +1,357 @@
+"""MoDAmix: supervised domain adaptation for multi-omics (Choi & Chae, Sci Rep 2026), the user-facing model.
+
+Labelled *source* samples teach a subtype classifier; unlabelled *target* samples are aligned to them per omics
+layer and in a joint multi-omics space by adversarial training, then pseudo-labelled.
+
+>>> data = MultiModalData.from_spatialdata(sdata, annotation_key="pathologist")
+>>> model = MoDAmix(data, source_samples=["P1_S1", "P1_S2"])   # every other sample is a target
+>>> model.train()                                   # four stages, stage_epochs=(30, 30, 30, 30)
+>>> z = model.get_latent_representation()          # joint embedding (n_spots, 64)
+>>> h = model.get_latent_representation("omics", modality="msi")   # per-omics features
+>>> pred = model.predict_labels()                  # DataFrame: label (categorical), confidence
+
+The networks and losses live in :mod:`spatialmix.models._modamix_module`; ``docs/models.md`` documents every
+default (which are ours where the paper gives none) and the deviations from the reference code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from spatialmix.errors import ModelError, ParameterError
+
+from ._base import BaseModel
+from ._modamix_module import MoDAmixModule, n_parameters
+
+DEFAULTS: dict[str, Any] = {
+    "source_samples": None,
+    "target_samples": None,
+    "exclude": None,  # None = the MIMA paper's excluded classes (spatialmix.evaluate.annotations.PAPER_EXCLUDED)
+    "stage_epochs": [30, 30, 30, 30],
+    "adversarial": "both",
+    "hidden": [256],
+    "n_omics": 64,
+    "joint_hidden": [128],
+    "n_latent": 64,
+    "disc_hidden": 64,
+    "dropout": 0.2,
+    "adv_weight": 0.1,
+    "pseudo_weight": 1.0,
+    "center_weight": 1.0,
+    "threshold": 0.9,
+    "seed": 0,
+}
+ADVERSARIAL = ("both", "omics", "none")
+_UNLABELLED = {"", "nan", "none", "<na>"}
+
+
+def _labelled(values: pd.Series) -> np.ndarray:
+    s = values.astype(object)
+    return (s.notna() & ~s.astype(str).str.strip().str.lower().isin(_UNLABELLED)).to_numpy()
+
+
+class MoDAmix(BaseModel):
+    """Per-omics extractors + joint space + subtype classifier, adapted from source to target samples.
+
+    Parameters
+    ----------
+    data
+        Per-spot inputs with an annotation column (``data.annotation_key``) labelling the source samples.
+    modalities
+        Which of ``data``'s modalities to use, in order (default: all; any number >= 1).
+    source_samples, target_samples
+        Values of ``obs["sample"]`` (``obs[batch_key]`` when there is no ``sample`` column). Give at least one;
+        the other defaults to every remaining sample. When both are given, samples in neither are left out of
+        training (they are still embedded and predicted). Target labels are never used for training.
+    exclude
+        Classes without a classification loss (their spots still take part in the alignment). Default: the
+        MIMA paper's excluded classes (nerve, necrosis, ISUP 2/4, other, unlabelled); ``[]`` keeps all.
+    stage_epochs
+        Epochs of the four stages (pre-training, per-omics adversarial, joint adversarial, pseudo-labels +
+        centre loss); ``train()`` runs their sum by default.
+    adversarial
+        ``"both"`` (per-omics and joint discriminators), ``"omics"`` (per-omics only) or ``"none"``.
+    hidden, n_omics
+        Hidden layers and output size of each per-omics extractor (default [256] -> 64).
+    joint_hidden, n_latent
+        Hidden layers of the fusion MLP and size of the joint embedding (default [128] -> 64).
+    disc_hidden
+        Hidden size of every domain discriminator (64).
+    dropout
+        Dropout after hidden layers of extractors and fusion (0.2).
+    adv_weight
+        Weight of every domain-confusion term (0.1; see docs/models.md for why not 1).
+    pseudo_weight, center_weight
+        Weights of the target pseudo-label cross-entropy and of the centre loss in stage 4 (1.0 each), times
+        a ramp that rises from the first stage-4 epoch to ~1 at its end.
+    threshold
+        Softmax confidence from which a target spot is pseudo-labelled (0.9).
+    seed
+        Seeds the weight initialisation (training has its own ``seed`` option).
+    """
+
+    name = "modamix"
+    supports = frozenset({"latent", "labels"})
+    needs_labels = True
+    train_defaults = {"epochs": sum(DEFAULTS["stage_epochs"]), "batch_size": 128, "lr": 1e-3,
+                      "weight_decay": 0.0, "train_fraction": 0.9}
+
+    def __init__(self, data, *, modalities: Sequence[str] | None = None, **params):
+        unknown = sorted(set(params) - set(DEFAULTS))
+        if unknown:
+            raise ParameterError(f"unknown MoDAmix parameter(s) {unknown}; allowed: {sorted(DEFAULTS) + ['modalities']}")
+        p = {**DEFAULTS, **params}
+        mods = list(modalities) if modalities is not None else list(data.modalities)
+        if not mods:
+            raise ParameterError("MoDAmix needs at least one modality")
+        missing = [m for m in mods if m not in data.modalities]
+        if missing:
+            raise ParameterError(f"modalities {missing} are not in the data (it has {data.modalities})")
+        self._validate(p)
+        p["stage_epochs"] = [int(e) for e in p["stage_epochs"]]
+        p["hidden"] = [int(h) for h in p["hidden"]]
+        p["joint_hidden"] = [int(h) for h in p["joint_hidden"]]
+        p["modalities"] = mods
+        source, target = self._split_samples(data, p["source_samples"], p["target_samples"])
+        p["source_samples"], p["target_samples"] = source, target
+        p["classes"], p["exclude"] = self._classes(data, source, p["exclude"])
+        self.train_defaults = {**type(self).train_defaults, "epochs": sum(p["stage_epochs"])}
+        super().__init__(data, **p)
+        self._build()
+
+    # -- checks --------------------------------------------------------------------------------------------
+    @staticmethod
+    def _validate(p: dict) -> None:
+        if p["adversarial"] not in ADVERSARIAL:
+            raise ParameterError(f"adversarial must be one of {ADVERSARIAL} (both = per-omics + joint), "
+                                 f"got {p['adversarial']!r}")
+        stages = p["stage_epochs"]
+        if (isinstance(stages, (str, bytes)) or not hasattr(stages, "__len__") or len(stages) != 4
+                or not all(isinstance(e, (int, np.integer)) and not isinstance(e, bool) and e >= 0 for e in stages)
+                or stages[0] < 1):
+            raise ParameterError("stage_epochs must be 4 whole numbers (epochs of pre-training, per-omics "
+                                 "adversarial, joint adversarial, pseudo-label stages), the first >= 1 and the "
+                                 f"others >= 0, e.g. (30, 30, 30, 30); got {stages!r}")
+        for key in ("n_omics", "n_latent", "disc_hidden"):
+            if isinstance(p[key], bool) or not isinstance(p[key], (int, np.integer)) or p[key] < 1:
+                raise ParameterError(f"{key} must be a whole number >= 1, got {p[key]!r}")
+        for key in ("hidden", "joint_hidden"):
+            v = p[key]
+            if isinstance(v, (str, bytes)) or not hasattr(v, "__iter__") or not all(
+                    isinstance(h, (int, np.integer)) and not isinstance(h, bool) and h >= 1 for h in v):
+                raise ParameterError(f"{key} must be a list of layer sizes >= 1 (may be empty), got {v!r}")
+        if not 0 <= float(p["dropout"]) < 1:
+            raise ParameterError(f"dropout must be in [0, 1), got {p['dropout']!r}")
+        if not 0 < float(p["threshold"]) <= 1:
+            raise ParameterError(f"threshold (pseudo-label confidence) must be in (0, 1], got {p['threshold']!r}")
+        for key in ("adv_weight", "pseudo_weight", "center_weight"):
+            if not float(p[key]) >= 0:
+                raise ParameterError(f"{key} must be >= 0, got {p[key]!r}")
+
+    @staticmethod
+    def _samples(data) -> pd.Series:
+        col = "sample" if "sample" in data.obs else data.batch_key
+        return data.obs[col].astype(str)
+
+    @classmethod
+    def _split_samples(cls, data, source, target) -> tuple[list[str], list[str]]:
+        samples = cls._samples(data)
+        known = [str(s) for s in pd.unique(samples)]
+        if source is None and target is None:
+            raise ParameterError(f"MoDAmix needs source_samples= (the labelled samples) or target_samples= (the "
+                                 f"samples to adapt to); the data has samples {known}")
+
+        def as_list(v, what):
+            v = [v] if isinstance(v, str) else [str(s) for s in v]
+            unknown = [s for s in v if s not in known]
+            if unknown:
+                raise ParameterError(f"{what} {unknown} are not samples of the data (samples: {known})")
+            if not v:
+                raise ParameterError(f"{what} is empty; name at least one of the samples {known}")
+            return list(dict.fromkeys(v))
+
+        src = as_list(source, "source_samples") if source is not None else None
+        tgt = as_list(target, "target_samples") if target is not None else None
+        if src is None:
+            src = [s for s in known if s not in tgt]
+        if tgt is None:
+            tgt = [s for s in known if s not in src]
+        both = sorted(set(src) & set(tgt))
+        if both:
+            raise ParameterError(f"samples {both} are both source and target; a sample is one or the other")
+        if not src:
+            raise ParameterError(f"target_samples {tgt} leave no source sample (samples: {known}); the labelled "
+                                 "source samples must be a proper subset")
+        if not tgt:
+            raise ParameterError(f"source_samples {src} leave no target sample (samples: {known}); MoDAmix adapts "
+                                 "from labelled source samples to other, target samples: name fewer sources")
+        return src, tgt
+
+    @classmethod
+    def _classes(cls, data, source: list[str], exclude) -> tuple[list[str], list[str]]:
+        from spatialmix.evaluate.annotations import PAPER_EXCLUDED, excluded_classes
+
+        labels = data.labels
+        if labels is None:
+            raise ParameterError("MoDAmix trains on labelled source spots but the data has no annotation column; "
+                                 "build it with annotation_key= (e.g. MultiModalData.from_spatialdata(sdata, "
+                                 "annotation_key='pathologist'))")
+        exclude = list(PAPER_EXCLUDED) if exclude is None else [str(c) for c in exclude]
+        in_source = cls._samples(data).isin(source).to_numpy()
+        lab = labels.astype(object)
+        ok = in_source & _labelled(lab)
+        present = sorted(set(lab[ok].astype(str)))
+        dropped = excluded_classes(present, exclude)
+        classes = [c for c in present if c not in dropped]
+        if len(classes) < 2:
+            raise ParameterError(
+                f"MoDAmix needs labelled spots of at least 2 classes in the source samples {source}; column "
+                f"{data.annotation_key!r} has {present or 'no labels'} there"
+                + (f" of which {dropped} are excluded (exclude=)" if dropped else ""))
+        return classes, exclude
+
+    # -- building ------------------------------------------------------------------------------------------
+    def _build(self) -> None:
+        import torch
+
+        p = self.params
+        torch.manual_seed(int(p["seed"]))
+        self.module = MoDAmixModule(
+            [len(self.var_names[m]) for m in self.modalities], len(p["classes"]), hidden=p["hidden"],
+            n_omics=int(p["n_omics"]), joint_hidden=p["joint_hidden"], n_latent=int(p["n_latent"]),
+            disc_hidden=int(p["disc_hidden"]), dropout=float(p["dropout"]), stage_epochs=p["stage_epochs"],
+            adversarial=p["adversarial"], adv_weight=float(p["adv_weight"]), pseudo_weight=float(p["pseudo_weight"]),
+            center_weight=float(p["center_weight"]), threshold=float(p["threshold"]), names=self.modalities,
+        )
+
+    @classmethod
+    def _from_config(cls, config: dict, data):
+        obj = cls.__new__(cls)
+        params = dict(config["params"])
+        obj.data = data
+        obj.params = params
+        obj.modalities = list(config["modalities"])
+        obj.var_names = {m: pd.Index(v) for m, v in config["var_names"].items()}
+        obj.batches = list(config["batches"])
+        obj.train_defaults = {**cls.train_defaults, "epochs": sum(params["stage_epochs"])}
+        obj._reset_training_state()
+        obj._build()
+        return obj
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.params["classes"])
+
+    def stage_of_epoch(self, epoch: int) -> int:
+        """The stage (1-4) a global training epoch (from 1) belongs to."""
+        return self.module.stage_of(epoch)
+
+    # -- tensors -------------------------------------------------------------------------------------------
+    def _inputs(self, data) -> dict:
+        import torch
+
+        out = {}
+        for m in self.modalities:
+            out[f"x_{m}"] = torch.as_tensor(data.dense(m))
+            out[f"mask_{m}"] = torch.as_tensor(np.asarray(data.mask[m], bool))
+        return out
+
+    def _class_codes(self, data) -> np.ndarray:
+        """Class code per spot (-1: unlabelled, excluded or unknown class)."""
+        lab = data.labels.astype(object)
+        codes = pd.Index(self.classes).get_indexer(lab.astype(str))
+        codes[~_labelled(lab)] = -1
+        return codes.astype(np.int64)
+
+    def _training_groups(self) -> dict:
+        import torch
+
+        if self.data is None:
+            raise ModelError("this model was loaded without data; pass data to MoDAmix.load(path, data) to train it")
+        data = self.data
+        samples = self._samples(data)
+        t = self._inputs(data)
+        groups = {}
+        for g, names in (("source", self.params["source_samples"]), ("target", self.params["target_samples"])):
+            rows = np.flatnonzero(samples.isin(names).to_numpy())
+            if len(rows) == 0:
+                raise ModelError(f"the data has no spots of the {g} samples {names}")
+            idx = torch.as_tensor(rows)
+            groups[g] = {k: v[idx] for k, v in t.items()}
+        # target labels are never used: only the source group carries classes
+        src_rows = np.flatnonzero(samples.isin(self.params["source_samples"]).to_numpy())
+        groups["source"]["y"] = torch.as_tensor(self._class_codes(data)[src_rows])
+        if int((groups["source"]["y"] >= 0).sum()) == 0:
+            raise ModelError(f"no labelled spots of the classes {self.classes} in the source samples")
+        return groups
+
+    def _infer(self, data, key: str, *, batch_size: int = 4096) -> np.ndarray:
+        import torch
+
+        module = self.module
+        device = next(module.parameters()).device
+        t = self._inputs(data)
+        was_training = module.training
+        module.eval()
+        parts = []
+        try:
+            with torch.no_grad():
+                for s in range(0, data.n_obs, batch_size):
+                    sl = slice(s, s + batch_size)
+                    xs = [t[f"x_{m}"][sl].to(device) for m in self.modalities]
+                    masks = [t[f"mask_{m}"][sl].to(device) for m in self.modalities]
+                    parts.append(module.predict(xs, masks)[key].float().cpu().numpy())
+        finally:
+            module.train(was_training)
+        return np.concatenate(parts, axis=0)
+
+    # -- outputs -------------------------------------------------------------------------------------------
+    def get_latent_representation(self, kind: str = "joint", modality: str | None = None, *, data=None) -> np.ndarray:
+        """``kind="joint"`` (default): the domain-adapted joint embedding (n_spots x n_latent);
+        ``"omics"``: the per-omics features of ``modality`` (NaN rows for spots without that modality)."""
+        self._check_trained()
+        if kind not in ("joint", "omics"):
+            raise ParameterError(f"kind must be 'joint' or 'omics', got {kind!r}")
+        data = self._resolve_data(data)
+        if kind == "joint":
+            return self._infer(data, "joint")
+        if modality not in self.modalities:
+            raise ParameterError(f"kind='omics' needs modality= one of {self.modalities}, got {modality!r}")
+        h = self._infer(data, f"omics_{modality}")
+        h[~np.asarray(data.mask[modality], bool)] = np.nan
+        return h
+
+    def predict_proba(self, *, data=None) -> pd.DataFrame:
+        """Class probabilities per spot (columns: the training classes)."""
+        self._check_trained()
+        data = self._resolve_data(data)
+        return pd.DataFrame(self._infer(data, "proba"), index=data.obs.index, columns=self.classes)
+
+    def predict_labels(self, *, data=None) -> pd.DataFrame:
+        """Predicted class and its softmax confidence for every spot (the target spots are the ones that
+        matter: source spots were trained on)."""
+        proba = self.predict_proba(data=data)
+        p = proba.to_numpy()
+        best = p.argmax(axis=1)
+        return pd.DataFrame({
+            "label": pd.Categorical.from_codes(best, categories=self.classes),
+            "confidence": p[np.arange(len(p)), best].astype(float),
+        }, index=proba.index)
+
+    def get_corrected(self, modality: str, *, data=None):
+        raise self._unsupported(
+            "batch-corrected features", "its joint embedding (get_latent_representation()) is a domain-adapted "
+            "representation learnt for classification, not the measured features with the batch effect removed "
+            "(the reference code calls it 'batch corrected features'; it is not). Use MIMA.get_corrected for "
+            "corrected features")
+
+    def __repr__(self) -> str:
+        state = "trained" if self.is_trained else "untrained"
+        p = self.params
+        return (f"MoDAmix({state}; sources {p['source_samples']} -> targets {p['target_samples']}; "
+                f"{len(p['classes'])} classes; adversarial={p['adversarial']}; stages {p['stage_epochs']}; "
+                f"{n_parameters(self.module):,} parameters)")
