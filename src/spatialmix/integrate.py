@@ -159,7 +159,7 @@ def iter_fit(sdata, *, model: str = "mima", model_params: dict | None = None, tr
         yield from iter_build_tables(sdata, annotation_key=ann_key)
     ann = annotation_key if annotation_key and annotation_key in sdata.tables["rna"].obs else None
     data = MultiModalData.from_spatialdata(sdata, modalities=modalities, batch_key=batch_key, annotation_key=ann)
-    mdl = MODELS[model](data, **(model_params or {}))
+    mdl = MODELS[model](data, **_sources_as_batches(MODELS[model], data, model_params))
     t0 = time.perf_counter()
     yield from mdl.iter_train(stop=stop, **(train or {}))
     timings["train"] = time.perf_counter() - t0
@@ -168,6 +168,21 @@ def iter_fit(sdata, *, model: str = "mima", model_params: dict | None = None, tr
                             "Train again and stop later")
     yield from forward(iter_write_results(sdata, mdl, key=key or mdl.name, **(results_options or {})), "")
     return mdl
+
+
+def _sources_as_batches(cls, data, params: dict | None) -> dict:
+    """``source_samples`` for a model that takes ``source_batches`` (the calibration): the batches of those
+    samples, so the widget and the configuration name labelled sources the same way for every model."""
+    import sys
+
+    params = dict(params or {})
+    defaults = getattr(sys.modules[cls.__module__], "DEFAULTS", {})
+    if "source_samples" in params and "source_samples" not in defaults and "source_batches" in defaults:
+        samples = [str(x) for x in params.pop("source_samples")]
+        obs = data.obs
+        keep = obs["sample"].astype(str).isin(samples)
+        params.setdefault("source_batches", [str(b) for b in pd.unique(obs.loc[keep, data.batch_key].astype(str))])
+    return params
 
 
 def integrate(sdata, out, *, progress=False, **kwargs):

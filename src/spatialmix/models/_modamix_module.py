@@ -5,15 +5,16 @@ MoDAmix (Choi & Chae, Sci Rep 2026) adapts a subtype classifier from labelled *s
 
 1. per-omics feature extractors (one MLP per modality), a fusion MLP into a joint space and a classifier,
    trained with cross-entropy on the labelled source spots;
-2. + one domain discriminator per modality on that modality's features (source vs target), trained through a
-   gradient reversal layer so that the extractors learn features the discriminator cannot tell apart;
+2. + one domain discriminator per modality on that modality's features (source vs target). Each step first
+   updates the discriminators (their own optimiser, detached features), then the networks with a
+   domain-confusion loss (the discriminator's output pushed to 1/2 for both domains);
 3. + a joint domain discriminator on the fused embedding;
 4. + pseudo-labels for confident target spots (cross-entropy) and a centre loss pulling source spots (their
    labels) and pseudo-labelled target spots toward per-class centres in the joint space, with a weight that
    ramps up with the *global* epoch inside stage 4.
 
 Later stages keep the earlier losses. The engine (:mod:`spatialmix.train`) asks :meth:`MoDAmixModule.phases`
-which stage an epoch belongs to and passes it back as ``phase``. Batches come in two groups, ``source/*`` and
+which stage an epoch belongs to and passes it back as ``phase`` (plus a ``"discriminate"`` phase from stage 2). Batches come in two groups, ``source/*`` and
 ``target/*`` (the engine draws ``batch_size`` rows of each per step), holding ``x_<m>``, ``mask_<m>`` and, for
 the source, ``y`` (class code, -1 = no classification loss: unlabelled or excluded class).
 
@@ -99,7 +100,7 @@ class MoDAmixModule(nn.Module):
     adversarial
         ``"both"`` (per-omics from stage 2, joint from stage 3), ``"omics"`` (per-omics only) or ``"none"``.
     adv_weight, pseudo_weight, center_weight
-        Weights of the adversarial terms, the pseudo-label cross-entropy and the centre loss (the last two
+        Weights of the domain-confusion terms, the pseudo-label cross-entropy and the centre loss (the last two
         times the stage-4 ramp).
     threshold
         Softmax confidence from which a target spot gets a pseudo-label.

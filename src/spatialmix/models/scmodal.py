@@ -38,6 +38,8 @@ DEFAULTS: dict[str, Any] = {
     "lambda_gan": 1.0,
     "mnn_k": 30,
     "geo_threshold": GEO_THRESHOLD,
+    "link_reference": "",
+    "link_top": 100,
     "seed": 0,
 }
 #: the column of ``data.obs`` that ``samples=`` refers to
@@ -164,6 +166,11 @@ class SCMODAL(BaseModel):
         Neighbours searched in each direction for mutual nearest neighbours (30).
     geo_threshold
         Input-space kernel similarity above which a pair is preserved by the geometry loss (0.975).
+    link_reference, link_top
+        When ``links`` is not given: a sample (or comma-separated samples) with paired spots from which
+        :func:`correlation_links` derives the ``link_top`` (100) most correlated feature pairs of every consecutive
+        modality pair (what the napari widget and ``[model] link_reference`` in a run configuration use). Empty
+        (default): features with the same name.
     seed
         Seeds the weight initialisation (training has its own ``seed`` option).
     """
@@ -206,6 +213,12 @@ class SCMODAL(BaseModel):
         if len(mods) < 2 or len(set(mods)) != len(mods):
             raise ParameterError(f"SCMODAL aligns at least two different modalities, got {mods}")
         p["modalities"] = mods
+        ref = p.get("link_reference") or ""
+        ref = [r.strip() for r in ref.split(",") if r.strip()] if isinstance(ref, str) else [str(r) for r in ref]
+        if links is None and ref:
+            links = {_pair_key(a, b): correlation_links(data, a, b, samples=ref, top=int(p["link_top"]))
+                     for a, b in zip(mods[:-1], mods[1:])}
+        p["link_reference"] = ",".join(ref)
         p["links"] = self._check_links(data, mods, links)
         p["samples"] = self._check_samples(data, mods, samples)
         super().__init__(data, **p)

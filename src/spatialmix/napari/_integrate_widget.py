@@ -43,6 +43,10 @@ MIMA_ROWS = {"n_latent": "Latent size", "n_hidden": "Hidden units", "beta": "KL 
              "adversarial": "Adversarial weight", "dropout": "Dropout", "latent_dropout": "Latent dropout"}
 
 
+#: parameters with their own form rows (sample pickers) or set from the training options
+SPECIAL_PARAMS = {"seed", "link_reference", "source_samples", "target_samples", "source_batches"}
+
+
 def model_defaults(name: str) -> dict:
     """The parameter defaults of model ``name`` (its module's ``DEFAULTS``)."""
     import sys
@@ -63,7 +67,7 @@ class ParamPage(QWidget):
         form = QFormLayout(self)
         form.setContentsMargins(0, 0, 0, 0)
         keys = list(rows) if rows else [k for k, v in defaults.items()
-                                          if k != "seed" and isinstance(v, (bool, int, float, str))]
+                                          if k not in SPECIAL_PARAMS and isinstance(v, (bool, int, float, str))]
         for key in keys:
             value = defaults[key]
             if isinstance(value, bool):
