@@ -41,7 +41,7 @@ def _cmd_prepare(args) -> int:
 
 def _train_overrides(args) -> dict:
     out = {}
-    for name in ("epochs", "lr", "device", "seed"):
+    for name in ("epochs", "max_steps", "lr", "device", "seed"):
         value = getattr(args, name, None)
         if value is not None:
             out[name] = value
@@ -158,6 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _train_args(s) -> None:
     g = s.add_argument_group("training (override the configuration / demo defaults)")
     g.add_argument("--epochs", type=int, default=None)
+    g.add_argument("--max-steps", dest="max_steps", type=int, default=None,
+                   help="optimiser steps instead of epochs (scMODAL counts steps: 10,000 by default)")
     g.add_argument("--lr", type=float, default=None)
     g.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N")
     g.add_argument("--seed", type=int, default=None)
