@@ -340,6 +340,7 @@ MIMA_CHECKS: dict[str, Callable] = {
 
 TRAIN_CHECKS: dict[str, Callable] = {
     "epochs": whole(1, "Give the number of passes over the data, e.g. epochs = 50"),
+    "max_steps": whole(1, "Give the number of optimiser steps, e.g. max_steps = 10000 (scMODAL counts steps)"),
     "batch_size": whole(1),
     "lr": positive,
     "weight_decay": number(0.0),
@@ -541,10 +542,13 @@ def _check_keys(ctx: _Context, table: dict, section: str, allowed, *, index: int
 
 
 def _section_keys() -> dict[str, tuple]:
-    from spatialmix.models.mima import DEFAULTS
+    import sys
 
+    from spatialmix.models import MODELS
+
+    model_keys = {k for cls in MODELS.values() for k in getattr(sys.modules[cls.__module__], "DEFAULTS", {})}
     return {"data": DATA_KEYS, "samples": SAMPLE_KEYS, "prepare": tuple(PREPARE_CHECKS),
-            "model": ("name", "modalities", "hidden", *DEFAULTS), "train": tuple(TRAIN_CHECKS),
+            "model": ("name", "modalities", "hidden", *sorted(model_keys)), "train": tuple(TRAIN_CHECKS),
             "outputs": tuple(OUTPUT_CHECKS)}
 
 
