@@ -97,3 +97,42 @@ def test_benchmark_rejects_bad_input_before_any_work(saved_project, tmp_path, ca
     assert main(["--quiet", "benchmark", "--data", str(saved_project), "--annotation-key", "expert",
                  "--out", str(out)]) == 2
     assert "'expert' not in the project" in capsys.readouterr().err and not out.exists()
+
+
+@pytest.fixture(scope="module")
+def bench_other(saved_project, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench_other")
+    # a few steps: this checks the sections, not the models (docs/benchmarks.md has the real run)
+    assert main(["--quiet", "benchmark", "--data", str(saved_project), "--models", "modamix,calibration,scmodal",
+                 "--out", str(out), "--epochs", "2", "--max-steps", "20", "--n-bags", "2", "--n-trees", "5",
+                 "--no-translation", "--source-samples", "P1_S1,P2_S1"]) == 0
+    return out, json.loads((out / "metrics.json").read_text())
+
+
+def test_benchmark_scores_domain_adaptation_and_unpaired_alignment(bench_other):
+    out, m = bench_other
+    reps = m["representations"]
+    assert m["source_samples"] == ["P1_S1", "P2_S1"]
+    for name in ("modamix", "calibration"):
+        e = reps[name]
+        assert "loocv" not in e and "trained on the source samples' labels" in e["note"]
+        da = e["domain_adaptation"]
+        assert da["target_samples"] == ["P1_S2", "P2_S2"]
+        # the model's own predictions and the source-trained ensembles, scored on the same target spots
+        assert {"model", "raw_concat", "raw_rna", "raw_msi", "raw_morphology"} <= set(da)
+        assert 0 <= da["model"]["f1"] <= 1 and da["model"]["n_scored"] == da["raw_concat"]["n_scored"] > 0
+        assert da["beats_raw_concat_ensemble"] == (da["model"]["f1"] > da["raw_concat"]["f1"])
+        assert e["seconds"] > 0
+    ua = m["unpaired_alignment"]
+    assert ua["setup"]["rna_samples"] == ["P1_S1", "P2_S1"] and ua["setup"]["msi_samples"] == ["P1_S2", "P2_S2"]
+    assert ua["setup"]["link_reference_sample"] == "P1_S1" and ua["setup"]["n_links"] == 100
+    for method in ("scmodal", "harmony_linked_pca"):
+        assert 0 <= ua[method]["foscttm"] <= 1 and 0 <= ua[method]["label_transfer_rna_to_msi"] <= 1
+    claims = m["claims"]
+    assert {"modamix_target_f1_above_raw_concat_ensemble", "calibration_target_f1_above_raw_concat_ensemble",
+            "scmodal_better_than_harmony_on_linked_features"} == set(claims)  # MIMA's claims need MIMA
+    report = (out / "report.md").read_text()
+    assert "labelled sources P1_S1, P2_S1 -> targets P1_S2, P2_S2" in report and "never paired" in report
+    assert (out / "annotation_f1.png").exists()
+    per_class = pd.read_csv(out / "annotation_per_class.csv")
+    assert "transfer" in set(per_class["scheme"])

@@ -287,8 +287,8 @@ def iter_benchmark(data, out, *, models: Sequence[str] = DEFAULT_MODELS, annotat
         The labelled source samples of the domain-adaptation models and the RNA samples of scMODAL (default:
         :func:`default_sources`, half of the samples).
     train
-        Training options of every trained model (default: MIMA the demo's, 200 epochs at lr 1e-3; the other
-        models their papers' defaults).
+        Training options of every trained model, or ``{model name: {option: value}}`` per model (default: MIMA
+        the demo's, 200 epochs at lr 1e-3; the other models their papers' defaults).
     model_params
         ``{model name: {parameter: value}}``.
     classifier
@@ -341,7 +341,10 @@ def iter_benchmark(data, out, *, models: Sequence[str] = DEFAULT_MODELS, annotat
         """The demo's training for MIMA; the other models train with their papers' defaults (plus the seed);
         ``train`` given by the caller applies to every model."""
         base = {**DEMO_TRAIN, "seed": seed} if name == "mima" else {"seed": seed}
-        return {**base, **(train or {})}
+        given = dict(train or {})
+        if any(k in MODELS for k in given):  # {model name: {option: value}}
+            return {**base, **dict(given.get(name) or {})}
+        return {**base, **given}
     for name in models:
         if name in BASELINES:
             yield Progress(f"baseline {name}", 0, 1)
@@ -448,7 +451,8 @@ def iter_benchmark(data, out, *, models: Sequence[str] = DEFAULT_MODELS, annotat
         t0 = time.perf_counter()
         yield Progress("scMODAL: RNA of the sources against MSI of the targets", 0, 1)
         section, mdl = _unpaired_alignment(mmd, labels, samples, sources, seed=seed,
-                                           train={**(train or {})}, params=_model_params(model_params, "scmodal"))
+                                           train={k: v for k, v in train_for("scmodal").items() if k != "seed"},
+                                           params=_model_params(model_params, "scmodal"))
         metrics["unpaired_alignment"] = section
         yield Progress("scMODAL: RNA of the sources against MSI of the targets", 1, 1)
         stage["scmodal"] = round(time.perf_counter() - t0, 1)
