@@ -319,3 +319,57 @@ def test_explore_widget_shows_every_output(trained_viewer, tmp_path):
     assert ex.stored_button.isEnabled()
     ex.show_stored()
     assert "P2_S2 · predicted from mima (LOOCV)" in viewer.layers
+
+
+def test_integrate_widget_trains_a_supervised_model_and_explore_compares_its_predictions(make_napari_viewer,
+                                                                                        saved_project):
+    """Another model from the same widget: MoDAmix with the ticked samples as labelled sources; its own target
+    predictions appear in Explore beside the pathologist's labels, with the per-class scores."""
+    from qtpy.QtCore import Qt
+
+    viewer = make_napari_viewer(show=True)
+    data, integ = DataWidget(viewer), IntegrateWidget(viewer)
+    viewer.window.add_dock_widget(integ)
+    data.open_project(str(saved_project))
+    wait(data.panel)
+    integ.model_combo.setCurrentIndex(integ.model_combo.findData("modamix"))
+    assert integ.model_name == "modamix" and integ.key_edit.text() == "modamix"
+    assert integ.epochs.value() == 120 and integ.sources.isVisibleTo(integ)  # its paper-stage defaults, sources
+    ticked = [integ.sources.item(i).text() for i in range(integ.sources.count())
+              if integ.sources.item(i).checkState() == Qt.Checked]
+    assert ticked == ["P1_S1", "P2_S1"]  # every other sample by default
+    page = integ.pages["modamix"].widgets
+    assert page["stage_epochs"].text() == "30, 30, 30, 30"
+    page["adversarial"].setText("omics")
+    page["stage_epochs"].setText("1, 1, 1, 1")
+    integ.epochs.setValue(4)
+    integ.device.setCurrentText("cpu")
+    opts = integ.options()
+    assert opts["model_params"]["source_samples"] == ticked and opts["model_params"]["adversarial"] == "omics"
+    assert opts["model_params"]["stage_epochs"] == [1, 1, 1, 1]
+    # untick every source: a clear error, the widget stays usable
+    for i in range(integ.sources.count()):
+        integ.sources.item(i).setCheckState(Qt.Unchecked)
+    integ.train()
+    assert any("needs labelled source samples" in m for m in notifications())
+    assert integ.train_button.isEnabled()
+    for i in (0, 2):
+        integ.sources.item(i).setCheckState(Qt.Checked)
+    integ.train()
+    wait(integ.panel)
+    state = state_of(viewer)
+    assert type(state.model).__name__ == "MoDAmix" and state.model.params["adversarial"] == "omics"
+    assert state.model.params["source_samples"] == ["P1_S1", "P2_S1"]
+    assert [state.model.stage_of_epoch(e) for e in (1, 2, 3, 4)] == [1, 2, 3, 4]
+    assert "pred_modamix" in state.sdata.tables["rna"].obs
+
+    ex = ExploreWidget(viewer)
+    viewer.window.add_dock_widget(ex)
+    ex.rep_combo.setCurrentText("modamix")
+    assert ex.stored_button.isEnabled()
+    shown = ex.show_stored()
+    names = {ly.name for ly in shown}
+    assert "P1_S2 · predicted from modamix (TRANSFER)" in names and "P1_S2 · pathologist" in names
+    pred = next(ly for ly in shown if ly.name == "P1_S2 · predicted from modamix (TRANSFER)")
+    assert type(pred).__name__ == "Points" and len(pred.data) == int((state.sdata.tables["rna"].obs["sample"] == "P1_S2").sum())
+    assert ex.f1_table.rowCount() > 0

@@ -106,8 +106,60 @@ def rgb_embedding(X, *, n_pcs: int = 50, seed: int = 0, n_neighbors: int = 15, m
     """
     kwargs = {"n_pcs": n_pcs, "seed": seed, "n_neighbors": n_neighbors, "min_dist": min_dist}
     if _UMAP_EXECUTOR is not None:
-        return _UMAP_EXECUTOR.submit(_rgb_embedding, np.asarray(X), **kwargs).result()
+        return _in_helper(np.asarray(X), kwargs)
     return _rgb_embedding(X, **kwargs)
+
+
+#: a helper process that uses no CPU for this long while a task waits is taken as stuck and replaced
+HELPER_IDLE_S = 30.0
+
+
+def _in_helper(X: np.ndarray, kwargs: dict, *, attempts: int = 3):
+    """Run ``_rgb_embedding`` in the helper process; replace the helper when it sits idle with a task pending.
+
+    In the GUI tests the helper sometimes never started a task it was given: the executor's pipe was fed, the
+    helper waited on it with no CPU used, the result never came (seen 3 times in about 40 widget runs, first
+    when the machine was loaded; cause not found). Rather than waiting forever, a helper that uses no CPU for
+    :data:`HELPER_IDLE_S` seconds while the task is pending is shut down and the task goes to a fresh one.
+    """
+    import concurrent.futures as cf
+
+    import psutil
+
+    global _UMAP_EXECUTOR
+    for attempt in range(attempts):
+        executor = use_umap_process()
+        future = executor.submit(_rgb_embedding, X, **kwargs)
+        last_cpu, idle_since = None, time.monotonic()
+        while True:
+            try:
+                return future.result(timeout=2.0)
+            except cf.TimeoutError:
+                pass
+            procs = [psutil.Process(pid) for pid in list(getattr(executor, "_processes", {}) or {})]
+            try:
+                cpu = sum(sum(pr.cpu_times()[:2]) for pr in procs)
+            except psutil.Error:
+                cpu = None
+            if cpu is None or cpu != last_cpu:
+                last_cpu, idle_since = cpu, time.monotonic()
+            elif time.monotonic() - idle_since > HELPER_IDLE_S:
+                warnings.warn(f"the UMAP helper process sat idle for {HELPER_IDLE_S:.0f} s with a task pending; "
+                              f"starting a new one (attempt {attempt + 2} of {attempts})", RuntimeWarning,
+                              stacklevel=3)
+                future.cancel()
+                for pr in procs:
+                    try:
+                        pr.kill()
+                    except psutil.Error:
+                        pass
+                executor.shutdown(wait=False, cancel_futures=True)
+                _UMAP_EXECUTOR = None
+                break
+    from spatialmix.errors import SpatialMixError
+
+    raise SpatialMixError(f"the UMAP helper process did not run the RGB colouring in {attempts} attempts; "
+                          "turn the helper off with spatialmix.results.use_umap_process(False) and retry")
 
 
 def _rgb_embedding(X, *, n_pcs: int = 50, seed: int = 0, n_neighbors: int = 15, min_dist: float = 0.1) -> np.ndarray:

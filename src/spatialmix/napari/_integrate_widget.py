@@ -66,8 +66,9 @@ class ParamPage(QWidget):
         defaults = model_defaults(name)
         form = QFormLayout(self)
         form.setContentsMargins(0, 0, 0, 0)
-        keys = list(rows) if rows else [k for k, v in defaults.items()
-                                          if k not in SPECIAL_PARAMS and isinstance(v, (bool, int, float, str))]
+        keys = list(rows) if rows else [k for k, v in defaults.items() if k not in SPECIAL_PARAMS and (
+            isinstance(v, (bool, int, float, str)) or _int_list(v))]
+        self.lists: set[str] = set()
         for key in keys:
             value = defaults[key]
             if isinstance(value, bool):
@@ -77,6 +78,9 @@ class ParamPage(QWidget):
                 w = _spin(0, 10**7, value)
             elif isinstance(value, float):
                 w = _dspin(0, 1e4, value, 4 if 0 < abs(value) < 0.1 else 3)
+            elif _int_list(value):  # e.g. MoDAmix's stage_epochs, hidden layer sizes: "30, 30, 30, 30"
+                w = QLineEdit(", ".join(str(v) for v in value))
+                self.lists.add(key)
             else:
                 w = QLineEdit(str(value))
             w.setToolTip(f"{key} (default {value!r})")
@@ -90,9 +94,23 @@ class ParamPage(QWidget):
                 out[key] = w.isChecked()
             elif isinstance(w, (QSpinBox, QDoubleSpinBox)):
                 out[key] = w.value()
+            elif key in self.lists:
+                from spatialmix.errors import ParameterError
+
+                try:
+                    out[key] = [int(v) for v in w.text().replace(";", ",").split(",") if v.strip()]
+                except ValueError:
+                    raise ParameterError(f"{key} must be whole numbers separated by commas, e.g. "
+                                         f"{', '.join(map(str, model_defaults(self.name)[key]))}; got "
+                                         f"{w.text()!r}") from None
             else:
                 out[key] = w.text().strip()
         return out
+
+
+def _int_list(value) -> bool:
+    return isinstance(value, (list, tuple)) and len(value) > 0 and all(
+        isinstance(v, int) and not isinstance(v, bool) for v in value)
 
 
 LINE_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf",
