@@ -274,3 +274,24 @@ def test_render_result_puts_each_value_at_its_spot_centre(trained):
         render_result(s, "P9_S9", values)
     with pytest.raises(ParameterError, match="one row per table row"):
         render_result(s, sample, np.zeros(5))
+
+
+def test_a_stuck_umap_helper_is_replaced_and_then_reported(monkeypatch):
+    """A helper that sits idle with a task pending (seen in the GUI tests) is replaced; if every helper does,
+    the caller gets a clear error instead of waiting forever. ``time.sleep`` stands in for a stuck task."""
+    import time as _time
+
+    import spatialmix.results as res
+    from spatialmix.errors import SpatialMixError
+
+    monkeypatch.setattr(res, "HELPER_IDLE_S", 2.0)
+    res.use_umap_process()
+    try:
+        t0 = _time.perf_counter()
+        with pytest.warns(RuntimeWarning, match="used no CPU"):
+            with pytest.raises(SpatialMixError, match="did not run the RGB colouring in 2 attempts"):
+                res._in_helper(_time.sleep, 120, attempts=2)
+        assert _time.perf_counter() - t0 < 60
+        assert res._in_helper(sum, [1, 2, 3]) == 6  # a fresh helper works
+    finally:
+        res.use_umap_process(False)

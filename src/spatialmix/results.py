@@ -106,20 +106,22 @@ def rgb_embedding(X, *, n_pcs: int = 50, seed: int = 0, n_neighbors: int = 15, m
     """
     kwargs = {"n_pcs": n_pcs, "seed": seed, "n_neighbors": n_neighbors, "min_dist": min_dist}
     if _UMAP_EXECUTOR is not None:
-        return _in_helper(np.asarray(X), kwargs)
+        return _in_helper(_rgb_embedding, np.asarray(X), **kwargs)
     return _rgb_embedding(X, **kwargs)
 
 
 #: a helper process that uses no CPU for this long while a task waits is taken as stuck and replaced
 HELPER_IDLE_S = 30.0
+#: ... "no CPU": less than this many CPU seconds in that time (a busy helper uses most of a core)
+HELPER_MIN_CPU_S = 0.3
 
 
-def _in_helper(X: np.ndarray, kwargs: dict, *, attempts: int = 3):
-    """Run ``_rgb_embedding`` in the helper process; replace the helper when it sits idle with a task pending.
+def _in_helper(fn, *args, attempts: int = 3, **kwargs):
+    """Run ``fn(*args, **kwargs)`` in the helper process; replace the helper when it sits idle with a task pending.
 
     In the GUI tests the helper sometimes never started a task it was given: the executor's pipe was fed, the
-    helper waited on it with no CPU used, the result never came (seen 3 times in about 40 widget runs, first
-    when the machine was loaded; cause not found). Rather than waiting forever, a helper that uses no CPU for
+    helper waited on it with no CPU used, the result never came (seen 4 times in about 40 widget runs, most on a
+    loaded machine; cause not found). Rather than waiting forever, a helper that uses (almost) no CPU for
     :data:`HELPER_IDLE_S` seconds while the task is pending is shut down and the task goes to a fresh one.
     """
     import concurrent.futures as cf
@@ -129,8 +131,8 @@ def _in_helper(X: np.ndarray, kwargs: dict, *, attempts: int = 3):
     global _UMAP_EXECUTOR
     for attempt in range(attempts):
         executor = use_umap_process()
-        future = executor.submit(_rgb_embedding, X, **kwargs)
-        last_cpu, idle_since = None, time.monotonic()
+        future = executor.submit(fn, *args, **kwargs)
+        window_cpu, window_start = None, time.monotonic()
         while True:
             try:
                 return future.result(timeout=2.0)
@@ -141,12 +143,13 @@ def _in_helper(X: np.ndarray, kwargs: dict, *, attempts: int = 3):
                 cpu = sum(sum(pr.cpu_times()[:2]) for pr in procs)
             except psutil.Error:
                 cpu = None
-            if cpu is None or cpu != last_cpu:
-                last_cpu, idle_since = cpu, time.monotonic()
-            elif time.monotonic() - idle_since > HELPER_IDLE_S:
-                warnings.warn(f"the UMAP helper process sat idle for {HELPER_IDLE_S:.0f} s with a task pending; "
-                              f"starting a new one (attempt {attempt + 2} of {attempts})", RuntimeWarning,
-                              stacklevel=3)
+            if cpu is None or window_cpu is None or cpu - window_cpu > HELPER_MIN_CPU_S:
+                window_cpu, window_start = cpu, time.monotonic()  # working (or just started): a new window
+            elif time.monotonic() - window_start > HELPER_IDLE_S:
+                if attempt + 1 < attempts:
+                    warnings.warn(f"the UMAP helper process used no CPU for {HELPER_IDLE_S:.0f} s with a task "
+                                  f"pending; starting a new one (attempt {attempt + 2} of {attempts})",
+                                  RuntimeWarning, stacklevel=3)
                 future.cancel()
                 for pr in procs:
                     try:
