@@ -112,11 +112,15 @@ class MoDAmixModule(nn.Module):
                  joint_hidden: Sequence[int], n_latent: int, disc_hidden: int, dropout: float,
                  stage_epochs: Sequence[int], adversarial: str = "both", adv_weight: float = 1.0,
                  pseudo_weight: float = 1.0, center_weight: float = 1.0, threshold: float = 0.9,
-                 center_momentum: float = 0.5, names: Sequence[str] | None = None):
+                 center_momentum: float = 0.5, names: Sequence[str] | None = None,
+                 class_weights: Sequence[float] | None = None):
         super().__init__()
         if adversarial not in ("both", "omics", "none"):
             raise ValueError(f"adversarial must be 'both', 'omics' or 'none', got {adversarial!r}")
         self.names = list(names) if names is not None else [f"m{i}" for i in range(len(n_features))]
+        # weights of the source classification loss (None: unweighted); a buffer, saved with the weights
+        self.register_buffer("class_weight", torch.as_tensor(class_weights, dtype=torch.float32)
+                             if class_weights is not None else torch.ones(n_classes))
         self.n_classes = int(n_classes)
         self.n_latent = int(n_latent)
         self.n_omics = int(n_omics)
@@ -223,7 +227,7 @@ class MoDAmixModule(nn.Module):
         y = batch["source/y"]
         if phase is None:  # validation: the classification loss on the held-out labelled source spots
             _, z_s = self.embed(xs_s, ms_s)
-            cls = self._cross_entropy(self.classifier(z_s), y)
+            cls = self._cross_entropy(self.classifier(z_s), y, self.class_weight)
             return cls, {"cls": cls}
         if phase not in (*STAGES, DISCRIMINATE):
             raise ValueError(f"unknown MoDAmix phase {phase!r}; expected one of {(*STAGES, DISCRIMINATE)}")
@@ -238,7 +242,7 @@ class MoDAmixModule(nn.Module):
         stage = STAGES.index(phase) + 1
         hs, z = self.embed(xs, ms)
         logits = self.classifier(z)
-        terms: dict[str, torch.Tensor] = {"cls": self._cross_entropy(logits[:n_s], y)}
+        terms: dict[str, torch.Tensor] = {"cls": self._cross_entropy(logits[:n_s], y, self.class_weight)}
         total = terms["cls"]
         if stage >= 2:
             for key, logit_s, logit_t in self._domain_logits(hs, z, n_s, ms_s, ms_t, stage):
@@ -282,12 +286,12 @@ class MoDAmixModule(nn.Module):
         return total, terms
 
     @staticmethod
-    def _cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Mean cross-entropy over rows with a class (y >= 0); 0 when there are none."""
+    def _cross_entropy(logits: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """(Class-weighted) mean cross-entropy over rows with a class (y >= 0); 0 when there are none."""
         keep = y >= 0
         if not bool(keep.any()):
             return logits.sum() * 0.0
-        return F.cross_entropy(logits[keep].float(), y[keep])
+        return F.cross_entropy(logits[keep].float(), y[keep], weight=weight)
 
     def _center_loss(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Mean squared distance (per dimension) of labelled rows to their class centre; the centres follow the
