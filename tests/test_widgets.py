@@ -355,6 +355,11 @@ def test_integrate_widget_trains_a_supervised_model_and_explore_compares_its_pre
     assert integ.train_button.isEnabled()
     for i in (0, 2):
         integ.sources.item(i).setCheckState(Qt.Checked)
+    t0 = time.perf_counter()
+    while not integ.warmed:  # as a user filling the form: the warm-up (imports, UMAP compilation) finishes first
+        QApplication.processEvents()
+        time.sleep(0.01)
+        assert time.perf_counter() - t0 < 300
     integ.train()
     wait(integ.panel)
     state = state_of(viewer)
