@@ -204,6 +204,16 @@ def test_stop_keeps_the_completed_epochs_and_writes_them(make_napari_viewer, sav
     state_of(viewer).sdata.tables["rna"].obsm.pop("X_mima")
     integ.epochs.setValue(500)
     integ.device.setCurrentText("cpu")
+    # Train waits for the widget's warm-up: disabled, and a clear message if called anyway
+    if not integ.warmed:
+        assert not integ.train_button.isEnabled() and "preparing" in integ.train_button.text()
+        assert integ.train() is None and any("still preparing" in m for m in notifications())
+    t0 = time.perf_counter()
+    while not integ.warmed:
+        QApplication.processEvents()
+        time.sleep(0.01)
+        assert time.perf_counter() - t0 < 300
+    assert integ.train_button.isEnabled() and integ.train_button.text() == "Train"
     integ.train()
     t0 = time.perf_counter()
     while len(integ.plot.records) < 2:

@@ -344,8 +344,12 @@ class IntegrateWidget(QWidget):
         use_umap_process()
         self.warm_event = threading.Event()
         self.warm_worker = create_worker(warm_up, _ignore_errors=True, _start_thread=False)
-        self.warm_worker.finished.connect(lambda: setattr(self, "warmed", True))
+        self.warm_worker.finished.connect(self._warmed)
         self.warm_worker.finished.connect(self.warm_event.set)
+        # Train waits for the warm-up: starting training while it ran deadlocked the UI in 3 of 3 GUI runs here
+        # (the warm-up thread waiting on the UMAP helper, the helper idle; cause not found, see the issue note)
+        self.train_button.setEnabled(False)
+        self.train_button.setText("Train (preparing: imports, UMAP compilation...)")
         self.warm_worker.start()
 
     # -- options ----------------------------------------------------------------------------------------------
@@ -452,10 +456,19 @@ class IntegrateWidget(QWidget):
         }
 
     # -- training ---------------------------------------------------------------------------------------------
+    def _warmed(self) -> None:
+        self.warmed = True
+        self.train_button.setText("Train")
+        self.train_button.setEnabled(True)
+
     def train(self):
-        from spatialmix.errors import ProjectError
+        from spatialmix.errors import ProjectError, TrainingError
         from spatialmix.integrate import iter_fit
 
+        if not self.warmed:
+            notify_error(TrainingError("the Integrate widget is still preparing (imports, UMAP compilation, a few "
+                                       "seconds); Train is enabled when it is done"))
+            return None
         if self.state.sdata is None:
             notify_error(ProjectError("no project: add samples or open a project in the Data widget first"))
             return None
