@@ -112,7 +112,7 @@ def test_every_model_parameter_and_training_option_is_accepted(tmp_path, example
 
     model = {k: (0.02 if v is None else v) for k, v in DEFAULTS.items()}
     train = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
-    train.update(checkpoint_dir="ckpt", resume=True, epochs=3)
+    train.update(checkpoint_dir="ckpt", resume=True, epochs=3, max_steps=500)  # TOML has no None
     text = example.split("[model]")[0] + "[model]\nname = \"mima\"\n" + "".join(
         f"{k} = {_toml(v)}\n" for k, v in model.items()) + "\n[train]\n" + "".join(
         f"{k} = {_toml(v)}\n" for k, v in train.items())
@@ -172,7 +172,7 @@ ERRORS = {
                    ['[train] device must be "auto", "cpu", "cuda" or "cuda:N"', 'got "gpu"']),
     "bad cuda index": ('device = "auto"', 'device = "cuda:x"', ['[train] device must be', 'got "cuda:x"']),
     "unknown model": ('name = "mima"', 'name = "mimma"',
-                      ['[model] name is not a known model: "mimma" (did you mean \'mima\'?)', "Models are mima"]),
+                      ['[model] name is not a known model: "mimma" (did you mean \'mima\'?)', "Models are calibration, mima, modamix, scmodal"]),
     "unknown modality": ('modalities = ["rna", "msi", "morphology"]', 'modalities = ["rna", "histology"]',
                          ['[model] modalities names an unknown modality "histology" (did you mean \'morphology\'?)']),
     "translation to a dropped modality": ('modalities = ["rna", "msi", "morphology"]', 'modalities = ["rna", "msi"]',
