@@ -228,5 +228,15 @@ class BaseModel:
         return model
 
     @classmethod
-    def _from_config(cls, config: dict, data):  # pragma: no cover - each model implements it
-        raise NotImplementedError
+    def _from_config(cls, config: dict, data):
+        """Rebuild an untrained model from a saved ``model.json`` (the weights are loaded after): its parameters
+        hold everything each model's ``_build()`` needs to create the same networks."""
+        obj = cls.__new__(cls)
+        obj.data = data
+        obj.params = dict(config["params"])
+        obj.modalities = list(config["modalities"])
+        obj.var_names = {m: pd.Index(v) for m, v in config["var_names"].items()}
+        obj.batches = list(config["batches"])
+        obj._reset_training_state()
+        obj._build()
+        return obj

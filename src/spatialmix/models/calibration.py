@@ -211,18 +211,6 @@ class Calibration(BaseModel):
             scales.append(sd * np.sqrt(x.shape[1]))
         return np.concatenate(means).astype(np.float32), np.concatenate(scales).astype(np.float32)
 
-    @classmethod
-    def _from_config(cls, config: dict, data):
-        obj = cls.__new__(cls)
-        obj.data = data
-        obj.params = dict(config["params"])
-        obj.modalities = list(config["modalities"])
-        obj.var_names = {m: pd.Index(v) for m, v in config["var_names"].items()}
-        obj.batches = list(config["batches"])
-        obj._reset_training_state()
-        obj._build()  # the standardisation buffers come from the saved state_dict
-        return obj
-
     # -- training ------------------------------------------------------------------------------------------
     def _after_training(self, history, cfg, stopped: bool = False) -> None:
         super()._after_training(history, cfg, stopped)

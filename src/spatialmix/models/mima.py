@@ -18,7 +18,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from spatialmix.errors import ModelError, ParameterError
 
@@ -162,19 +161,6 @@ class MIMA(BaseModel):
             latent_dropout_at=str(p.get("latent_dropout_at", "heads")),
             names=self.modalities,
         )
-
-    @classmethod
-    def _from_config(cls, config: dict, data):
-        obj = cls.__new__(cls)
-        params = dict(config["params"])
-        obj.data = data
-        obj.params = params
-        obj.modalities = list(config["modalities"])
-        obj.var_names = {m: pd.Index(v) for m, v in config["var_names"].items()}
-        obj.batches = list(config["batches"])
-        obj._reset_training_state()
-        obj._build()
-        return obj
 
     # -- tensors -------------------------------------------------------------------------------------------
     def _tensors(self, data, device="cpu") -> dict:

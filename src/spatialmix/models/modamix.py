@@ -245,16 +245,10 @@ class MoDAmix(BaseModel):
 
     @classmethod
     def _from_config(cls, config: dict, data):
-        obj = cls.__new__(cls)
-        params = dict(config["params"])
-        obj.data = data
-        obj.params = params
-        obj.modalities = list(config["modalities"])
-        obj.var_names = {m: pd.Index(v) for m, v in config["var_names"].items()}
-        obj.batches = list(config["batches"])
-        obj.train_defaults = {**cls.train_defaults, "epochs": sum(params["stage_epochs"])}
-        obj._reset_training_state()
-        obj._build()
+        # the training length follows the saved stages; the networks are rebuilt by BaseModel._from_config
+        cls_defaults = {**cls.train_defaults, "epochs": sum(config["params"]["stage_epochs"])}
+        obj = super()._from_config(config, data)
+        obj.train_defaults = cls_defaults
         return obj
 
     @property

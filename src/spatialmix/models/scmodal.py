@@ -316,18 +316,6 @@ class SCMODAL(BaseModel):
             lambda_geo=p["lambda_geo"], lambda_gan=p["lambda_gan"], mnn_k=p["mnn_k"],
             geo_threshold=p["geo_threshold"], clip=CLIP)
 
-    @classmethod
-    def _from_config(cls, config: dict, data):
-        obj = cls.__new__(cls)
-        obj.data = data
-        obj.params = dict(config["params"])
-        obj.modalities = list(config["modalities"])
-        obj.var_names = {m: pd.Index(v) for m, v in config["var_names"].items()}
-        obj.batches = list(config["batches"])
-        obj._reset_training_state()
-        obj._build()
-        return obj
-
     # -- datasets ------------------------------------------------------------------------------------------
     def _dataset_rows(self, data) -> dict[str, np.ndarray]:
         """Positions of the spots of each modality's training dataset (measured, in the chosen samples)."""
