@@ -268,10 +268,19 @@ def iter_cross_validate(X, labels, samples, *, representation: str = "X", scheme
         for r in _scores(y[scored], pred[scored].astype(str), classes, min_instances):
             rows.append({"fold": name, **r})
     yield Progress(f"{representation}: {scheme}", len(folds), len(folds))
-    agreement = np.full(n, None, dtype=object)
-    agreement[mask & ~labelled] = "unlabelled"
-    agreement[mask & labelled & ~usable] = "excluded"
-    ok = mask & usable
+    return _result(representation, scheme, pred, conf, y, mask, labelled, usable, rows, classes, excluded, index,
+                   {"n_bags": options.n_bags, "n_trees": options.n_trees, "seed": options.seed,
+                    "min_instances": min_instances, "n_folds": len(folds)})
+
+
+def _result(representation, scheme, pred, conf, y, evaluated, labelled, usable, rows, classes, excluded, index,
+            options) -> AnnotationResult:
+    """The :class:`AnnotationResult` of predictions ``pred`` / ``conf`` on the ``evaluated`` spots, with the
+    agreement column (agree / disagree where scored, unlabelled, excluded; NaN where not evaluated)."""
+    agreement = np.full(len(y), None, dtype=object)
+    agreement[evaluated & ~labelled] = "unlabelled"
+    agreement[evaluated & labelled & ~usable] = "excluded"
+    ok = evaluated & usable
     agreement[ok] = np.where(pred[ok].astype(str) == y[ok], "agree", "disagree")
     return AnnotationResult(
         representation=representation, scheme=scheme,
@@ -280,9 +289,7 @@ def iter_cross_validate(X, labels, samples, *, representation: str = "X", scheme
         agreement=pd.Series(pd.Categorical(agreement, categories=list(AGREEMENT)), index=index,
                             name=f"agree_{representation}"),
         folds=pd.DataFrame(rows, columns=["fold", "class", "n", *METRICS]),
-        truth=pd.Series(y, index=index, name="pathologist"), classes=classes, excluded=excluded,
-        options={"n_bags": options.n_bags, "n_trees": options.n_trees, "seed": options.seed,
-                 "min_instances": min_instances, "n_folds": len(folds)},
+        truth=pd.Series(y, index=index, name="pathologist"), classes=classes, excluded=excluded, options=options,
     )
 
 
@@ -332,22 +339,9 @@ def score_predictions(prediction, confidence, labels, samples, *, source_samples
         scored = np.flatnonzero(target & (samples == s) & usable)
         for r in _scores(y[scored], pred[scored].astype(str), classes, min_instances):
             rows.append({"fold": str(s), **r})
-    agreement = np.full(n, None, dtype=object)
-    agreement[target & ~labelled] = "unlabelled"
-    agreement[target & labelled & ~usable] = "excluded"
-    ok = target & usable
-    agreement[ok] = np.where(pred[ok].astype(str) == y[ok], "agree", "disagree")
-    return AnnotationResult(
-        representation=representation, scheme="transfer",
-        prediction=pd.Series(pred, index=index, name=f"pred_{representation}"),
-        confidence=pd.Series(conf, index=index, name=f"pred_{representation}_confidence"),
-        agreement=pd.Series(pd.Categorical(agreement, categories=list(AGREEMENT)), index=index,
-                            name=f"agree_{representation}"),
-        folds=pd.DataFrame(rows, columns=["fold", "class", "n", *METRICS]),
-        truth=pd.Series(y, index=index, name="pathologist"), classes=classes, excluded=excluded,
-        options={"source_samples": [str(x) for x in source_samples], "min_instances": min_instances,
-                 **(options or {})},
-    )
+    return _result(representation, "transfer", pred, conf, y, target, labelled, usable, rows, classes, excluded,
+                   index, {"source_samples": [str(x) for x in source_samples], "min_instances": min_instances,
+                           **(options or {})})
 
 
 def transfer(X, labels, samples, *, source_samples: Sequence[str], representation: str = "X",
