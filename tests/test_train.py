@@ -230,6 +230,22 @@ def test_bad_options_are_named():
         MIMA(toy_data(), latent=3)
 
 
+@pytest.mark.parametrize("name", ["mima", "modamix", "calibration", "scmodal"])
+def test_every_model_names_unknown_parameters_and_bad_modalities(name):
+    from spatialmix.models import MODELS
+
+    cls = MODELS[name]
+    data = toy_data()
+    with pytest.raises(ParameterError, match=rf"unknown {cls.__name__} parameter\(s\) \['nonsense'\]; allowed: .*'modalities'"):
+        cls(data, nonsense=1)
+    with pytest.raises(ParameterError, match=r"modalities \['atac'\] are not in the data"):
+        cls(data, modalities=["a", "atac"])
+    with pytest.raises(ParameterError, match="name a modality twice"):
+        cls(data, modalities=["a", "a"])
+    with pytest.raises(ParameterError, match="needs at least one modality"):
+        cls(data, modalities=[])
+
+
 def test_save_load_round_trip_and_feature_checks(tmp_path):
     data = toy_data()
     model = small_model(data).train(epochs=2, lr=1e-3)

@@ -371,12 +371,9 @@ OUTPUT_CHECKS: dict[str, Callable] = {
 
 def _model_checks(name: str) -> dict[str, Callable]:
     """Parameters ``[model]`` accepts for model ``name`` (besides ``name`` and ``modalities``)."""
-    import sys
-
     from spatialmix.models import MODELS
 
-    cls = MODELS[name]
-    defaults = getattr(sys.modules[cls.__module__], "DEFAULTS", {}) or {}
+    defaults = MODELS[name].defaults
     known = MIMA_CHECKS if name == "mima" else {}
     checks = {key: known.get(key) or _like_default(value) for key, value in defaults.items()}
     if name == "mima":
@@ -542,11 +539,9 @@ def _check_keys(ctx: _Context, table: dict, section: str, allowed, *, index: int
 
 
 def _section_keys() -> dict[str, tuple]:
-    import sys
-
     from spatialmix.models import MODELS
 
-    model_keys = {k for cls in MODELS.values() for k in getattr(sys.modules[cls.__module__], "DEFAULTS", {})}
+    model_keys = {k for cls in MODELS.values() for k in cls.defaults}
     return {"data": DATA_KEYS, "samples": SAMPLE_KEYS, "prepare": tuple(PREPARE_CHECKS),
             "model": ("name", "modalities", "hidden", *sorted(model_keys)), "train": tuple(TRAIN_CHECKS),
             "outputs": tuple(OUTPUT_CHECKS)}

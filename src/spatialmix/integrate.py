@@ -173,10 +173,8 @@ def iter_fit(sdata, *, model: str = "mima", model_params: dict | None = None, tr
 def _sources_as_batches(cls, data, params: dict | None) -> dict:
     """``source_samples`` for a model that takes ``source_batches`` (the calibration): the batches of those
     samples, so the widget and the configuration name labelled sources the same way for every model."""
-    import sys
-
     params = dict(params or {})
-    defaults = getattr(sys.modules[cls.__module__], "DEFAULTS", {})
+    defaults = cls.defaults
     if "source_samples" in params and "source_samples" not in defaults and "source_batches" in defaults:
         samples = [str(x) for x in params.pop("source_samples")]
         obs = data.obs

@@ -48,6 +48,10 @@ class BaseModel:
     supports: frozenset[str] = frozenset({"latent"})
     #: whether the model needs the annotation column (labelled training samples)
     needs_labels: bool = False
+    #: the model's parameters and their defaults (the keys its constructor, ``[model]`` and the widget accept)
+    defaults: dict[str, Any] = {}
+    #: keyword arguments the constructor takes besides :attr:`defaults` (listed in the unknown-parameter error)
+    extra_arguments: tuple[str, ...] = ("modalities",)
 
     def __init__(self, data, **params):
         self.data = data
@@ -56,6 +60,26 @@ class BaseModel:
         self.var_names = {m: pd.Index(data.var_names[m]) for m in self.modalities}
         self.batches = list(pd.Categorical(data.obs[data.batch_key]).categories)
         self._reset_training_state()
+
+    @classmethod
+    def _resolve_params(cls, data, params: dict, modalities=None) -> tuple[dict[str, Any], list[str]]:
+        """The checks every constructor starts with: no unknown parameter, then the defaults filled in and the
+        modalities resolved (default: all of ``data``'s; each must be in ``data``, none named twice)."""
+        from spatialmix.errors import ParameterError
+
+        unknown = sorted(set(params) - set(cls.defaults))
+        if unknown:
+            raise ParameterError(f"unknown {cls.__name__} parameter(s) {unknown}; allowed: "
+                                 f"{sorted([*cls.defaults, *cls.extra_arguments])}")
+        mods = list(modalities) if modalities is not None else list(data.modalities)
+        if not mods:
+            raise ParameterError(f"{cls.__name__} needs at least one modality")
+        missing = [m for m in mods if m not in data.modalities]
+        if missing:
+            raise ParameterError(f"modalities {missing} are not in the data (it has {data.modalities})")
+        if len(set(mods)) != len(mods):
+            raise ParameterError(f"modalities {mods} name a modality twice")
+        return {**cls.defaults, **params}, mods
 
     def _reset_training_state(self) -> None:
         """An untrained model's training record (also used when a saved model is rebuilt)."""

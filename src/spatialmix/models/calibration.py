@@ -82,21 +82,10 @@ class Calibration(BaseModel):
     supports = frozenset({"latent", "corrected", "labels"})
     needs_labels = True
     train_defaults = {"epochs": 100, "batch_size": 128, "lr": 1e-3, "weight_decay": 0.0, "train_fraction": 0.8}
+    defaults = DEFAULTS
 
     def __init__(self, data, *, modalities: Sequence[str] | None = None, **params):
-        unknown = sorted(set(params) - set(DEFAULTS))
-        if unknown:
-            raise ParameterError(f"unknown Calibration parameter(s) {unknown}; "
-                                 f"allowed: {sorted(DEFAULTS) + ['modalities']}")
-        p = {**DEFAULTS, **params}
-        mods = list(modalities) if modalities is not None else list(data.modalities)
-        if not mods:
-            raise ParameterError("Calibration needs at least one modality")
-        missing = [m for m in mods if m not in data.modalities]
-        if missing:
-            raise ParameterError(f"modalities {missing} are not in the data (it has {data.modalities})")
-        if len(set(mods)) != len(mods):
-            raise ParameterError(f"modalities {mods} name a modality twice")
+        p, mods = self._resolve_params(data, params, modalities)
         for key in ("alpha1", "alpha2", "beta", "gamma"):
             try:
                 v = float(p[key])

@@ -94,19 +94,12 @@ class MIMA(BaseModel):
     name = "mima"
     supports = frozenset({"latent", "private", "corrected", "denoised", "translations"})
     train_defaults = {"epochs": 50, "batch_size": 128, "lr": 1e-4, "train_fraction": 0.8}
+    defaults = DEFAULTS
+    extra_arguments = ("hidden", "modalities")
 
     def __init__(self, data, *, modalities: Sequence[str] | None = None, hidden: dict[str, list[int]] | None = None,
                  **params):
-        unknown = sorted(set(params) - set(DEFAULTS))
-        if unknown:
-            raise ParameterError(f"unknown MIMA parameter(s) {unknown}; allowed: {sorted(DEFAULTS) + ['hidden', 'modalities']}")
-        p = {**DEFAULTS, **params}
-        mods = list(modalities) if modalities is not None else list(data.modalities)
-        if not mods:
-            raise ParameterError("MIMA needs at least one modality")
-        missing = [m for m in mods if m not in data.modalities]
-        if missing:
-            raise ParameterError(f"modalities {missing} are not in the data (it has {data.modalities})")
+        p, mods = self._resolve_params(data, params, modalities)
         if not set(str(p["adversarial_on"]).split("+")) <= {"shared", "private"} or not p["adversarial_on"]:
             raise ParameterError(f"adversarial_on must be 'shared', 'private' or 'shared+private', got {p['adversarial_on']!r}")
         if p["latent_dropout_at"] not in ("z", "heads"):

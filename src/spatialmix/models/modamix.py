@@ -100,18 +100,10 @@ class MoDAmix(BaseModel):
     needs_labels = True
     train_defaults = {"epochs": sum(DEFAULTS["stage_epochs"]), "batch_size": 128, "lr": 1e-3,
                       "weight_decay": 0.0, "train_fraction": 0.9}
+    defaults = DEFAULTS
 
     def __init__(self, data, *, modalities: Sequence[str] | None = None, **params):
-        unknown = sorted(set(params) - set(DEFAULTS))
-        if unknown:
-            raise ParameterError(f"unknown MoDAmix parameter(s) {unknown}; allowed: {sorted(DEFAULTS) + ['modalities']}")
-        p = {**DEFAULTS, **params}
-        mods = list(modalities) if modalities is not None else list(data.modalities)
-        if not mods:
-            raise ParameterError("MoDAmix needs at least one modality")
-        missing = [m for m in mods if m not in data.modalities]
-        if missing:
-            raise ParameterError(f"modalities {missing} are not in the data (it has {data.modalities})")
+        p, mods = self._resolve_params(data, params, modalities)
         self._validate(p)
         p["stage_epochs"] = [int(e) for e in p["stage_epochs"]]
         p["hidden"] = [int(h) for h in p["hidden"]]

@@ -181,15 +181,13 @@ class SCMODAL(BaseModel):
     single_source_translation = True
     train_defaults = {"max_steps": 10000, "batch_size": 500, "lr": 1e-3, "weight_decay": 1e-3,
                       "train_fraction": 1.0}
+    defaults = DEFAULTS
+    extra_arguments = ("links", "modalities", "samples")
 
     def __init__(self, data, *, modalities: Sequence[str] | None = None,
                  links: dict[str, Sequence[Sequence[str]]] | None = None,
                  samples: dict[str, Sequence[str]] | None = None, **params):
-        unknown = sorted(set(params) - set(DEFAULTS))
-        if unknown:
-            raise ParameterError(f"unknown SCMODAL parameter(s) {unknown}; allowed: "
-                                 f"{sorted([*DEFAULTS, 'links', 'modalities', 'samples'])}")
-        p = {**DEFAULTS, **params}
+        p, mods = self._resolve_params(data, params, modalities)
         for key in ("n_latent", "n_hidden", "n_hidden_disc", "mnn_k"):
             v = p[key]
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
@@ -206,11 +204,7 @@ class SCMODAL(BaseModel):
         if not 0 < float(p["geo_threshold"]) < 1:
             raise ParameterError(f"geo_threshold must be in (0, 1), got {p['geo_threshold']!r}")
         p["geo_threshold"] = float(p["geo_threshold"])
-        mods = list(modalities) if modalities is not None else list(data.modalities)
-        missing = [m for m in mods if m not in data.modalities]
-        if missing:
-            raise ParameterError(f"modalities {missing} are not in the data (it has {data.modalities})")
-        if len(mods) < 2 or len(set(mods)) != len(mods):
+        if len(mods) < 2:
             raise ParameterError(f"SCMODAL aligns at least two different modalities, got {mods}")
         p["modalities"] = mods
         ref = p.get("link_reference") or ""

@@ -48,12 +48,10 @@ SPECIAL_PARAMS = {"seed", "link_reference", "source_samples", "target_samples", 
 
 
 def model_defaults(name: str) -> dict:
-    """The parameter defaults of model ``name`` (its module's ``DEFAULTS``)."""
-    import sys
-
+    """The parameter defaults of model ``name`` (its ``defaults``)."""
     from spatialmix.models import MODELS
 
-    return dict(getattr(sys.modules[MODELS[name].__module__], "DEFAULTS", {}) or {})
+    return dict(MODELS[name].defaults)
 
 
 class ParamPage(QWidget):
