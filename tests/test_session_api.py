@@ -107,3 +107,26 @@ def test_write_translation_adds_one_imputation(prepared):
     np.testing.assert_allclose(sdata.tables["msi"].layers[name], model.translate(["rna"], "msi"), rtol=1e-5)
     with pytest.raises(ParameterError, match="does not integrate"):
         write_translation(sdata, model, "protein", "msi")
+
+
+def test_a_saved_model_loaded_onto_a_project_writes_its_outputs(prepared, tmp_path):
+    """``integrate.iter_load_model`` (the widget's Load model): the model class and columns come from the saved
+    configuration; the outputs written equal the saved model's; a folder without a model is a clear error."""
+    import copy
+
+    from spatialmix.data import MultiModalData
+    from spatialmix.errors import ModelError
+    from spatialmix.integrate import iter_load_model
+    from spatialmix.models import MIMA
+
+    sdata = copy.deepcopy(prepared)
+    model = MIMA(MultiModalData.from_spatialdata(sdata), n_hidden=32, n_latent=8)
+    model.train(epochs=1, device="cpu")
+    expected = model.get_latent_representation()
+    model.save(tmp_path / "m")
+    sdata.tables["rna"].obsm.pop("X_mima", None)
+    loaded = run(iter_load_model(sdata, tmp_path / "m"))
+    assert type(loaded) is MIMA and loaded.params["n_latent"] == 8
+    np.testing.assert_allclose(sdata.tables["rna"].obsm["X_mima"], expected, atol=1e-5)
+    with pytest.raises(ModelError, match="holds no saved model"):
+        run(iter_load_model(sdata, tmp_path / "empty"))

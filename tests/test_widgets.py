@@ -195,7 +195,7 @@ def test_integrate_widget_trains_in_a_worker_without_freezing_the_ui(trained_vie
     assert gaps.max() < 0.2, f"the event loop stalled for {worst}"
 
 
-def test_stop_keeps_the_completed_epochs_and_writes_them(make_napari_viewer, saved_project):
+def test_stop_keeps_the_completed_epochs_and_writes_them(make_napari_viewer, saved_project, tmp_path):
     viewer = make_napari_viewer(show=True)
     data, integ = DataWidget(viewer), IntegrateWidget(viewer)
     viewer.window.add_dock_widget(integ)
@@ -208,6 +208,9 @@ def test_stop_keeps_the_completed_epochs_and_writes_them(make_napari_viewer, sav
     if not integ.warmed:
         assert not integ.train_button.isEnabled() and "preparing" in integ.train_button.text()
         assert integ.train() is None and any("still preparing" in m for m in notifications())
+        assert not integ.load_button.isEnabled()  # loading writes the same outputs: it waits too
+        assert integ.load_model(str(tmp_path / "nowhere")) is None
+        assert any("Load model is enabled when it is done" in m for m in notifications())
     t0 = time.perf_counter()
     while not integ.warmed:
         QApplication.processEvents()
@@ -227,6 +230,22 @@ def test_stop_keeps_the_completed_epochs_and_writes_them(make_napari_viewer, sav
     assert 2 <= len(model.training_curve()) < 500
     assert "X_mima" in state_of(viewer).sdata.tables["rna"].obsm  # the kept epochs' outputs were written
     assert "stopped by the user" in integ.model_label.text()
+
+    # Save model, then Load model onto the project: the loaded model replaces it and writes the same latent
+    kept = state_of(viewer).sdata.tables["rna"].obsm["X_mima"].copy()
+    assert integ.load_button.isEnabled()
+    assert integ.save_model(str(tmp_path / "model")) is not None
+    state_of(viewer).sdata.tables["rna"].obsm.pop("X_mima")
+    integ.load_model(str(tmp_path / "model"))
+    wait(integ.panel)
+    loaded = state_of(viewer).model
+    assert loaded is not model and loaded.is_trained and len(loaded.training_curve()) == len(model.training_curve())
+    np.testing.assert_allclose(state_of(viewer).sdata.tables["rna"].obsm["X_mima"], kept, atol=1e-5)
+    assert integ.model_label.text().startswith("MIMA on ")
+    # a folder without a model: a notification naming it, the widget stays usable
+    integ.load_model(str(tmp_path / "nowhere"))
+    wait(integ.panel)
+    assert any("nowhere" in m for m in notifications()) and integ.load_button.isEnabled()
 
 
 def test_explore_widget_shows_every_output(trained_viewer, tmp_path):

@@ -170,6 +170,38 @@ def iter_fit(sdata, *, model: str = "mima", model_params: dict | None = None, tr
     return mdl
 
 
+def iter_load_model(sdata, path):
+    """Load a model saved by ``model.save(dir)`` onto a project's tables (checked against the features and
+    batches it was trained on) and write its outputs into the project, as training would have; returns the
+    model. The model class, modalities, batch and annotation columns come from the saved configuration."""
+    import json
+    from pathlib import Path
+
+    from spatialmix.data import MultiModalData
+    from spatialmix.errors import ModelError
+    from spatialmix.models import MODELS
+    from spatialmix.models._base import CONFIG
+    from spatialmix.progress import Progress
+    from spatialmix.results import iter_write_results
+
+    yield Progress("load model", 0, 1, str(path))
+    cfg_file = Path(path) / CONFIG
+    if not cfg_file.exists():
+        raise ModelError(f"{path} holds no saved model ({CONFIG} missing); choose the folder a model was saved to")
+    config = json.loads(cfg_file.read_text())
+    name = config.get("model", "mima")
+    if name not in MODELS:
+        raise ModelError(f"{path} holds a {name!r} model, which this version cannot load (it has {sorted(MODELS)})")
+    ann = config.get("annotation_key")
+    ann = ann if ann and "rna" in sdata.tables and ann in sdata.tables["rna"].obs else None
+    data = MultiModalData.from_spatialdata(sdata, modalities=config.get("modalities"),
+                                           batch_key=config.get("batch_key", "batch"), annotation_key=ann)
+    model = MODELS[name].load(path, data)
+    yield Progress("load model", 1, 1, str(path))
+    yield from iter_write_results(sdata, model)
+    return model
+
+
 def _sources_as_batches(cls, data, params: dict | None) -> dict:
     """``source_samples`` for a model that takes ``source_batches`` (the calibration): the batches of those
     samples, so the widget and the configuration name labelled sources the same way for every model."""

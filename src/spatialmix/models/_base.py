@@ -81,6 +81,25 @@ class BaseModel:
             raise ParameterError(f"modalities {mods} name a modality twice")
         return {**cls.defaults, **params}, mods
 
+    def _in_chunks(self, n: int, step, *, batch_size: int = 4096) -> np.ndarray:
+        """The inference loop every model shares: ``step(rows, device)`` (a slice of ``range(n)`` and the
+        module's device; returns a tensor) over ``n`` rows in chunks of ``batch_size``, in eval mode without
+        gradients, the chunks concatenated as a float32 array. The module's training mode is restored after."""
+        import torch
+
+        module = self.module
+        device = next(module.parameters()).device
+        was_training = module.training
+        module.eval()
+        parts = []
+        try:
+            with torch.no_grad():
+                for s in range(0, n, batch_size):
+                    parts.append(step(slice(s, min(s + batch_size, n)), device).float().cpu().numpy())
+        finally:
+            module.train(was_training)
+        return np.concatenate(parts, axis=0) if parts else np.zeros((0, 0), np.float32)
+
     def _reset_training_state(self) -> None:
         """An untrained model's training record (also used when a saved model is rebuilt)."""
         self.history: list[dict[str, Any]] = []

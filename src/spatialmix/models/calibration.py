@@ -288,23 +288,12 @@ class Calibration(BaseModel):
         """Run ``fn(x_std)`` over ``data`` in chunks, eval mode, on the module's device."""
         import torch
 
-        module = self.module
-        device = next(module.parameters()).device
         x, _ = self._inputs(data)
         if not np.isfinite(x).all():
             raise ModelError("the inputs have NaN or infinite values; clean or impute them first")
         xt = torch.as_tensor(x)
-        was_training = module.training
-        module.eval()
-        parts = []
-        try:
-            with torch.no_grad():
-                for s in range(0, data.n_obs, batch_size):
-                    xb = module.standardise(xt[s:s + batch_size].to(device))
-                    parts.append(fn(xb).float().cpu().numpy())
-        finally:
-            module.train(was_training)
-        return np.concatenate(parts, axis=0) if parts else np.zeros((0, 0), np.float32)
+        return self._in_chunks(data.n_obs, lambda sl, device: fn(self.module.standardise(xt[sl].to(device))),
+                               batch_size=batch_size)
 
     # -- outputs -------------------------------------------------------------------------------------------
     def get_latent_representation(self, *, data=None) -> np.ndarray:

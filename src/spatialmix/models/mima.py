@@ -179,25 +179,14 @@ class MIMA(BaseModel):
 
     def _infer(self, data, fn, *, batch_size: int = 4096) -> np.ndarray:
         """Run ``fn(xs, masks, batch)`` over ``data`` in chunks, eval mode, on the module's device."""
-        import torch
-
-        module = self.module
-        device = next(module.parameters()).device
         t = self._tensors(data, device="cpu")
-        was_training = module.training
-        module.eval()
-        parts = []
-        try:
-            with torch.no_grad():
-                for s in range(0, data.n_obs, batch_size):
-                    sl = slice(s, s + batch_size)
-                    xs = [t[f"x_{m}"][sl].to(device) for m in self.modalities]
-                    masks = [t[f"mask_{m}"][sl].to(device) for m in self.modalities]
-                    b = t["batch"][sl].to(device)
-                    parts.append(fn(xs, masks, b).float().cpu().numpy())
-        finally:
-            module.train(was_training)
-        return np.concatenate(parts, axis=0) if parts else np.zeros((0, 0), np.float32)
+
+        def step(sl, device):
+            xs = [t[f"x_{m}"][sl].to(device) for m in self.modalities]
+            masks = [t[f"mask_{m}"][sl].to(device) for m in self.modalities]
+            return fn(xs, masks, t["batch"][sl].to(device))
+
+        return self._in_chunks(data.n_obs, step, batch_size=batch_size)
 
     def _index(self, modality: str) -> int:
         if modality not in self.modalities:

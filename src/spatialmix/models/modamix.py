@@ -291,24 +291,14 @@ class MoDAmix(BaseModel):
         return groups
 
     def _infer(self, data, key: str, *, batch_size: int = 4096) -> np.ndarray:
-        import torch
-
-        module = self.module
-        device = next(module.parameters()).device
         t = self._inputs(data)
-        was_training = module.training
-        module.eval()
-        parts = []
-        try:
-            with torch.no_grad():
-                for s in range(0, data.n_obs, batch_size):
-                    sl = slice(s, s + batch_size)
-                    xs = [t[f"x_{m}"][sl].to(device) for m in self.modalities]
-                    masks = [t[f"mask_{m}"][sl].to(device) for m in self.modalities]
-                    parts.append(module.predict(xs, masks)[key].float().cpu().numpy())
-        finally:
-            module.train(was_training)
-        return np.concatenate(parts, axis=0)
+
+        def step(sl, device):
+            xs = [t[f"x_{m}"][sl].to(device) for m in self.modalities]
+            masks = [t[f"mask_{m}"][sl].to(device) for m in self.modalities]
+            return self.module.predict(xs, masks)[key]
+
+        return self._in_chunks(data.n_obs, step, batch_size=batch_size)
 
     # -- outputs -------------------------------------------------------------------------------------------
     def get_latent_representation(self, kind: str = "joint", modality: str | None = None, *, data=None) -> np.ndarray:

@@ -369,20 +369,12 @@ class SCMODAL(BaseModel):
         module's device); NaN rows elsewhere."""
         import torch
 
-        module = self.module
-        device = next(module.parameters()).device
         rows = np.flatnonzero(np.asarray(data.mask[source], bool))
         x_all = data.dense(source)
         out = np.full((data.n_obs, n_out), np.nan, np.float32)
-        was_training = module.training
-        module.eval()
-        try:
-            with torch.no_grad():
-                for s in range(0, len(rows), batch_size):
-                    r = rows[s:s + batch_size]
-                    out[r] = fn(torch.as_tensor(x_all[r], device=device)).float().cpu().numpy()
-        finally:
-            module.train(was_training)
+        if len(rows):
+            out[rows] = self._in_chunks(
+                len(rows), lambda sl, device: fn(torch.as_tensor(x_all[rows[sl]], device=device)), batch_size=batch_size)
         return out
 
     def get_latent_representation(self, modality: str | None = None, *, data=None) -> np.ndarray:

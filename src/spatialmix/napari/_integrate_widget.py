@@ -346,7 +346,9 @@ class IntegrateWidget(QWidget):
         self.warm_worker.finished.connect(self.warm_event.set)
         # Train waits for the warm-up: starting training while it ran deadlocked the UI in 3 of 3 GUI runs here
         # (the warm-up thread waiting on the UMAP helper, the helper idle; cause not found, see the issue note)
+        # (loading a model writes the same outputs, so it waits too)
         self.train_button.setEnabled(False)
+        self.load_button.setEnabled(False)
         self.train_button.setText("Train (preparing: imports, UMAP compilation...)")
         self.warm_worker.start()
 
@@ -458,14 +460,23 @@ class IntegrateWidget(QWidget):
         self.warmed = True
         self.train_button.setText("Train")
         self.train_button.setEnabled(True)
+        self.load_button.setEnabled(True)
+
+    def _still_preparing(self, what: str) -> bool:
+        """Notify and say so when the warm-up has not finished (``what`` is the refused action)."""
+        from spatialmix.errors import TrainingError
+
+        if self.warmed:
+            return False
+        notify_error(TrainingError(f"the Integrate widget is still preparing (imports, UMAP compilation, a few "
+                                   f"seconds); {what} is enabled when it is done"))
+        return True
 
     def train(self):
-        from spatialmix.errors import ProjectError, TrainingError
+        from spatialmix.errors import ProjectError
         from spatialmix.integrate import iter_fit
 
-        if not self.warmed:
-            notify_error(TrainingError("the Integrate widget is still preparing (imports, UMAP compilation, a few "
-                                       "seconds); Train is enabled when it is done"))
+        if self._still_preparing("Train"):
             return None
         if self.state.sdata is None:
             notify_error(ProjectError("no project: add samples or open a project in the Data widget first"))
@@ -539,7 +550,10 @@ class IntegrateWidget(QWidget):
     def load_model(self, path: str):
         """Load a saved model onto the open project (checked against its tables) and write its outputs."""
         from spatialmix.errors import ProjectError
+        from spatialmix.integrate import iter_load_model
 
+        if self._still_preparing("Load model"):
+            return None
         if self.state.sdata is None:
             notify_error(ProjectError("open the project the model was trained on first (Data widget)"))
             return None
@@ -573,36 +587,6 @@ def _leave_a_core_for_the_ui() -> None:
     import torch
 
     torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
-
-
-def iter_load_model(sdata, path):
-    """Load a saved model onto a project's data and write its outputs into the project."""
-    import json
-    from pathlib import Path
-
-    from spatialmix.data import MultiModalData
-    from spatialmix.errors import ModelError
-    from spatialmix.models import MODELS
-    from spatialmix.models._base import CONFIG
-    from spatialmix.progress import Progress
-    from spatialmix.results import iter_write_results
-
-    yield Progress("load model", 0, 1, str(path))
-    cfg_file = Path(path) / CONFIG
-    if not cfg_file.exists():
-        raise ModelError(f"{path} holds no saved model ({CONFIG} missing); choose the folder a model was saved to")
-    config = json.loads(cfg_file.read_text())
-    name = config.get("model", "mima")
-    if name not in MODELS:
-        raise ModelError(f"{path} holds a {name!r} model, which this version cannot load (it has {sorted(MODELS)})")
-    ann = config.get("annotation_key")
-    ann = ann if ann and "rna" in sdata.tables and ann in sdata.tables["rna"].obs else None
-    data = MultiModalData.from_spatialdata(sdata, modalities=config.get("modalities"),
-                                           batch_key=config.get("batch_key", "batch"), annotation_key=ann)
-    model = MODELS[name].load(path, data)
-    yield Progress("load model", 1, 1, str(path))
-    yield from iter_write_results(sdata, model)
-    return model
 
 
 def _duration(seconds: float) -> str:
