@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Regenerate the "other aligners" numbers of docs/benchmarks.md: MoDAmix, calibration and scMODAL (with Harmony
 # and the raw inputs as references) on the bundled sample and, when given a second dataset, on it too. scMODAL
-# runs 2,000 steps here (the paper's 10,000 took about 25 minutes per dataset on one CPU core); pass
+# runs 2,000 steps here (2,000 took 25-31 minutes per dataset on one CPU core, so the paper's 10,000 would take
+# 2-2.5 hours); pass
 # SCMODAL_STEPS=10000 to use the paper's count. Run from the repository root.
 set -euo pipefail
 BIN=${BIN:-.venv/bin}
