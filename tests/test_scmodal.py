@@ -222,6 +222,18 @@ def test_link_helpers():
     strong = correlation_links(data, "rna", "msi", samples=["S0"], top=30, min_corr=0.7)
     assert sorted(map(tuple, strong)) == sorted(truth)  # min_corr drops the weak chance correlations
     assert (v["rna"][1], v["msi"][0]) not in map(tuple, correlation_links(data, "rna", "msi", samples=["S0"], top=500))
+    # at most max_per_feature links per feature, greedily from the strongest: the true links still come first
+    unlimited = correlation_links(data, "rna", "msi", samples=["S0"], top=40)
+    assert max(pd.Series([x[0] for x in unlimited]).value_counts()) > 1  # the unlimited top pairs repeat features
+    one = correlation_links(data, "rna", "msi", samples=["S0"], top=25, max_per_feature=1)
+    assert len(one) == 25 and len({x[0] for x in one}) == 25 and len({x[1] for x in one}) == 25
+    # msi has 30 features: one-to-one links stop there, whatever top asks for
+    assert len(correlation_links(data, "rna", "msi", samples=["S0"], top=40, max_per_feature=1)) == 30
+    assert sorted(map(tuple, one[:2])) == sorted(truth)
+    two = correlation_links(data, "rna", "msi", samples=["S0"], top=40, max_per_feature=2)
+    assert max(pd.Series([x[0] for x in two]).value_counts()) == 2 and len(two) == 40
+    with pytest.raises(ParameterError, match="max_per_feature"):
+        correlation_links(data, "rna", "msi", samples=["S0"], max_per_feature=0)
     # only the reference samples' spots are used: a sample where the link is broken changes nothing
     data.X["msi"][(data.obs["sample"] == "S1").to_numpy(), 2] = 0
     assert sorted(map(tuple, correlation_links(data, "rna", "msi", samples=["S0"], top=2))) == sorted(truth)
