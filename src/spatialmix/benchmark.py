@@ -93,10 +93,10 @@ def _domain_adaptation(name, mdl, mmd, reps, labels, samples, evaluated, sources
     return out, results
 
 
-def _unpaired_alignment(mmd, labels, samples, sources, *, seed, train, params, n_links=None, link_options=None):
+def _unpaired_alignment(mmd, labels, samples, sources, *, seed, train, params, link_options=None):
     """scMODAL on RNA of ``sources`` against MSI of the other samples, never paired, against Harmony on the PCA of
     the row-stacked linked features. Scored on the truly paired spots of the samples other than the reference.
-    ``link_options`` go to :func:`~spatialmix.models.scmodal.correlation_links` (e.g. ``max_per_feature``)."""
+    ``link_options`` go to :func:`~spatialmix.models.scmodal.correlation_links` (e.g. ``top``, ``max_per_feature``)."""
     from spatialmix._resources import measure
     from spatialmix.evaluate.metrics import foscttm, label_transfer_accuracy
     from spatialmix.models.baselines import harmony, pca
@@ -108,8 +108,7 @@ def _unpaired_alignment(mmd, labels, samples, sources, *, seed, train, params, n
     uniq = sorted(pd.unique(samples))
     targets = [x for x in uniq if x not in sources]
     reference = sources[0]
-    link_opts = {**({} if n_links is None else {"top": n_links}), **dict(link_options or {})}
-    links = correlation_links(mmd, a, b, samples=[reference], **link_opts)
+    links = correlation_links(mmd, a, b, samples=[reference], **dict(link_options or {}))
     mdl = SCMODAL(mmd, modalities=[a, b], samples={a: list(sources), b: targets}, links={f"{a}|{b}": links},
                   **params)
     with measure() as res:

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from spatialmix.errors import FeatureMismatchError, ModelError, ProjectError
+from spatialmix.errors import FeatureMismatchError, ModelError, ParameterError, ProjectError
 from spatialmix.progress import run
 
 WEIGHTS = "model.pt"
@@ -65,8 +65,6 @@ class BaseModel:
     def _resolve_params(cls, data, params: dict, modalities=None) -> tuple[dict[str, Any], list[str]]:
         """The checks every constructor starts with: no unknown parameter, then the defaults filled in and the
         modalities resolved (default: all of ``data``'s; each must be in ``data``, none named twice)."""
-        from spatialmix.errors import ParameterError
-
         unknown = sorted(set(params) - set(cls.defaults))
         if unknown:
             raise ParameterError(f"unknown {cls.__name__} parameter(s) {unknown}; allowed: "

@@ -238,9 +238,8 @@ class MoDAmix(BaseModel):
     @classmethod
     def _from_config(cls, config: dict, data):
         # the training length follows the saved stages; the networks are rebuilt by BaseModel._from_config
-        cls_defaults = {**cls.train_defaults, "epochs": sum(config["params"]["stage_epochs"])}
         obj = super()._from_config(config, data)
-        obj.train_defaults = cls_defaults
+        obj.train_defaults = {**cls.train_defaults, "epochs": sum(obj.params["stage_epochs"])}
         return obj
 
     @property
