@@ -63,3 +63,15 @@ def seurat_visium() -> Path:
     if folder is None:
         pytest.skip(f"Real Visium test data unavailable: {reason}")
     return folder
+
+
+# ============================================================================================================
+# Torch threads and deterministic mode of every test, and the claim tests' seed (tests/_claims.py)
+# ============================================================================================================
+@pytest.fixture(autouse=True)
+def _torch_threads():
+    """Every test runs torch with ``OMP_NUM_THREADS`` threads (1 in ``make test``) and, with
+    ``SPATIALMIX_DETERMINISTIC=1``, deterministic algorithms (benchmarks/claim_spread.py measures both)."""
+    import _claims
+
+    _claims.set_torch_threads()

@@ -11,6 +11,8 @@ import json
 import numpy as np
 import pytest
 
+import _claims
+
 pytestmark = pytest.mark.slow
 
 
@@ -58,10 +60,12 @@ def test_batch_correction_mixes_samples_and_keeps_regions(metrics):
     sc = metrics["integration"]
     assert metrics["labels"] == "truth regions"
     raw, corr, poe = sc["raw_msi"], sc["mima_corrected_msi"], sc["mima_poe"]
-    assert corr["batch_asw"] > raw["batch_asw"] + 0.2
-    assert poe["batch_asw"] > raw["batch_asw"] + 0.3
-    assert corr["ilisi"] > raw["ilisi"] + 0.03 and poe["ilisi"] > raw["ilisi"] + 0.15
-    assert corr["label_asw"] > raw["label_asw"]
+    C = "test_integration::batch_correction"
+    _claims.check(f"{C}/corrected_batch_asw_gain", corr["batch_asw"] - raw["batch_asw"], ">", 0.2)
+    _claims.check(f"{C}/poe_batch_asw_gain", poe["batch_asw"] - raw["batch_asw"], ">", 0.3)
+    _claims.check(f"{C}/corrected_ilisi_gain", corr["ilisi"] - raw["ilisi"], ">", 0.03)
+    _claims.check(f"{C}/poe_ilisi_gain", poe["ilisi"] - raw["ilisi"], ">", 0.15)
+    _claims.check(f"{C}/corrected_label_asw_gain", corr["label_asw"] - raw["label_asw"], ">", 0.0)
 
 
 def test_poe_embedding_separates_regions_at_least_as_well_as_each_modality(metrics):
@@ -71,8 +75,10 @@ def test_poe_embedding_separates_regions_at_least_as_well_as_each_modality(metri
     see docs/models.md."""
     sc = metrics["integration"]
     best_single = max(sc[f"raw_{m}"]["label_asw"] for m in ("rna", "msi", "morphology"))
-    assert sc["mima_poe"]["label_asw"] >= best_single - 0.01
-    assert sc["mima_poe"]["bio_score"] > sc["raw_morphology"]["bio_score"] + 0.05
+    C = "test_integration::poe_separates_regions"
+    _claims.check(f"{C}/label_asw_minus_best_single", sc["mima_poe"]["label_asw"] - best_single, ">=", -0.01)
+    _claims.check(f"{C}/bio_minus_morphology", sc["mima_poe"]["bio_score"] - sc["raw_morphology"]["bio_score"],
+                  ">", 0.05)
 
 
 def test_translation_beats_the_class_mean_on_held_out_spots(metrics):
@@ -80,13 +86,14 @@ def test_translation_beats_the_class_mean_on_held_out_spots(metrics):
     class mean 0.33 / 0.49; RNA from MSI + H&E 0.23 / 0.25 vs 0.16 / 0.19; morphology from RNA + MSI
     0.71 / 0.65 vs 0.50 / 0.55."""
     tr = metrics["translation_heldout"]
+    C = "test_integration::translation"
     msi = tr["rna+morphology->msi"]
-    assert msi["pearson_median"] > msi["baseline_pearson_median"] + 0.3
-    assert msi["mse"] < msi["baseline_mse"]
+    _claims.check(f"{C}/msi_r_gain", msi["pearson_median"] - msi["baseline_pearson_median"], ">", 0.3)
+    _claims.check(f"{C}/msi_mse_ratio", msi["mse"] / msi["baseline_mse"], "<", 1.0)
     rna = tr["msi+morphology->rna"]
-    assert rna["pearson_median"] > rna["baseline_pearson_median"] + 0.03
+    _claims.check(f"{C}/rna_r_gain", rna["pearson_median"] - rna["baseline_pearson_median"], ">", 0.03)
     morph = tr["rna+msi->morphology"]
-    assert morph["pearson_median"] > morph["baseline_pearson_median"] + 0.05
+    _claims.check(f"{C}/morphology_r_gain", morph["pearson_median"] - morph["baseline_pearson_median"], ">", 0.05)
 
 
 def test_poe_embedding_predicts_the_pathologist_better_than_each_modality(prepared):
@@ -104,4 +111,6 @@ def test_poe_embedding_predicts_the_pathologist_better_than_each_modality(prepar
     f1 = {name: cross_validate(X, data.obs["pathologist"], data.obs["sample"], mask=keep, scheme="loocv",
                                options=EnsembleOptions(n_bags=5, n_trees=20)).summary["f1"]
           for name, X in reps.items()}
-    assert f1["mima"] > max(f1[m] for m in data.modalities) + 0.05, f1
+    print(f1)
+    _claims.check("test_integration::loocv_f1/mima_minus_best_modality", f1["mima"] - max(f1[m] for m in data.modalities),
+                  ">", 0.05)

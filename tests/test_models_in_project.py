@@ -17,10 +17,6 @@ from spatialmix.progress import run
 SOURCES = ["P1_S1", "P2_S1"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)
-
 
 @pytest.fixture(scope="module")
 def project(saved_project):

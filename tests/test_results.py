@@ -23,6 +23,8 @@ from spatialmix.results import (  # noqa: E402
     RenderedMap, render_result, rgb_embedding, spot_values, translation_layer, write_results,
 )
 
+import _claims  # noqa: E402
+
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,7 +43,7 @@ def project_path(request) -> Path:
 def trained(project_path):
     import torch
 
-    torch.set_num_threads(1)
+    _claims.set_torch_threads()
     sdata = load_project(project_path)
     data = MultiModalData.from_spatialdata(sdata)
     model = MIMA(data)

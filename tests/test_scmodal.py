@@ -16,13 +16,11 @@ from spatialmix.evaluate.metrics import foscttm, label_transfer_accuracy
 from spatialmix.models._scmodal_module import geometry_loss, kernel_similarity, mnn_pairs
 from spatialmix.models.scmodal import SCMODAL, correlation_links, same_name_links
 
+import _claims
+
 SMALL = {"n_hidden": 64, "n_hidden_disc": 64, "mnn_k": 10}
 TRAIN = {"max_steps": 400, "batch_size": 256, "device": "cpu", "step_events": False}
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)
 
 
 def unpaired_data(n=600, n_clusters=5, n_samples=3, n_links=4, link_noise=1.2, seed=0):
@@ -57,10 +55,10 @@ def _standardise(x):
 
 @pytest.fixture(scope="module")
 def trained():
-    torch.set_num_threads(1)
+    _claims.set_torch_threads()
     data, links = unpaired_data()
-    model = SCMODAL(data, links={"rna|msi": links}, **SMALL)
-    model.train(**TRAIN)
+    model = SCMODAL(data, links={"rna|msi": links}, **SMALL, seed=_claims.seed())
+    model.train(**TRAIN, seed=_claims.seed())
     return data, links, model
 
 
@@ -80,18 +78,21 @@ def test_aligns_unpaired_modalities_better_than_pca_of_the_linked_features(train
     base = foscttm(pc[:n], pc[n:])
     ours = foscttm(za, zb)
     print(f"FOSCTTM scMODAL {ours:.3f} vs linked-feature PCA {base:.3f}")
-    assert ours < 0.3 and ours < base - 0.02
+    C = "test_scmodal::aligns"
+    _claims.check(f"{C}/foscttm", ours, "<", 0.3)
+    _claims.check(f"{C}/foscttm_minus_linked_pca", ours - base, "<", -0.02)
     acc = label_transfer_accuracy(za, data.labels, zb, data.labels)
     acc_back = label_transfer_accuracy(zb, data.labels, za, data.labels)
     print(f"label transfer rna->msi {acc:.3f}, msi->rna {acc_back:.3f} (chance 0.2)")
-    assert acc > 0.5 and acc_back > 0.5
+    _claims.check(f"{C}/label_transfer_rna_to_msi", acc, ">", 0.5)
+    _claims.check(f"{C}/label_transfer_msi_to_rna", acc_back, ">", 0.5)
     # the mean latent of paired spots is the mean of the two modalities' latents
     np.testing.assert_allclose(model.get_latent_representation(), (za + zb) / 2, atol=1e-6)
     # every term of the loss was trained on; the anchor and reconstruction losses went down
     curve = model.training_curve()
     assert {"disc", "recon", "cycle", "anchor", "geo", "gan"} <= set(curve.columns)
-    assert curve["recon"].iloc[-1] < 0.3 * curve["recon"].iloc[0]
-    assert curve["anchor"].iloc[-1] < 0.3 * curve["anchor"].iloc[0]
+    _claims.check(f"{C}/recon_loss_last_over_first", curve["recon"].iloc[-1] / curve["recon"].iloc[0], "<", 0.3)
+    _claims.check(f"{C}/anchor_loss_last_over_first", curve["anchor"].iloc[-1] / curve["anchor"].iloc[0], "<", 0.3)
 
 
 def test_translation_recovers_the_other_modality_in_its_units(trained):
@@ -102,7 +103,7 @@ def test_translation_recovers_the_other_modality_in_its_units(trained):
     # correlation per feature between imputed and measured MSI over spots (never paired in training)
     r = [np.corrcoef(msi_hat[:, j], truth[:, j])[0, 1] for j in range(truth.shape[1])]
     print(f"median per-feature r of rna->msi {np.median(r):.3f}")
-    assert np.median(r) > 0.3
+    _claims.check("test_scmodal::translation/median_r", np.median(r), ">", 0.3)
     assert abs(msi_hat.mean() - truth.mean()) < 0.5 * truth.std()  # back in the data's units, not z-scores
     assert np.array_equal(model.translate(["rna"], "msi"), msi_hat)  # a one-item list is the same source
     with pytest.raises(ParameterError, match="single source"):
@@ -322,7 +323,8 @@ def test_per_modality_sample_subsets_and_missing_spots():
     data, links = unpaired_data(seed=2)
     data.mask["msi"][::7] = False  # spots without MSI
     data.X["msi"][~data.mask["msi"]] = 0
-    model = SCMODAL(data, links={"rna|msi": links}, samples={"rna": ["S0", "S1"], "msi": ["S2"]}, **SMALL)
+    model = SCMODAL(data, links={"rna|msi": links}, samples={"rna": ["S0", "S1"], "msi": ["S2"]}, **SMALL,
+                    seed=_claims.seed())
     sets = model.datasets()
     s = data.obs["sample"]
     assert set(s[sets["rna"]]) == {"S0", "S1"} and len(sets["rna"]) == int(s.isin(["S0", "S1"]).sum())
@@ -330,7 +332,7 @@ def test_per_modality_sample_subsets_and_missing_spots():
     groups = model._training_groups()
     assert groups["d0"]["x"].shape[0] == len(sets["rna"]) and groups["d1"]["x"].shape[0] == len(sets["msi"])
     assert groups["d0"]["link_next"].shape == (len(sets["rna"]), 4) and "link_prev" not in groups["d0"]
-    model.train(**{**TRAIN, "max_steps": 250})
+    model.train(**{**TRAIN, "max_steps": 250}, seed=_claims.seed())
     za, zb = model.get_latent_representation("rna"), model.get_latent_representation("msi")
     # outputs for every spot, also of samples a modality was not trained on; NaN where MSI is not measured
     assert np.isfinite(za).all()
@@ -343,4 +345,5 @@ def test_per_modality_sample_subsets_and_missing_spots():
     score = foscttm(za[ev], zb[ev])
     acc = label_transfer_accuracy(za[ev], data.labels[ev], zb[ev], data.labels[ev])
     print(f"S2 FOSCTTM {score:.3f}, label transfer {acc:.3f}")
-    assert score < 0.3 and acc > 0.5
+    _claims.check("test_scmodal::sample_subsets/foscttm_S2", score, "<", 0.3)
+    _claims.check("test_scmodal::sample_subsets/label_transfer_S2", acc, ">", 0.5)

@@ -39,7 +39,14 @@ class MultiModalData:
     obs
         Spot table: ``sample``, ``patient``, ``batch``, the annotation column, ``barcode``, ``spot_id``.
     counts
-        Raw RNA counts (CSR) when ``rna`` is a modality.
+        Raw RNA counts (CSR) when ``rna`` is a modality (the same matrix as ``raw["rna"]``).
+    preprocessing
+        ``{modality: kind}``: how each modality was turned into the model input, declared by whoever built the
+        data: ``"counts"`` (total-count normalised + log1p; raw counts in ``raw``), ``"protein"`` (CLR per spot;
+        raw counts in ``raw``), ``"log1p"``, ``"zscore"`` or ``"normalized"`` (used as given).
+    raw
+        ``{modality: matrix}``: the raw counts of the modalities whose kind is ``"counts"`` or ``"protein"``
+        (what count models such as scVI / totalVI need), rows aligned with ``X``.
     """
 
     modalities: list[str]
@@ -51,6 +58,8 @@ class MultiModalData:
     batch_key: str = "batch"
     annotation_key: str | None = None
     transforms: dict[str, str] = field(default_factory=dict)
+    preprocessing: dict[str, str] = field(default_factory=dict)
+    raw: dict[str, np.ndarray | sp.csr_matrix] = field(default_factory=dict)
 
     @classmethod
     def from_spatialdata(
@@ -101,7 +110,7 @@ class MultiModalData:
                 f"annotation column {annotation_key!r} not in the spot table (columns: {list(ref.obs.columns)}). "
                 "Pass annotation_key=None for unlabelled data"
             )
-        X, mask, var_names, transforms = {}, {}, {}, {}
+        X, mask, var_names, transforms, kinds, raw = {}, {}, {}, {}, {}, {}
         counts = None
         for m in modalities:
             table = sdata.tables[m]
@@ -110,11 +119,15 @@ class MultiModalData:
                 counts = sp.csr_matrix(table.layers["counts"]) if "counts" in table.layers else None
                 mat = sp.csr_matrix(mat, dtype=np.float32)
                 transforms[m] = "normalize_total(1e4) + log1p (raw counts in .counts)"
+                kinds[m] = "counts"
+                if counts is not None:
+                    raw[m] = counts
                 mask[m] = np.ones(table.n_obs, bool)
             elif m == "msi":
                 mat = sp.csr_matrix(mat, dtype=np.float32)
                 mat.data = np.log1p(mat.data)
                 transforms[m] = "log1p of TIC-normalised spot intensities"
+                kinds[m] = "log1p"
                 mask[m] = table.obs[COVERED_KEYS[m]].to_numpy(bool)
             else:
                 dense = np.asarray(mat.toarray() if sp.issparse(mat) else mat, dtype=np.float32)
@@ -127,11 +140,13 @@ class MultiModalData:
                 mat = ((dense - mu) / sd).astype(np.float32)
                 mat[~ok] = 0.0
                 transforms[m] = "z-score over covered spots"
+                kinds[m] = "zscore"
             X[m] = mat
             var_names[m] = table.var_names.copy()
         cols = [c for c in ("sample", "patient", batch_key, annotation_key, "barcode", "spot_id") if c and c in ref.obs]
         obs = ref.obs[list(dict.fromkeys(cols))].copy()
-        return cls(list(modalities), X, mask, var_names, obs, counts, batch_key, annotation_key, transforms)
+        return cls(list(modalities), X, mask, var_names, obs, counts, batch_key, annotation_key, transforms, kinds,
+                   raw)
 
     @property
     def n_obs(self) -> int:
@@ -166,6 +181,8 @@ class MultiModalData:
             self.batch_key,
             self.annotation_key,
             self.transforms,
+            self.preprocessing,
+            {m: r[idx] for m, r in self.raw.items()},
         )
 
     def to_tensors(self, device: str = "cpu") -> dict:
