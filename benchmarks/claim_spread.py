@@ -91,11 +91,16 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "claim_spread.json")
     ap.add_argument("--seeds", type=int, default=5, help="training seeds at 1 thread (default 5)")
-    ap.add_argument("--only", default=None, help="run only claim tests whose node id contains this text")
+    ap.add_argument("--only", default=None,
+                    help="run only claim tests whose node id contains one of these comma-separated texts")
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the claims of --out that this run does not measure (the others are replaced)")
     ap.add_argument("--summarise", type=Path, default=None, help="only summarise an existing JSON-lines log")
     args = ap.parse_args(argv)
 
-    node_ids = [n for n in claim_tests() if args.only is None or args.only in n]
+    only = [x.strip() for x in args.only.split(",")] if args.only else None
+    node_ids = [n for n in claim_tests() if only is None or any(x in n for x in only)]
+    previous = json.loads(args.out.read_text()) if args.merge and args.out.exists() else None
     log = args.summarise or args.out.with_suffix(".jsonl")
     runs = []
     if args.summarise is None:
@@ -110,6 +115,12 @@ def main(argv=None) -> int:
                   flush=True)
     records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
     claims = summarise(records)
+    if previous is not None:  # claims of tests not re-run this time keep their earlier measurement
+        fresh = {name.split("/")[0] for name in claims}
+        kept = {k: v for k, v in previous["claims"].items() if k.split("/")[0] not in fresh}
+        claims = dict(sorted({**kept, **claims}.items()))
+        runs = previous.get("runs", []) + [{**r, "partial": node_ids} for r in runs]
+        node_ids = sorted(set(previous.get("claim_tests", [])) | set(node_ids))
     import platform
 
     import torch

@@ -33,8 +33,16 @@ OPS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le}
 
 
 def seed(base: int = 0) -> int:
-    """A training / weight seed of a claim test: ``base`` shifted by ``SPATIALMIX_CLAIM_SEED``."""
-    return int(base) + SEED
+    """A training / weight seed of a claim test: ``base`` + 1000 x ``SPATIALMIX_CLAIM_SEED``, so that the seed
+    sets of two offsets never overlap (a test may train several models, seeds ``seed(0)``, ``seed(1)``, ...)."""
+    return int(base) + 1000 * SEED
+
+
+def median(values) -> float:
+    """Median of a claim measured over several trainings (robust to the occasional training that collapses)."""
+    import numpy as np
+
+    return float(np.median(np.asarray(values, dtype=float)))
 
 
 def set_torch_threads() -> None:

@@ -61,24 +61,25 @@ def test_batch_correction_mixes_samples_and_keeps_regions(metrics):
     assert metrics["labels"] == "truth regions"
     raw, corr, poe = sc["raw_msi"], sc["mima_corrected_msi"], sc["mima_poe"]
     C = "test_integration::batch_correction"
-    _claims.check(f"{C}/corrected_batch_asw_gain", corr["batch_asw"] - raw["batch_asw"], ">", 0.2)
+    _claims.check(f"{C}/corrected_batch_asw_gain", corr["batch_asw"] - raw["batch_asw"], ">", 0.15)
     _claims.check(f"{C}/poe_batch_asw_gain", poe["batch_asw"] - raw["batch_asw"], ">", 0.3)
     _claims.check(f"{C}/corrected_ilisi_gain", corr["ilisi"] - raw["ilisi"], ">", 0.03)
     _claims.check(f"{C}/poe_ilisi_gain", poe["ilisi"] - raw["ilisi"], ">", 0.15)
     _claims.check(f"{C}/corrected_label_asw_gain", corr["label_asw"] - raw["label_asw"], ">", 0.0)
 
 
-def test_poe_embedding_separates_regions_at_least_as_well_as_each_modality(metrics):
-    """The paper's headline claim, measured with label ASW against the true regions: PoE 0.529 / 0.565 against
-    the best single-modality input 0.530 / 0.529 (bundled / seed 7). By the composite bio score (label ASW,
-    Leiden ARI and NMI) it holds on the bundled sample (0.563 vs 0.529) but not on seed 7 (0.527 vs 0.551):
-    see docs/models.md."""
+def test_poe_embedding_separates_regions_about_as_well_as_the_best_modality(metrics):
+    """The paper's headline claim, measured with label ASW against the true regions. Over 9 demo trainings
+    (5 seeds, 2 threads, deterministic mode; benchmarks/results/claim_spread.json) the PoE's label ASW is
+    -0.010 +/- 0.007 from the best single modality's (worst -0.020): on par, not above, so the test bounds the
+    gap instead of asserting "better". By the composite bio score (label ASW, Leiden ARI and NMI) it beats the
+    H&E features by 0.164 +/- 0.023 (worst 0.111)."""
     sc = metrics["integration"]
     best_single = max(sc[f"raw_{m}"]["label_asw"] for m in ("rna", "msi", "morphology"))
     C = "test_integration::poe_separates_regions"
-    _claims.check(f"{C}/label_asw_minus_best_single", sc["mima_poe"]["label_asw"] - best_single, ">=", -0.01)
+    _claims.check(f"{C}/label_asw_minus_best_single", sc["mima_poe"]["label_asw"] - best_single, ">=", -0.045)
     _claims.check(f"{C}/bio_minus_morphology", sc["mima_poe"]["bio_score"] - sc["raw_morphology"]["bio_score"],
-                  ">", 0.05)
+                  ">", 0.04)
 
 
 def test_translation_beats_the_class_mean_on_held_out_spots(metrics):
@@ -93,14 +94,17 @@ def test_translation_beats_the_class_mean_on_held_out_spots(metrics):
     rna = tr["msi+morphology->rna"]
     _claims.check(f"{C}/rna_r_gain", rna["pearson_median"] - rna["baseline_pearson_median"], ">", 0.03)
     morph = tr["rna+msi->morphology"]
-    _claims.check(f"{C}/morphology_r_gain", morph["pearson_median"] - morph["baseline_pearson_median"], ">", 0.05)
+    _claims.check(f"{C}/morphology_r_gain", morph["pearson_median"] - morph["baseline_pearson_median"], ">", 0.03)
 
 
-def test_poe_embedding_predicts_the_pathologist_better_than_each_modality(prepared):
+def test_poe_embedding_predicts_the_pathologist_about_as_well_as_the_best_modality(prepared):
     """The MIMA paper's Fig. 3B claim on the demo's model: leave-one-sample-out macro F1 of the annotation
-    classifier on the PoE embedding above each raw modality, on the spots that have all three. With the full
-    ensemble (docs/benchmarks.md) it is 0.688 vs RNA 0.578, MSI 0.394, H&E 0.403 on this sample; this test
-    uses smaller forests (5 bags of 20 trees) to stay fast."""
+    classifier on the PoE embedding against each raw modality, on the spots that have all three (smaller forests
+    than the benchmark: 5 bags of 20 trees). Over 9 demo trainings (5 seeds, 2 threads, deterministic mode) the
+    PoE's F1 minus the best modality's (RNA) is +0.013 +/- 0.061 (range -0.128 to +0.061;
+    benchmarks/results/claim_spread.json): the paper's "better than each modality" does not hold with a margin
+    on the demo, so it is not asserted (docs/reproducibility.md). What holds: above the second-best modality
+    (+0.200 +/- 0.061; mean - 3 sd = +0.017)."""
     from spatialmix.data import MultiModalData
     from spatialmix.evaluate.annotations import EnsembleOptions, cross_validate
     from spatialmix.models.baselines import common_spots
@@ -112,5 +116,6 @@ def test_poe_embedding_predicts_the_pathologist_better_than_each_modality(prepar
                                options=EnsembleOptions(n_bags=5, n_trees=20)).summary["f1"]
           for name, X in reps.items()}
     print(f1)
-    _claims.check("test_integration::loocv_f1/mima_minus_best_modality", f1["mima"] - max(f1[m] for m in data.modalities),
-                  ">", 0.05)
+    C = "test_integration::loocv_f1"
+    _claims.check(f"{C}/mima_minus_second_best_modality", f1["mima"] - sorted(f1[m] for m in data.modalities)[-2],
+                  ">", 0.0)

@@ -54,16 +54,28 @@ def _standardise(x):
 
 
 @pytest.fixture(scope="module")
-def trained():
+def trained_models():
+    """Five trainings (seeds) on the same data: the claims are medians over them. A single 400-step training
+    lands at FOSCTTM 0.07 or 0.23 depending on the seed (docs/reproducibility.md)."""
     _claims.set_torch_threads()
     data, links = unpaired_data()
-    model = SCMODAL(data, links={"rna|msi": links}, **SMALL, seed=_claims.seed())
-    model.train(**TRAIN, seed=_claims.seed())
-    return data, links, model
+    models = []
+    for k in range(5):
+        model = SCMODAL(data, links={"rna|msi": links}, **SMALL, seed=_claims.seed(k))
+        model.train(**TRAIN, seed=_claims.seed(k))
+        models.append(model)
+    return data, links, models
 
 
-def test_aligns_unpaired_modalities_better_than_pca_of_the_linked_features(trained):
-    data, links, model = trained
+@pytest.fixture(scope="module")
+def trained(trained_models):
+    data, links, models = trained_models
+    return data, links, models[0]
+
+
+def test_aligns_unpaired_modalities_better_than_pca_of_the_linked_features(trained_models):
+    data, links, models = trained_models
+    model = models[0]
     assert model.train_config["max_steps"] == 400 and model.is_trained
     # the engine sampled the two datasets as separate groups (no spot pairing)
     assert set(model.split_) == {"train/d0", "validation/d0", "train/d1", "validation/d1"}
@@ -76,16 +88,20 @@ def test_aligns_unpaired_modalities_better_than_pca_of_the_linked_features(train
 
     pc = PCA(k).fit_transform(np.vstack([la, lb]))
     base = foscttm(pc[:n], pc[n:])
-    ours = foscttm(za, zb)
-    print(f"FOSCTTM scMODAL {ours:.3f} vs linked-feature PCA {base:.3f}")
+    scores = {"foscttm": [], "rna_to_msi": [], "msi_to_rna": []}
+    for m in models:
+        a, b = m.get_latent_representation("rna"), m.get_latent_representation("msi")
+        scores["foscttm"].append(foscttm(a, b))
+        scores["rna_to_msi"].append(label_transfer_accuracy(a, data.labels, b, data.labels))
+        scores["msi_to_rna"].append(label_transfer_accuracy(b, data.labels, a, data.labels))
+    print(f"FOSCTTM scMODAL {np.round(scores['foscttm'], 3)} vs linked-feature PCA {base:.3f}; label transfer "
+          f"rna->msi {np.round(scores['rna_to_msi'], 3)}, msi->rna {np.round(scores['msi_to_rna'], 3)} (chance 0.2)")
     C = "test_scmodal::aligns"
-    _claims.check(f"{C}/foscttm", ours, "<", 0.3)
-    _claims.check(f"{C}/foscttm_minus_linked_pca", ours - base, "<", -0.02)
-    acc = label_transfer_accuracy(za, data.labels, zb, data.labels)
-    acc_back = label_transfer_accuracy(zb, data.labels, za, data.labels)
-    print(f"label transfer rna->msi {acc:.3f}, msi->rna {acc_back:.3f} (chance 0.2)")
-    _claims.check(f"{C}/label_transfer_rna_to_msi", acc, ">", 0.5)
-    _claims.check(f"{C}/label_transfer_msi_to_rna", acc_back, ">", 0.5)
+    ours = _claims.median(scores["foscttm"])
+    _claims.check(f"{C}/median_foscttm", ours, "<", 0.3)
+    _claims.check(f"{C}/median_foscttm_minus_linked_pca", ours - base, "<", -0.02)
+    _claims.check(f"{C}/median_label_transfer_rna_to_msi", _claims.median(scores["rna_to_msi"]), ">", 0.5)
+    _claims.check(f"{C}/median_label_transfer_msi_to_rna", _claims.median(scores["msi_to_rna"]), ">", 0.5)
     # the mean latent of paired spots is the mean of the two modalities' latents
     np.testing.assert_allclose(model.get_latent_representation(), (za + zb) / 2, atol=1e-6)
     # every term of the loss was trained on; the anchor and reconstruction losses went down
@@ -95,15 +111,17 @@ def test_aligns_unpaired_modalities_better_than_pca_of_the_linked_features(train
     _claims.check(f"{C}/anchor_loss_last_over_first", curve["anchor"].iloc[-1] / curve["anchor"].iloc[0], "<", 0.3)
 
 
-def test_translation_recovers_the_other_modality_in_its_units(trained):
-    data, _, model = trained
+def test_translation_recovers_the_other_modality_in_its_units(trained_models):
+    data, _, models = trained_models
+    model = models[0]
     msi_hat = model.translate("rna", "msi")
     assert msi_hat.shape == (data.n_obs, 30) and np.isfinite(msi_hat).all()
     truth = data.dense("msi")
     # correlation per feature between imputed and measured MSI over spots (never paired in training)
-    r = [np.corrcoef(msi_hat[:, j], truth[:, j])[0, 1] for j in range(truth.shape[1])]
-    print(f"median per-feature r of rna->msi {np.median(r):.3f}")
-    _claims.check("test_scmodal::translation/median_r", np.median(r), ">", 0.3)
+    r = [np.median([np.corrcoef(m.translate("rna", "msi")[:, j], truth[:, j])[0, 1] for j in range(truth.shape[1])])
+         for m in models]
+    print(f"median per-feature r of rna->msi per training {np.round(r, 3)}")
+    _claims.check("test_scmodal::translation/median_r", _claims.median(r), ">", 0.3)
     assert abs(msi_hat.mean() - truth.mean()) < 0.5 * truth.std()  # back in the data's units, not z-scores
     assert np.array_equal(model.translate(["rna"], "msi"), msi_hat)  # a one-item list is the same source
     with pytest.raises(ParameterError, match="single source"):
