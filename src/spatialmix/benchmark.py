@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from spatialmix.errors import ParameterError, ProjectError
+from spatialmix.errors import ParameterError, ProjectError, SpatialMixError
 from spatialmix.progress import Progress, forward
 
 DEFAULT_MODELS = ("mima", "pca", "harmony")
@@ -55,9 +55,10 @@ def default_sources(samples) -> list[str]:
 def _model_params(model_params: dict | None, name: str) -> dict:
     """``model_params`` is ``{model name: {param: value}}``; a flat dict (the older form) applies to ``mima``."""
     from spatialmix.models import MODELS
+    from spatialmix.models.peers import PEERS
 
     model_params = model_params or {}
-    if any(k in MODELS for k in model_params):
+    if any(k in MODELS or k in PEERS for k in model_params):
         return dict(model_params.get(name) or {})
     return dict(model_params) if name == "mima" else {}
 
@@ -315,11 +316,25 @@ def _load(data, *, annotation_key, label_key, batch_key, preprocessing, zscore, 
     return sdata, folder, None
 
 
+def applicable_peers(data) -> list[str]:
+    """The peers (:data:`spatialmix.models.peers.PEERS`) that can run on ``data`` (their ``check`` passes)."""
+    from spatialmix.models.peers import PEERS
+
+    out = []
+    for name, peer in PEERS.items():
+        try:
+            peer.check(data)
+        except SpatialMixError:
+            continue
+        out.append(name)
+    return out
+
+
 def _check_models(models, mmd, labels) -> list[str]:
     """Expand ``peers`` / ``all`` and refuse, before any work, a listed method the data cannot support."""
     from spatialmix.models import MODELS
     from spatialmix.models.baselines import BASELINES
-    from spatialmix.models.peers import PEERS, applicable_peers
+    from spatialmix.models.peers import PEERS
 
     models = [m.strip().lower() for m in models if m.strip()]
     expanded: list[str] = []
@@ -460,9 +475,11 @@ def iter_benchmark(data, out, *, models: Sequence[str] = DEFAULT_MODELS, annotat
                 if name in BASELINES:
                     embs = BASELINES[name](mmd, seed=seed)
                 else:
-                    embs, record = PEERS[name].run(mmd, seed=seed, train=train_for(name),
-                                                   **_model_params(model_params, name))
-                    peer_records[name] = record
+                    opts = _model_params(model_params, name)
+                    if name == "mima_unimodal":
+                        opts.setdefault("train", {k: v for k, v in train_for(name).items() if k != "seed"})
+                    peer_records[name] = PEERS[name].info(mmd, seed=seed, **opts)
+                    embs = PEERS[name](mmd, seed=seed, **opts)
             for rep, X in embs.items():
                 if any(r.name == rep for r in reps):
                     continue

@@ -251,10 +251,10 @@ class Case:
 
 CASES: dict[str, Case] = {
     "starmap": Case("starmap", starmap_mpfc, "section", "cell_type", {"rna_a": "counts", "rna_b": "counts"},
-                    "STARmap mPFC, 3,704 cells, two halves of 158 genes, 3 sections, 16 cell types"),
+                    description="STARmap mPFC, 3,704 cells, two halves of 158 genes, 3 sections, 16 cell types"),
     "visium_he": Case("visium_he", seurat_visium_he, "section", None, {"rna": "counts", "morphology": "normalized"},
-                      {"morphology": True}, "real Visium mouse brain (Seurat test data): RNA + H&E features of "
-                      "2,695 spots"),
+                      {"morphology": True}, description="real Visium mouse brain (Seurat test data): RNA + H&E "
+                      "features of 2,695 spots"),
     "sim0": Case("sim0", lambda cache=None: simulated(0, cache=cache), "batch", "pathologist",
                  description="the bundled sample (simulator seed 0)"),
     "sim7": Case("sim7", lambda cache=None: simulated(7, cache=cache), "batch", "pathologist",
