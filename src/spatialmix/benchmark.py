@@ -43,6 +43,8 @@ from spatialmix.errors import ParameterError, ProjectError, SpatialMixError
 from spatialmix.progress import Progress, forward
 
 DEFAULT_MODELS = ("mima", "pca", "harmony")
+#: peers trained by scvi-tools: a training length given to the benchmark (``--epochs``) becomes their max_epochs
+SCVI_TOOLS_PEERS = ("scvi", "totalvi", "multivi")
 
 
 def default_sources(samples) -> list[str]:
@@ -478,6 +480,8 @@ def iter_benchmark(data, out, *, models: Sequence[str] = DEFAULT_MODELS, annotat
                     opts = _model_params(model_params, name)
                     if name == "mima_unimodal":
                         opts.setdefault("train", {k: v for k, v in train_for(name).items() if k != "seed"})
+                    elif name in SCVI_TOOLS_PEERS and "epochs" in train_for(name):  # --epochs given by the user
+                        opts.setdefault("max_epochs", int(train_for(name)["epochs"]))
                     peer_records[name] = PEERS[name].info(mmd, seed=seed, **opts)
                     embs = PEERS[name](mmd, seed=seed, **opts)
             for rep, X in embs.items():
@@ -504,7 +508,7 @@ def iter_benchmark(data, out, *, models: Sequence[str] = DEFAULT_MODELS, annotat
     metrics: dict[str, Any] = {
         "data": str(data) if not isinstance(data, MultiModalData) else repr(data), "spatial": spatial,
         "input": repr(mmd), "preprocessing": dict(mmd.preprocessing), "annotation_key": annotation_key,
-        "batch_key": mmd.batch_key, "models": models,
+        "batch_key": batch_key if (batch_key and not spatial) else mmd.batch_key, "models": models,
         "train": {name: train_for(name) for name in models if name in MODELS or name == "mima_unimodal"},
         "peers": peer_records,
         "source_samples": sources,

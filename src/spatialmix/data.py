@@ -425,9 +425,12 @@ class MultiModalData:
         return self.X[modality].shape[1]
 
     def dense(self, modality: str) -> np.ndarray:
-        """The model input of ``modality`` as a dense float32 array."""
+        """The model input of ``modality`` as a new dense float32 array (a copy: writing into it never changes
+        the data; a caller once set masked rows to NaN in what was the model input itself)."""
         mat = self.X[modality]
-        return np.asarray(mat.toarray() if sp.issparse(mat) else mat, dtype=np.float32)
+        if sp.issparse(mat):
+            return np.asarray(mat.toarray(), dtype=np.float32)
+        return np.array(mat, dtype=np.float32, copy=True)
 
     def subset(self, index) -> "MultiModalData":
         """Rows ``index`` (boolean mask or integer positions) of every matrix."""
