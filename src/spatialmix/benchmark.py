@@ -39,10 +39,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from spatialmix.errors import ParameterError, ProjectError
+from spatialmix.errors import ParameterError, ProjectError, SpatialMixError
 from spatialmix.progress import Progress, forward
 
 DEFAULT_MODELS = ("mima", "pca", "harmony")
+#: peers trained by scvi-tools: a training length given to the benchmark (``--epochs``) becomes their max_epochs
+SCVI_TOOLS_PEERS = ("scvi", "totalvi", "multivi")
 
 
 def default_sources(samples) -> list[str]:
@@ -55,9 +57,10 @@ def default_sources(samples) -> list[str]:
 def _model_params(model_params: dict | None, name: str) -> dict:
     """``model_params`` is ``{model name: {param: value}}``; a flat dict (the older form) applies to ``mima``."""
     from spatialmix.models import MODELS
+    from spatialmix.models.peers import PEERS
 
     model_params = model_params or {}
-    if any(k in MODELS for k in model_params):
+    if any(k in MODELS or k in PEERS for k in model_params):
         return dict(model_params.get(name) or {})
     return dict(model_params) if name == "mima" else {}
 
@@ -159,6 +162,19 @@ class Representation:
     source: str = ""  # the --models entry it came from
 
 
+MULTIOMICS_SUFFIXES = (".h5mu", ".h5ad")
+
+
+def _is_multiomics(data) -> bool:
+    """True for non-spatial multi-omics input: a MultiModalData, or .h5mu / .h5ad path(s)."""
+    from spatialmix.data import MultiModalData
+
+    if isinstance(data, MultiModalData):
+        return True
+    items = data if isinstance(data, (list, tuple)) else str(data).split(",")
+    return any(str(x).strip().split("=")[-1].lower().endswith(MULTIOMICS_SUFFIXES) for x in items)
+
+
 def _open(data) -> tuple[Any, Path | None]:
     """(SpatialData, dataset folder or None) from a project zarr or a dataset folder."""
     from spatialmix.project import load_project
@@ -166,11 +182,13 @@ def _open(data) -> tuple[Any, Path | None]:
     path = Path(data)
     if not path.exists():
         raise ProjectError(f"{path} does not exist. Pass a dataset folder (with samples.csv, e.g. written by "
-                           "`spatialmix simulate`) or a project .zarr saved by spatialmix")
+                           "`spatialmix simulate`), a project .zarr saved by spatialmix, an .h5mu file or "
+                           ".h5ad files (one per modality)")
     if path.suffix == ".zarr" or (path / "zarr.json").exists() or (path / ".zgroup").exists():
         return load_project(path), None
     if not (path / "samples.csv").exists() and not path.is_file():
-        raise ProjectError(f"{path} is neither a project .zarr nor a dataset folder with samples.csv")
+        raise ProjectError(f"{path} is neither a project .zarr nor a dataset folder with samples.csv "
+                           "(non-spatial multi-omics: an .h5mu file or .h5ad files)")
     return None, path
 
 
@@ -190,9 +208,9 @@ def _raw(data) -> list[Representation]:
     return reps
 
 
-def _unpaired(model, data, labels: pd.Series) -> dict[str, dict[str, float]]:
-    """FOSCTTM and kNN label transfer between every pair of per-modality shared latents (paired spots
-    treated as unpaired; each modality's latent is computed from that modality alone)."""
+def _unpaired(model, data, labels: pd.Series | None) -> dict[str, dict[str, float]]:
+    """FOSCTTM and (with labels) kNN label transfer between every pair of per-modality shared latents (paired
+    spots treated as unpaired; each modality's latent is computed from that modality alone)."""
     from spatialmix.evaluate.metrics import foscttm, label_transfer_accuracy
 
     z = {m: model.get_latent_representation("shared", m) for m in data.modalities}
@@ -203,13 +221,11 @@ def _unpaired(model, data, labels: pd.Series) -> dict[str, dict[str, float]]:
             ok = data.mask[a] & data.mask[b]
             if ok.sum() < 20:
                 continue
-            lab = labels.to_numpy()[ok]
-            out[f"{a}-{b}"] = {
-                "foscttm": foscttm(z[a][ok], z[b][ok]),
-                f"label_transfer_{a}_to_{b}": label_transfer_accuracy(z[a][ok], lab, z[b][ok], lab),
-                f"label_transfer_{b}_to_{a}": label_transfer_accuracy(z[b][ok], lab, z[a][ok], lab),
-                "n_spots": int(ok.sum()),
-            }
+            out[f"{a}-{b}"] = {"foscttm": foscttm(z[a][ok], z[b][ok]), "n_spots": int(ok.sum())}
+            if labels is not None:
+                lab = labels.to_numpy()[ok]
+                out[f"{a}-{b}"][f"label_transfer_{a}_to_{b}"] = label_transfer_accuracy(z[a][ok], lab, z[b][ok], lab)
+                out[f"{a}-{b}"][f"label_transfer_{b}_to_{a}"] = label_transfer_accuracy(z[b][ok], lab, z[a][ok], lab)
     return out
 
 
@@ -234,11 +250,26 @@ def _claims(metrics: dict, model: str = "mima") -> dict[str, Any]:
     for direction, methods in trans.items():
         if "->" not in direction or direction.split("->")[0] == direction.split("->")[1]:
             continue
+        if "own_centroid" not in methods:  # unlabelled data: no centroid baseline
+            continue
         m, own = methods["model"], methods["own_centroid"]
         wins[direction] = {"r2_spot_median": [m["r2_spot_median"], own["r2_spot_median"]],
                            "mse": [m["mse"], own["mse"]],
                            "beats_by_r2": m["r2_spot_median"] > own["r2_spot_median"],
                            "beats_by_mse": m["mse"] < own["mse"]}
+    simple = {}
+    for direction, methods in trans.items():
+        src, tgt = direction.split("->")
+        if src == tgt or "ridge" not in methods:
+            continue
+        r = {k: methods[k]["r_feature_median"] for k in ("model", "ridge", "knn") if k in methods}
+        simple[direction] = {**r, "beats_ridge": r["model"] >= r["ridge"],
+                             "beats_knn": "knn" not in r or r["model"] >= r["knn"]}
+    if simple:
+        out["translation_r_at_least_ridge_and_knn"] = {
+            "holds": bool(all(v["beats_ridge"] and v["beats_knn"] for v in simple.values())),
+            "directions_at_least_ridge": int(sum(v["beats_ridge"] for v in simple.values())),
+            "directions": len(simple), "detail": simple}
     if wins:
         out["translation_beats_own_annotation_centroid"] = {
             "holds": bool(all(w["beats_by_r2"] and w["beats_by_mse"] for w in wins.values())),
@@ -268,7 +299,78 @@ def _other_claims(metrics: dict) -> dict[str, Any]:
     return out
 
 
+def _load(data, *, annotation_key, label_key, batch_key, preprocessing, zscore, sample_key, modalities):
+    """(SpatialData or None, MultiModalData, label column or None) of any benchmark input, checked before any
+    long work: a spatial dataset folder (prepared here) or project, or non-spatial multi-omics."""
+    from spatialmix.data import MultiModalData, read_multimodal
+
+    if _is_multiomics(data):
+        if isinstance(data, MultiModalData):
+            mmd = data
+        else:
+            if batch_key is None:
+                raise ParameterError("non-spatial multi-omics input needs the batch column: pass batch_key= "
+                                     "(--batch-key), e.g. the donor, sample or section of each cell")
+            mmd = read_multimodal(data, batch_key=batch_key, label_key=label_key, preprocessing=preprocessing,
+                                  zscore=zscore, sample_key=sample_key, modalities=modalities)
+        return None, None, mmd
+    sdata, folder = _open(data)
+    return sdata, folder, None
+
+
+def applicable_peers(data) -> list[str]:
+    """The peers (:data:`spatialmix.models.peers.PEERS`) that can run on ``data`` (their ``check`` passes)."""
+    from spatialmix.models.peers import PEERS
+
+    out = []
+    for name, peer in PEERS.items():
+        try:
+            peer.check(data)
+        except SpatialMixError:
+            continue
+        out.append(name)
+    return out
+
+
+def _check_models(models, mmd, labels) -> list[str]:
+    """Expand ``peers`` / ``all`` and refuse, before any work, a listed method the data cannot support."""
+    from spatialmix.models import MODELS
+    from spatialmix.models.baselines import BASELINES
+    from spatialmix.models.peers import PEERS
+
+    models = [m.strip().lower() for m in models if m.strip()]
+    expanded: list[str] = []
+    for m in models:
+        if m in ("peers", "all"):
+            extra = (["mima", "pca", "harmony"] if m == "all" else []) + applicable_peers(mmd)
+            expanded += [x for x in extra if x not in expanded]
+        elif m not in expanded:
+            expanded.append(m)
+    unknown = [m for m in expanded if m not in MODELS and m not in BASELINES and m not in PEERS]
+    if unknown:
+        raise ParameterError(f"unknown model(s) {unknown}; choose from "
+                             f"{sorted(MODELS) + sorted(BASELINES) + sorted(PEERS)}, or 'peers' / 'all'")
+    if not expanded:
+        raise ParameterError("no model to benchmark; pass e.g. --models mima,pca,harmony")
+    n_batches = mmd.obs[mmd.batch_key].nunique()
+    for m in expanded:
+        if m in PEERS:
+            PEERS[m].check(mmd)  # raises a ParameterError that says why
+        elif m == "harmony" and n_batches < 2:
+            raise ParameterError("harmony needs at least two batches; this data has one "
+                                 f"({mmd.obs[mmd.batch_key].iloc[0]!r}). Leave it out of --models")
+        elif m in MODELS and MODELS[m].needs_labels and labels is None:
+            raise ParameterError(f"{m} is trained on labelled source samples; this data has no label column "
+                                 "(pass --label-key / annotation_key)")
+        elif m in ("modamix", "calibration", "scmodal") and mmd.obs["sample"].nunique() < 2:
+            raise ParameterError(f"{m} aligns samples with each other; this data has one sample")
+    return expanded
+
+
 def iter_benchmark(data, out, *, models: Sequence[str] = DEFAULT_MODELS, annotation_key: str = "pathologist",
+                   label_key: str | None = None, batch_key: str | None = None,
+                   preprocessing: dict[str, str] | str | None = None, zscore: bool | dict[str, bool] = False,
+                   sample_key: str | None = None, modalities: Sequence[str] | None = None,
                    source_samples: Sequence[str] | None = None,
                    exclude: Sequence[str] | None = None, train: dict | None = None,
                    model_params: dict | None = None, translation: bool = True, cv_folds: int = 4,
@@ -279,9 +381,22 @@ def iter_benchmark(data, out, *, models: Sequence[str] = DEFAULT_MODELS, annotat
     Parameters
     ----------
     data
-        Dataset folder (``samples.csv``; prepared here) or a saved project ``.zarr``.
+        Spatial: a dataset folder (``samples.csv``; prepared here) or a saved project ``.zarr``. Non-spatial
+        paired multi-omics (CITE-seq, multiome, any paired modalities): a :class:`~spatialmix.data.MultiModalData`,
+        an ``.h5mu`` file or ``.h5ad`` files, one per modality (:func:`spatialmix.data.read_multimodal`).
     models
-        Names from :data:`spatialmix.models.MODELS` (trained) and :data:`~spatialmix.models.baselines.BASELINES`.
+        Names from :data:`spatialmix.models.MODELS` (trained), :data:`~spatialmix.models.baselines.BASELINES`
+        and :data:`~spatialmix.models.peers.PEERS` (the MIMA paper's peers: scanorama, scvi, totalvi, multivi,
+        mofa, mima_unimodal); ``peers`` adds every peer the data supports, ``all`` also mima, pca and harmony.
+        A listed method the data cannot support is refused before any work.
+    annotation_key, label_key
+        The label column: ``annotation_key`` (the pathologist's, default ``pathologist``) for spatial projects,
+        ``label_key`` for non-spatial input (``None``: unlabelled; the annotation, scIB-bio and centroid
+        scores are then left out). A ``label_key`` given for a spatial project replaces ``annotation_key``.
+    batch_key, preprocessing, zscore, sample_key, modalities
+        Non-spatial input only: see :func:`spatialmix.data.read_multimodal` (``batch_key`` is required there).
+        ``sample_key`` (default ``batch_key``) groups the rows left out together by the leave-one-sample-out
+        classifier.
     exclude
         Annotation classes left out of the classifier and of the scIB labels (default: the paper's list,
         :data:`spatialmix.evaluate.annotations.PAPER_EXCLUDED`).
@@ -290,9 +405,9 @@ def iter_benchmark(data, out, *, models: Sequence[str] = DEFAULT_MODELS, annotat
         :func:`default_sources`, half of the samples).
     train
         Training options of every trained model, or ``{model name: {option: value}}`` per model (default: MIMA
-        the demo's, 200 epochs at lr 1e-3; the other models their papers' defaults).
+        and MIMA-Unimodal the demo's, 200 epochs at lr 1e-3; the other models their papers' defaults).
     model_params
-        ``{model name: {parameter: value}}``.
+        ``{model name: {parameter: value}}``; for a peer its options (e.g. ``{"scvi": {"max_epochs": 50}}``).
     classifier
         :class:`~spatialmix.evaluate.annotations.EnsembleOptions` fields (``n_bags``, ``n_trees``, ``n_jobs``).
     map_representation
@@ -305,58 +420,76 @@ def iter_benchmark(data, out, *, models: Sequence[str] = DEFAULT_MODELS, annotat
     from spatialmix.integrate import DEMO_TRAIN
     from spatialmix.models import MODELS
     from spatialmix.models.baselines import BASELINES, common_spots
+    from spatialmix.models.peers import PEERS
     from spatialmix.project import jsonable, save_project
 
-    models = [m.strip().lower() for m in models if m.strip()]
-    unknown = [m for m in models if m not in MODELS and m not in BASELINES]
-    if unknown:
-        raise ParameterError(f"unknown model(s) {unknown}; choose from {sorted(MODELS) + sorted(BASELINES)}")
-    if not models:
-        raise ParameterError("no model to benchmark; pass e.g. --models mima,pca,harmony")
     exclude = ann_mod.PAPER_EXCLUDED if exclude is None else tuple(exclude)
     out = Path(out)
     if (out / "metrics.json").exists() and not overwrite:
         raise ProjectError(f"{out / 'metrics.json'} already exists; pass --overwrite or choose another --out")
     options = ann_mod.EnsembleOptions(**{"seed": seed, **(classifier or {})})
+    if cv_folds < 2:
+        raise ParameterError(f"cv_folds must be >= 2, got {cv_folds}")
     t_start = time.perf_counter()
 
-    sdata, folder = _open(data)
-    if sdata is None:
-        from spatialmix.pipeline import iter_prepare
+    sdata, folder, mmd = _load(data, annotation_key=annotation_key, label_key=label_key, batch_key=batch_key,
+                               preprocessing=preprocessing, zscore=zscore, sample_key=sample_key,
+                               modalities=modalities)
+    spatial = mmd is None
+    if spatial:
+        annotation_key = label_key or annotation_key
+        if sdata is None:
+            from spatialmix.pipeline import iter_prepare
 
-        sdata = yield from forward(iter_prepare(folder, annotation_key=annotation_key), "prepare: ")
-    if annotation_key not in sdata.tables["rna"].obs:
-        raise ProjectError(f"annotation column {annotation_key!r} not in the project (columns: "
-                           f"{list(sdata.tables['rna'].obs.columns)}); pass --annotation-key")
+            sdata = yield from forward(iter_prepare(folder, annotation_key=annotation_key), "prepare: ")
+        if annotation_key not in sdata.tables["rna"].obs:
+            raise ProjectError(f"annotation column {annotation_key!r} not in the project (columns: "
+                               f"{list(sdata.tables['rna'].obs.columns)}); pass --annotation-key")
+        mmd = MultiModalData.from_spatialdata(sdata, annotation_key=annotation_key, batch_key=batch_key or "batch")
+    annotation_key = mmd.annotation_key
+    labels = mmd.labels
+    models = _check_models(models, mmd, labels)
     out.mkdir(parents=True, exist_ok=True)
-    mmd = MultiModalData.from_spatialdata(sdata, annotation_key=annotation_key)
-    labels = mmd.obs[annotation_key]
     samples = mmd.obs["sample"].astype(str).to_numpy()
+    batches = mmd.obs[mmd.batch_key].astype(str).to_numpy()
     evaluated = common_spots(mmd)
+    rows = "spots" if spatial else getattr(mmd, "row_kind", "cells")
 
     reps = _raw(mmd)
     trained = {}
     scmodal_run = False
     sources = list(source_samples) if source_samples else default_sources(samples)
+    peer_records: dict[str, dict] = {}
 
     def train_for(name):
-        """The demo's training for MIMA; the other models train with their papers' defaults (plus the seed);
-        ``train`` given by the caller applies to every model."""
-        base = {**DEMO_TRAIN, "seed": seed} if name == "mima" else {"seed": seed}
+        """The demo's training for MIMA (and MIMA-Unimodal); the other models train with their papers'
+        defaults (plus the seed); ``train`` given by the caller applies to every model."""
+        base = {**DEMO_TRAIN, "seed": seed} if name in ("mima", "mima_unimodal") else {"seed": seed}
         given = dict(train or {})
-        if any(k in MODELS for k in given):  # {model name: {option: value}}
+        if any(k in MODELS or k in PEERS for k in given):  # {model name: {option: value}}
             return {**base, **dict(given.get(name) or {})}
         return {**base, **given}
+
     for name in models:
-        if name in BASELINES:
-            yield Progress(f"baseline {name}", 0, 1)
+        if name in BASELINES or name in PEERS:
+            yield Progress(f"{'baseline' if name in BASELINES else 'peer'} {name}", 0, 1)
             with measure() as res:
-                embs = BASELINES[name](mmd, seed=seed)
+                if name in BASELINES:
+                    embs = BASELINES[name](mmd, seed=seed)
+                else:
+                    opts = _model_params(model_params, name)
+                    if name == "mima_unimodal":
+                        opts.setdefault("train", {k: v for k, v in train_for(name).items() if k != "seed"})
+                    elif name in SCVI_TOOLS_PEERS and "epochs" in train_for(name):  # --epochs given by the user
+                        opts.setdefault("max_epochs", int(train_for(name)["epochs"]))
+                    peer_records[name] = PEERS[name].info(mmd, seed=seed, **opts)
+                    embs = PEERS[name](mmd, seed=seed, **opts)
             for rep, X in embs.items():
                 if any(r.name == rep for r in reps):
                     continue
-                reps.append(Representation(rep, "baseline", X, dict(res), source=name))
-            yield Progress(f"baseline {name}", 1, 1)
+                reps.append(Representation(rep, "baseline" if name in BASELINES else "peer", X, dict(res),
+                                           source=name))
+            yield Progress(f"{'baseline' if name in BASELINES else 'peer'} {name}", 1, 1)
         elif name == "scmodal":
             scmodal_run = True  # after the other representations: its section compares with Harmony itself
         else:
@@ -373,17 +506,31 @@ def iter_benchmark(data, out, *, models: Sequence[str] = DEFAULT_MODELS, annotat
             reps.append(Representation(name, "model", mdl.get_latent_representation(), dict(res), source=name))
 
     metrics: dict[str, Any] = {
-        "data": str(data), "annotation_key": annotation_key, "models": models,
-        "train": {name: train_for(name) for name in models if name in MODELS},
+        "data": str(data) if not isinstance(data, MultiModalData) else repr(data), "spatial": spatial,
+        "input": repr(mmd), "preprocessing": dict(mmd.preprocessing), "annotation_key": annotation_key,
+        "batch_key": batch_key if (batch_key and not spatial) else mmd.batch_key, "models": models,
+        "train": {name: train_for(name) for name in models if name in MODELS or name == "mima_unimodal"},
+        "peers": peer_records,
         "source_samples": sources,
-        "samples": sorted(set(samples)), "n_spots": int(mmd.n_obs), "n_evaluated_spots": int(evaluated.sum()),
-        "evaluated_spots": "spots with every modality measured (" + ", ".join(mmd.modalities) + ")",
+        "samples": sorted(set(samples)), "n_batches": int(len(set(batches))),
+        "n_spots": int(mmd.n_obs), "n_evaluated_spots": int(evaluated.sum()), "rows": rows,
+        "evaluated_spots": f"{rows} with every modality measured (" + ", ".join(mmd.modalities) + ")",
         "classifier": {"n_bags": options.n_bags, "n_trees": options.n_trees, "min_instances": 3,
                        "excluded_requested": list(exclude)},
+        "versions": _versions(),
+        "not_scored": {},
         "representations": {}}
     results: dict[str, dict[str, ann_mod.AnnotationResult]] = {}
     stage = metrics["stage_seconds"] = {"prepare_and_train": round(time.perf_counter() - t_start, 1)}
     t0 = time.perf_counter()
+    schemes = ()
+    if labels is None:
+        metrics["not_scored"]["annotation"] = "no label column"
+    else:
+        schemes = ("loocv", "4cv") if len(set(samples)) > 1 else ("4cv",)
+        if len(set(samples)) < 2:
+            metrics["not_scored"]["loocv"] = "one sample only: nothing to leave out"
+    first = None
     for i, rep in enumerate(reps):
         entry = {"kind": rep.kind, "source": rep.source, "dims": int(rep.X.shape[1]), **rep.resources}
         results[rep.name] = {}
@@ -391,34 +538,40 @@ def iter_benchmark(data, out, *, models: Sequence[str] = DEFAULT_MODELS, annotat
         if supervised:
             entry["note"] = ("trained on the source samples' labels: scored on its target-sample predictions "
                              "(domain_adaptation), not by the leave-one-sample-out classifier")
-        for scheme in (() if supervised else ("loocv", "4cv")):
+        for scheme in (() if supervised else schemes):
             r = yield from forward(ann_mod.iter_cross_validate(
                 rep.X, labels, samples, representation=rep.name, scheme=scheme, exclude=exclude,
                 mask=evaluated, n_folds=cv_folds, options=options), f"annotations {i + 1}/{len(reps)} ")
             results[rep.name][scheme] = r
+            first = first or r
             entry[scheme] = {k: v for k, v in r.to_dict().items() if k not in ("representation", "options")}
             entry[scheme]["confusion"] = json.loads(r.confusion.to_json(orient="split"))
-            ann_mod.write_predictions(sdata, r, name=rep.name if scheme == "loocv" else f"{rep.name}_4cv",
-                                      annotation_key=annotation_key)
         metrics["representations"][rep.name] = entry
-    first = next(r["loocv"] for r in results.values() if "loocv" in r)
-    metrics["classifier"]["excluded_classes"] = first.excluded
-    metrics["classifier"]["classes"] = first.classes
+    if first is not None:
+        metrics["classifier"]["excluded_classes"] = first.excluded
+        metrics["classifier"]["classes"] = first.classes
 
     stage["annotation_cv"] = round(time.perf_counter() - t0, 1)
     t0 = time.perf_counter()
-    yield Progress("scIB metrics (scib-metrics Benchmarker)", 0, 1)
-    scib_labels = labels.astype(object).where(~labels.astype(str).isin(first.excluded))
-    # scIB evaluates feature matrices (the raw inputs) on their PCA, as scIB does for unintegrated data
-    from spatialmix.evaluate.metrics import representation
+    if labels is not None and len(set(batches)) > 1:
+        yield Progress("scIB metrics (scib-metrics Benchmarker)", 0, 1)
+        excluded = first.excluded if first is not None else []
+        scib_labels = labels.astype(object).where(~labels.astype(str).isin(excluded))
+        # scIB evaluates feature matrices (the raw inputs) on their PCA, as scIB does for unintegrated data
+        from spatialmix.evaluate.metrics import representation
 
-    embs = {r.name: (representation(r.X[evaluated], seed=seed) if r.kind == "raw" else r.X[evaluated]) for r in reps}
-    pre = "pca_concat" if "pca_concat" in embs else None
-    table = scib_benchmark(embs, samples[evaluated], scib_labels.to_numpy()[evaluated], pre_integrated=pre,
-                           seed=seed)
-    for name, row in table.iterrows():
-        metrics["representations"][name]["scib"] = {k: float(v) for k, v in row.items()}
-    yield Progress("scIB metrics (scib-metrics Benchmarker)", 1, 1)
+        embs = {r.name: (representation(r.X[evaluated], seed=seed) if r.kind == "raw" else r.X[evaluated])
+                for r in reps}
+        pre = "pca_concat" if "pca_concat" in embs else None
+        table = scib_benchmark(embs, batches[evaluated], scib_labels.to_numpy()[evaluated], pre_integrated=pre,
+                               seed=seed)
+        for name, row in table.iterrows():
+            metrics["representations"][name]["scib"] = {k: float(v) for k, v in row.items()}
+        metrics["scib"] = {"pre_integrated": pre or f"PCA of {next(iter(embs))}", "labels": annotation_key,
+                           "batches": mmd.batch_key}
+        yield Progress("scIB metrics (scib-metrics Benchmarker)", 1, 1)
+    else:
+        metrics["not_scored"]["scib"] = "no label column" if labels is None else "one batch only"
     stage["scib"] = round(time.perf_counter() - t0, 1)
     t0 = time.perf_counter()
 
@@ -432,8 +585,6 @@ def iter_benchmark(data, out, *, models: Sequence[str] = DEFAULT_MODELS, annotat
             metrics["representations"][name]["domain_adaptation"] = da
             for rep_name, r in da_results.items():
                 results.setdefault(rep_name, {})["transfer"] = r
-                ann_mod.write_predictions(sdata, r, name=f"{rep_name}_transfer" if rep_name != name else name,
-                                          annotation_key=annotation_key)
     stage["domain_adaptation"] = round(time.perf_counter() - t0, 1)
     t0 = time.perf_counter()
     for name, mdl in trained.items():
@@ -443,8 +594,8 @@ def iter_benchmark(data, out, *, models: Sequence[str] = DEFAULT_MODELS, annotat
                 from spatialmix.evaluate.translation import iter_translation_cv
 
                 tr = yield from forward(iter_translation_cv(
-                    mmd, model=name, model_params=model_params, train=train, annotation_key=annotation_key,
-                    n_folds=cv_folds, seed=seed), f"{name} ")
+                    mmd, model=name, model_params=_model_params(model_params, name), train=train_for(name),
+                    annotation_key=annotation_key, n_folds=cv_folds, seed=seed), f"{name} ")
                 translations[name] = tr
                 metrics["representations"][name]["translation"] = tr.to_dict()
                 metrics["representations"][name]["translation_fold_train_seconds"] = tr.train_seconds
@@ -460,25 +611,23 @@ def iter_benchmark(data, out, *, models: Sequence[str] = DEFAULT_MODELS, annotat
         stage["scmodal"] = round(time.perf_counter() - t0, 1)
     metrics["claims"] = _claims(metrics, "mima")  # the MIMA paper's claims (empty when MIMA is not benchmarked)
     metrics["claims"].update(_other_claims(metrics))
+    metrics["ranking"] = _ranking(metrics)
 
-    # write embeddings of the baselines next to the model outputs, so the project shows them all
-    for rep in reps:
-        if rep.kind != "raw":
-            for t in ("rna", "msi", "morphology"):
-                if t in sdata.tables:
-                    sdata.tables[t].obsm[f"X_{rep.name}"] = rep.X
-    from spatialmix.results import iter_write_results
-
-    for name, mdl in trained.items():
-        yield from forward(iter_write_results(sdata, mdl, key=name), f"write {name} outputs: ")
+    yield Progress("write outputs", 0, 1)
+    written = ["metrics.json", "metrics.csv"]
+    if spatial:
+        yield from _write_spatial_outputs(sdata, reps, trained, results, annotation_key)
+    else:
+        written.append(_write_cell_outputs(mmd, reps, results, out / "embeddings.h5ad", annotation_key))
     metrics["seconds_total"] = round(time.perf_counter() - t_start, 1)
     (out / "metrics.json").write_text(json.dumps(jsonable(metrics), indent=2))
     metrics_table(metrics).to_csv(out / "metrics.csv")
-    per_class = pd.concat([r.per_class.assign(representation=name, scheme=scheme).reset_index(names="class")
-                           for name, by_scheme in results.items() for scheme, r in by_scheme.items()])
-    per_class[["representation", "scheme", "class", "n_folds", "n_spots", "accuracy", "precision", "recall",
-               "f1"]].to_csv(out / "annotation_per_class.csv", index=False)
-    written = ["metrics.json", "metrics.csv", "annotation_per_class.csv"]
+    if results and any(results.values()):
+        per_class = pd.concat([r.per_class.assign(representation=name, scheme=scheme).reset_index(names="class")
+                               for name, by_scheme in results.items() for scheme, r in by_scheme.items()])
+        per_class[["representation", "scheme", "class", "n_folds", "n_spots", "accuracy", "precision", "recall",
+                   "f1"]].to_csv(out / "annotation_per_class.csv", index=False)
+        written.append("annotation_per_class.csv")
     if figures:
         from spatialmix.evaluate import plots
 
@@ -489,12 +638,87 @@ def iter_benchmark(data, out, *, models: Sequence[str] = DEFAULT_MODELS, annotat
         yield Progress("figures", 1, 1)
     (out / "report.md").write_text(format_benchmark(metrics))
     written.append("report.md")
-    if save:
+    if save and spatial:
         yield Progress("save project", 0, 1)
         save_project(sdata, out / "project.zarr", overwrite=True)
         written.append("project.zarr")
     metrics["files"] = written
     return metrics
+
+
+def _versions() -> dict[str, str]:
+    """Versions of the packages whose numbers the benchmark depends on (metrics.json)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("napari-spatialmix", "torch", "numpy", "scikit-learn", "scib-metrics", "jax", "scanpy", "anndata",
+                "harmonypy", "scanorama", "scvi-tools", "mofapy2", "imbalanced-learn", "umap-learn"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def _ranking(metrics: dict) -> list[dict[str, Any]]:
+    """Representations ranked by scIB total (when scored), else by LOOCV / 4CV F1."""
+    reps = metrics["representations"]
+    key = next((k for k in ("scib", "loocv", "4cv") if any(k in e for e in reps.values())), None)
+    if key is None:
+        return []
+    score = (lambda e: e["scib"]["Total"]) if key == "scib" else (lambda e: e[key]["f1"])
+    ranked = sorted((n for n, e in reps.items() if key in e), key=lambda n: -score(reps[n]))
+    return [{"rank": i + 1, "representation": n, "kind": reps[n]["kind"],
+             "by": "scIB total" if key == "scib" else f"{key} F1", "score": float(score(reps[n]))}
+            for i, n in enumerate(ranked)]
+
+
+def _write_spatial_outputs(sdata, reps, trained, results, annotation_key):
+    """Predictions, baseline / peer embeddings and model outputs into the project's tables."""
+    from spatialmix.evaluate import annotations as ann_mod
+    from spatialmix.models import MODELS
+    from spatialmix.results import iter_write_results
+
+    for name, by_scheme in results.items():
+        for scheme, r in by_scheme.items():
+            if scheme == "transfer":  # a supervised model's own target predictions keep its name
+                own = name in trained and MODELS[name].needs_labels
+                ann_mod.write_predictions(sdata, r, name=name if own else f"{name}_transfer",
+                                          annotation_key=annotation_key)
+            else:
+                ann_mod.write_predictions(sdata, r, name=name if scheme == "loocv" else f"{name}_{scheme}",
+                                          annotation_key=annotation_key)
+    # embeddings of the baselines and peers next to the model outputs, so the project shows them all
+    for rep in reps:
+        if rep.kind in ("baseline", "peer"):
+            for t in ("rna", "msi", "morphology"):
+                if t in sdata.tables:
+                    sdata.tables[t].obsm[f"X_{rep.name}"] = rep.X
+    for name, mdl in trained.items():
+        yield from forward(iter_write_results(sdata, mdl, key=name), f"write {name} outputs: ")
+
+
+def _write_cell_outputs(mmd, reps, results, path: Path, annotation_key) -> str:
+    """Non-spatial input: every embedding (``obsm["X_<representation>"]``) and prediction column on the cells'
+    ``obs``, as one AnnData (written to a temporary file, then renamed: never half-written)."""
+    import anndata as ad
+
+    from spatialmix.evaluate import annotations as ann_mod
+
+    cells = ad.AnnData(obs=mmd.obs.copy())
+    for rep in reps:
+        if rep.kind != "raw":
+            cells.obsm[f"X_{rep.name}"] = np.asarray(rep.X, dtype=np.float32)
+    for name, by_scheme in results.items():
+        for scheme, r in by_scheme.items():
+            ann_mod.write_predictions_into(cells, r, name=name if scheme == "loocv" else f"{name}_{scheme}",
+                                           annotation_key=annotation_key)
+    for k, v in list(cells.uns.items()):
+        cells.uns[k] = json.loads(json.dumps(v, default=str))
+    tmp = path.with_name(path.name + ".tmp")
+    cells.write_h5ad(tmp)
+    tmp.replace(path)
+    return path.name
 
 
 def benchmark(data, out, *, progress: bool = False, **kwargs) -> dict:
@@ -537,14 +761,20 @@ def metrics_table(metrics: dict) -> pd.DataFrame:
 
 
 def format_benchmark(metrics: dict) -> str:
-    """Markdown report: the main table, translation fidelity, unpaired alignment and the paper's claims."""
+    """Markdown report: the main table, the ranking, translation fidelity (model, ridge, kNN, centroids),
+    unpaired alignment, what was not scored and why, the peers' versions and parameters, the paper's claims."""
+    rows = metrics.get("rows", "spots")
+    excluded = ", ".join(metrics["classifier"].get("excluded_classes", [])) or "none"
     lines = [f"# Benchmark on `{metrics['data']}`", "",
-             f"{metrics['n_evaluated_spots']} of {metrics['n_spots']} spots evaluated ({metrics['evaluated_spots']}); "
-             f"samples {', '.join(metrics['samples'])}; labels `{metrics['annotation_key']}`; classes left out: "
-             f"{', '.join(metrics['classifier'].get('excluded_classes', [])) or 'none'}.", "",
-             "| representation | kind | dims | scIB bio | scIB batch | scIB total | LOOCV F1 | LOOCV acc | 4CV F1 "
-             "| 4CV acc | train s | peak MB |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             f"{metrics['n_evaluated_spots']} of {metrics['n_spots']} {rows} evaluated ({metrics['evaluated_spots']}); "
+             f"samples {', '.join(metrics['samples'])}; batches `{metrics.get('batch_key', 'batch')}` "
+             f"({metrics.get('n_batches', len(metrics['samples']))}); labels `{metrics['annotation_key']}`; "
+             f"classes left out: {excluded}.", ""]
+    if metrics.get("preprocessing"):
+        lines += ["Inputs: " + "; ".join(f"{m}: {k}" for m, k in metrics["preprocessing"].items()) + ".", ""]
+    lines += ["| representation | kind | dims | scIB bio | scIB batch | scIB total | LOOCV F1 | LOOCV acc | 4CV F1 "
+              "| 4CV acc | train s | peak MB |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def f(v, d=3):
         return "" if v is None or (isinstance(v, float) and np.isnan(v)) else (f"{v:.{d}f}" if isinstance(v, float) else str(v))
@@ -556,25 +786,37 @@ def format_benchmark(metrics: dict) -> str:
             f"| {f(s.get('Total'))} | {f(e.get('loocv', {}).get('f1'))} | {f(e.get('loocv', {}).get('accuracy'))} "
             f"| {f(e.get('4cv', {}).get('f1'))} | {f(e.get('4cv', {}).get('accuracy'))} | {f(e.get('seconds'), 1)} "
             f"| {f(e.get('peak_increase_mb'), 0)} |")
+    if metrics.get("ranking"):
+        by = metrics["ranking"][0]["by"]
+        lines += ["", f"Ranked by {by}: " + ", ".join(f"{r['rank']}. {r['representation']} ({r['score']:.3f})"
+                                                     for r in metrics["ranking"]) + "."]
+    for what, why in (metrics.get("not_scored") or {}).items():
+        lines.append(f"- not scored: {what} ({why})")
     for name, e in metrics["representations"].items():
         if "translation" in e:
-            lines += ["", f"## Translation fidelity of `{name}` (4-fold CV; median per-spot R^2 / MSE)", "",
-                      "| direction | model R^2 | own-annotation centroid R^2 | other-annotations centroid R^2 "
-                      "| model MSE | own centroid MSE | other centroids MSE | spots | features |",
-                      "|---|---|---|---|---|---|---|---|---|"]
+            methods = [m for m in ("model", "ridge", "knn", "own_centroid", "other_centroids")
+                       if any(m in v for v in e["translation"].values())]
+            label = {"model": name, "ridge": "ridge", "knn": "kNN", "own_centroid": "own-class centroid",
+                     "other_centroids": "other-classes centroid"}
+            lines += ["", f"## Translation fidelity of `{name}` (cross-validated; median per-feature Pearson r, "
+                      "median per-spot R^2, MSE)", "",
+                      "| direction | " + " | ".join(f"{label[m]} r" for m in methods) + " | "
+                      + " | ".join(f"{label[m]} R^2" for m in methods) + " | "
+                      + " | ".join(f"{label[m]} MSE" for m in methods) + f" | {rows} | features |",
+                      "|---|" + "---|" * (3 * len(methods) + 2)]
             for d, m in e["translation"].items():
-                lines.append(f"| {d} | {f(m['model']['r2_spot_median'])} | {f(m['own_centroid']['r2_spot_median'])} "
-                             f"| {f(m['other_centroids']['r2_spot_median'])} | {f(m['model']['mse'])} "
-                             f"| {f(m['own_centroid']['mse'])} | {f(m['other_centroids']['mse'])} "
-                             f"| {m['model']['n_spots']} | {m['model']['n_features']} |")
+                cells = [f(m.get(k, {}).get("r_feature_median")) for k in methods]
+                cells += [f(m.get(k, {}).get("r2_spot_median")) for k in methods]
+                cells += [f(m.get(k, {}).get("mse")) for k in methods]
+                lines.append(f"| {d} | " + " | ".join(cells) + f" | {m['model']['n_spots']} | {m['model']['n_features']} |")
         if e.get("unpaired"):
             lines += ["", f"## `{name}` modalities treated as unpaired (per-modality shared latents)", "",
-                      "| pair | FOSCTTM (0 best, 0.5 random) | label transfer a->b | label transfer b->a | spots |",
+                      "| pair | FOSCTTM (0 best, 0.5 random) | label transfer a->b | label transfer b->a | " + rows + " |",
                       "|---|---|---|---|---|"]
             for pair, v in e["unpaired"].items():
                 a, b = pair.split("-")
-                lines.append(f"| {pair} | {f(v['foscttm'])} | {f(v[f'label_transfer_{a}_to_{b}'])} "
-                             f"| {f(v[f'label_transfer_{b}_to_{a}'])} | {v['n_spots']} |")
+                lines.append(f"| {pair} | {f(v['foscttm'])} | {f(v.get(f'label_transfer_{a}_to_{b}'))} "
+                             f"| {f(v.get(f'label_transfer_{b}_to_{a}'))} | {v['n_spots']} |")
     for name, e in metrics["representations"].items():
         da = e.get("domain_adaptation")
         if not da:
@@ -607,5 +849,9 @@ def format_benchmark(metrics: dict) -> str:
             detail = {k: (round(x, 3) if isinstance(x, float) else x) for k, x in v.items()
                       if k not in ("holds", "detail")}
             lines.append(f"- **{claim.replace('_', ' ')}**: {'holds' if v['holds'] else 'DOES NOT HOLD'} ({detail})")
+    if metrics.get("peers"):
+        lines += ["", "## Peers: versions and parameters", ""]
+        for name, rec in metrics["peers"].items():
+            lines.append(f"- **{name}**: " + json.dumps(rec, default=str))
     lines += ["", f"Total time {metrics.get('seconds_total', 0):.0f} s.", ""]
     return "\n".join(lines)

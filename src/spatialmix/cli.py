@@ -72,6 +72,36 @@ def _cmd_run(args) -> int:
     return 0
 
 
+def _key_values(text: str | None, option: str) -> dict[str, str]:
+    """``"rna=counts,protein=protein"`` -> ``{"rna": "counts", "protein": "protein"}``; a single word applies to
+    every modality (returned as ``{"*": word}``)."""
+    from spatialmix.errors import ParameterError
+
+    if not text:
+        return {}
+    out = {}
+    for item in [x.strip() for x in text.split(",") if x.strip()]:
+        if "=" not in item:
+            if len(text.split(",")) == 1:
+                return {"*": item}
+            raise ParameterError(f"{option} takes modality=value pairs separated by commas "
+                                 f"(e.g. rna=counts,protein=protein), got {item!r}")
+        k, v = item.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def _multiomics_options(args) -> dict:
+    """The non-spatial input options of ``benchmark`` / ``run`` (``.h5mu`` / ``.h5ad`` data)."""
+    pre = _key_values(args.preprocessing, "--preprocessing")
+    z = _key_values(args.zscore, "--zscore")
+    truthy = {"1", "true", "yes", "on"}
+    zscore = (z["*"].lower() in truthy) if "*" in z else {k: v.lower() in truthy for k, v in z.items()}
+    return {"batch_key": args.batch_key, "sample_key": args.sample_key,
+            "preprocessing": pre.get("*") if "*" in pre else (pre or None), "zscore": zscore or False,
+            "modalities": [m.strip() for m in args.modalities.split(",")] if args.modalities else None}
+
+
 def _cmd_benchmark(args) -> int:
     from spatialmix.benchmark import format_benchmark, iter_benchmark
     from spatialmix.progress import run
@@ -80,7 +110,8 @@ def _cmd_benchmark(args) -> int:
                   if v is not None}
     exclude = None if args.exclude is None else [c.strip() for c in args.exclude.split(",") if c.strip()]
     metrics = run(iter_benchmark(args.data, args.out, models=args.models.split(","),
-                                 annotation_key=args.annotation_key, exclude=exclude, train=_train_overrides(args),
+                                 annotation_key=args.annotation_key, label_key=args.label_key,
+                                 **_multiomics_options(args), exclude=exclude, train=_train_overrides(args),
                                  source_samples=None if not args.source_samples else
                                  [x.strip() for x in args.source_samples.split(",") if x.strip()],
                                  translation=not args.no_translation, cv_folds=args.cv_folds,
@@ -130,15 +161,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("benchmark", help="every model and baseline on one dataset: annotation prediction, scIB, "
                        "translation fidelity; metrics.json/csv, report.md, figures (see docs/benchmarks.md)")
-    s.add_argument("--data", required=True, type=Path,
-                   help="dataset folder with samples.csv (e.g. from `spatialmix simulate`) or a project .zarr")
+    s.add_argument("--data", required=True,
+                   help="spatial: a dataset folder with samples.csv (e.g. from `spatialmix simulate`) or a project "
+                        ".zarr; paired multi-omics: an .h5mu file, or .h5ad files one per modality "
+                        "(rna.h5ad,protein.h5ad or rna=a.h5ad,protein=b.h5ad)")
     s.add_argument("--models", default="mima,pca,harmony",
-                   help="comma-separated: mima, modamix, calibration, scmodal (trained) and pca, harmony (baselines)")
+                   help="comma-separated: mima, modamix, calibration, scmodal (trained), pca, harmony (baselines), "
+                        "scanorama, scvi, totalvi, multivi, mofa, mima_unimodal (the MIMA paper's peers); "
+                        "'peers' = every peer the data supports, 'all' = those and mima, pca, harmony")
     s.add_argument("--source-samples", default=None,
                    help="comma-separated labelled source samples of modamix / calibration and the RNA samples of "
                         "scmodal (default: every other sample in sorted order)")
     s.add_argument("--out", required=True, type=Path)
-    s.add_argument("--annotation-key", default="pathologist")
+    s.add_argument("--annotation-key", default="pathologist", help="label column of a spatial project")
+    _multiomics_args(s)
     s.add_argument("--exclude", default=None,
                    help="comma-separated classes left out of training and scoring (default: the paper's: "
                         "Nerve, Necrosis, ISUP2, ISUP4, Other, Unlabelled); '' keeps every class")
@@ -153,6 +189,20 @@ def build_parser() -> argparse.ArgumentParser:
     _train_args(s)
     s.set_defaults(func=_cmd_benchmark)
     return p
+
+
+def _multiomics_args(s) -> None:
+    g = s.add_argument_group("paired multi-omics input (.h5mu / .h5ad; see spatialmix.data.read_multimodal)")
+    g.add_argument("--batch-key", default=None, help="obs column of each cell's batch (required for .h5mu/.h5ad)")
+    g.add_argument("--label-key", default=None, help="obs column of the labels (none: unlabelled)")
+    g.add_argument("--sample-key", default=None,
+                   help="obs column grouping the cells left out together by the LOOCV classifier (default: batch)")
+    g.add_argument("--preprocessing", default=None,
+                   help="how each modality was measured, declared: modality=kind pairs, kind one of counts "
+                        "(normalize_total + log1p, raw kept), protein (CLR, raw kept), normalized (as given); "
+                        "e.g. rna=counts,protein=protein")
+    g.add_argument("--zscore", default=None, help="z-score features after preprocessing: true, or modality=true pairs")
+    g.add_argument("--modalities", default=None, help="comma-separated modalities to use (default: all)")
 
 
 def _train_args(s) -> None:

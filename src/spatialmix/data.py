@@ -1,52 +1,93 @@
-"""Paired per-spot matrices of every modality, ready for the models.
+"""Paired per-row matrices of every modality, ready for the models.
 
-:class:`MultiModalData` is built from a project's modality tables (``rna``, ``msi``, ``morphology``), which
-annotate the same spots in the same order. It holds one matrix per modality (rows aligned on spots), a mask
-per modality (False where the spot has no data for it, e.g. no MSI coverage), the sample / batch / annotation
-columns, and the feature names. RNA is total-count normalised + log1p with the raw counts kept; MSI spot
-intensities (TIC-normalised per pixel) are log1p transformed; morphology features are standardised
-(z-scores computed on covered spots). Counts stay sparse until a model asks for dense tensors.
+:class:`MultiModalData` holds one matrix per modality (rows aligned), a mask per modality (False where the row
+has no data for it, e.g. a spot without MSI coverage, or a cell measured in RNA only), the sample / batch /
+annotation columns, the feature names, and how each modality was preprocessed (with the raw counts kept for
+count modalities). Counts stay sparse until a model asks for dense tensors. It is built
+
+- from a spatial project (:meth:`MultiModalData.from_spatialdata`): the modality tables ``rna``, ``msi``,
+  ``morphology`` annotate the same spots in the same order. RNA is total-count normalised + log1p with the raw
+  counts kept; MSI spot intensities (TIC-normalised per pixel) are log1p transformed; morphology features are
+  standardised (z-scores computed on covered spots);
+- from non-spatial multi-omics (CITE-seq, multiome, ...): one AnnData per modality
+  (:meth:`MultiModalData.from_anndata`), a MuData (:meth:`MultiModalData.from_mudata`), or files
+  (:func:`read_multimodal`: one ``.h5mu``, or ``.h5ad`` files). Rows are matched by ``obs_names`` and each
+  modality's preprocessing is declared (``"counts"``, ``"protein"`` or ``"normalized"``), never guessed from
+  its name.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import combinations
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from spatialmix.errors import ProjectError
+from spatialmix.errors import InputFileError, MissingFileError, ParameterError, ProjectError
 
 COVERED_KEYS = {"msi": "msi_covered", "morphology": "he_covered"}
+
+#: Preprocessing kinds that :meth:`MultiModalData.from_anndata` / ``from_mudata`` accept, and what they do.
+PREPROCESSING_KINDS = {
+    "counts": "non-negative whole counts (RNA, ATAC peaks / bins): normalize_total(1e4) + log1p, raw counts kept",
+    "protein": "non-negative whole antibody counts (CITE-seq ADT): CLR per cell, raw counts kept",
+    "normalized": "values already normalised (log-normalised, intensities, scores): used as given",
+}
+_PREPROCESSING_EXAMPLE = 'preprocessing={"rna": "counts", "protein": "protein", "lipids": "normalized"}'
+# how a kind shows in repr (from_spatialdata's kinds included)
+_KIND_SHORT = {
+    "counts": "counts -> normalize_total+log1p",
+    "protein": "protein -> CLR",
+    "normalized": "normalized",
+    "log1p": "log1p",
+    "zscore": "zscore",
+}
+_ZSCORE_TEXT = "z-score per feature over the measured cells"
+_TARGET_SUM = 1e4
+_MAX_CHECKED_VALUES = 1_000_000  # whole-number check of counts: a random sample beyond this many stored values
 
 
 @dataclass
 class MultiModalData:
-    """Per-spot inputs of every modality for all samples.
+    """Per-row (spot or cell) inputs of every modality for all samples.
 
     Attributes
     ----------
     modalities
         Modality names in model order.
     X
-        ``{modality: (n_spots, n_features) float32}`` model inputs (CSR for sparse modalities).
+        ``{modality: (n_obs, n_features) float32}`` model inputs (CSR for sparse modalities). Rows where the
+        modality was not measured (``mask`` False) are 0 and must be ignored.
     mask
-        ``{modality: bool (n_spots,)}``: True where the spot has data for that modality.
+        ``{modality: bool (n_obs,)}``: True where the row has data for that modality.
     var_names
         ``{modality: pandas.Index}`` feature names.
     obs
-        Spot table: ``sample``, ``patient``, ``batch``, the annotation column, ``barcode``, ``spot_id``.
+        Row table. Spatial projects: ``sample``, ``patient``, ``batch``, the annotation column, ``barcode``,
+        ``spot_id``. AnnData / MuData input: ``sample``, ``batch`` and the label column, indexed by the cells'
+        ``obs_names``.
     counts
-        Raw RNA counts (CSR) when ``rna`` is a modality (the same matrix as ``raw["rna"]``).
+        Raw RNA counts (CSR) when ``rna`` is a modality of kind ``"counts"`` (the same matrix as ``raw["rna"]``).
+    batch_key
+        ``obs`` column holding the batches (``"batch"`` for AnnData / MuData input).
+    annotation_key
+        ``obs`` column holding the labels (``None`` for unlabelled data; NaN marks an unlabelled row).
+    transforms
+        ``{modality: text}``: what was done to each modality, in words.
     preprocessing
         ``{modality: kind}``: how each modality was turned into the model input, declared by whoever built the
-        data: ``"counts"`` (total-count normalised + log1p; raw counts in ``raw``), ``"protein"`` (CLR per spot;
+        data: ``"counts"`` (total-count normalised + log1p; raw counts in ``raw``), ``"protein"`` (CLR per row;
         raw counts in ``raw``), ``"log1p"``, ``"zscore"`` or ``"normalized"`` (used as given).
     raw
         ``{modality: matrix}``: the raw counts of the modalities whose kind is ``"counts"`` or ``"protein"``
-        (what count models such as scVI / totalVI need), rows aligned with ``X``.
+        (what count models such as scVI / totalVI need), rows aligned with ``X`` (0 where not measured).
+    row_kind
+        What a row is, in words: ``"spots"`` (spatial projects) or ``"cells"`` (AnnData / MuData input).
     """
 
     modalities: list[str]
@@ -60,6 +101,7 @@ class MultiModalData:
     transforms: dict[str, str] = field(default_factory=dict)
     preprocessing: dict[str, str] = field(default_factory=dict)
     raw: dict[str, np.ndarray | sp.csr_matrix] = field(default_factory=dict)
+    row_kind: str = "spots"
 
     @classmethod
     def from_spatialdata(
@@ -148,6 +190,225 @@ class MultiModalData:
         return cls(list(modalities), X, mask, var_names, obs, counts, batch_key, annotation_key, transforms, kinds,
                    raw)
 
+    @classmethod
+    def from_anndata(
+        cls,
+        adatas: Mapping,
+        *,
+        batch_key: str,
+        label_key: str | None = None,
+        preprocessing: Mapping[str, str] | str | None = None,
+        sample_key: str | None = None,
+        zscore: bool | Mapping[str, bool] = False,
+    ) -> "MultiModalData":
+        """Build the model inputs from one AnnData per modality (CITE-seq, multiome, any paired omics).
+
+        Rows are matched by ``obs_names``: the rows are the union of every modality's cells (in the first
+        modality's order, then the new names in order of appearance). A cell missing from a modality is kept and
+        **masked** for it (``mask[m]`` False, its row of ``X[m]`` and ``raw[m]`` is 0 and the models ignore
+        it); no cell is dropped.
+
+        Parameters
+        ----------
+        adatas
+            ``{modality: AnnData}`` in model order, e.g. ``{"rna": rna, "protein": adt}``. Each ``.X`` holds
+            what ``preprocessing`` says (raw counts for ``"counts"`` / ``"protein"``).
+        batch_key
+            ``.obs`` column with each cell's batch (looked up in every modality's ``.obs``; values must agree for
+            shared cells). ``"modality:column"`` takes it from that modality only. Written to ``obs["batch"]``.
+        label_key
+            ``.obs`` column with cell labels (``None``: unlabelled). NaN marks an unlabelled cell; at least two
+            classes are needed. Written to ``obs[label_key]``.
+        preprocessing
+            ``{modality: kind}`` for every modality (a single kind applies to all), one of
+            :data:`PREPROCESSING_KINDS`:
+
+            - ``"counts"``: non-negative whole counts; total-count normalised to 1e4 and log1p transformed
+              (as ``scanpy.pp.normalize_total(target_sum=1e4)`` + ``log1p``), sparse CSR float32. The counts are
+              kept in ``raw[modality]`` (CSR float32).
+            - ``"protein"``: non-negative whole antibody counts; centred log-ratio per cell as in the CITE-seq
+              paper (Stoeckius et al. 2017): ``log1p(x) - mean over the cell's proteins of log1p(x)``, i.e.
+              ``log((x + 1) / geometric mean of (x + 1))``. (``muon.prot.pp.clr(axis=1)`` and Seurat's CLR
+              compute ``log1p(x / that geometric mean)`` instead: same ordering within a cell, other values.)
+              Dense float32; the counts are kept in ``raw[modality]`` (dense float32).
+            - ``"normalized"``: used as given (dense float32).
+        sample_key
+            ``.obs`` column with the sample of each cell (default: ``batch_key``), written to ``obs["sample"]``
+            (leave-one-sample-out evaluation uses it).
+        zscore
+            ``True`` (every modality) or ``{modality: True}``: after the transform, z-score each feature over the
+            cells measured in that modality (constant features get sd 1). Makes the matrix dense.
+
+        Returns
+        -------
+        MultiModalData
+            With ``preprocessing``, ``transforms`` and ``raw`` recording what was done, ``row_kind="cells"``.
+
+        Raises
+        ------
+        ParameterError
+            An argument is wrong: an input that is not AnnData, a preprocessing kind missing or unknown, a
+            ``batch_key`` / ``label_key`` / ``sample_key`` that is no ``.obs`` column (the message lists them).
+        ProjectError
+            The data cannot be used: duplicated ``obs_names``, modalities sharing no ``obs_names``, a modality with
+            no cells, no features, only zeros or NaN / Inf values, counts that are negative or not whole numbers,
+            batch or label values that disagree between modalities, a cell without a batch, one label class.
+
+        Examples
+        --------
+        >>> data = MultiModalData.from_anndata({"rna": rna, "protein": adt}, batch_key="donor",
+        ...                                    label_key="cell_type",
+        ...                                    preprocessing={"rna": "counts", "protein": "protein"})
+        """
+        mods = _check_adatas(adatas)
+        return cls._from_tables(mods, None, batch_key=batch_key, label_key=label_key, preprocessing=preprocessing,
+                                sample_key=sample_key, zscore=zscore, known=list(mods))
+
+    @classmethod
+    def from_mudata(
+        cls,
+        mdata,
+        *,
+        batch_key: str,
+        label_key: str | None = None,
+        modalities: Sequence[str] | None = None,
+        preprocessing: Mapping[str, str] | str | None = None,
+        sample_key: str | None = None,
+        zscore: bool | Mapping[str, bool] = False,
+    ) -> "MultiModalData":
+        """Build the model inputs from a MuData (modalities sharing cells, ``axis=0``).
+
+        Same rules as :meth:`from_anndata`, with the modalities taken from ``mdata.mod``. ``batch_key``,
+        ``label_key`` and ``sample_key`` are looked up in ``mdata.obs`` and in every modality's ``.obs``;
+        ``"modality:column"`` (MuData's prefixed form) names one modality's column.
+
+        Parameters
+        ----------
+        mdata
+            A :class:`mudata.MuData` (e.g. from ``mudata.read_h5mu``).
+        batch_key, label_key, sample_key, preprocessing, zscore
+            As in :meth:`from_anndata`. ``preprocessing`` and ``zscore`` may name modalities of ``mdata`` that
+            ``modalities`` leaves out.
+        modalities
+            Which modalities, in model order (default: all of ``mdata.mod``, in its order).
+
+        Examples
+        --------
+        >>> mdata = mudata.read_h5mu("citeseq.h5mu")
+        >>> data = MultiModalData.from_mudata(mdata, batch_key="donor", label_key="rna:celltype",
+        ...                                   preprocessing={"rna": "counts", "prot": "protein"})
+        """
+        if _is_anndata(mdata):
+            raise ParameterError("from_mudata takes a MuData, got an AnnData. For one AnnData per modality use "
+                                 "MultiModalData.from_anndata({'rna': adata_rna, 'protein': adata_protein}, ...)")
+        if not (hasattr(mdata, "mod") and hasattr(mdata, "obs") and isinstance(getattr(mdata, "mod"), Mapping)):
+            raise ParameterError(f"from_mudata takes a MuData, got a {type(mdata).__name__}. Read a .h5mu file "
+                                 "with mudata.read_h5mu(path), or use MultiModalData.from_anndata for AnnData")
+        axis = getattr(mdata, "axis", 0)
+        if axis != 0:
+            raise ParameterError(f"this MuData has axis={axis} (modalities sharing features, not cells); "
+                                 "from_mudata needs modalities measured on the same cells (axis=0)")
+        available = list(mdata.mod)
+        if modalities is None:
+            modalities = available
+        elif isinstance(modalities, str):
+            modalities = [m.strip() for m in modalities.split(",") if m.strip()]
+        modalities = list(modalities)
+        unknown = [m for m in modalities if m not in mdata.mod]
+        if unknown:
+            raise ProjectError(f"modality(ies) {unknown} not in this MuData (it has {available}); pick from those")
+        if not modalities:
+            raise ProjectError(f"no modalities selected (this MuData has {available})")
+        if len(set(modalities)) != len(modalities):
+            raise ParameterError(f"modalities lists a modality twice: {modalities}")
+        gobs = mdata.obs
+        if gobs.index.has_duplicates:
+            dups = list(dict.fromkeys(gobs.index[gobs.index.duplicated()]))[:5]
+            raise ProjectError(f"the MuData's obs_names have duplicates ({dups}); rows are matched by obs_names: "
+                               "call mdata.obs_names_make_unique() or fix the names")
+        mods = _check_adatas({m: mdata.mod[m] for m in modalities})
+        return cls._from_tables(mods, gobs, batch_key=batch_key, label_key=label_key, preprocessing=preprocessing,
+                                sample_key=sample_key, zscore=zscore, known=available)
+
+    @classmethod
+    def _from_tables(cls, mods: dict, gobs: pd.DataFrame | None, *, batch_key, label_key, preprocessing, sample_key,
+                     zscore, known) -> "MultiModalData":
+        """from_anndata / from_mudata: every check first, then the preprocessing."""
+        names = list(mods)
+        kinds = _declared_kinds(preprocessing, names, known)
+        zscored = _declared_zscore(zscore, names, known)
+        if not isinstance(batch_key, str) or not batch_key:
+            raise ParameterError(f"batch_key must name an .obs column (got {batch_key!r})")
+        sample_key = batch_key if sample_key is None else sample_key
+        for what, key in (("label_key", label_key), ("sample_key", sample_key)):
+            if key is not None and (not isinstance(key, str) or not key):
+                raise ParameterError(f"{what} must name an .obs column or be None (got {key!r})")
+        if label_key is not None:
+            fills = {"batch": batch_key, "sample": sample_key}
+            if label_key in fills and fills[label_key] != label_key:
+                raise ParameterError(
+                    f"label_key={label_key!r} would clash with obs[{label_key!r}], which holds the "
+                    f"{fills[label_key]!r} column; rename the label column (e.g. adata.obs.rename(columns="
+                    f"{{{label_key!r}: 'label'}}))")
+
+        mats = {}
+        for m, a in mods.items():
+            if a.n_obs == 0:
+                raise ProjectError(f"modality {m!r} has 0 cells; remove it or give it its data")
+            if a.n_vars == 0:
+                raise ProjectError(f"modality {m!r} has 0 features (shape {a.n_obs} x 0); remove it or give it its "
+                                   "features")
+            idx = a.obs_names
+            if idx.has_duplicates:
+                repeated = list(dict.fromkeys(idx[idx.duplicated()]))
+                raise ProjectError(
+                    f"modality {m!r} has {len(repeated)} duplicated obs_names (first: {repeated[:5]}); rows are "
+                    f"matched by "
+                    f"obs_names, so each cell needs a unique name: call .obs_names_make_unique() on {m!r} (same on "
+                    "the other modalities so that the names still match) or fix the names")
+            mats[m] = _matrix(a, m)
+        union, positions = _match_rows(mods)
+
+        batch = _obs_column(batch_key, "batch_key", mods, gobs, union, required=True)
+        sample = batch if sample_key == batch_key else _obs_column(sample_key, "sample_key", mods, gobs, union,
+                                                                   required=True)
+        labels = None
+        if label_key is not None:
+            labels = _obs_column(label_key, "label_key", mods, gobs, union, required=False)
+            classes = list(dict.fromkeys(labels.dropna().astype(str)))
+            if len(classes) < 2:
+                raise ProjectError(
+                    f"label column {label_key!r} has {len(classes)} class(es) {classes[:1]} among "
+                    f"{int(labels.notna().sum())} labelled cells; a label column needs at least two classes to "
+                    "learn from. Pass label_key=None for unlabelled data")
+
+        for m in names:
+            _check_values(mats[m], m, kinds[m], mods[m].var_names)
+
+        n = len(union)
+        X, mask, var_names, transforms, raw = {}, {}, {}, {}, {}
+        for m in names:
+            x, r, text = _preprocess(mats[m], kinds[m], m)
+            if zscored[m]:
+                x = _zscore(x)
+                text += f"; then {_ZSCORE_TEXT} ({mats[m].shape[0]})"
+            pos = positions[m]
+            X[m] = _expand(x, pos, n)
+            if r is not None:
+                raw[m] = _expand(r, pos, n)
+            mask[m] = np.zeros(n, bool)
+            mask[m][pos] = True
+            var_names[m] = mods[m].var_names.copy()
+            transforms[m] = text
+        obs = pd.DataFrame(index=pd.Index(union, name=None))
+        obs["sample"] = pd.Categorical(sample.to_numpy(object))
+        obs["batch"] = pd.Categorical(batch.to_numpy(object))
+        if labels is not None:
+            obs[label_key] = pd.Categorical(labels.to_numpy(object))
+        counts = raw.get("rna") if kinds.get("rna") == "counts" else None
+        return cls(names, X, mask, var_names, obs, counts, "batch", label_key, transforms, dict(kinds), raw,
+                   "cells")
+
     @property
     def n_obs(self) -> int:
         return len(self.obs)
@@ -164,9 +425,12 @@ class MultiModalData:
         return self.X[modality].shape[1]
 
     def dense(self, modality: str) -> np.ndarray:
-        """The model input of ``modality`` as a dense float32 array."""
+        """The model input of ``modality`` as a new dense float32 array (a copy: writing into it never changes
+        the data; a caller once set masked rows to NaN in what was the model input itself)."""
         mat = self.X[modality]
-        return np.asarray(mat.toarray() if sp.issparse(mat) else mat, dtype=np.float32)
+        if sp.issparse(mat):
+            return np.asarray(mat.toarray(), dtype=np.float32)
+        return np.array(mat, dtype=np.float32, copy=True)
 
     def subset(self, index) -> "MultiModalData":
         """Rows ``index`` (boolean mask or integer positions) of every matrix."""
@@ -183,6 +447,7 @@ class MultiModalData:
             self.transforms,
             self.preprocessing,
             {m: r[idx] for m, r in self.raw.items()},
+            self.row_kind,
         )
 
     def to_tensors(self, device: str = "cpu") -> dict:
@@ -194,7 +459,416 @@ class MultiModalData:
         out["batch"] = torch.as_tensor(self.batches.codes.astype(np.int64), device=device)
         return out
 
+    def _kind_text(self, modality: str) -> str:
+        kind = self.preprocessing.get(modality)
+        if kind is None:
+            return ""
+        text = _KIND_SHORT.get(kind, kind)
+        if kind != "zscore" and _ZSCORE_TEXT in self.transforms.get(modality, ""):
+            text += "+zscore" if "->" in text else " -> zscore"
+        return text
+
     def __repr__(self) -> str:
-        parts = ", ".join(f"{m}: {self.X[m].shape[1]} features ({int(self.mask[m].sum())} spots)" for m in self.modalities)
+        rows = self.row_kind
+        parts = []
+        for m in self.modalities:
+            kind = self._kind_text(m)
+            parts.append(f"{m}: {self.X[m].shape[1]} features ({int(self.mask[m].sum())} {rows}"
+                         + (f", {kind})" if kind else ")"))
         n_b = self.obs[self.batch_key].nunique()
-        return f"MultiModalData({self.n_obs} spots, {n_b} batches; {parts})"
+        return f"MultiModalData({self.n_obs} {rows}, {n_b} batches; {', '.join(parts)})"
+
+
+# --- AnnData / MuData input: checks and preprocessing -----------------------------------------------------
+
+
+def _is_anndata(x) -> bool:
+    import anndata
+
+    return isinstance(x, anndata.AnnData)
+
+
+def _few(values, k: int = 3) -> str:
+    values = list(values)
+    text = ", ".join(repr(v) for v in values[:k])
+    return text + (", ..." if len(values) > k else "")
+
+
+def _kinds_help() -> str:
+    return "; ".join(f"{k!r}: {v}" for k, v in PREPROCESSING_KINDS.items())
+
+
+def _check_adatas(adatas) -> dict:
+    if type(adatas).__name__ == "MuData":
+        raise ParameterError("from_anndata takes {modality: AnnData}, got a MuData; use "
+                             "MultiModalData.from_mudata(mdata, batch_key=..., preprocessing=...)")
+    if _is_anndata(adatas):
+        raise ParameterError("from_anndata takes {modality: AnnData}, got one AnnData; name its modality, e.g. "
+                             "MultiModalData.from_anndata({'rna': adata}, batch_key=..., preprocessing=...)")
+    if not isinstance(adatas, Mapping):
+        raise ParameterError(f"from_anndata takes a dict {{modality: AnnData}}, got a {type(adatas).__name__}; "
+                             "e.g. MultiModalData.from_anndata({'rna': rna, 'protein': adt}, ...)")
+    if not adatas:
+        raise ParameterError("no modalities given: pass {modality: AnnData}, e.g. {'rna': rna, 'protein': adt}")
+    for m, a in adatas.items():
+        if not isinstance(m, str) or not m:
+            raise ParameterError(f"modality names must be non-empty strings, got {m!r}")
+        if not _is_anndata(a):
+            raise ParameterError(
+                f"modality {m!r} is a {type(a).__name__}, not an AnnData; wrap a matrix with "
+                "anndata.AnnData(X, obs=..., var=...) or read a file with anndata.read_h5ad(path)")
+    return dict(adatas)
+
+
+def _declared_kinds(preprocessing, names: list[str], known: list[str]) -> dict[str, str]:
+    """``{modality: kind}`` from the user's declaration; every modality must be declared."""
+    allowed = ", ".join(repr(k) for k in PREPROCESSING_KINDS)
+    if preprocessing is None:
+        raise ParameterError(
+            f"declare how each modality is preprocessed (it is never guessed from its name): pass "
+            f"preprocessing={{modality: kind}} for the modalities {names}, with kind one of {allowed} "
+            f"({_kinds_help()}). Example: {_PREPROCESSING_EXAMPLE}")
+    if isinstance(preprocessing, str):
+        preprocessing = {m: preprocessing for m in names}
+    if not isinstance(preprocessing, Mapping):
+        raise ParameterError(f"preprocessing must be a dict {{modality: kind}}, got a {type(preprocessing).__name__}. "
+                             f"Example: {_PREPROCESSING_EXAMPLE}")
+    stray = [k for k in preprocessing if k not in known]
+    if stray:
+        raise ParameterError(f"preprocessing declares modality(ies) {stray} that the data does not have "
+                             f"(modalities: {names})")
+    missing = [m for m in names if m not in preprocessing]
+    if missing:
+        raise ParameterError(
+            f"preprocessing does not declare modality(ies) {missing}; declare every modality ({names}) as one of "
+            f"{allowed} ({_kinds_help()}). Example: {_PREPROCESSING_EXAMPLE}")
+    kinds = {}
+    for m in names:
+        k = preprocessing[m]
+        kk = k.strip().lower() if isinstance(k, str) else k
+        if kk not in PREPROCESSING_KINDS:
+            raise ParameterError(f"unknown preprocessing kind {k!r} for modality {m!r}; allowed: {allowed} "
+                                 f"({_kinds_help()}). Example: {_PREPROCESSING_EXAMPLE}")
+        kinds[m] = kk
+    return kinds
+
+
+def _declared_zscore(zscore, names: list[str], known: list[str]) -> dict[str, bool]:
+    if isinstance(zscore, (bool, np.bool_)):
+        return {m: bool(zscore) for m in names}
+    if not isinstance(zscore, Mapping):
+        raise ParameterError(f"zscore must be True / False or {{modality: True}}, got {zscore!r}")
+    stray = [k for k in zscore if k not in known]
+    if stray:
+        raise ParameterError(f"zscore names modality(ies) {stray} that the data does not have (modalities: {names})")
+    bad = {k: v for k, v in zscore.items() if not isinstance(v, (bool, np.bool_))}
+    if bad:
+        raise ParameterError(f"zscore values must be True or False, got {bad}")
+    return {m: bool(zscore.get(m, False)) for m in names}
+
+
+def _matrix(adata, m: str):
+    """``adata.X`` in memory: CSR for sparse, a numpy array otherwise."""
+    x = adata.X
+    if x is None:
+        raise ProjectError(f"modality {m!r} has no .X matrix; put its values in .X "
+                           "(e.g. adata.X = adata.layers['counts'])")
+    if hasattr(x, "to_memory"):  # backed sparse datasets
+        x = x.to_memory()
+    x = sp.csr_matrix(x) if sp.issparse(x) else np.asarray(x)
+    if x.ndim != 2 or x.dtype.kind not in "biuf":
+        raise ProjectError(f"modality {m!r}: .X must be a 2-D numeric matrix, got {x.dtype} with shape {x.shape}")
+    return x
+
+
+def _match_rows(mods: dict) -> tuple[pd.Index, dict[str, np.ndarray]]:
+    """Union of the modalities' obs_names and each modality's row positions in it."""
+    idxs = {m: a.obs_names for m, a in mods.items()}
+    names = list(idxs)
+    if len(names) > 1:
+        shared = {(a, b): int(idxs[a].isin(idxs[b]).sum()) for a, b in combinations(names, 2)}
+        firsts = "; ".join(f"{m}: {_few(idx)}" for m, idx in idxs.items())
+        fix = ("Give each cell the same name in every modality (e.g. strip a modality prefix or suffix from the "
+               "barcodes), then try again")
+        if not any(shared.values()):
+            raise ProjectError(f"the modalities share no obs_names: rows are matched by obs_names, and no name of "
+                               f"one modality appears in another ({firsts}). {fix}")
+        for m in names:
+            if not any(v for pair, v in shared.items() if m in pair):
+                raise ProjectError(f"modality {m!r} shares no obs_names with any other modality: rows are matched "
+                                   f"by obs_names ({firsts}). {fix}")
+        empty = [f"{a} and {b}" for (a, b), v in shared.items() if v == 0]
+        if empty:
+            warnings.warn(
+                f"no cell is measured in all {len(names)} modalities: {'; '.join(empty)} share no obs_names, so "
+                "each such pair is linked only through the other modalities. If they were measured on the same "
+                "cells, make their obs_names match", UserWarning, stacklevel=4)
+    union = idxs[names[0]]
+    for m in names[1:]:
+        idx = idxs[m]
+        union = union.append(idx[~idx.isin(union)])
+    return union, {m: union.get_indexer(idx) for m, idx in idxs.items()}
+
+
+def _same(v) -> str:
+    """Comparable text of an obs value (1 and 1.0 agree)."""
+    if isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and float(v).is_integer():
+        return str(int(v))
+    return str(v)
+
+
+def _obs_column(key: str, what: str, mods: dict, gobs: pd.DataFrame | None, union: pd.Index, *,
+                required: bool) -> pd.Series:
+    """One ``.obs`` column over the union of cells, combined from every place that has it (values must agree)."""
+    role = {"batch_key": "each cell's batch", "sample_key": "each cell's sample",
+            "label_key": "cell labels (or label_key=None for unlabelled data)"}[what]
+    sources: list[tuple[str, pd.Series]] = []
+    if gobs is not None and key in gobs.columns:
+        sources.append(("mdata.obs", gobs[key]))
+    prefix, sep, col = key.partition(":")
+    if sep and prefix in mods:
+        if not sources:
+            if col not in mods[prefix].obs.columns:
+                raise ParameterError(f"{what}={key!r}: column {col!r} is not in modality {prefix!r}'s .obs "
+                                     f"(columns: {list(mods[prefix].obs.columns)})")
+            sources.append((prefix, mods[prefix].obs[col]))
+    else:
+        sources += [(m, a.obs[key]) for m, a in mods.items() if key in a.obs.columns]
+    if not sources:
+        avail = "; ".join(f"{m}: {list(a.obs.columns)[:30]}" for m, a in mods.items())
+        if gobs is not None:
+            avail += f"; mdata.obs: {list(gobs.columns)[:30]}"
+        raise ParameterError(f"{what}={key!r} is not an .obs column of any modality (available columns: {avail}). "
+                             f"Pass the column that holds {role}")
+    where = sources[0][0]
+    result = sources[0][1].astype(object).reindex(union)
+    origin = pd.Series(np.where(result.notna(), where, None), index=union, dtype=object)
+    for w, s in sources[1:]:
+        s = s.astype(object).reindex(union)
+        diff = (result.notna() & s.notna()).to_numpy()
+        diff[diff] = result.to_numpy()[diff] != s.to_numpy()[diff]  # then 1 vs 1.0 and the like agree:
+        diff[diff] = [_same(a) != _same(b) for a, b in zip(result.to_numpy()[diff], s.to_numpy()[diff])]
+        if diff.any():
+            cells = union[diff][:5]
+            shown = "; ".join(f"{c!r}: {origin[c]} has {result[c]!r}, {w} has {s[c]!r}" for c in cells)
+            raise ProjectError(f"{what}={key!r}: the values disagree between modalities for {int(diff.sum())} "
+                               f"shared cell(s) ({shown}). Make the column agree, or take it from one modality "
+                               f"with {what}='<modality>:{col if sep and prefix in mods else key}'")
+        fill = result.isna() & s.notna()
+        result = result.where(~fill, s)
+        origin = origin.where(~fill, w)
+    if required and result.isna().any():
+        missing = union[result.isna().to_numpy()]
+        cell = missing[0]
+        measured = [m for m, a in mods.items() if cell in a.obs_names]
+        places = ", ".join(dict.fromkeys(w for w, _ in sources))
+        raise ProjectError(f"{len(missing)} cell(s) have no value in {what}={key!r} (first: {_few(missing, 5)}); "
+                           f"e.g. {cell!r} is measured in {measured} and the column comes from {places}. Give every "
+                           "cell a value (add the column to each modality's .obs) or remove those cells")
+    return result
+
+
+def _check_values(mat, m: str, kind: str, var_names: pd.Index) -> None:
+    """NaN / Inf, all zeros, and (counts / protein) non-negative whole numbers; names the modality and column."""
+    sparse = sp.issparse(mat)
+    vals = mat.data if sparse else mat.ravel()
+
+    def column(i):
+        return var_names[int(mat.indices[i] if sparse else i % mat.shape[1])]
+
+    if vals.dtype.kind == "f":
+        bad = np.flatnonzero(~np.isfinite(vals))
+        if bad.size:
+            cols = np.unique(mat.indices[bad] if sparse else bad % mat.shape[1])
+            raise ProjectError(
+                f"modality {m!r} has {bad.size} NaN / Inf value(s), first in column {var_names[int(cols[0])]!r} "
+                f"({cols.size} column(s) affected); fill them (e.g. 0 where NaN means 'not detected') or drop those "
+                "features before building the data")
+    if not np.any(vals):
+        raise ProjectError(f"modality {m!r} holds only zeros ({mat.shape[0]} x {mat.shape[1]}); check that .X holds "
+                           "its values (they may be in a layer: adata.X = adata.layers[...]) or remove the modality")
+    if kind not in ("counts", "protein"):
+        return
+    hint = (f"{kind!r} needs raw counts (non-negative whole numbers). If {m!r} is already normalised, declare "
+            f"preprocessing={{{m!r}: 'normalized'}}; if its raw counts are in a layer, put them in .X")
+    neg = np.flatnonzero(vals < 0)
+    if neg.size:
+        raise ProjectError(f"modality {m!r} is declared {kind!r} but holds negative values "
+                           f"(e.g. {vals[neg[0]]:g} in column {column(neg[0])!r}); {hint}")
+    if vals.dtype.kind == "f":
+        idx = np.arange(vals.size) if vals.size <= _MAX_CHECKED_VALUES else \
+            np.random.default_rng(0).integers(0, vals.size, _MAX_CHECKED_VALUES)
+        frac = idx[vals[idx] != np.round(vals[idx])]
+        if frac.size:
+            raise ProjectError(f"modality {m!r} is declared {kind!r} but holds non-integer values "
+                               f"(e.g. {vals[frac[0]]:g} in column {column(frac[0])!r}); {hint}")
+
+
+def _preprocess(mat, kind: str, m: str):
+    """(model input, raw counts or None, description) of one modality's measured rows."""
+    if kind == "counts":
+        raw = sp.csr_matrix(mat, dtype=np.float32, copy=True)
+        raw.eliminate_zeros()
+        total = np.asarray(raw.sum(axis=1, dtype=np.float64)).ravel()
+        scale = np.divide(_TARGET_SUM, total, out=np.zeros_like(total), where=total > 0)
+        x = raw.copy()
+        x.data = np.log1p(raw.data * np.repeat(scale, np.diff(raw.indptr))).astype(np.float32)
+        return x, raw, f"normalize_total(1e4) + log1p; raw counts kept in .raw[{m!r}]"
+    dense = np.array(mat.toarray() if sp.issparse(mat) else mat, dtype=np.float32)
+    if kind == "protein":
+        logged = np.log1p(dense.astype(np.float64))
+        x = (logged - logged.mean(axis=1, keepdims=True)).astype(np.float32)
+        return x, dense, (f"CLR per cell: log1p(x) - mean of log1p(x) over the cell's proteins (Stoeckius et al. "
+                          f"2017; not muon's log1p(x / geometric mean)); raw counts kept in .raw[{m!r}]")
+    return dense, None, "used as given (declared 'normalized')"
+
+
+def _zscore(x) -> np.ndarray:
+    dense = np.asarray(x.toarray() if sp.issparse(x) else x, dtype=np.float64)
+    mu = dense.mean(axis=0)
+    sd = dense.std(axis=0)
+    sd[sd == 0] = 1.0
+    return ((dense - mu) / sd).astype(np.float32)
+
+
+def _expand(x, pos: np.ndarray, n: int):
+    """Rows of ``x`` placed at ``pos`` of an ``n``-row matrix, 0 elsewhere (same sparse / dense kind)."""
+    rows = x.shape[0]
+    if rows == n and np.array_equal(pos, np.arange(n)):
+        return x
+    src = np.full(n, rows)
+    src[pos] = np.arange(rows)
+    if sp.issparse(x):
+        return sp.csr_matrix(sp.vstack([x, sp.csr_matrix((1, x.shape[1]), dtype=x.dtype)], format="csr")[src])
+    return np.vstack([x, np.zeros((1, x.shape[1]), x.dtype)])[src]
+
+
+# --- files ------------------------------------------------------------------------------------------------
+
+_ACCEPTED_FORMS = ("one .h5mu file (MuData), or .h5ad files, one per modality: a list of paths, "
+                   "'rna.h5ad,protein.h5ad' (modality = file stem) or 'rna=a.h5ad,protein=b.h5ad'")
+
+
+def _split_paths(paths) -> list[tuple[str | None, Path]]:
+    if isinstance(paths, (str, Path)):
+        items = [p for p in str(paths).split(",")] if isinstance(paths, str) else [paths]
+    elif isinstance(paths, Sequence):
+        items = list(paths)
+    else:
+        raise ParameterError(f"paths must be a path, a comma-separated string or a list of paths, got "
+                             f"{type(paths).__name__}; accepted: {_ACCEPTED_FORMS}")
+    out = []
+    for item in items:
+        if isinstance(item, Path):
+            out.append((None, item))
+            continue
+        text = str(item).strip()
+        if not text:
+            continue
+        name, sep, rest = text.partition("=")
+        if sep and name.strip() and not any(c in name for c in "/\\"):
+            out.append((name.strip(), Path(rest.strip())))
+        else:
+            out.append((None, Path(text)))
+    if not out:
+        raise ParameterError(f"no input files given; accepted: {_ACCEPTED_FORMS}")
+    return out
+
+
+def read_multimodal(
+    paths,
+    *,
+    batch_key: str,
+    label_key: str | None = None,
+    preprocessing: Mapping[str, str] | str | None = None,
+    modalities: Sequence[str] | None = None,
+    sample_key: str | None = None,
+    zscore: bool | Mapping[str, bool] = False,
+) -> MultiModalData:
+    """Read non-spatial multi-omics files into a :class:`MultiModalData` (what the CLI calls).
+
+    Parameters
+    ----------
+    paths
+        One ``.h5mu`` file (read with ``mudata.read_h5mu``), or ``.h5ad`` files, one per modality: a list of
+        paths, or a comma-separated string. A modality is named after its file's stem (``rna.h5ad`` -> ``rna``),
+        or explicitly with ``name=path`` (``"rna=run1_gex.h5ad,protein=run1_adt.h5ad"``).
+    batch_key, label_key, preprocessing, sample_key, zscore
+        As in :meth:`MultiModalData.from_anndata` (``preprocessing`` must declare every modality).
+    modalities
+        Which modalities, in model order (default: all, in the file's / the list's order).
+
+    Returns
+    -------
+    MultiModalData
+
+    Raises
+    ------
+    MissingFileError
+        A file does not exist.
+    InputFileError
+        A path is not an ``.h5mu`` / ``.h5ad`` file (a spatial dataset folder or a project ``.zarr`` is read
+        elsewhere), or a file cannot be read.
+    ParameterError, ProjectError
+        As in :meth:`MultiModalData.from_anndata`.
+
+    Examples
+    --------
+    >>> data = read_multimodal("citeseq.h5mu", batch_key="donor",
+    ...                        preprocessing={"rna": "counts", "prot": "protein"})
+    >>> data = read_multimodal(["rna.h5ad", "protein.h5ad"], batch_key="donor",
+    ...                        preprocessing={"rna": "counts", "protein": "protein"})
+    """
+    items = _split_paths(paths)
+    for _, p in items:
+        suffix = p.suffix.lower()
+        if suffix not in (".h5mu", ".h5ad"):
+            what = "a folder" if p.is_dir() else f"a {suffix or 'suffix-less'} path"
+            raise InputFileError(
+                f"read_multimodal cannot read {what}: it takes {_ACCEPTED_FORMS}", p,
+                "A spatial dataset folder with samples.csv, or a project .zarr, is read by the spatial pipeline "
+                "(spatialmix prepare / benchmark --data, MultiModalData.from_spatialdata), not by read_multimodal")
+    suffixes = {p.suffix.lower() for _, p in items}
+    if ".h5mu" in suffixes and len(items) > 1:
+        raise ParameterError(f"give one .h5mu file, or .h5ad files only (got {[str(p) for _, p in items]}); "
+                             f"accepted: {_ACCEPTED_FORMS}")
+    for _, p in items:
+        if not p.is_file():
+            raise MissingFileError("multi-omics input file not found", p,
+                                   "Check the path (a list or a comma-separated string of .h5mu / .h5ad files)")
+    if ".h5mu" in suffixes:
+        try:
+            import mudata
+        except ImportError as err:  # pragma: no cover - mudata ships with the scverse stack
+            raise InputFileError("reading .h5mu needs the mudata package (pip install mudata)", items[0][1]) from err
+        p = items[0][1]
+        try:
+            mdata = mudata.read_h5mu(p)
+        except Exception as err:  # noqa: BLE001 - any reader failure is the file's problem
+            raise InputFileError(f"cannot read this file as MuData ({type(err).__name__}: {err})", p,
+                                 "Check that it is a .h5mu written by mudata / muon") from err
+        return MultiModalData.from_mudata(mdata, batch_key=batch_key, label_key=label_key, modalities=modalities,
+                                          preprocessing=preprocessing, sample_key=sample_key, zscore=zscore)
+    import anndata
+
+    adatas: dict = {}
+    for name, p in items:
+        name = name or p.stem
+        if name in adatas:
+            raise ParameterError(f"two files give modality {name!r}; name them with name=path, e.g. "
+                                 f"'rna=run1.h5ad,protein=run1_adt.h5ad'")
+        try:
+            adatas[name] = anndata.read_h5ad(p)
+        except Exception as err:  # noqa: BLE001
+            raise InputFileError(f"cannot read this file as AnnData ({type(err).__name__}: {err})", p,
+                                 "Check that it is a .h5ad written by anndata / scanpy") from err
+    known = list(adatas)
+    if modalities is not None:
+        modalities = [m.strip() for m in modalities.split(",")] if isinstance(modalities, str) else list(modalities)
+        unknown = [m for m in modalities if m not in adatas]
+        if unknown:
+            raise ProjectError(f"modality(ies) {unknown} not among the files' modalities {known}")
+        adatas = {m: adatas[m] for m in modalities}
+    return MultiModalData._from_tables(_check_adatas(adatas), None, batch_key=batch_key, label_key=label_key,
+                                       preprocessing=preprocessing, sample_key=sample_key, zscore=zscore,
+                                       known=known)

@@ -10,7 +10,7 @@ deterministically and returns the path of the built file; a second call returns 
   (``rna_a``, ``rna_b``; raw counts, declared ``"counts"``). Batches: ``section``; labels: ``cell_type``.
 - :func:`seurat_visium_he`: the real Visium mouse brain of Debian's ``r-cran-seurat`` test data (2,695 spots,
   the first 100 genes, the real low-resolution H&E): ``rna`` (counts) and ``morphology`` (per-spot H&E
-  features of :mod:`spatialmix.features.morphology`, declared ``"zscore"``) of the same spots; one section,
+  features of :mod:`spatialmix.features.morphology`, declared ``"normalized"`` and z-scored) of the same spots; one section,
   no labels: a translation case (RNA -> H&E features and back).
 - :func:`simulated`: the simulator (:mod:`spatialmix.simulate`) at a seed, as a dataset folder.
 
@@ -238,17 +238,23 @@ class Case:
     batch_key: str = "batch"
     label_key: str | None = None
     preprocessing: dict[str, str] = field(default_factory=dict)
+    zscore: dict[str, bool] = field(default_factory=dict)
     description: str = ""
 
     def options(self) -> dict[str, Any]:
-        return {"batch_key": self.batch_key, "label_key": self.label_key, "preprocessing": dict(self.preprocessing)}
+        """Keyword arguments of :func:`spatialmix.data.read_multimodal` (empty for spatial dataset folders)."""
+        if not self.preprocessing:
+            return {}
+        return {"batch_key": self.batch_key, "label_key": self.label_key, "preprocessing": dict(self.preprocessing),
+                "zscore": dict(self.zscore)}
 
 
 CASES: dict[str, Case] = {
     "starmap": Case("starmap", starmap_mpfc, "section", "cell_type", {"rna_a": "counts", "rna_b": "counts"},
-                    "STARmap mPFC, 3,704 cells, two halves of 158 genes, 3 sections, 16 cell types"),
-    "visium_he": Case("visium_he", seurat_visium_he, "section", None, {"rna": "counts", "morphology": "zscore"},
-                      "real Visium mouse brain (Seurat test data): RNA + H&E features of 2,695 spots"),
+                    description="STARmap mPFC, 3,704 cells, two halves of 158 genes, 3 sections, 16 cell types"),
+    "visium_he": Case("visium_he", seurat_visium_he, "section", None, {"rna": "counts", "morphology": "normalized"},
+                      {"morphology": True}, description="real Visium mouse brain (Seurat test data): RNA + H&E "
+                      "features of 2,695 spots"),
     "sim0": Case("sim0", lambda cache=None: simulated(0, cache=cache), "batch", "pathologist",
                  description="the bundled sample (simulator seed 0)"),
     "sim7": Case("sim7", lambda cache=None: simulated(7, cache=cache), "batch", "pathologist",

@@ -5,6 +5,7 @@
 - :mod:`~spatialmix.evaluate.metrics`: scIB metrics (scib-metrics), translation fidelity helpers, FOSCTTM and
   label transfer.
 - :mod:`~spatialmix.evaluate.translation`: cross-validated translation fidelity against annotation centroids.
+- :mod:`~spatialmix.evaluate.regression`: the best simple translation predictors (cross-validated ridge, kNN).
 - :mod:`~spatialmix.evaluate.plots`: the benchmark figures.
 """
 

@@ -393,26 +393,34 @@ def write_predictions(sdata, result: AnnotationResult, *, name: str | None = Non
     """
     name = name or result.representation
     tables = list(tables) if tables is not None else [t for t in ("rna", "msi", "morphology") if t in sdata.tables]
+    cols = []
+    for t in tables:
+        cols = write_predictions_into(sdata.tables[t], result, name=name, annotation_key=annotation_key)
+    return cols
+
+
+def write_predictions_into(table, result: AnnotationResult, *, name: str | None = None,
+                           annotation_key: str | None = None) -> list[str]:
+    """:func:`write_predictions` into one AnnData (a project table, or the cells of non-spatial data)."""
+    name = name or result.representation
     cols = [f"pred_{name}", f"pred_{name}_confidence", f"agree_{name}"]
     scores = json.dumps(result.to_dict())
     confusion = result.confusion.to_json(orient="split")
-    for t in tables:
-        table = sdata.tables[t]
-        if not table.obs_names.equals(result.prediction.index):
-            pred = result.prediction.reindex(table.obs_names)
-            conf = result.confidence.reindex(table.obs_names)
-            agree = result.agreement.reindex(table.obs_names)
-        else:
-            pred, conf, agree = result.prediction, result.confidence, result.agreement
-        cats = list(result.classes)
-        if annotation_key and annotation_key in table.obs and hasattr(table.obs[annotation_key], "cat"):
-            cats = list(table.obs[annotation_key].cat.categories)
-        cats += [c for c in pd.unique(pred.dropna().astype(str)) if c not in cats]
-        table.obs[cols[0]] = pd.Categorical(pred.to_numpy(), categories=cats)
-        table.obs[cols[1]] = conf.to_numpy(dtype=float)
-        table.obs[cols[2]] = pd.Categorical(agree.to_numpy(), categories=list(AGREEMENT))
-        store = table.uns.setdefault("spatialmix", {}).setdefault("annotations", {})
-        store[name] = {"scores_json": scores, "confusion_json": confusion}
+    if not table.obs_names.equals(result.prediction.index):
+        pred = result.prediction.reindex(table.obs_names)
+        conf = result.confidence.reindex(table.obs_names)
+        agree = result.agreement.reindex(table.obs_names)
+    else:
+        pred, conf, agree = result.prediction, result.confidence, result.agreement
+    cats = list(result.classes)
+    if annotation_key and annotation_key in table.obs and hasattr(table.obs[annotation_key], "cat"):
+        cats = list(table.obs[annotation_key].cat.categories)
+    cats += [c for c in pd.unique(pred.dropna().astype(str)) if c not in cats]
+    table.obs[cols[0]] = pd.Categorical(pred.to_numpy(), categories=cats)
+    table.obs[cols[1]] = conf.to_numpy(dtype=float)
+    table.obs[cols[2]] = pd.Categorical(agree.to_numpy(), categories=list(AGREEMENT))
+    store = table.uns.setdefault("spatialmix", {}).setdefault("annotations", {})
+    store[name] = {"scores_json": scores, "confusion_json": confusion}
     return cols
 
 

@@ -8,6 +8,8 @@ does for unintegrated features) and an exact scikit-learn k-nearest-neighbour gr
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 
@@ -224,10 +226,13 @@ def fidelity(pred: np.ndarray, true: np.ndarray) -> tuple[dict[str, float], np.n
     """MSE and Pearson R^2 of predictions against measurements: per spot (across features; the distribution
     the figures show) and per feature (across spots). Returns the summary and the per-spot R^2."""
     r2_spot = pearson_r2_per_row(pred, true)
-    r2_feat = pearson_per_feature(pred, true) ** 2
-    return {"mse": float(np.mean((pred - true) ** 2)),
-            "r2_spot_median": float(np.nanmedian(r2_spot)), "r2_spot_mean": float(np.nanmean(r2_spot)),
-            "r2_feature_median": float(np.nanmedian(r2_feat))}, r2_spot
+    r_feat = pearson_per_feature(pred, true)
+    with warnings.catch_warnings():  # a feature constant on the scored spots has no r (NaN), as documented
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return {"mse": float(np.mean((pred - true) ** 2)),
+                "r2_spot_median": float(np.nanmedian(r2_spot)), "r2_spot_mean": float(np.nanmean(r2_spot)),
+                "r2_feature_median": float(np.nanmedian(r_feat ** 2)),
+                "r_feature_median": float(np.nanmedian(r_feat))}, r2_spot
 
 
 # ---- unpaired (scMODAL-style) ------------------------------------------------------------------------------

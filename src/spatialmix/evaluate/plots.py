@@ -9,10 +9,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-KIND_COLORS = {"raw": "#7f7f7f", "baseline": "#1f77b4", "model": "#d62728"}
+KIND_COLORS = {"raw": "#7f7f7f", "baseline": "#1f77b4", "peer": "#2ca02c", "model": "#d62728"}
 AGREEMENT_COLORS = {"agree": "#2ca02c", "disagree": "#d62728", "unlabelled": "#c8c8c8", "excluded": "#8c8c8c"}
-METHOD_COLORS = {"model": "#d62728", "own_centroid": "#1f77b4", "other_centroids": "#bdbdbd"}
-METHOD_LABELS = {"model": "model (held-out fold)", "own_centroid": "centroid of own annotation (without the spot)",
+METHOD_COLORS = {"model": "#d62728", "ridge": "#ff7f0e", "knn": "#9467bd", "own_centroid": "#1f77b4",
+                 "other_centroids": "#bdbdbd"}
+METHOD_LABELS = {"model": "model (held-out fold)", "ridge": "ridge regression (CV alpha)", "knn": "kNN regression",
+                 "own_centroid": "centroid of own annotation (without the spot)",
                  "other_centroids": "centroid of the other annotations"}
 
 
@@ -62,17 +64,19 @@ def plot_scib_scatter(metrics: dict):
         ax.scatter(x, y, s=70, color=KIND_COLORS.get(e["kind"], "k"), edgecolor="k", zorder=3)
     _place_labels(ax, [f"{n} ({e['scib']['Total']:.2f})" for n, e in reps.items()], xs, ys)
     for kind, c in KIND_COLORS.items():
-        ax.scatter([], [], color=c, edgecolor="k", label={"raw": "raw inputs", "baseline": "baselines",
-                                                        "model": "models"}[kind])
+        if any(e["kind"] == kind for e in reps.values()):
+            ax.scatter([], [], color=c, edgecolor="k", label={"raw": "raw inputs", "baseline": "baselines",
+                                                            "peer": "peers", "model": "models"}[kind])
     ax.legend(loc="lower right", fontsize=8)
     ax.set_xlabel("batch correction (scIB aggregate)")
     ax.set_ylabel("bio conservation (scIB aggregate)")
-    ax.set_title(f"scIB scores vs `{metrics['annotation_key']}` ({metrics['n_evaluated_spots']} spots; "
+    ax.set_title(f"scIB scores vs `{metrics['annotation_key']}` ({metrics['n_evaluated_spots']} "
+                 f"{metrics.get('rows', 'spots')}; "
                  "grey lines: total = 0.4 batch + 0.6 bio)", fontsize=9)
     return fig
 
 
-def plot_f1(results: dict, schemes=("loocv", "4cv")):
+def plot_f1(results: dict, schemes=("loocv", "4cv"), kinds: dict | None = None):
     """Per-(fold, class) F1 of every representation, sorted by mean (Fig. 3B), one panel per scheme."""
     import matplotlib.pyplot as plt
 
@@ -86,7 +90,8 @@ def plot_f1(results: dict, schemes=("loocv", "4cv")):
         vals = [data[n] for n in order]
         bp = ax.boxplot(vals, vert=False, widths=0.6, patch_artist=True, showfliers=False)
         for patch, n in zip(bp["boxes"], order):
-            kind = "raw" if n.startswith("raw_") else ("baseline" if n.startswith(("pca_", "harmony")) else "model")
+            kind = (kinds or {}).get(n) or ("raw" if n.startswith("raw_") else
+                                            ("baseline" if n.startswith(("pca_", "harmony")) else "model"))
             patch.set_facecolor(KIND_COLORS[kind])
             patch.set_alpha(0.45)
         rng = np.random.default_rng(0)
@@ -201,11 +206,13 @@ def plot_translation(translation, *, name: str = "mima"):
     import matplotlib.pyplot as plt
 
     dirs = list(translation.r2_spot)
-    fig, ax = plt.subplots(figsize=(max(9, 1.1 * len(dirs) + 2), 5.8), constrained_layout=True)
-    width = 0.26
-    for j, method in enumerate(("model", "own_centroid", "other_centroids")):
-        vals = [translation.r2_spot[d][method][np.isfinite(translation.r2_spot[d][method])] for d in dirs]
-        pos = np.arange(len(dirs)) + (j - 1) * width
+    methods = [m for m in METHOD_COLORS if any(m in translation.r2_spot[d] for d in dirs)]
+    fig, ax = plt.subplots(figsize=(max(9, 0.45 * len(methods) * len(dirs) + 2), 5.8), constrained_layout=True)
+    width = 0.8 / len(methods)
+    for j, method in enumerate(methods):
+        vals = [translation.r2_spot[d][method][np.isfinite(translation.r2_spot[d][method])]
+                if method in translation.r2_spot[d] else np.array([]) for d in dirs]
+        pos = np.arange(len(dirs)) + (j - (len(methods) - 1) / 2) * width
         bp = ax.boxplot(vals, positions=pos, widths=width * 0.9, patch_artist=True, showfliers=False)
         for patch in bp["boxes"]:
             patch.set_facecolor(METHOD_COLORS[method])
@@ -240,15 +247,20 @@ def save_benchmark_figures(metrics, results, translations, sdata, out, *, annota
         plt.close(fig)
         written.append(path)
 
-    save(plot_scib_scatter(metrics), "scib_bio_vs_batch.png")
-    schemes = ("loocv", "4cv") + (("transfer",) if any("transfer" in r for r in results.values()) else ())
-    save(plot_f1(results, schemes), "annotation_f1.png")
-    rep = map_representation if map_representation in results else next(iter(results))
-    scheme = "loocv" if "loocv" in results[rep] else next(iter(results[rep]))
-    save(plot_confusion(results[rep][scheme]), f"confusion_{rep}.png")
-    for sample in metrics["samples"]:
-        save(plot_annotation_map(sdata, sample, results[rep][scheme], annotation_key=annotation_key),
-             f"annotations_{rep}_{sample}.png")
+    if any("scib" in e for e in metrics["representations"].values()):
+        save(plot_scib_scatter(metrics), "scib_bio_vs_batch.png")
+    scored = {n: r for n, r in results.items() if r}
+    if scored:
+        schemes = tuple(s for s in ("loocv", "4cv", "transfer") if any(s in r for r in scored.values()))
+        kinds = {n: e["kind"] for n, e in metrics["representations"].items()}
+        save(plot_f1(scored, schemes, kinds), "annotation_f1.png")
+        rep = map_representation if map_representation in scored else next(iter(scored))
+        scheme = "loocv" if "loocv" in scored[rep] else next(iter(scored[rep]))
+        save(plot_confusion(scored[rep][scheme]), f"confusion_{rep}.png")
+        if sdata is not None:  # annotation maps need the tissue
+            for sample in metrics["samples"]:
+                save(plot_annotation_map(sdata, sample, scored[rep][scheme], annotation_key=annotation_key),
+                     f"annotations_{rep}_{sample}.png")
     for name, tr in translations.items():
         save(plot_translation(tr, name=name), f"translation_r2_{name}.png")
     return written

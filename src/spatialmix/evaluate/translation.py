@@ -9,10 +9,15 @@ validation split). For every target modality it then predicts the held-out spots
 - from every non-empty set of the other modalities (*translation*, e.g. ``msi+morphology->rna``).
 
 Predictions are compared with the measurements (model input scale: log-normalised RNA, log1p MSI, z-scored
-morphology) by MSE and Pearson R^2, per spot across the features (the distribution figures show it) and per
-feature across spots, on the spots where the target and every source were measured and that carry a label.
-The baselines predict a spot as the centroid of its own annotation without the spot itself, and as the
-centroid of all the other annotations.
+morphology) by MSE, Pearson R^2 per spot across the features (the distribution figures show it), and Pearson r
+and R^2 per feature across spots (``r_feature_median``: the median over features of the per-feature r, the
+figure most papers report as "translation r"), on the spots where the target and every source were measured.
+
+Beside the model, every direction scores the best simple predictors, fitted on the same training folds
+(:mod:`spatialmix.evaluate.regression`): ridge regression with a cross-validated penalty and kNN regression
+from the concatenated source modalities. When the data carry labels, the MIMA paper's two annotation
+baselines are scored too, on the labelled spots: the centroid of the spot's own annotation without the spot
+itself, and the centroid of all the other annotations.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import pandas as pd
 from spatialmix.errors import ParameterError
 from spatialmix.progress import Progress, forward
 
-METHODS = ("model", "own_centroid", "other_centroids")
+METHODS = ("model", "ridge", "knn", "own_centroid", "other_centroids")
 
 
 def directions(modalities) -> list[tuple[tuple[str, ...], str]]:
@@ -72,13 +77,14 @@ def _fold_of(n: int, n_folds: int, seed: int) -> np.ndarray:
 
 def iter_translation_cv(data, *, model: str = "mima", model_params: dict | None = None, train: dict | None = None,
                         annotation_key: str | None = None, n_folds: int = 4, seed: int = 0,
-                        n_variance: int = 2000, n_top: int = 1000):
+                        n_variance: int = 2000, n_top: int = 1000, baselines: bool = True):
     """Cross-validated translation fidelity of ``model`` on ``data``; yields progress, returns
     :class:`TranslationResult`.
 
     ``train`` holds the training options of each fold's model (``train_fraction`` is forced to 1: the
-    held-out quarter is the validation). ``annotation_key`` names the label column of the baselines
-    (default: ``data.annotation_key``).
+    held-out quarter is the validation). ``annotation_key`` names the label column of the centroid baselines
+    (default: ``data.annotation_key``; without labels only the model, ridge and kNN are scored).
+    ``baselines=False`` skips ridge and kNN.
     """
     from spatialmix.evaluate.metrics import annotation_centroids, fidelity, highly_variable
     from spatialmix.models import MODELS
@@ -88,13 +94,16 @@ def iter_translation_cv(data, *, model: str = "mima", model_params: dict | None 
     if len(data.modalities) < 2:
         raise ParameterError("translation needs at least two modalities")
     annotation_key = annotation_key or data.annotation_key
-    if annotation_key is None or annotation_key not in data.obs:
-        raise ParameterError("translation fidelity needs an annotation column for its centroid baselines "
-                             f"(got {annotation_key!r}; columns: {list(data.obs.columns)})")
+    if annotation_key is not None and annotation_key not in data.obs:
+        raise ParameterError(f"annotation column {annotation_key!r} of the centroid baselines is not in the data "
+                             f"(columns: {list(data.obs.columns)}); pass annotation_key=None to score without them")
     if n_folds < 2:
         raise ParameterError(f"n_folds must be >= 2, got {n_folds}")
     dirs = directions(data.modalities)
     preds = {d: np.full((data.n_obs, data.n_vars(d[1])), np.nan, np.float32) for d in dirs}
+    simple = ("ridge", "knn") if baselines else ()
+    base_preds = {(d, b): np.full((data.n_obs, data.n_vars(d[1])), np.nan, np.float32)
+                  for d in dirs if d[0] != (d[1],) for b in simple}
     fold = _fold_of(data.n_obs, n_folds, seed)
     train_opts = {**(train or {}), "train_fraction": 1.0, "early_stopping": False}
     seconds = []
@@ -110,21 +119,32 @@ def iter_translation_cv(data, *, model: str = "mima", model_params: dict | None 
                 preds[(sources, target)][te] = mdl.get_denoised(target, data=test)
             else:
                 preds[(sources, target)][te] = mdl.translate(list(sources), target, data=test)
+                if simple:
+                    from spatialmix.evaluate.regression import translation_baselines
+
+                    fitted = translation_baselines(data, list(sources), target, tr, te)
+                    for b in simple:
+                        base_preds[((sources, target), b)][te] = fitted[b]
     yield Progress("translation fidelity", 0, 1)
-    labels = data.obs[annotation_key]
+    labels = data.obs[annotation_key] if annotation_key is not None else None
     rows, dists = [], {}
     for target in data.modalities:
         X = data.dense(target)
         measured = data.mask[target]
         cols = highly_variable(X[measured], n_variance=n_variance, n_top=n_top)
-        own, other = annotation_centroids(X[measured][:, cols], labels.to_numpy()[measured])
-        own_full = np.full((data.n_obs, len(cols)), np.nan)
-        other_full = np.full_like(own_full, np.nan)
-        own_full[measured], other_full[measured] = own, other
+        centroids = {}
+        scored = measured.copy()
+        if labels is not None:
+            own, other = annotation_centroids(X[measured][:, cols], labels.to_numpy()[measured])
+            for method, values in (("own_centroid", own), ("other_centroids", other)):
+                full = np.full((data.n_obs, len(cols)), np.nan)
+                full[measured] = values
+                centroids[method] = full
+                scored &= np.isfinite(full).all(axis=1)  # labelled spots whose class has another spot
         for sources, target_ in dirs:
             if target_ != target:
                 continue
-            ok = measured & np.isfinite(own_full).all(axis=1) & np.isfinite(other_full).all(axis=1)
+            ok = scored.copy()
             for s in sources:
                 ok &= data.mask[s]
             if ok.sum() < 10:
@@ -132,9 +152,11 @@ def iter_translation_cv(data, *, model: str = "mima", model_params: dict | None 
             name = direction_name(sources, target)
             truth = X[ok][:, cols]
             dists[name] = {}
-            for method, pred in (("model", preds[(sources, target)][ok][:, cols]), ("own_centroid", own_full[ok]),
-                                 ("other_centroids", other_full[ok])):
-                summary, r2 = fidelity(pred, truth)
+            methods = [("model", preds[(sources, target)])]
+            methods += [(b, base_preds[((sources, target), b)]) for b in simple if ((sources, target), b) in base_preds]
+            methods += list(centroids.items())
+            for method, pred in methods:
+                summary, r2 = fidelity(pred[ok][:, cols], truth)
                 rows.append({"direction": name, "kind": "reconstruction" if sources == (target,) else "translation",
                              "method": method, **summary, "n_spots": int(ok.sum()), "n_features": int(len(cols))})
                 dists[name][method] = r2
