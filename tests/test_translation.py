@@ -62,10 +62,15 @@ def test_cross_validated_translation_beats_the_annotation_centroid_when_trained(
     assert d["a->b"]["model"]["kind"] == "translation" and isinstance(d["a->b"]["model"]["n_spots"], int)
 
 
-def test_translation_needs_labels_and_two_modalities():
+def test_translation_without_labels_scores_ridge_and_knn_only_and_needs_two_modalities():
     data = toy_data()
     data.annotation_key = None
-    with pytest.raises(ParameterError, match="annotation column"):
-        translation_cv(data, train={"epochs": 1})
+    res = translation_cv(data, model_params={"n_latent": 8, "n_hidden": 32}, train={"epochs": 1}, n_folds=2)
+    methods = res.table.groupby("direction")["method"].apply(set).to_dict()
+    assert methods["a->b"] == methods["b->a"] == {"model", "ridge", "knn"}  # no labels: no centroid baselines
+    assert methods["a->a"] == {"model"}
+    assert (res.table["n_spots"] > 200).all()  # every measured spot is scored, labelled or not
+    with pytest.raises(ParameterError, match="annotation column 'tissue' of the centroid baselines"):
+        translation_cv(toy_data(), annotation_key="tissue", train={"epochs": 1})
     with pytest.raises(ParameterError, match="unknown model"):
         translation_cv(toy_data(), model="nope")

@@ -152,11 +152,12 @@ def iter_translation_cv(data, *, model: str = "mima", model_params: dict | None 
             name = direction_name(sources, target)
             truth = X[ok][:, cols]
             dists[name] = {}
-            methods = [("model", preds[(sources, target)])]
-            methods += [(b, base_preds[((sources, target), b)]) for b in simple if ((sources, target), b) in base_preds]
-            methods += list(centroids.items())
+            methods = [("model", preds[(sources, target)][ok][:, cols])]
+            methods += [(b, base_preds[((sources, target), b)][ok][:, cols]) for b in simple
+                        if ((sources, target), b) in base_preds]
+            methods += [(name_, values[ok]) for name_, values in centroids.items()]  # already on `cols`
             for method, pred in methods:
-                summary, r2 = fidelity(pred[ok][:, cols], truth)
+                summary, r2 = fidelity(pred, truth)
                 rows.append({"direction": name, "kind": "reconstruction" if sources == (target,) else "translation",
                              "method": method, **summary, "n_spots": int(ok.sum()), "n_features": int(len(cols))})
                 dists[name][method] = r2
