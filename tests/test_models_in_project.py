@@ -62,11 +62,15 @@ def test_supervised_models_predict_the_target_samples_and_write_only_what_they_s
     assert not any(k.startswith("modamix") for t in sdata.tables.values() for k in t.layers)
     with pytest.raises(ModelError, match="does not produce batch-corrected features"):
         modamix.get_corrected("msi")
-    # the calibration's corrected layer: every modality it calibrated, the table's shape, finite
+    # the calibration's corrected layer: every modality it calibrated, the table's shape, finite where the
+    # modality was measured and NaN where it was not (no invented values, whichever model wrote it)
     assert "calibration_corrected" not in sdata.tables["rna"].layers
     for t in ("msi", "morphology"):
         layer = sdata.tables[t].layers["calibration_corrected"]
-        assert layer.shape == sdata.tables[t].shape and np.isfinite(layer).all()
+        measured = calib.data.mask[t]
+        assert layer.shape == sdata.tables[t].shape and np.isfinite(layer[measured]).all()
+        np.testing.assert_array_equal(np.isnan(layer).all(axis=1), ~measured)
+    assert (~calib.data.mask["msi"]).sum() > 100  # the bundled sample has spots outside the MSI acquisition
     from spatialmix.results import write_results
 
     with pytest.raises(ModelError, match="does not produce"):

@@ -74,7 +74,16 @@ def test_every_output_is_written_with_its_name_and_shape(trained):
             layer = ad.layers[name]
             assert isinstance(layer, np.ndarray) and layer.dtype == np.float32
             assert layer.shape == (n, n_vars[m]) == ad.shape
-            assert np.isfinite(layer).all()  # spots without MSI get imputed values, not NaN
+            # no invented values: NaN exactly where the modality (corrected / denoised) or every source
+            # (translation) was not measured; every spot of a measured modality has a value
+            measured = data.mask[m] if not name.startswith("mima_from_") else np.any(
+                [data.mask[s] for s in name[len("mima_from_"):].split("_and_")], axis=0)
+            np.testing.assert_array_equal(np.isnan(layer).all(axis=1), ~measured)
+            assert np.isfinite(layer[measured]).all()
+    uncovered = ~data.mask["msi"]
+    assert 0 < uncovered.sum() and np.isnan(s.tables["msi"].layers["mima_corrected"][uncovered]).all()
+    # a spot without MSI still gets MSI values, imputed from RNA + H&E and named so
+    assert np.isfinite(s.tables["msi"].layers[TRANSLATIONS["msi"]][uncovered]).all()
     assert translation_layer("mima", ["msi", "morphology"]) == "mima_from_msi_and_morphology"
 
 

@@ -116,6 +116,24 @@ def test_training_events_and_outputs():
         model.translate(["a", "b"], "b")
 
 
+def test_outputs_are_nan_where_the_data_cannot_support_them():
+    """'b' misses 25 % of spots: its reconstructions and per-modality latents are NaN there (decoded from
+    zero-filled input they would be invented); a translation into 'b' is a value there, one from 'b' alone
+    is not; the PoE embedding uses the experts that were measured."""
+    data = toy_data()
+    model = small_model(data).train(epochs=2, lr=1e-3, batch_size=64)
+    missing = ~data.mask["b"]
+    assert 40 < missing.sum() < 80
+    for values in (model.get_corrected("b"), model.get_denoised("b"),
+                   model.get_latent_representation("private", "b"), model.get_latent_representation("shared", "b"),
+                   model.translate("b", "a")):
+        np.testing.assert_array_equal(np.isnan(values).all(axis=1), missing)
+        assert np.isfinite(values[~missing]).all()
+    for values in (model.get_corrected("a"), model.translate(["a", "c"], "b"), model.translate(["b", "c"], "a"),
+                   model.get_latent_representation(), model.get_latent_representation("batch", "b")):
+        assert np.isfinite(values).all()  # every spot has a measured source
+
+
 def test_untrained_model_says_so():
     with pytest.raises(ModelError, match="not trained yet"):
         small_model().get_latent_representation()

@@ -22,8 +22,11 @@ What is written, for a model written under ``key`` (default: the model's name, e
 Names only use letters, digits, ``_``, ``.`` and ``-``: SpatialData refuses to save other characters (so the
 translation layers join their sources with ``_and_``, e.g. ``rna.layers["mima_from_msi_and_morphology"]``).
 
-Reconstructions and translations are written for every spot, including spots where the modality was not
-measured (that is imputation); the tables' ``msi_covered`` / ``he_covered`` columns say which were measured.
+No value is invented: the corrected and denoised layers of a modality are NaN at spots where it was not
+measured, and a translation layer is NaN where none of its sources was measured. A spot's unmeasured modality
+gets values only in the translation layers (``<key>_from_<sources>``), which napari captions "imputed from …";
+the tables' ``msi_covered`` / ``he_covered`` columns say which were measured. napari draws NaN spots
+transparent.
 Writing again under the same key replaces everything the previous write of that key put there.
 """
 
@@ -221,6 +224,21 @@ def _rgb_embedding(X, *, n_pcs: int = 50, seed: int = 0, n_neighbors: int = 15, 
 # ---------------------------------------------------------------------------------------------------------------
 # writing a model's outputs
 # ---------------------------------------------------------------------------------------------------------------
+def measured_only(values: np.ndarray, data, modalities: Sequence[str]) -> np.ndarray:
+    """``values`` with NaN rows at spots where none of ``modalities`` was measured (whatever model made them).
+
+    A reconstruction of a modality at a spot where it was not measured, or a translation from sources none of
+    which was measured there, would be decoded from zero-filled input: an invented value, never written."""
+    measured = np.zeros(len(values), bool)
+    for m in modalities:
+        measured |= np.asarray(data.mask[m], bool)
+    if measured.all():
+        return values
+    values = np.array(values, dtype=np.float32, copy=True)
+    values[~measured] = np.nan
+    return values
+
+
 def translation_layer(key: str, sources: str | Sequence[str]) -> str:
     """Layer name of a translation written under ``key``: ``"mima_from_msi_and_morphology"``."""
     sources = [sources] if isinstance(sources, str) else list(sources)
@@ -454,12 +472,13 @@ def iter_write_results(
         elif what == "private":
             put(arg, "obsm", f"X_{key}_private", model.get_latent_representation("private", arg))
         elif what == "corrected":
-            put(arg, "layers", f"{key}_corrected", model.get_corrected(arg))
+            put(arg, "layers", f"{key}_corrected", measured_only(model.get_corrected(arg), data, [arg]))
         elif what == "denoised":
-            put(arg, "layers", f"{key}_denoised", model.get_denoised(arg))
+            put(arg, "layers", f"{key}_denoised", measured_only(model.get_denoised(arg), data, [arg]))
         elif what == "translation":
             sources, target = arg
-            put(target, "layers", translation_layer(key, sources), model.translate(sources, target))
+            put(target, "layers", translation_layer(key, sources),
+                measured_only(model.translate(sources, target), data, sources))
         elif what == "labels":
             from spatialmix.evaluate.annotations import PAPER_EXCLUDED, score_predictions
 
@@ -793,6 +812,8 @@ def write_translation(sdata, model, sources: str | Sequence[str], target: str, *
     if tgt not in sdata.tables:
         raise ProjectError(f"no table {tgt!r} in this project (it has {sorted(sdata.tables)})")
     values = np.asarray(model.translate(srcs, tgt), dtype=np.float32)
+    if getattr(model, "data", None) is not None:
+        values = measured_only(values, model.data, srcs)
     if values.shape != sdata.tables[tgt].shape:
         raise ModelError(f"the translation has shape {values.shape}, table {tgt!r} has {sdata.tables[tgt].shape}; "
                          "the model was trained on another version of this project")

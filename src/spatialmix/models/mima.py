@@ -49,8 +49,20 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+def _nan_where(values: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``values`` with the rows selected by ``rows`` set to NaN (spots the data cannot support)."""
+    if rows.any():
+        values = np.array(values, dtype=np.float32, copy=True)
+        values[rows] = np.nan
+    return values
+
+
 class MIMA(BaseModel):
     """Product-of-experts VAE with shared, private and batch latents per modality.
+
+    Outputs never invent values: the corrected and denoised reconstructions and the per-modality shared /
+    private latents are NaN at spots where that modality was not measured, and a translation is NaN where
+    none of its sources was measured (a translation is the only output at a spot's unmeasured modality).
 
     Parameters
     ----------
@@ -215,22 +227,33 @@ class MIMA(BaseModel):
         if modality is None:
             raise ParameterError(f"kind={kind!r} needs modality= (one of {self.modalities})")
         self._index(modality)
-        return self._infer(data, lambda xs, ms, b: self.module.latents(xs, ms, b)[f"{kind}_{modality}"])
+        z = self._infer(data, lambda xs, ms, b: self.module.latents(xs, ms, b)[f"{kind}_{modality}"])
+        if kind == "batch":  # read from the spot's sample, defined whether or not the modality was measured
+            return z
+        return _nan_where(z, ~np.asarray(data.mask[modality], bool))  # an encoder of zero-filled input: not a value
 
     def get_corrected(self, modality: str, *, data=None) -> np.ndarray:
-        """Batch-corrected reconstruction of ``modality``: decoder(PoE + private), no batch latent."""
+        """Batch-corrected reconstruction of ``modality``: decoder(PoE + private), no batch latent.
+
+        NaN rows at spots where ``modality`` was not measured: its private latent would be encoded from the
+        zero-filled input there, so the value would be invented. Values at those spots come only from
+        :meth:`translate` of the modalities that were measured there.
+        """
         self._check_trained()
         data = self._resolve_data(data)
         i = self._index(modality)
-        return self._infer(data, lambda xs, ms, b: self.module.reconstruct(xs, ms, b, modality=i, with_batch=False))
+        out = self._infer(data, lambda xs, ms, b: self.module.reconstruct(xs, ms, b, modality=i, with_batch=False))
+        return _nan_where(out, ~np.asarray(data.mask[modality], bool))
 
     def get_denoised(self, modality: str, *, data=None) -> np.ndarray:
-        """Denoised reconstruction of ``modality``: decoder(PoE + private + batch)."""
+        """Denoised reconstruction of ``modality``: decoder(PoE + private + batch); NaN rows where
+        ``modality`` was not measured (as :meth:`get_corrected`)."""
         self._check_trained()
         data = self._resolve_data(data)
         self._needs_known_batches(data, "the denoised reconstruction")
         i = self._index(modality)
-        return self._infer(data, lambda xs, ms, b: self.module.reconstruct(xs, ms, b, modality=i, with_batch=True))
+        out = self._infer(data, lambda xs, ms, b: self.module.reconstruct(xs, ms, b, modality=i, with_batch=True))
+        return _nan_where(out, ~np.asarray(data.mask[modality], bool))
 
     def translate(self, sources: str | Sequence[str], target: str, *, batch_free: bool = False, data=None) -> np.ndarray:
         """Impute ``target`` from the shared latent of ``sources`` (product of their experts).
@@ -252,8 +275,13 @@ class MIMA(BaseModel):
                 raise ModelError("translation with the target's batch latent needs batch_input='sample'; "
                                  "use batch_free=True with this model")
             self._needs_known_batches(data, "translation with the target's batch latent")
-        return self._infer(data, lambda xs, ms, b: self.module.translate(xs, ms, b, sources=src, target=t,
-                                                                          with_batch=not batch_free))
+        out = self._infer(data, lambda xs, ms, b: self.module.translate(xs, ms, b, sources=src, target=t,
+                                                                         with_batch=not batch_free))
+        # a spot where none of the sources was measured has only the prior expert: nothing to translate from
+        measured = np.zeros(data.n_obs, bool)
+        for s in sources:
+            measured |= np.asarray(data.mask[s], bool)
+        return _nan_where(out, ~measured)
 
     def __repr__(self) -> str:
         state = "trained" if self.is_trained else "untrained"
