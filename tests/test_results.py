@@ -65,7 +65,8 @@ def test_every_output_is_written_with_its_name_and_shape(trained):
     for m in MODS:
         ad = s.tables[m]
         extra_obsm = {"X_msi_rgb", "X_mima_corrected_msi_rgb"} if m == "msi" else set()
-        assert set(ad.obsm) - {"spatial"} == {"X_mima", "X_mima_private", "X_mima_rgb"} | extra_obsm, m
+        assert set(ad.obsm) - {"spatial"} == {"X_mima", "X_mima_private", "X_mima_rgb", "X_mima_expert_weights",
+                                              "X_mima_experts_rgb"} | extra_obsm, m
         assert set(ad.layers) - {"counts"} == {"mima_corrected", "mima_denoised", TRANSLATIONS[m]}, m
         assert ad.obsm["X_mima"].shape == (n, 100) and ad.obsm["X_mima_private"].shape == (n, 100)
         for name in ("X_mima_rgb", *extra_obsm):
@@ -142,8 +143,27 @@ def test_progress_events_count_every_output(trained):
     assert ev[-1].step == ev[-1].total and [e.step for e in ev] == list(range(ev[-1].total + 1))
     messages = " | ".join(e.message for e in ev)
     for part in ("private msi", "corrected rna", "denoised morphology", "rna from msi+morphology",
-                 "RGB of the shared embedding", "RGB of msi X", "RGB of msi mima_corrected"):
+                 "RGB of the shared embedding", "RGB of msi X", "RGB of msi mima_corrected", "expert weights"):
         assert part in messages
+
+
+def test_expert_weights_say_which_modality_decides_each_spot(trained):
+    """The PoE precision shares: one column per modality and the prior, rows summing to 1, MSI's share 0 where
+    MSI was not measured; with three modalities also an RGB of the three shares."""
+    s, data = trained.sdata, trained.data
+    w = s.tables["rna"].obsm["X_mima_expert_weights"]
+    assert w.shape == (data.n_obs, 4)
+    np.testing.assert_allclose(w.sum(axis=1), 1.0, rtol=1e-5)
+    cols = s.attrs["spatialmix"]["models"]["mima"]["expert_weights"]["columns"]
+    assert cols == [*MODS, "prior"]
+    msi = cols.index("msi")
+    uncovered = ~data.mask["msi"]
+    assert np.all(w[uncovered, msi] == 0) and np.all(w[~uncovered, msi] > 0)
+    assert np.all(w[:, :3].sum(axis=1) > w[:, 3])  # the measured experts outweigh the prior
+    rgb = s.tables["msi"].obsm["X_mima_experts_rgb"]
+    np.testing.assert_allclose(rgb.sum(axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(rgb[:, 0], w[:, 0] / w[:, :3].sum(axis=1), rtol=1e-5)
+    np.testing.assert_array_equal(w, trained.model.get_expert_weights().to_numpy(np.float32))
 
 
 def test_provenance_in_attrs_and_every_table(trained):

@@ -268,6 +268,11 @@ def test_explore_widget_shows_every_output(trained_viewer, tmp_path):
         assert ly.face_color.shape == (n_spots[s], 4) and len(np.unique(ly.face_color.round(2), axis=0)) > 20
     ex.show_rgb()  # recomputing replaces
     assert sum(ly.name.endswith("RGB of MIMA shared embedding") for ly in viewer.layers) == len(state.samples)
+    # the expert weights: which modality decides each spot's embedding, with the channels named
+    ex.rgb_combo.setCurrentText("MIMA expert weights")
+    layers = ex.show_rgb()
+    assert len(layers) == len(state.samples) and all(type(ly).__name__ == "Points" for ly in layers)
+    assert "red RNA, green MSI, blue H&E features" in viewer.text_overlay.text
 
     # batch-corrected MSI by m/z, with the ppm search
     ex.table_combo.setCurrentText("MSI")

@@ -6,18 +6,20 @@
 
 What is written, for a model written under ``key`` (default: the model's name, e.g. ``"mima"``):
 
-======================================  ===============================================================
-``<table>.obsm["X_<key>"]``             shared (PoE) embedding, in every modality table of the model
-``<m>.obsm["X_<key>_private"]``         private latent of modality ``m``
-``<m>.layers["<key>_corrected"]``       batch-corrected reconstruction of ``m`` (dense float32)
-``<m>.layers["<key>_denoised"]``        denoised reconstruction of ``m`` (with each sample's batch latent)
-``<t>.layers["<key>_from_<a>_and_<b>"]``  target ``t`` imputed from sources ``a``, ``b``
-``<table>.obsm["X_<key>_rgb"]``         3D-UMAP RGB colouring of the PoE embedding, values in [0, 1]
-``<m>.obsm["X_<m>_rgb"]``               RGB colouring of the model input of ``m`` (NaN where not measured)
-``<m>.obsm["X_<layer>_<m>_rgb"]``       RGB colouring of a layer of ``m`` (NaN where not measured)
+============================================  ==================================================================
+``<table>.obsm["X_<key>"]``                   shared (PoE) embedding, in every modality table of the model
+``<m>.obsm["X_<key>_private"]``               private latent of modality ``m``
+``<m>.layers["<key>_corrected"]``             batch-corrected reconstruction of ``m`` (dense float32)
+``<m>.layers["<key>_denoised"]``              denoised reconstruction of ``m`` (with each sample's batch latent)
+``<t>.layers["<key>_from_<a>_and_<b>"]``      target ``t`` imputed from sources ``a``, ``b``
+``<table>.obsm["X_<key>_rgb"]``               3D-UMAP RGB colouring of the PoE embedding, values in [0, 1]
+``<table>.obsm["X_<key>_expert_weights"]``    each modality's (and the prior's) share of the PoE precision
+``<table>.obsm["X_<key>_experts_rgb"]``       with three modalities: their shares as red, green, blue
+``<m>.obsm["X_<m>_rgb"]``                     RGB colouring of the model input of ``m`` (NaN where not measured)
+``<m>.obsm["X_<layer>_<m>_rgb"]``             RGB colouring of a layer of ``m`` (NaN where not measured)
 ``sdata.attrs["spatialmix"]["models"][key]``  provenance (model, parameters, features, training, versions)
-``<table>.uns["spatialmix"][key]``      ``provenance_json`` (the same record as JSON) and ``history``
-======================================  ===============================================================
+``<table>.uns["spatialmix"][key]``            ``provenance_json`` (the same record as JSON) and ``history``
+============================================  ==================================================================
 
 Names only use letters, digits, ``_``, ``.`` and ``-``: SpatialData refuses to save other characters (so the
 translation layers join their sources with ``_and_``, e.g. ``rna.layers["mima_from_msi_and_morphology"]``).
@@ -50,7 +52,7 @@ from spatialmix.progress import Progress, run
 
 #: characters SpatialData's zarr writer accepts in element and layer names
 _NAME_OK = re.compile(r"^[A-Za-z0-9_.-]+$")
-OUTPUTS = ("latent", "private", "corrected", "denoised", "translations", "rgb", "labels")
+OUTPUTS = ("latent", "private", "corrected", "denoised", "translations", "rgb", "expert_weights", "labels")
 
 
 def supported_outputs(model) -> list[str]:
@@ -347,7 +349,7 @@ def iter_write_results(
         Prefix of every name written (default: the model's name, ``"mima"``).
     outputs
         Which outputs to write, any of ``"latent"``, ``"private"``, ``"corrected"``, ``"denoised"``,
-        ``"translations"``, ``"rgb"``, ``"labels"`` (default: every output the model supports,
+        ``"translations"``, ``"rgb"``, ``"expert_weights"``, ``"labels"`` (default: every output the model supports,
         :func:`supported_outputs`). ``"labels"`` writes the model's own predictions for its target samples as
         ``pred_<key>`` / ``pred_<key>_confidence`` / ``agree_<key>`` with their scores, like
         :func:`spatialmix.evaluate.annotations.write_predictions`.
@@ -430,6 +432,8 @@ def iter_write_results(
     if "rgb" in outputs:
         steps.append(("rgb", None))
     steps += [("rgb_of", p) for p in rgb_pairs]
+    if "expert_weights" in outputs:
+        steps.append(("expert_weights", None))
     if "labels" in outputs:
         steps.append(("labels", None))
     stage = f"write results ({key})"
@@ -450,6 +454,7 @@ def iter_write_results(
 
     z = None
     label_result = None
+    expert_columns: list[str] | None = None
     for i, (what, arg) in enumerate(steps):
         if what == "latent":
             msg = "shared (PoE) embedding"
@@ -461,6 +466,8 @@ def iter_write_results(
             msg = "RGB of the shared embedding (3D UMAP)"
         elif what == "labels":
             msg = "predicted labels of the target samples"
+        elif what == "expert_weights":
+            msg = "expert weights (PoE precision shares)"
         else:
             msg = f"RGB of {arg[0]} {arg[1]} (3D UMAP)"
         yield Progress(stage, i, total, msg)
@@ -491,6 +498,16 @@ def iter_write_results(
                 data.obs["sample"].astype(str).to_numpy(), source_samples=label_sources(model),
                 representation=key, index=data.obs.index,
                 exclude=model.params["exclude"] if model.params.get("exclude") is not None else PAPER_EXCLUDED)
+        elif what == "expert_weights":
+            weights = model.get_expert_weights()
+            expert_columns = [str(c) for c in weights.columns]
+            w = weights.to_numpy(np.float32)
+            for m in modalities:
+                put(m, "obsm", f"X_{key}_expert_weights", w)
+            if len(modalities) == 3:  # red / green / blue = each modality's share among the three
+                shares = w[:, :3] / np.maximum(w[:, :3].sum(axis=1, keepdims=True), 1e-12)
+                for m in modalities:
+                    put(m, "obsm", f"X_{key}_experts_rgb", shares)
         elif what == "rgb":
             rgb = rgb_embedding(z, seed=seed)
             for m in modalities:
@@ -536,6 +553,9 @@ def iter_write_results(
         "outputs": written,
         "translations": [{"sources": s, "target": t, "layer": translation_layer(key, s)} for s, t in pairs],
         "rgb_of": [{"table": t, "source": s, "obsm": _rgb_name(t, s)} for t, s in rgb_pairs],
+        "expert_weights": None if expert_columns is None else {
+            "obsm": f"X_{key}_expert_weights", "columns": expert_columns,
+            "rgb": f"X_{key}_experts_rgb" if len(modalities) == 3 else None},
         "labels": None if label_result is None else {
             "column": f"pred_{key}", "source_samples": label_sources(model), **label_result.summary},
         "training_curve": curve.to_dict("records"),

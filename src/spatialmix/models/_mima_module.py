@@ -267,6 +267,16 @@ class MIMAModule(nn.Module):
         return out
 
     @torch.no_grad()
+    def expert_weights(self, xs, masks, batch) -> torch.Tensor:
+        """Each expert's share of the PoE precision per spot, averaged over the latent dimensions:
+        (n, n_modalities + 1), the last column the prior's; rows sum to 1, a missing modality's share is 0."""
+        enc, _ = self.encode(xs, masks, batch)
+        precisions = [torch.exp(-e["shared"][1]) * m.unsqueeze(1).to(e["shared"][1].dtype) for e, m in zip(enc, masks)]
+        total = 1.0 + torch.stack(precisions).sum(dim=0)
+        shares = [(p / total).mean(dim=1) for p in precisions] + [(1.0 / total).mean(dim=1)]
+        return torch.stack(shares, dim=1)
+
+    @torch.no_grad()
     def reconstruct(self, xs, masks, batch, *, modality: int, with_batch: bool) -> torch.Tensor:
         """Decode PoE + private (+ batch) of ``modality``: denoised (with batch) or batch-corrected."""
         enc, (poe_mu, _) = self.encode(xs, masks, batch)

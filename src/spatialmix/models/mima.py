@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from spatialmix.errors import ModelError, ParameterError
 
@@ -104,7 +105,7 @@ class MIMA(BaseModel):
     """
 
     name = "mima"
-    supports = frozenset({"latent", "private", "corrected", "denoised", "translations"})
+    supports = frozenset({"latent", "private", "corrected", "denoised", "translations", "expert_weights"})
     train_defaults = {"epochs": 50, "batch_size": 128, "lr": 1e-4, "train_fraction": 0.8}
     defaults = DEFAULTS
     extra_arguments = ("hidden", "modalities")
@@ -231,6 +232,19 @@ class MIMA(BaseModel):
         if kind == "batch":  # read from the spot's sample, defined whether or not the modality was measured
             return z
         return _nan_where(z, ~np.asarray(data.mask[modality], bool))  # an encoder of zero-filled input: not a value
+
+    def get_expert_weights(self, *, data=None) -> pd.DataFrame:
+        """How much each modality decides a spot's shared embedding: its expert's share of the product-of-experts
+        precision (averaged over the latent dimensions), one column per modality and one for the standard-normal
+        prior expert; rows sum to 1 and a modality not measured at a spot has weight 0 there.
+
+        A class marked by one modality only is kept in the PoE when that modality's weight is high on its spots;
+        where the other experts outvote it (high weights elsewhere) the class blurs (``docs/models.md``).
+        """
+        self._check_trained()
+        data = self._resolve_data(data)
+        w = self._infer(data, lambda xs, ms, b: self.module.expert_weights(xs, ms, b))
+        return pd.DataFrame(w, index=data.obs.index.copy(), columns=[*self.modalities, "prior"])
 
     def get_corrected(self, modality: str, *, data=None) -> np.ndarray:
         """Batch-corrected reconstruction of ``modality``: decoder(PoE + private), no batch latent.

@@ -83,6 +83,8 @@ def rgb_choices(sdata) -> dict[str, tuple[str, str]]:
                 label = f"{TABLE_LABELS[table]} {'raw' if source == table else source.replace('_', ' ')}"
             elif stem == table:
                 label = f"{TABLE_LABELS[table]} raw"
+            elif stem.endswith("_experts"):  # X_<key>_experts_rgb: the PoE precision shares, not a UMAP
+                label = f"{stem[:-len('_experts')].upper()} expert weights"
             else:
                 label = f"{stem.upper()} shared embedding"
             out.setdefault(label, (table, k))
@@ -256,8 +258,17 @@ class ExploreWidget(QWidget):
                 layers.append(add_or_replace(self.viewer, rgb_spots_layer(
                     self.state.sdata, s, obsm, table=table, offset=self.state.offset(s),
                     layer_name=layer_name(s, f"RGB of {label}"), visible=self.state.visible(s))))
-            self._caption(f"RGB of the {label}: a 3D UMAP scaled to red, green, blue\n"
-                          "similar colour = similar spots, across samples")
+            if label.endswith(" expert weights"):
+                from spatialmix.results import provenance
+
+                key = obsm[2:-len("_experts_rgb")]
+                mods = provenance(self.state.sdata, key)["expert_weights"]["columns"][:3]
+                channels = ", ".join(f"{c} {TABLE_LABELS.get(m, m)}" for c, m in zip(("red", "green", "blue"), mods))
+                self._caption(f"{label}: each modality's share of the shared embedding at each spot\n"
+                              f"{channels}; grey = equal say, a pure colour = one modality decides")
+            else:
+                self._caption(f"RGB of the {label}: a 3D UMAP scaled to red, green, blue\n"
+                              "similar colour = similar spots, across samples")
         except Exception as err:  # noqa: BLE001
             notify_error(err, "RGB colouring")
             return []
