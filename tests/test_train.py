@@ -326,3 +326,84 @@ def test_the_same_engine_trains_with_ddp_on_two_processes(tmp_path):
     assert all(r["epochs"] == 2 for r in results)
     assert all(r["steps_per_epoch"] == 3 for r in results)  # 192 training spots / 2 processes / 32 per batch
     assert results[0]["zsum"] == pytest.approx(results[1]["zsum"], rel=1e-6)
+
+
+def test_paper_preset_loss_terms_match_a_hand_computation():
+    """preset='paper': every loss term recomputed by hand (numpy) from the networks' outputs, the weights the
+    preprint gives (beta 0.01 on every KL, no adversary) and the translation terms not training the target's
+    batch latent. Eval mode: latent means, no dropout, so the loss is deterministic."""
+    import torch.nn.functional as F
+
+    data = toy_data(n=60)
+    model = MIMA(data, preset="paper", n_latent=4, n_hidden=8, direct_max_features=30)
+    assert model.params["adversarial"] == 0 and model.params["batch_input"] == "sample+features"
+    assert model.module.discriminators is None and model.module.translation_detach
+    mod = model.module.eval()
+    t = model._tensors(data)
+    t.pop("_known_batch")
+    names = model.modalities
+    xs, masks, batch = [t[f"x_{m}"] for m in names], [t[f"mask_{m}"] for m in names], t["batch"]
+    total, terms = mod.loss(xs, masks, batch)
+
+    onehot = F.one_hot(batch, 2).float()
+    with torch.no_grad():
+        enc = [vae.encode(x, onehot) for vae, x in zip(mod.vaes, xs)]
+        e = [{k: (v[0].numpy().astype(np.float64), v[1].numpy().astype(np.float64)) for k, v in en.items()} for en in enc]
+        dec = [lambda z, v=vae: v.decode(torch.as_tensor(z, dtype=torch.float32)).detach().numpy().astype(np.float64)
+               for vae in mod.vaes]
+    X = [x.numpy().astype(np.float64) for x in xs]
+    M = [m.numpy() for m in masks]
+
+    def mse(x, xhat, rows):  # per-spot mean over features, mean over the rows
+        return ((xhat - x) ** 2).mean(axis=1)[rows].mean()
+
+    def kl(mu, lv):
+        return 0.5 * (mu ** 2 + np.exp(lv) - 1 - lv).sum(axis=1)
+
+    prec = [np.exp(-e[i]["shared"][1]) * M[i][:, None] for i in range(3)]
+    T = 1 + sum(prec)
+    mu_poe = sum(e[i]["shared"][0] * prec[i] for i in range(3)) / T
+    lv_poe = -np.log(T)
+    hand = {}
+    for i, m in enumerate(names):
+        hand[f"recon_poe_{m}"] = mse(X[i], dec[i](mu_poe + e[i]["private"][0] + e[i]["batch"][0]), M[i])
+        hand[f"recon_{m}"] = mse(X[i], dec[i](e[i]["shared"][0] + e[i]["private"][0] + e[i]["batch"][0]), M[i])
+        for k in ("shared", "private", "batch"):
+            hand[f"kl_{k}_{m}"] = kl(*e[i][k])[M[i]].mean()
+    for s, a in enumerate(names):
+        for u, b in enumerate(names):
+            if s != u:
+                both = M[s] & M[u]
+                hand[f"translate_{a}_to_{b}"] = mse(X[u], dec[u](e[s]["shared"][0] + e[u]["batch"][0]), both)
+    hand["kl_poe"] = kl(mu_poe, lv_poe).mean()  # every spot has at least one modality
+    assert set(terms) == set(hand)  # no adversarial or other extra term
+    for k, v in hand.items():
+        np.testing.assert_allclose(float(terms[k].detach()), v, rtol=2e-4, err_msg=k)
+    beta = 0.01
+    expected = (sum(hand[f"recon_poe_{m}"] for m in names) + sum(v for k, v in hand.items() if k.startswith("translate_"))
+                + beta * hand["kl_poe"]
+                + sum(hand[f"recon_{m}"] + beta * (hand[f"kl_batch_{m}"] + hand[f"kl_private_{m}"]
+                                                    + hand[f"kl_shared_{m}"]) for m in names))
+    np.testing.assert_allclose(float(total.detach()), expected, rtol=2e-4)
+
+    # translation does not train the target's batch latent, it trains the source's shared encoder
+    mod.zero_grad()
+    terms["translate_a_to_b"].backward()
+    assert all(p.grad is None or not p.grad.any() for p in mod.vaes[1].batch.parameters())
+    assert any(p.grad is not None and p.grad.any() for p in mod.vaes[0].shared.parameters())
+    # ours: the same term trains the target's batch latent too
+    ours = MIMA(data, n_latent=4, n_hidden=8, direct_max_features=30).module.eval()
+    _, t2 = ours.loss(xs, masks, batch)
+    t2["translate_a_to_b"].backward()
+    assert any(p.grad is not None and p.grad.any() for p in ours.vaes[1].batch.parameters())
+
+
+def test_paper_preset_trains_translates_with_the_sample_mean_batch_latent_and_explicit_parameters_win():
+    data = toy_data()
+    model = small_model(data, preset="paper").train(epochs=2, lr=1e-3, batch_size=64)
+    rna = model.translate(["a", "c"], "b")
+    assert rna.shape == (240, 25) and np.isfinite(rna).all()
+    assert not np.allclose(rna, model.translate(["a", "c"], "b", batch_free=True))  # the batch latent is added
+    assert small_model(data, preset="paper", adversarial=0.2).params["adversarial"] == 0.2
+    with pytest.raises(ParameterError, match="preset must be one of"):
+        small_model(data, preset="nope")

@@ -817,6 +817,7 @@ _COMMENTS = {
     "modalities": "which tables to integrate",
     "n_latent": "size of the shared, private and batch latents",
     "beta": "KL weight",
+    "preset": "spatialmix (ours) or paper (the preprint's loss)",
     "epochs": "passes over the data",
     "lr": "learning rate (Adam)",
     "batch_size": "spots per step",

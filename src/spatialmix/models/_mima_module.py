@@ -160,8 +160,10 @@ class MIMAModule(nn.Module):
                  hidden: Sequence[Sequence[int]], dropout: float = 0.1, latent_dropout: float = 0.3,
                  beta: dict[str, float], translation: bool = True, batch_input: str = "sample",
                  encode_covariate: bool = True, adversarial: float = 0.0, latent_dropout_at: str = "heads",
-                 adversarial_on: Sequence[str] = ("shared", "private"), names: Sequence[str] | None = None):
+                 adversarial_on: Sequence[str] = ("shared", "private"), names: Sequence[str] | None = None,
+                 translation_detach: bool = False):
         super().__init__()
+        self.translation_detach = bool(translation_detach)
         self.names = list(names) if names is not None else [f"m{i}" for i in range(len(n_features))]
         self.n_batches = n_batches
         self.n_latent = n_latent
@@ -229,7 +231,10 @@ class MIMAModule(nn.Module):
                     if s == t:
                         continue
                     both = masks[s] & masks[t]
-                    rec = self.vaes[t].decode(z[s]["shared"] + z[t]["batch"])
+                    # translation_detach (the paper's preset): the term trains the source's shared encoder and
+                    # the target's decoder, not the target's batch latent
+                    zb = z[t]["batch"].detach() if self.translation_detach else z[t]["batch"]
+                    rec = self.vaes[t].decode(z[s]["shared"] + zb)
                     key = f"translate_{self.names[s]}_to_{self.names[t]}"
                     terms[key] = masked_mse(xs[t], rec, both)
                     shared = shared + terms[key]
@@ -286,8 +291,13 @@ class MIMAModule(nn.Module):
         return self.vaes[modality].decode(z)
 
     @torch.no_grad()
-    def translate(self, xs, masks, batch, *, sources: Sequence[int], target: int, with_batch: bool) -> torch.Tensor:
-        """Decode the product of the ``sources``' shared experts (+ the target's batch latent) by ``target``."""
+    def translate(self, xs, masks, batch, *, sources: Sequence[int], target: int, with_batch: bool,
+                  batch_table: torch.Tensor | None = None) -> torch.Tensor:
+        """Decode the product of the ``sources``' shared experts (+ the target's batch latent) by ``target``.
+
+        With ``batch_input='sample+features'`` the target's batch latent depends on its features, which a
+        translation does not have: ``batch_table`` (n_batches, n_latent) then gives each sample's mean batch
+        latent over the spots where the target was measured."""
         onehot = self.onehot(batch, xs[sources[0]].dtype)
         enc = {s: self.vaes[s].encode(xs[s], onehot) for s in sources}
         mu, _ = product_of_experts([enc[s]["shared"][0] for s in sources], [enc[s]["shared"][1] for s in sources],
@@ -297,8 +307,11 @@ class MIMAModule(nn.Module):
             vae = self.vaes[target]
             if vae.batch_input == "sample":
                 z = z + vae.encode_batch(onehot)[0]
-            else:  # batch latent needs the target's features: use the mean over this mini-batch's measured spots
-                raise ValueError("translation with the target's batch needs batch_input='sample'")
+            elif batch_table is not None:
+                z = z + batch_table.to(z.device, z.dtype)[batch]
+            else:
+                raise ValueError("translation with the target's batch latent needs batch_table when the batch "
+                                 "latent reads the features (batch_input='sample+features')")
         return self.vaes[target].decode(z)
 
 
