@@ -7,6 +7,7 @@ raw counts kept, the repr, and the message of every bad input.
 
 from __future__ import annotations
 
+import json
 import warnings
 
 import anndata as ad
@@ -416,3 +417,51 @@ def test_spatial_projects_keep_spots_in_repr():
     assert repr(data) == ("MultiModalData(6 spots, 2 batches; rna: 4 features (6 spots, counts -> "
                           "normalize_total+log1p), msi: 3 features (5 spots, log1p))")
     assert data.row_kind == "spots" and data.counts is data.raw["rna"]
+
+
+# --- spatialmix run --data: the main job on paired multi-omics ------------------------------------------------
+
+def test_run_command_on_an_h5mu_writes_every_output_into_a_mudata(tmp_path, capsys):
+    """`spatialmix run --data cite.h5mu`: trains MIMA (a few epochs here), writes results.h5mu with the
+    embedding, expert weights, corrected / denoised layers (NaN for cells without the modality) and the
+    translations, saves the model; a second run without --overwrite refuses and leaves the file as it was."""
+    mudata = pytest.importorskip("mudata")
+    from spatialmix.cli import main
+    from spatialmix.models import MIMA
+
+    rna, prot = _citeseq(n_rna=60, n_prot=50, offset=20)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mudata.MuData({"rna": rna, "prot": prot}).write(tmp_path / "cite.h5mu")
+    out = tmp_path / "out"
+    args = ["--quiet", "run", "--data", str(tmp_path / "cite.h5mu"), "--batch-key", "donor",
+            "--preprocessing", "rna=counts,prot=protein", "--epochs", "3", "--out", str(out)]
+    assert main(args) == 0
+    assert "outputs in" in capsys.readouterr().out
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = mudata.read_h5mu(out / "results.h5mu")
+    n = 70  # 60 RNA cells, 50 protein cells, 40 shared
+    assert res.n_obs == n and res.obsm["X_mima"].shape[0] == n and np.isfinite(res.obsm["X_mima"]).all()
+    w = np.asarray(res.obsm["X_mima_expert_weights"])
+    assert list(res.uns["expert_weight_columns"]) == ["rna", "prot", "prior"]
+    np.testing.assert_allclose(w.sum(axis=1), 1.0, rtol=1e-5)
+    prot_res = res["prot"]
+    measured = prot_res.obs["measured"].to_numpy(bool)
+    assert measured.sum() == 50
+    corrected = np.asarray(prot_res.layers["mima_corrected"])
+    np.testing.assert_array_equal(np.isnan(corrected).all(axis=1), ~measured)  # nothing invented
+    imputed = np.asarray(prot_res.layers["mima_from_rna"])
+    rna_measured = res["rna"].obs["measured"].to_numpy(bool)
+    np.testing.assert_array_equal(np.isfinite(imputed).all(axis=1), rna_measured)
+    assert np.all(w[~measured, 1] == 0)  # no protein, no say
+    prov = json.loads(res.uns["spatialmix"]["provenance_json"])
+    assert prov["model"] == "mima" and prov["train"]["epochs"] == 3 and prov["preprocessing"]["prot"] == "protein"
+    assert (out / "training_curve.csv").read_text().count("\n") == 4  # header + 3 epochs
+    assert MIMA.load(out / "model").is_trained
+    before = (out / "results.h5mu").stat().st_mtime_ns
+    assert main(args) == 2  # exists: refused, nothing replaced
+    assert "already exists" in capsys.readouterr().err
+    assert (out / "results.h5mu").stat().st_mtime_ns == before
+    assert main(["--quiet", "run", "--out", str(out)]) == 2  # neither a configuration nor --data
+    assert "either a run configuration" in capsys.readouterr().err

@@ -61,9 +61,22 @@ def _cmd_demo(args) -> int:
 
 def _cmd_run(args) -> int:
     from spatialmix.config import load_config
+    from spatialmix.errors import ParameterError
     from spatialmix.pipeline import format_report, iter_run
     from spatialmix.progress import run
 
+    if (args.config is None) == (args.data is None):
+        raise ParameterError("spatialmix run needs either a run configuration (TOML, a spatial dataset) or --data "
+                             "FILE.h5mu|FILE.h5ad,... (paired multi-omics), not both and not neither")
+    if args.data is not None:
+        from spatialmix.multiomics import iter_run_multiomics
+
+        report = run(iter_run_multiomics(args.data, args.out, model=args.model, train=_train_overrides(args),
+                                         overwrite=args.overwrite, label_key=args.label_key,
+                                         **_multiomics_options(args)), progress=not args.quiet)
+        print(f"{report['model']}\ntrained {report['epochs']} epochs in {report['train_seconds']:.0f} s")
+        print(f"outputs in {args.out}: {report['results']}, {report['model_dir']}, training_curve.csv")
+        return 0
     cfg = load_config(args.config)  # validated before any work starts
     cfg.train.update(_train_overrides(args))
     report = run(iter_run(cfg, args.out, overwrite=args.overwrite), progress=not args.quiet)
@@ -152,10 +165,17 @@ def build_parser() -> argparse.ArgumentParser:
     _train_args(s)
     s.set_defaults(func=_cmd_demo)
 
-    s = sub.add_parser("run", help="the main job on your data, described by a TOML run configuration")
-    s.add_argument("config", type=Path, help="run configuration (TOML); see docs/config.md")
+    s = sub.add_parser("run", help="the main job on your data: a spatial dataset described by a TOML run "
+                                   "configuration, or paired multi-omics (--data FILE.h5mu --batch-key KEY)")
+    s.add_argument("config", type=Path, nargs="?", default=None,
+                   help="run configuration (TOML); see docs/config.md. Not with --data")
+    s.add_argument("--data", default=None,
+                   help="paired multi-omics instead of a configuration: FILE.h5mu, or FILE.h5ad,... one per modality "
+                        "(outputs go into OUT/results.h5mu; see spatialmix.multiomics)")
+    s.add_argument("--model", default="mima", help="with --data: the model to train (default mima)")
     s.add_argument("--out", required=True, type=Path)
     s.add_argument("--overwrite", action="store_true", help="replace an existing project in --out")
+    _multiomics_args(s)
     _train_args(s)
     s.set_defaults(func=_cmd_run)
 
