@@ -155,3 +155,21 @@ def test_non_spatial_input_needs_its_batch_column_and_declared_preprocessing(h5m
     assert main(["--quiet", "benchmark", "--data", str(h5mu), "--batch-key", "site", "--models", "pca",
                  "--preprocessing", "rna=counts,protein=protein", "--out", str(out)]) == 2
     assert "available columns" in capsys.readouterr().err
+
+
+def test_all_takes_what_the_data_supports_and_says_what_it_left_out(h5mu):
+    """`--models all` on one batch: no Harmony, no multiVI (no chromatin), each left out with its reason (shown
+    in the report as 'not run'), never silently; named explicitly, the same method is an error."""
+    import mudata as md
+
+    from spatialmix.benchmark import _check_models
+    from spatialmix.data import MultiModalData
+
+    mdata = md.read_h5mu(h5mu)
+    one = mdata[mdata["rna"].obs_names[mdata["rna"].obs["donor"] == "d0"]].copy()
+    data = MultiModalData.from_mudata(one, batch_key="donor", preprocessing={"rna": "counts", "protein": "protein"})
+    skipped: dict[str, str] = {}
+    models = _check_models(["all"], data, None, skipped)
+    assert models[:2] == ["mima", "pca"] and "harmony" not in models and "totalvi" in models
+    assert "one batch only" in skipped["harmony"] and "chromatin" in skipped["multivi"]
+    assert not set(models) & set(skipped)

@@ -318,41 +318,58 @@ def _load(data, *, annotation_key, label_key, batch_key, preprocessing, zscore, 
     return sdata, folder, None
 
 
-def applicable_peers(data) -> list[str]:
-    """The peers (:data:`spatialmix.models.peers.PEERS`) that can run on ``data`` (their ``check`` passes)."""
+def applicable_peers(data, why: dict[str, str] | None = None) -> list[str]:
+    """The peers (:data:`spatialmix.models.peers.PEERS`) that can run on ``data`` (their ``check`` passes);
+    ``why`` (a dict), when given, receives the reason of each one that cannot."""
     from spatialmix.models.peers import PEERS
 
     out = []
     for name, peer in PEERS.items():
         try:
             peer.check(data)
-        except SpatialMixError:
+        except SpatialMixError as err:
+            if why is not None:
+                why[name] = str(err)
             continue
         out.append(name)
     return out
 
 
-def _check_models(models, mmd, labels) -> list[str]:
-    """Expand ``peers`` / ``all`` and refuse, before any work, a listed method the data cannot support."""
+def _check_models(models, mmd, labels, skipped: dict[str, str] | None = None) -> list[str]:
+    """Expand ``peers`` / ``all`` and refuse, before any work, a listed method the data cannot support.
+
+    ``peers`` / ``all`` take what can run on this data; each method they leave out is recorded with the reason
+    in ``skipped`` (shown in the report, never dropped silently). A method named explicitly that cannot run
+    is an error."""
     from spatialmix.models import MODELS
     from spatialmix.models.baselines import BASELINES
     from spatialmix.models.peers import PEERS
 
+    skipped = {} if skipped is None else skipped
     models = [m.strip().lower() for m in models if m.strip()]
+    n_batches = mmd.obs[mmd.batch_key].nunique()
     expanded: list[str] = []
     for m in models:
         if m in ("peers", "all"):
-            extra = (["mima", "pca", "harmony"] if m == "all" else []) + applicable_peers(mmd)
+            extra = []
+            if m == "all":
+                extra += ["mima", "pca"]
+                if n_batches >= 2:
+                    extra.append("harmony")
+                else:
+                    skipped["harmony"] = f"one batch only ({mmd.obs[mmd.batch_key].iloc[0]!r}): nothing to integrate"
+            extra += applicable_peers(mmd, skipped)
             expanded += [x for x in extra if x not in expanded]
         elif m not in expanded:
             expanded.append(m)
+    for m in expanded:
+        skipped.pop(m, None)
     unknown = [m for m in expanded if m not in MODELS and m not in BASELINES and m not in PEERS]
     if unknown:
         raise ParameterError(f"unknown model(s) {unknown}; choose from "
                              f"{sorted(MODELS) + sorted(BASELINES) + sorted(PEERS)}, or 'peers' / 'all'")
     if not expanded:
         raise ParameterError("no model to benchmark; pass e.g. --models mima,pca,harmony")
-    n_batches = mmd.obs[mmd.batch_key].nunique()
     for m in expanded:
         if m in PEERS:
             PEERS[m].check(mmd)  # raises a ParameterError that says why
@@ -448,7 +465,8 @@ def iter_benchmark(data, out, *, models: Sequence[str] = DEFAULT_MODELS, annotat
         mmd = MultiModalData.from_spatialdata(sdata, annotation_key=annotation_key, batch_key=batch_key or "batch")
     annotation_key = mmd.annotation_key
     labels = mmd.labels
-    models = _check_models(models, mmd, labels)
+    skipped_models: dict[str, str] = {}
+    models = _check_models(models, mmd, labels, skipped_models)
     out.mkdir(parents=True, exist_ok=True)
     samples = mmd.obs["sample"].astype(str).to_numpy()
     batches = mmd.obs[mmd.batch_key].astype(str).to_numpy()
@@ -519,6 +537,7 @@ def iter_benchmark(data, out, *, models: Sequence[str] = DEFAULT_MODELS, annotat
                        "excluded_requested": list(exclude)},
         "versions": _versions(),
         "not_scored": {},
+        "not_run": dict(skipped_models),
         "representations": {}}
     results: dict[str, dict[str, ann_mod.AnnotationResult]] = {}
     stage = metrics["stage_seconds"] = {"prepare_and_train": round(time.perf_counter() - t_start, 1)}
@@ -792,6 +811,8 @@ def format_benchmark(metrics: dict) -> str:
                                                      for r in metrics["ranking"]) + "."]
     for what, why in (metrics.get("not_scored") or {}).items():
         lines.append(f"- not scored: {what} ({why})")
+    for what, why in (metrics.get("not_run") or {}).items():
+        lines.append(f"- not run: {what} ({why})")
     for name, e in metrics["representations"].items():
         if "translation" in e:
             methods = [m for m in ("model", "ridge", "knn", "own_centroid", "other_centroids")
