@@ -139,6 +139,13 @@ def main(out_dir: str = "/tmp/spatialmix-widget-shots") -> None:
 
     for ly in viewer.layers:
         ly.visible = False
+    ex.rgb_combo.setCurrentText("MIMA expert weights")
+    shown = ex.show_rgb()
+    zoom_on(viewer, shown[:2])
+    shot(viewer, "widget_explore_expert_weights.png")
+
+    for ly in viewer.layers:
+        ly.visible = False
     ex.table_combo.setCurrentText("MSI")
     for m, box in ex.source_boxes.items():
         box.setChecked(m != "msi")
