@@ -302,18 +302,11 @@ def _other_claims(metrics: dict) -> dict[str, Any]:
 def _load(data, *, annotation_key, label_key, batch_key, preprocessing, zscore, sample_key, modalities):
     """(SpatialData or None, MultiModalData, label column or None) of any benchmark input, checked before any
     long work: a spatial dataset folder (prepared here) or project, or non-spatial multi-omics."""
-    from spatialmix.data import MultiModalData, read_multimodal
+    from spatialmix.data import as_multimodal
 
     if _is_multiomics(data):
-        if isinstance(data, MultiModalData):
-            mmd = data
-        else:
-            if batch_key is None:
-                raise ParameterError("non-spatial multi-omics input needs the batch column: pass batch_key= "
-                                     "(--batch-key), e.g. the donor, sample or section of each cell")
-            mmd = read_multimodal(data, batch_key=batch_key, label_key=label_key, preprocessing=preprocessing,
-                                  zscore=zscore, sample_key=sample_key, modalities=modalities)
-        return None, None, mmd
+        return None, None, as_multimodal(data, batch_key=batch_key, label_key=label_key, preprocessing=preprocessing,
+                                         zscore=zscore, sample_key=sample_key, modalities=modalities)
     sdata, folder = _open(data)
     return sdata, folder, None
 

@@ -775,6 +775,34 @@ def _split_paths(paths) -> list[tuple[str | None, Path]]:
     return out
 
 
+def measured_only(values: np.ndarray, data, modalities: Sequence[str]) -> np.ndarray:
+    """``values`` (one row per row of ``data``) with NaN rows where none of ``modalities`` was measured.
+
+    A reconstruction of a modality at a row where it was not measured, or a translation from sources none of
+    which was measured there, would be decoded from zero-filled input: an invented value. Every model output and
+    the results writer go through this (a copy only when some row is masked)."""
+    measured = np.zeros(len(values), bool)
+    for m in modalities:
+        measured |= np.asarray(data.mask[m], bool)
+    if measured.all():
+        return values
+    values = np.array(values, dtype=np.float32, copy=True)
+    values[~measured] = np.nan
+    return values
+
+
+def as_multimodal(data, *, batch_key: str | None, **read_options) -> "MultiModalData":
+    """``data`` itself when it is a :class:`MultiModalData`, else :func:`read_multimodal` of it (the batch column
+    is required there: a clear error before any work). What ``spatialmix benchmark`` and ``spatialmix run --data``
+    accept."""
+    if isinstance(data, MultiModalData):
+        return data
+    if batch_key is None:
+        raise ParameterError("non-spatial multi-omics input needs the batch column: pass batch_key= "
+                             "(--batch-key), e.g. the donor, sample or section of each cell")
+    return read_multimodal(data, batch_key=batch_key, **read_options)
+
+
 def read_multimodal(
     paths,
     *,

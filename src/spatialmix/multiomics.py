@@ -46,7 +46,7 @@ def iter_run_multiomics(data, out: str | Path, *, model: str = "mima", model_par
     """Generator: read ``data`` (a :class:`~spatialmix.data.MultiModalData` or what
     :func:`spatialmix.data.read_multimodal` reads), train ``model``, write ``OUT/results.h5mu``, ``OUT/model``
     and ``OUT/training_curve.csv``. Returns a report dict. Every input is checked before training starts."""
-    from spatialmix.data import MultiModalData, read_multimodal
+    from spatialmix.data import MultiModalData, as_multimodal
     from spatialmix.integrate import DEMO_TRAIN
     from spatialmix.models import MODELS
     from spatialmix.project import jsonable
@@ -60,14 +60,8 @@ def iter_run_multiomics(data, out: str | Path, *, model: str = "mima", model_par
                            "another --out")
     t0 = time.perf_counter()
     yield Progress("read", 0, 1, str(data) if not isinstance(data, MultiModalData) else "data")
-    if isinstance(data, MultiModalData):
-        mmd = data
-    else:
-        if batch_key is None:
-            raise ParameterError("non-spatial multi-omics input needs the batch column: pass batch_key= "
-                                 "(--batch-key), e.g. the donor, sample or section of each cell")
-        mmd = read_multimodal(data, batch_key=batch_key, label_key=label_key, preprocessing=preprocessing,
-                              zscore=zscore, sample_key=sample_key, modalities=modalities)
+    mmd = as_multimodal(data, batch_key=batch_key, label_key=label_key, preprocessing=preprocessing,
+                        zscore=zscore, sample_key=sample_key, modalities=modalities)
     yield Progress("read", 1, 1, repr(mmd).splitlines()[0])
     cls = MODELS[model]
     mdl = cls(mmd, **(model_params or {}))
@@ -109,7 +103,8 @@ def _results_mudata(mdl, data, key: str):
     import mudata as md
     import pandas as pd
 
-    from spatialmix.results import measured_only, supported_outputs, translation_layer
+    from spatialmix.data import measured_only
+    from spatialmix.results import supported_outputs, translation_layer
 
     supports = set(supported_outputs(mdl))
     mods = list(mdl.modalities)

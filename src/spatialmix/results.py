@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from spatialmix.data import measured_only
 from spatialmix.errors import ModelError, ParameterError, ProjectError, check_positive
 from spatialmix.pipeline import MODALITY_TABLES
 from spatialmix.progress import Progress, run
@@ -226,21 +227,6 @@ def _rgb_embedding(X, *, n_pcs: int = 50, seed: int = 0, n_neighbors: int = 15, 
 # ---------------------------------------------------------------------------------------------------------------
 # writing a model's outputs
 # ---------------------------------------------------------------------------------------------------------------
-def measured_only(values: np.ndarray, data, modalities: Sequence[str]) -> np.ndarray:
-    """``values`` with NaN rows at spots where none of ``modalities`` was measured (whatever model made them).
-
-    A reconstruction of a modality at a spot where it was not measured, or a translation from sources none of
-    which was measured there, would be decoded from zero-filled input: an invented value, never written."""
-    measured = np.zeros(len(values), bool)
-    for m in modalities:
-        measured |= np.asarray(data.mask[m], bool)
-    if measured.all():
-        return values
-    values = np.array(values, dtype=np.float32, copy=True)
-    values[~measured] = np.nan
-    return values
-
-
 def translation_layer(key: str, sources: str | Sequence[str]) -> str:
     """Layer name of a translation written under ``key``: ``"mima_from_msi_and_morphology"``."""
     sources = [sources] if isinstance(sources, str) else list(sources)

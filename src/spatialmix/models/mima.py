@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from spatialmix.data import measured_only
 from spatialmix.errors import ModelError, ParameterError
 
 from ._base import BaseModel
@@ -59,14 +60,6 @@ PRESETS: dict[str, dict[str, Any]] = {
     "spatialmix": {},
     "paper": {"adversarial": 0.0, "beta_batch": None, "batch_input": "sample+features", "translation_detach": True},
 }
-
-
-def _nan_where(values: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """``values`` with the rows selected by ``rows`` set to NaN (spots the data cannot support)."""
-    if rows.any():
-        values = np.array(values, dtype=np.float32, copy=True)
-        values[rows] = np.nan
-    return values
 
 
 class MIMA(BaseModel):
@@ -255,7 +248,7 @@ class MIMA(BaseModel):
         z = self._infer(data, lambda xs, ms, b: self.module.latents(xs, ms, b)[f"{kind}_{modality}"])
         if kind == "batch":  # read from the spot's sample, defined whether or not the modality was measured
             return z
-        return _nan_where(z, ~np.asarray(data.mask[modality], bool))  # an encoder of zero-filled input: not a value
+        return measured_only(z, data, [modality])  # an encoder of zero-filled input: not a value
 
     def get_expert_weights(self, *, data=None) -> pd.DataFrame:
         """How much each modality decides a spot's shared embedding: its expert's share of the product-of-experts
@@ -281,7 +274,7 @@ class MIMA(BaseModel):
         data = self._resolve_data(data)
         i = self._index(modality)
         out = self._infer(data, lambda xs, ms, b: self.module.reconstruct(xs, ms, b, modality=i, with_batch=False))
-        return _nan_where(out, ~np.asarray(data.mask[modality], bool))
+        return measured_only(out, data, [modality])
 
     def get_denoised(self, modality: str, *, data=None) -> np.ndarray:
         """Denoised reconstruction of ``modality``: decoder(PoE + private + batch); NaN rows where
@@ -291,7 +284,7 @@ class MIMA(BaseModel):
         self._needs_known_batches(data, "the denoised reconstruction")
         i = self._index(modality)
         out = self._infer(data, lambda xs, ms, b: self.module.reconstruct(xs, ms, b, modality=i, with_batch=True))
-        return _nan_where(out, ~np.asarray(data.mask[modality], bool))
+        return measured_only(out, data, [modality])
 
     def translate(self, sources: str | Sequence[str], target: str, *, batch_free: bool = False, data=None) -> np.ndarray:
         """Impute ``target`` from the shared latent of ``sources`` (product of their experts).
@@ -317,10 +310,7 @@ class MIMA(BaseModel):
                                                                          with_batch=not batch_free,
                                                                          batch_table=table))
         # a spot where none of the sources was measured has only the prior expert: nothing to translate from
-        measured = np.zeros(data.n_obs, bool)
-        for s in sources:
-            measured |= np.asarray(data.mask[s], bool)
-        return _nan_where(out, ~measured)
+        return measured_only(out, data, sources)
 
     def _batch_table(self, modality: str):
         """Each training sample's mean batch latent of ``modality`` over the spots where it was measured (the
