@@ -60,7 +60,7 @@ def test_example_config_for_sample_data_loads(tmp_path, sample_data_dir, example
     assert cfg.prepare == {"register": True, "bin_ppm": 20.0}
     assert cfg.model == "mima"
     assert cfg.model_params == {"modalities": ["rna", "msi", "morphology"], "n_latent": 100, "beta": 0.01}
-    assert cfg.train == {"epochs": 50, "lr": 1e-4, "batch_size": 128, "device": "auto", "seed": 0}
+    assert cfg.train == {"epochs": "auto", "lr": 1e-3, "batch_size": 128, "device": "auto", "seed": 0}
     assert cfg.outputs["translations"] == [(["msi", "morphology"], "rna"), (["rna", "morphology"], "msi")]
     assert cfg.outputs["rgb"] is True and cfg.outputs["figures"] is True
     assert cfg.path == (tmp_path / "run.toml").resolve()
@@ -70,7 +70,7 @@ def test_example_config_for_sample_data_loads(tmp_path, sample_data_dir, example
     assert [s["name"] for s in d["samples"]] == SAMPLES
     assert d["samples"][0]["imzml"] == str(cfg.samples[0].imzml)
     assert d["model"] == {"name": "mima", "modalities": ["rna", "msi", "morphology"], "n_latent": 100, "beta": 0.01}
-    assert d["train"]["epochs"] == 50
+    assert d["train"]["epochs"] == "auto"
     assert d["outputs"]["translations"] == [["msi+morphology", "rna"], ["rna+morphology", "msi"]]
 
 
@@ -112,7 +112,8 @@ def test_every_model_parameter_and_training_option_is_accepted(tmp_path, example
 
     model = {k: (0.02 if v is None else v) for k, v in DEFAULTS.items()}
     train = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
-    train.update(checkpoint_dir="ckpt", resume=True, epochs=3, max_steps=500)  # TOML has no None
+    train.update(checkpoint_dir="ckpt", resume=True, epochs=3, max_steps=500, early_stopping=True,
+                 patience=10)  # TOML has no None
     text = example.split("[model]")[0] + "[model]\nname = \"mima\"\n" + "".join(
         f"{k} = {_toml(v)}\n" for k, v in model.items()) + "\n[train]\n" + "".join(
         f"{k} = {_toml(v)}\n" for k, v in train.items())
@@ -151,19 +152,19 @@ def test_docs_list_every_key(tmp_path):
 # errors: one per kind of mistake, each naming file, line, section, key and what is allowed
 # ------------------------------------------------------------------------------------------------------------
 ERRORS = {
-    "syntax": ("epochs = 50", "epochs 50",
+    "syntax": ("epochs = \"auto\"", "epochs 50",
                ["not valid TOML", "column 8", "Expected '='", "the line reads: 'epochs 50"]),
     "unknown section": ("[train]", "[trian]",
                         ["[trian] is not a known section (did you mean 'train'?)", "Sections are [data], [[samples]]"]),
-    "typo'd key": ("epochs = 50", "epoch = 50",
+    "typo'd key": ("epochs = \"auto\"", "epoch = 50",
                    ["[train] epoch is not a known key (did you mean 'epochs'?)", "Allowed keys in [train]: epochs, "]),
     "key in the wrong section": ("batch_size = 128", "bin_ppm = 10",
                                  ["[train] bin_ppm is not a known key (it belongs in [prepare])"]),
     "typo'd model parameter": ("n_latent = 100", "n_latentt = 100",
                                ["[model] n_latentt is not a known key (did you mean 'n_latent'?)", "hidden"]),
-    "epochs 0": ("epochs = 50", "epochs = 0", ["[train] epochs must be a whole number >= 1, got 0"]),
-    "epochs float": ("epochs = 50", "epochs = 2.5", ["[train] epochs must be a whole number >= 1, got 2.5"]),
-    "lr string": ("lr = 0.0001", 'lr = "fast"', ['[train] lr must be a positive number, got "fast"']),
+    "epochs 0": ("epochs = \"auto\"", "epochs = 0", ["[train] epochs must be a whole number >= 1, got 0"]),
+    "epochs float": ("epochs = \"auto\"", "epochs = 2.5", ["[train] epochs must be a whole number >= 1, got 2.5"]),
+    "lr string": ("lr = 0.001", 'lr = "fast"', ['[train] lr must be a positive number, got "fast"']),
     "negative bin": ("bin_ppm = 20.0", "bin_ppm = -5", ["[prepare] bin_ppm must be a positive number, got -5"]),
     "quoted bool": ("register = true", 'register = "yes"',
                     ['[prepare] register must be true or false (no quotes), got "yes"']),

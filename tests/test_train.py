@@ -407,3 +407,82 @@ def test_paper_preset_trains_translates_with_the_sample_mean_batch_latent_and_ex
     assert small_model(data, preset="paper", adversarial=0.2).params["adversarial"] == 0.2
     with pytest.raises(ParameterError, match="preset must be one of"):
         small_model(data, preset="nope")
+
+
+def test_translation_terms_decode_what_translate_decodes():
+    """Ours (translation_poe): each translation term decodes the product of the sources' experts *and the prior
+    expert* plus the target's batch latent, exactly what translate() returns; with three modalities the pairs
+    and 'all the other modalities' are trained. The paper's preset trains the source's own shared latent and
+    translate() then decodes that one, without the prior expert."""
+    import torch.nn.functional as F
+
+    from spatialmix.models._mima_module import product_of_experts
+
+    data = toy_data(n=60)
+    model = MIMA(data, n_latent=4, n_hidden=8, direct_max_features=30)
+    mod = model.module.eval()
+    t = model._tensors(data)
+    t.pop("_known_batch")
+    xs, masks, batch = [t[f"x_{m}"] for m in "abc"], [t[f"mask_{m}"] for m in "abc"], t["batch"]
+    _, terms = mod.loss(xs, masks, batch)
+    assert {"translate_b+c_to_a", "translate_a+c_to_b", "translate_a+b_to_c", "translate_a_to_b"} <= set(terms)
+    onehot = F.one_hot(batch, 2).float()
+    with torch.no_grad():
+        enc = [vae.encode(x, onehot) for vae, x in zip(mod.vaes, xs)]
+        for sources, target in (([0], 1), ([0, 2], 1), ([1], 2)):
+            mu, _ = product_of_experts([enc[s]["shared"][0] for s in sources], [enc[s]["shared"][1] for s in sources],
+                                       [masks[s] for s in sources])
+            decoded = mod.vaes[target].decode(mu + enc[target]["batch"][0])
+            via_translate = mod.translate(xs, masks, batch, sources=sources, target=target, with_batch=True)
+            np.testing.assert_allclose(decoded.numpy(), via_translate.numpy(), rtol=1e-5, atol=1e-6)
+            rows = (masks[target] & torch.stack([masks[s] for s in sources]).any(dim=0)).numpy()
+            hand = ((decoded.numpy() - xs[target].numpy()) ** 2).mean(axis=1)[rows].mean()
+            key = f"translate_{'+'.join('abc'[s] for s in sources)}_to_{'abc'[target]}"
+            np.testing.assert_allclose(float(terms[key]), hand, rtol=2e-4)
+        # the prior expert shrinks a single source's mean: the term is not the paper's (no prior) one
+        raw = mod.vaes[1].decode(enc[0]["shared"][0] + enc[1]["batch"][0])
+        assert not np.allclose(raw.numpy(), mod.translate(xs, masks, batch, sources=[0], target=1,
+                                                          with_batch=True).numpy(), atol=1e-4)
+    # the paper's preset: translate from one source decodes that source's shared mean, as its term trains
+    paper = MIMA(data, preset="paper", n_latent=4, n_hidden=8, direct_max_features=30)
+    pm = paper.module.eval()
+    _, pterms = pm.loss(xs, masks, batch)
+    assert not any("+" in k for k in pterms)
+    with torch.no_grad():
+        e0 = pm.vaes[0].encode(xs[0], onehot)
+        table = torch.zeros(2, 4)
+        got = pm.translate(xs, masks, batch, sources=[0], target=1, with_batch=True, batch_table=table)
+        np.testing.assert_allclose(got.numpy(), pm.vaes[1].decode(e0["shared"][0]).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_auto_schedule_fits_the_data_size_and_early_stopping_keeps_the_best_epoch(monkeypatch):
+    from spatialmix import train as train_mod
+
+    # the paper's size (~33,600 training spots, 263 steps of 128) gets the paper's 50 epochs; tiny data many
+    assert train_mod.auto_schedule(263) == (50, 10)
+    assert train_mod.auto_schedule(1) == (13_000, 500)
+    assert train_mod.auto_schedule(24) == (542, 21)
+    assert MIMA.train_defaults["epochs"] == "auto"
+    assert small_model(preset="paper").train_defaults["epochs"] == 50
+    monkeypatch.setattr(train_mod, "AUTO_STEPS", 400)
+    monkeypatch.setattr(train_mod, "AUTO_PATIENCE_STEPS", 30)
+    model = small_model().train(lr=3e-2)  # epochs="auto" by default: 192 training rows -> 2 steps per epoch
+    s = model.train_config["schedule"]
+    assert s["auto"] and s["early_stopping"] and s["steps_per_epoch"] == 2
+    assert s["epochs"] == 200 and s["patience"] == 15
+    done = [h for h in model.history if "loss" in h]
+    best = min(done, key=lambda h: h["val_loss"])["epoch"]
+    assert s["best_epoch"] == best and s["epochs_run"] == len(done)
+    # the restored weights are the best epoch's: their validation loss is the best one recorded
+    from spatialmix.train import _validate  # noqa: F401  (the engine's own validation)
+    val_rows = model.split_["validation"]
+    t = {k: torch.as_tensor(v)[val_rows] for k, v in model._training_tensors().items()}
+    model.module.eval()
+    with torch.no_grad():
+        total, _ = model.module(t)
+    np.testing.assert_allclose(float(total), min(h["val_loss"] for h in done), rtol=1e-4)
+    # without a validation split there is nothing to stop on: the whole schedule runs
+    full = small_model().train(lr=1e-3, train_fraction=1.0)
+    assert not full.train_config["schedule"]["early_stopping"] and len(full.training_curve()) == 200
+    with pytest.raises(ParameterError, match="'auto'"):
+        small_model().train(epochs="many")

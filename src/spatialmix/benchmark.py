@@ -5,7 +5,7 @@
 
 - ``raw_<modality>`` and ``raw_concat``: the model inputs themselves (references),
 - the baselines (:mod:`spatialmix.models.baselines`): ``pca_<modality>``, ``pca_concat``, ``harmony``,
-- each model's shared embedding (``mima``), trained with the demo's training options,
+- each model's shared embedding (``mima``), trained with its defaults (MIMA: ``epochs="auto"``, lr 1e-3),
 
 and scores every one of them on the same spots (those with every modality):
 
@@ -415,7 +415,7 @@ def iter_benchmark(data, out, *, models: Sequence[str] = DEFAULT_MODELS, annotat
         :func:`default_sources`, half of the samples).
     train
         Training options of every trained model, or ``{model name: {option: value}}`` per model (default: MIMA
-        and MIMA-Unimodal the demo's, 200 epochs at lr 1e-3; the other models their papers' defaults).
+        and MIMA-Unimodal MIMA's defaults, ``epochs="auto"`` at lr 1e-3; the other models their papers' defaults).
     model_params
         ``{model name: {parameter: value}}``; for a peer its options (e.g. ``{"scvi": {"max_epochs": 50}}``).
     classifier
@@ -427,7 +427,6 @@ def iter_benchmark(data, out, *, models: Sequence[str] = DEFAULT_MODELS, annotat
     from spatialmix.data import MultiModalData
     from spatialmix.evaluate import annotations as ann_mod
     from spatialmix.evaluate.metrics import scib_benchmark
-    from spatialmix.integrate import DEMO_TRAIN
     from spatialmix.models import MODELS
     from spatialmix.models.baselines import BASELINES, common_spots
     from spatialmix.models.peers import PEERS
@@ -473,9 +472,11 @@ def iter_benchmark(data, out, *, models: Sequence[str] = DEFAULT_MODELS, annotat
     peer_records: dict[str, dict] = {}
 
     def train_for(name):
-        """The demo's training for MIMA (and MIMA-Unimodal); the other models train with their papers'
+        """MIMA's default training for MIMA (and MIMA-Unimodal); the other models train with their papers'
         defaults (plus the seed); ``train`` given by the caller applies to every model."""
-        base = {**DEMO_TRAIN, "seed": seed} if name in ("mima", "mima_unimodal") else {"seed": seed}
+        base = {"seed": seed}
+        if name in ("mima", "mima_unimodal"):  # MIMA's defaults for both (MIMA-Unimodal's own default is the demo's)
+            base.update({k: MODELS["mima"].train_defaults[k] for k in ("epochs", "lr")})
         given = dict(train or {})
         if any(k in MODELS or k in PEERS for k in given):  # {model name: {option: value}}
             return {**base, **dict(given.get(name) or {})}

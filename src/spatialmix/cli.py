@@ -225,9 +225,26 @@ def _multiomics_args(s) -> None:
     g.add_argument("--modalities", default=None, help="comma-separated modalities to use (default: all)")
 
 
+def _epochs(value: str):
+    """--epochs: a whole number >= 1 or 'auto' (checked before any data is read)."""
+    import argparse
+
+    if value == "auto":
+        return value
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1 or 'auto', got {value!r}")
+    return n
+
+
 def _train_args(s) -> None:
     g = s.add_argument_group("training (override the configuration / demo defaults)")
-    g.add_argument("--epochs", type=int, default=None)
+    g.add_argument("--epochs", type=_epochs, default=None,
+                   help="passes over the data, or 'auto': about 13,000 optimiser steps whatever the data size, "
+                        "with early stopping on the validation loss (the best epoch is kept)")
     g.add_argument("--max-steps", dest="max_steps", type=int, default=None,
                    help="optimiser steps instead of epochs (scMODAL counts steps: 10,000 by default)")
     g.add_argument("--lr", type=float, default=None)

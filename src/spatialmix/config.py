@@ -335,11 +335,13 @@ MIMA_CHECKS: dict[str, Callable] = {
     "batch_input": choice("sample", "sample+features"),
     "encode_covariate": boolean,
     "adversarial": number(0.0),
+    "translation_weight": number(0.0),
     "seed": whole(0),
 }
 
 TRAIN_CHECKS: dict[str, Callable] = {
-    "epochs": whole(1, "Give the number of passes over the data, e.g. epochs = 50"),
+    "epochs": lambda k, v: v if v == "auto" else whole(
+        1, 'Give the number of passes over the data, e.g. epochs = 50, or epochs = "auto" (fits the data size)')(k, v),
     "max_steps": whole(1, "Give the number of optimiser steps, e.g. max_steps = 10000 (scMODAL counts steps)"),
     "batch_size": whole(1),
     "lr": positive,
@@ -818,7 +820,7 @@ _COMMENTS = {
     "n_latent": "size of the shared, private and batch latents",
     "beta": "KL weight",
     "preset": "spatialmix (ours) or paper (the preprint's loss)",
-    "epochs": "passes over the data",
+    "epochs": "passes over the data, or \"auto\": ~13,000 steps with early stopping",
     "lr": "learning rate (Adam)",
     "batch_size": "spots per step",
     "device": "auto, cpu, cuda or cuda:N",
@@ -905,9 +907,13 @@ def example_config(data_dir: str | Path, *, relative_to: str | Path | None = Non
     for key, value in train_defaults.items():
         if key in shown_first:
             continue
+        note = None
         if value is None:
-            value = {"checkpoint_dir": "checkpoints", "resume": True}.get(key, "")
-        lines.append(_line("train", key, value, commented=True))
+            value, note = {"checkpoint_dir": ("checkpoints", None), "resume": (True, None),
+                           "early_stopping": (True, 'default: on with epochs = "auto", else off'),
+                           "patience": (10, 'default: 10; with epochs = "auto" 10 epochs or 500 steps'),
+                           "max_steps": (10000, "optimiser steps instead of epochs")}.get(key, ("", None))
+        lines.append(_line("train", key, value, commented=True, note=note))
     lines += ["", "[outputs]", _line("outputs", "translations", translations)]
     for key, value in OUTPUT_DEFAULTS.items():
         if key != "translations":

@@ -124,6 +124,8 @@ def iter_integrate(sdata, out: str | Path, *, model: str = "mima", model_params:
     scores["epochs"] = len(curve)
     scores["final_loss"] = float(curve["loss"].iloc[-1]) if len(curve) else None
     scores["final_val_loss"] = float(curve["val_loss"].iloc[-1]) if len(curve) else None
+    scores["schedule"] = (mdl.train_config or {}).get("schedule")
+    curve.to_csv(out / "training_curve.csv", index=False)
     sdata.attrs.setdefault("spatialmix", {}).setdefault("models", {}).setdefault(key, {})["metrics"] = scores
     (out / "metrics.json").write_text(json.dumps(jsonable(scores), indent=2))
     yield Progress("metrics", 1, 1)
@@ -131,7 +133,11 @@ def iter_integrate(sdata, out: str | Path, *, model: str = "mima", model_params:
     if figures:
         from spatialmix.plotting import iter_save_result_figures
 
+        from spatialmix.plotting import save_training_curve
+
         pngs = yield from iter_save_result_figures(sdata, data, out, key=key)
+        if len(curve):
+            pngs.append(save_training_curve(mdl, out / "training_curve.png"))
     return {"model": repr(mdl), "metrics": scores, "figures": [str(p) for p in pngs],
             "model_dir": str(out / "model"), "metrics_json": str(out / "metrics.json")}
 

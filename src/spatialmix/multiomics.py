@@ -16,9 +16,9 @@ What ``spatialmix run --data FILE.h5mu --batch-key KEY --out OUT`` writes into `
 - ``model/``: the trained model (``MIMA.load("OUT/model", data)``);
 - ``training_curve.csv``: every epoch's losses.
 
-Outputs a model does not produce are left out (its ``supports``). MIMA and MIMA-like models train with the
-options ``spatialmix benchmark`` uses for them (:data:`spatialmix.integrate.DEMO_TRAIN`: 200 epochs, lr 1e-3),
-so the job's model is the one the benchmark scored; ``train`` overrides them. Nothing in ``OUT`` is replaced
+Outputs a model does not produce are left out (its ``supports``). Every model trains with its own defaults
+(MIMA: ``epochs="auto"``, lr 1e-3, the options ``spatialmix benchmark`` uses for it, so the job's model is the one
+the benchmark scored); ``train`` overrides them. Nothing in ``OUT`` is replaced
 unless ``overwrite``; the MuData is written to a temporary file and renamed, so a failure leaves no half file.
 """
 
@@ -47,7 +47,6 @@ def iter_run_multiomics(data, out: str | Path, *, model: str = "mima", model_par
     :func:`spatialmix.data.read_multimodal` reads), train ``model``, write ``OUT/results.h5mu``, ``OUT/model``
     and ``OUT/training_curve.csv``. Returns a report dict. Every input is checked before training starts."""
     from spatialmix.data import MultiModalData, as_multimodal
-    from spatialmix.integrate import DEMO_TRAIN
     from spatialmix.models import MODELS
     from spatialmix.project import jsonable
 
@@ -65,8 +64,7 @@ def iter_run_multiomics(data, out: str | Path, *, model: str = "mima", model_par
     yield Progress("read", 1, 1, repr(mmd).splitlines()[0])
     cls = MODELS[model]
     mdl = cls(mmd, **(model_params or {}))
-    base = {**DEMO_TRAIN} if model == "mima" else {}
-    opts = {**base, **(train or {})}
+    opts = dict(train or {})  # the model's own defaults otherwise (MIMA: epochs="auto", lr 1e-3)
     yield from mdl.iter_train(**opts)
     train_s = time.perf_counter() - t0
     key = key or mdl.name

@@ -605,7 +605,13 @@ def format_report(report: dict) -> str:
         lines.append(f"| {name} | {shape[0]} x {shape[1]} |")
     integ = report.get("integration") or {}
     if integ.get("integration"):
-        lines += ["", f"## Integration ({integ.get('epochs')} epochs, {integ.get('train_seconds')} s of training)", "",
+        sched = integ.get("schedule") or {}
+        how = ""
+        if sched.get("best_epoch"):
+            how = (f"; {'epochs auto: ' if sched.get('auto') else ''}{sched.get('epochs')} planned, "
+                   f"{'early stop, ' if sched.get('early_stopped') else ''}best validation epoch {sched['best_epoch']} "
+                   "kept; loss curve in training_curve.png")
+        lines += ["", f"## Integration ({integ.get('epochs')} epochs{how}, {integ.get('train_seconds')} s of training)", "",
                   f"Scores in [0, 1], higher is better (scib-metrics), against the {integ.get('labels')}.", "",
                   "| representation | iLISI | batch ASW | label ASW | ARI | NMI | batch score | bio score |",
                   "|---|---|---|---|---|---|---|---|"]

@@ -377,3 +377,37 @@ def iter_save_result_figures(sdata, data, out_dir, *, key: str = "mima", dpi: in
     yield Progress("result figures", len(samples), len(samples))
     return paths
 
+
+
+def save_training_curve(model, path: str | Path, *, dpi: int = 100) -> Path:
+    """The training and validation loss per epoch (log scale), the best validation epoch marked: written
+    by every training run of the demo / ``spatialmix run`` beside ``training_curve.csv``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curve = model.training_curve()
+    schedule = (model.train_config or {}).get("schedule") or {}
+    fig, ax = plt.subplots(figsize=(5.5, 3.4), dpi=dpi)
+    if len(curve):
+        ax.plot(curve["epoch"], curve["loss"], lw=1.6, label="training loss")
+        if "val_loss" in curve and curve["val_loss"].notna().any():
+            ax.plot(curve["epoch"], curve["val_loss"], lw=1.2, label="validation loss")
+        if np.all(curve["loss"].to_numpy() > 0):
+            ax.set_yscale("log")
+    best = schedule.get("best_epoch")
+    if best:
+        ax.axvline(best, color="k", ls=":", lw=1, label=f"best validation epoch ({best}, kept)")
+    how = ("epochs auto: " if schedule.get("auto") else "") + (
+        f"{schedule.get('epochs_run', len(curve))} of {schedule.get('epochs', len(curve))} planned epochs, "
+        f"{schedule.get('steps_per_epoch', '?')} steps each" + (", early stop" if schedule.get("early_stopped") else ""))
+    ax.set_title(f"{type(model).__name__} training ({how})", fontsize=8)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -105,7 +105,11 @@ def iter_translation_cv(data, *, model: str = "mima", model_params: dict | None 
     base_preds = {(d, b): np.full((data.n_obs, data.n_vars(d[1])), np.nan, np.float32)
                   for d in dirs if d[0] != (d[1],) for b in simple}
     fold = _fold_of(data.n_obs, n_folds, seed)
-    train_opts = {**(train or {}), "train_fraction": 1.0, "early_stopping": False}
+    train_opts = dict(train or {})
+    if train_opts.get("epochs", MODELS[model].train_defaults.get("epochs")) != "auto":
+        train_opts.update(train_fraction=1.0, early_stopping=False)
+    # epochs="auto" stops early on a validation split: it is drawn from the training fold (the model's
+    # train_fraction of it), never from the held-out fold that is scored
     seconds = []
     for k in range(n_folds):
         tr, te = np.flatnonzero(fold != k), np.flatnonzero(fold == k)

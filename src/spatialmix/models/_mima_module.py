@@ -105,13 +105,14 @@ def grad_reverse(x: torch.Tensor) -> torch.Tensor:
 
 
 def product_of_experts(mus: Sequence[torch.Tensor], logvars: Sequence[torch.Tensor],
-                       masks: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+                       masks: Sequence[torch.Tensor], prior: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Gaussian product of the experts present per spot (``masks``) and a standard-normal prior expert.
 
     Precision-weighted: T = 1 + sum_m mask_m / var_m, mu = sum_m mask_m mu_m / var_m / T, var = 1 / T.
-    A spot missing every modality gets the prior.
+    A spot missing every modality gets the prior. ``prior=False`` leaves the prior expert out (T without the
+    1; a single expert is then returned as it is; a spot with no expert gets mean 0 and a huge variance).
     """
-    precision = torch.ones_like(mus[0])
+    precision = torch.ones_like(mus[0]) if prior else torch.full_like(mus[0], 1e-8)
     weighted = torch.zeros_like(mus[0])
     for mu, logvar, mask in zip(mus, logvars, masks):
         p = torch.exp(-logvar) * mask.unsqueeze(1).to(mu.dtype)
@@ -161,9 +162,11 @@ class MIMAModule(nn.Module):
                  beta: dict[str, float], translation: bool = True, batch_input: str = "sample",
                  encode_covariate: bool = True, adversarial: float = 0.0, latent_dropout_at: str = "heads",
                  adversarial_on: Sequence[str] = ("shared", "private"), names: Sequence[str] | None = None,
-                 translation_detach: bool = False):
+                 translation_detach: bool = False, translation_poe: bool = False, translation_weight: float = 1.0):
         super().__init__()
+        self.translation_weight = float(translation_weight)
         self.translation_detach = bool(translation_detach)
+        self.translation_poe = bool(translation_poe)
         self.names = list(names) if names is not None else [f"m{i}" for i in range(len(n_features))]
         self.n_batches = n_batches
         self.n_latent = n_latent
@@ -180,14 +183,36 @@ class MIMAModule(nn.Module):
         # batch classifiers on each modality's shared and private latent means, trained through a gradient
         # reversal so the encoders learn to hide the sample from them (only when adversarial > 0)
         if self.adversarial > 0 and n_batches > 1:
+            heads = [f"{kind}_{name}" for name in self.names for kind in self.adversarial_on if kind != "poe"]
+            heads += ["poe"] if "poe" in self.adversarial_on else []
             self.discriminators = nn.ModuleDict({
-                f"{kind}_{name}": nn.Sequential(nn.Linear(n_latent, 64), nn.ReLU(), nn.Linear(64, n_batches))
-                for name in self.names for kind in self.adversarial_on
+                head: nn.Sequential(nn.Linear(n_latent, 64), nn.ReLU(), nn.Linear(64, n_batches)) for head in heads
             })
         else:
             self.discriminators = None
 
     # -- pieces -------------------------------------------------------------------------------------------
+    def translation_pairs(self) -> list[tuple[tuple[int, ...], int]]:
+        """The (sources, target) translations the loss trains.
+
+        The paper's term (``translation_poe=False``): every ordered pair of modalities, the source's own shared
+        latent decoded by the target. With ``translation_poe`` (ours) the sources' product of experts with the
+        prior, as :meth:`translate` decodes it, for each single source and for all the other modalities
+        together, and in training with more than three modalities one random subset of the others per step
+        (so every subset ``translate`` may be asked for is trained, in expectation)."""
+        n = len(self.vaes)
+        pairs = [((s,), t) for t in range(n) for s in range(n) if s != t]
+        if not self.translation_poe or n < 3:
+            return pairs
+        for t in range(n):
+            others = tuple(i for i in range(n) if i != t)
+            pairs.append((others, t))
+            if n > 3 and self.training:
+                k = int(torch.randint(2, n - 1, (1,)).item())
+                pick = torch.randperm(len(others))[:k].sort().values.tolist()
+                pairs.append((tuple(others[i] for i in pick), t))
+        return pairs
+
     def onehot(self, batch: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         return F.one_hot(batch, self.n_batches).to(dtype)
 
@@ -226,18 +251,22 @@ class MIMAModule(nn.Module):
             terms[f"recon_poe_{name}"] = masked_mse(x, rec, mask)
             shared = shared + terms[f"recon_poe_{name}"]
         if self.translation:
-            for s in range(len(self.vaes)):
-                for t in range(len(self.vaes)):
-                    if s == t:
-                        continue
-                    both = masks[s] & masks[t]
-                    # translation_detach (the paper's preset): the term trains the source's shared encoder and
-                    # the target's decoder, not the target's batch latent
-                    zb = z[t]["batch"].detach() if self.translation_detach else z[t]["batch"]
-                    rec = self.vaes[t].decode(z[s]["shared"] + zb)
-                    key = f"translate_{self.names[s]}_to_{self.names[t]}"
-                    terms[key] = masked_mse(xs[t], rec, both)
-                    shared = shared + terms[key]
+            for sources, t in self.translation_pairs():
+                both = masks[t] & torch.stack([masks[i] for i in sources]).any(dim=0)
+                # translation_detach (the paper's preset): the term trains the source's shared encoder and
+                # the target's decoder, not the target's batch latent
+                zb = z[t]["batch"].detach() if self.translation_detach else z[t]["batch"]
+                if self.translation_poe:
+                    # what translate() decodes: the product of the sources' experts and the prior expert
+                    mu, lv = product_of_experts([enc[i]["shared"][0] for i in sources],
+                                                [enc[i]["shared"][1] for i in sources], [masks[i] for i in sources])
+                    zs = self.sample(mu, lv, stochastic)
+                else:  # the paper's term: the source's own shared latent (one source)
+                    zs = z[sources[0]]["shared"]
+                rec = self.vaes[t].decode(zs + zb)
+                key = f"translate_{'+'.join(self.names[i] for i in sources)}_to_{self.names[t]}"
+                terms[key] = masked_mse(xs[t], rec, both)
+                shared = shared + self.translation_weight * terms[key]
         any_mod = torch.stack(list(masks)).any(dim=0)
         terms["kl_poe"] = masked_mean(kl_normal(poe_mu, poe_lv), any_mod)
         shared = shared + b["poe"] * terms["kl_poe"]
@@ -252,8 +281,14 @@ class MIMAModule(nn.Module):
                 b[k] * terms[f"kl_{k}_{name}"] for k in ("shared", "private", "batch"))
         total = shared + private
         if self.discriminators is not None:
+            if "poe" in self.adversarial_on:  # the shared embedding itself, on every spot with any modality
+                ce = F.cross_entropy(self.discriminators["poe"](grad_reverse(poe_mu)).float(), batch, reduction="none")
+                terms["adv_poe"] = masked_mean(ce, any_mod)
+                total = total + self.adversarial * terms["adv_poe"]
             for i, name in enumerate(self.names):
                 for kind in self.adversarial_on:
+                    if kind == "poe":
+                        continue
                     logits = self.discriminators[f"{kind}_{name}"](grad_reverse(enc[i][kind][0]))
                     ce = F.cross_entropy(logits.float(), batch, reduction="none")
                     terms[f"adv_{kind}_{name}"] = masked_mean(ce, masks[i])
@@ -301,7 +336,7 @@ class MIMAModule(nn.Module):
         onehot = self.onehot(batch, xs[sources[0]].dtype)
         enc = {s: self.vaes[s].encode(xs[s], onehot) for s in sources}
         mu, _ = product_of_experts([enc[s]["shared"][0] for s in sources], [enc[s]["shared"][1] for s in sources],
-                                   [masks[s] for s in sources])
+                                   [masks[s] for s in sources], prior=self.translation_poe)
         z = mu
         if with_batch:
             vae = self.vaes[target]

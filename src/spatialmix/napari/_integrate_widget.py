@@ -32,6 +32,7 @@ from spatialmix.napari._common import PathEdit, WorkerPanel, fill_combo, notify_
 
 #: What the Preset box fills in: the paper's defaults, or the settings the bundled demo was measured with.
 PRESETS = {
+    "fits the data (auto)": {"epochs": "auto", "lr": 1e-3},
     "paper defaults": {"epochs": 50, "lr": 1e-4},
     "bundled demo (200 epochs, lr 1e-3)": {"epochs": 200, "lr": 1e-3},
 }
@@ -269,7 +270,10 @@ class IntegrateWidget(QWidget):
         self.link_reference.setToolTip("scMODAL links features of consecutive modalities by their correlation on "
                                        "the paired spots of this sample")
         self.link_label = QLabel("Links from sample")
-        self.epochs = _spin(1, 100000, 50)
+        self.epochs = _spin(0, 100000, 0)
+        self.epochs.setSpecialValueText("auto")
+        self.epochs.setToolTip("passes over the data; auto (0) = about 13,000 optimiser steps whatever the data "
+                               "size, stopped early when the validation loss stops improving (best epoch kept)")
         self.max_steps = _spin(0, 10**7, 0)
         self.max_steps.setToolTip("optimiser steps (0 = count epochs instead)")
         self.lr = _dspin(1e-6, 1.0, 1e-4, 6)
@@ -371,7 +375,8 @@ class IntegrateWidget(QWidget):
             w.setVisible(name == "scmodal")
         self.preset.setEnabled(name == "mima")
         d = cls.train_defaults
-        self.epochs.setValue(int(d.get("epochs", 50)))
+        epochs = d.get("epochs", 50)
+        self.epochs.setValue(0 if epochs == "auto" else int(epochs))
         self.lr.setValue(float(d.get("lr", 1e-3)))
         self.batch_size.setValue(int(d.get("batch_size", 128)))
         self.train_fraction.setValue(float(d.get("train_fraction", 0.8)))
@@ -381,7 +386,7 @@ class IntegrateWidget(QWidget):
 
     def _apply_preset(self, name: str) -> None:
         p = PRESETS[name]
-        self.epochs.setValue(p["epochs"])
+        self.epochs.setValue(0 if p["epochs"] == "auto" else p["epochs"])
         self.lr.setValue(p["lr"])
 
     def _state_changed(self, what: str) -> None:
@@ -440,7 +445,7 @@ class IntegrateWidget(QWidget):
             params["source_samples"] = sources
         if name == "scmodal":
             params["link_reference"] = self.link_reference.currentText()
-        train = {"epochs": self.epochs.value(), "lr": self.lr.value(), "batch_size": self.batch_size.value(),
+        train = {"epochs": self.epochs.value() or "auto", "lr": self.lr.value(), "batch_size": self.batch_size.value(),
                  "train_fraction": self.train_fraction.value(), "seed": self.seed.value(),
                  "device": self.device.currentText()}
         if self.max_steps.value() > 0:
@@ -525,6 +530,10 @@ class IntegrateWidget(QWidget):
             text += f", final loss {last['loss']:.4g}"
             if pd.notna(last.get("val_loss", float("nan"))):
                 text += f", validation {last['val_loss']:.4g}"
+        schedule = (model.train_config or {}).get("schedule") or {}
+        if schedule.get("best_epoch"):
+            how = "early stop" if schedule.get("early_stopped") else "end of schedule"
+            text += f"; best validation epoch {schedule['best_epoch']} kept ({how}, {schedule['epochs']} planned)"
         if model.stopped_early:
             text += " (stopped by the user)"
         self.model_label.setText(text)
