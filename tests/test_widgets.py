@@ -195,6 +195,20 @@ def test_integrate_widget_trains_in_a_worker_without_freezing_the_ui(trained_vie
     assert gaps.max() < 0.2, f"the event loop stalled for {worst}"
 
 
+def test_integrate_widget_offers_the_automatic_schedule_and_reports_the_kept_epoch(trained_viewer):
+    viewer, integ, _ = trained_viewer
+    assert integ.options()["train"]["epochs"] == 3
+    integ.preset.setCurrentText("fits the data (auto)")
+    assert integ.epochs.text() == "auto" and integ.options()["train"]["epochs"] == "auto"
+    assert integ.options()["train"]["lr"] == 1e-3
+    integ.preset.setCurrentText("paper defaults")
+    assert integ.options()["train"]["epochs"] == 50 and integ.options()["train"]["lr"] == 1e-4
+    model = state_of(viewer).model
+    model.train_config["schedule"] = {"auto": True, "epochs": 1445, "best_epoch": 2, "early_stopped": True}
+    integ._describe(model)
+    assert "best validation epoch 2 kept (early stop, 1445 planned)" in integ.model_label.text()
+
+
 def test_stop_keeps_the_completed_epochs_and_writes_them(make_napari_viewer, saved_project, tmp_path):
     viewer = make_napari_viewer(show=True)
     data, integ = DataWidget(viewer), IntegrateWidget(viewer)
