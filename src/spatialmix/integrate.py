@@ -131,9 +131,7 @@ def iter_integrate(sdata, out: str | Path, *, model: str = "mima", model_params:
     yield Progress("metrics", 1, 1)
     pngs = []
     if figures:
-        from spatialmix.plotting import iter_save_result_figures
-
-        from spatialmix.plotting import save_training_curve
+        from spatialmix.plotting import iter_save_result_figures, save_training_curve
 
         pngs = yield from iter_save_result_figures(sdata, data, out, key=key)
         if len(curve):

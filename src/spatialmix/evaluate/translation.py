@@ -105,15 +105,16 @@ def iter_translation_cv(data, *, model: str = "mima", model_params: dict | None 
     base_preds = {(d, b): np.full((data.n_obs, data.n_vars(d[1])), np.nan, np.float32)
                   for d in dirs if d[0] != (d[1],) for b in simple}
     fold = _fold_of(data.n_obs, n_folds, seed)
-    train_opts = dict(train or {})
-    if train_opts.get("epochs", MODELS[model].train_defaults.get("epochs")) != "auto":
-        train_opts.update(train_fraction=1.0, early_stopping=False)
-    # epochs="auto" stops early on a validation split: it is drawn from the training fold (the model's
-    # train_fraction of it), never from the held-out fold that is scored
     seconds = []
     for k in range(n_folds):
         tr, te = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
         mdl = MODELS[model](data.subset(tr), **(model_params or {}))
+        train_opts = dict(train or {})
+        # epochs="auto" stops early on a validation split drawn from the training fold (the model's
+        # train_fraction of it), never from the held-out fold that is scored; a fixed schedule trains on all of
+        # it. The instance's defaults decide (preset="paper" has a fixed schedule).
+        if train_opts.get("epochs", mdl.train_defaults.get("epochs")) != "auto":
+            train_opts.update(train_fraction=1.0, early_stopping=False)
         t0 = time.perf_counter()
         yield from forward(mdl.iter_train(**train_opts), f"translation CV fold {k + 1}/{n_folds}: ")
         seconds.append(time.perf_counter() - t0)

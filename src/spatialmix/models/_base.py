@@ -125,14 +125,14 @@ class BaseModel:
     def _after_training(self, history, cfg, stopped: bool = False) -> None:
         self.history = list(history)
         self.train_config = asdict(cfg)
+        done = [h for h in history if "loss" in h]
         schedule = getattr(self, "schedule_", None)
         if schedule:  # what "auto" and the early-stopping defaults resolved to, and where training ended
-            done = [h for h in history if "loss" in h]
             ends = [h for h in history if "best_epoch" in h]
             self.train_config["schedule"] = {**schedule, "epochs_run": len(done),
                                              "best_epoch": ends[-1]["best_epoch"] if ends else None,
                                              "early_stopped": bool(ends and ends[-1].get("early_stopped"))}
-        self.is_trained = bool([h for h in history if "loss" in h])
+        self.is_trained = bool(done)
         self.stopped_early = stopped
 
     def _fingerprint(self) -> dict[str, Any]:
