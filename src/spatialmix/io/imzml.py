@@ -94,8 +94,129 @@ def _find_ibd(imzml: Path) -> Path | None:
 SUBPROCESS_PARSE_BYTES = 32 * 1024**2
 
 
+#: cvParam accessions of the imzML 1.1 / mzML binary-array settings (used by :func:`_parse_metadata_xml`)
+_DTYPE_ACCESSIONS = {"MS:1000521": "f", "MS:1000523": "d", "IMS:1000141": "i", "MS:1000519": "i",
+                     "IMS:1000142": "l", "MS:1000522": "l"}
+_ZLIB, _NO_COMPRESSION = "MS:1000574", "MS:1000576"
+
+
+def _parse_metadata_xml(imzml: Path) -> dict:
+    """Our own parse of the imzML XML, used only where pyimzML cannot read a valid file (see
+    :func:`_parse_metadata_here`): pyimzML 1.5.5 expects every ``binaryDataArray`` to point at a
+    ``referenceableParamGroup`` and the pixel position inside ``scanList/scan``, but imzML 1.1 (an mzML
+    extension) also allows the settings inline, as R's MALDIquantForeign writes them. This reads the settings
+    either way (inline cvParams override the referenced group's), the data types (32/64-bit float / int), zlib
+    compression (then the encoded byte lengths), and the pixel position anywhere inside the spectrum."""
+    import xml.etree.ElementTree as ET
+
+    ns = "{http://psi.hupo.org/ms/mzml}"
+    groups: dict[str, dict[str, str]] = {}
+    file_params: dict[str, str] = {}
+    scan_settings: dict[str, str] = {}
+    rows: dict[str, list] = {k: [] for k in ("mz_offsets", "mz_lengths", "mz_encoded", "int_offsets", "int_lengths",
+                                             "int_encoded", "coords")}
+    kinds: dict[str, set] = {"mz": set(), "int": set()}
+
+    def params(elem) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for child in elem:
+            if child.tag == ns + "referenceableParamGroupRef":
+                out.update(groups.get(child.attrib.get("ref", ""), {}))
+        for child in elem:
+            if child.tag == ns + "cvParam":
+                out[child.attrib.get("accession", "")] = child.attrib.get("value", "")
+                out["name:" + child.attrib.get("name", "")] = child.attrib.get("value", "")
+        return out
+
+    def whole(value, what: str, index: int) -> int:
+        try:
+            return int(float(value))
+        except (TypeError, ValueError):
+            raise ImzMLError(f"Spectrum {index}: {what} is {value!r}, not a number", imzml,
+                             fix="The file is corrupt; re-export it") from None
+
+    index = 0
+    for _, elem in ET.iterparse(str(imzml), events=("end",)):
+        tag = elem.tag
+        if tag == ns + "referenceableParamGroup":
+            groups[elem.attrib.get("id", "")] = params(elem)
+        elif tag == ns + "fileContent":
+            file_params = params(elem)
+        elif tag == ns + "scanSettings":
+            scan_settings.update(params(elem))
+        elif tag == ns + "spectrum":
+            found = {}
+            for arr in elem.iter(ns + "binaryDataArray"):
+                p = params(arr)
+                which = "mz" if "MS:1000514" in p else "int" if "MS:1000515" in p else None
+                if which is None:
+                    continue
+                dtype = next((code for acc, code in _DTYPE_ACCESSIONS.items() if acc in p), None)
+                compression = "zlib" if _ZLIB in p else "none" if (_NO_COMPRESSION in p or not any(
+                    "compression" in acc for acc in p)) else "other"
+                kinds[which].add((dtype, compression))
+                found[which] = (whole(p.get("IMS:1000102"), "external offset", index),
+                                whole(p.get("IMS:1000103"), "external array length", index),
+                                whole(p.get("IMS:1000104", -1), "external encoded length", index))
+            if set(found) != {"mz", "int"}:
+                raise ImzMLError(f"Spectrum {index} lacks its {'m/z' if 'mz' not in found else 'intensity'} array "
+                                 "settings", imzml, fix="The file is corrupt; re-export it")
+            pos = {}
+            for cv in elem.iter(ns + "cvParam"):
+                acc = cv.attrib.get("accession")
+                if acc in ("IMS:1000050", "IMS:1000051"):
+                    pos[acc] = whole(cv.attrib.get("value"), "the pixel position", index)
+            if len(pos) != 2:
+                raise ImzMLError(f"Spectrum {index} has no pixel position (IMS:1000050 / IMS:1000051)", imzml,
+                                 fix="The file is corrupt; re-export it")
+            for which in ("mz", "int"):
+                off, length, enc = found[which]
+                rows[f"{which}_offsets"].append(off)
+                rows[f"{which}_lengths"].append(length)
+                rows[f"{which}_encoded"].append(enc)
+            rows["coords"].append((pos["IMS:1000050"], pos["IMS:1000051"], 1))
+            index += 1
+            elem.clear()
+    if not index:
+        raise ImzMLError("The imzML lists no spectra", imzml, fix="Re-export the dataset with its spectra")
+    codes = {}
+    for which, name in (("mz", "m/z"), ("int", "intensity")):
+        if len(kinds[which]) != 1:
+            raise ImzMLError(f"The {name} arrays use different data types or compressions across spectra "
+                             f"({sorted(map(str, kinds[which]))})", imzml,
+                             fix="Re-export the imzML with one data type per array")
+        dtype, compression = next(iter(kinds[which]))
+        if dtype is None:
+            raise ImzMLError(f"The {name} arrays declare no supported data type", imzml,
+                             fix="Export m/z and intensities as 32/64-bit floats or integers")
+        if compression == "other":
+            raise ImzMLError(f"The {name} arrays use a compression other than zlib", imzml,
+                             fix="Re-export the imzML with zlib compression or none")
+        codes[which] = (dtype, compression)
+        if compression == "zlib" and min(rows[f"{which}_encoded"]) < 0:
+            raise ImzMLError(f"The {name} arrays are zlib-compressed but give no 'external encoded length'",
+                             imzml, fix="The file is corrupt; re-export it")
+    return {
+        "uuid": np.array(str(file_params.get("IMS:1000080", "") or "")),
+        "mz_dtype": np.array(np.dtype(_DTYPES[codes["mz"][0]]).str),
+        "int_dtype": np.array(np.dtype(_DTYPES[codes["int"][0]]).str),
+        "mz_compressed": np.array(codes["mz"][1] == "zlib"),
+        "int_compressed": np.array(codes["int"][1] == "zlib"),
+        # by name too: MALDIquantForeign 0.13 writes "processed" with accession IMS:1000032
+        "declared_mode": np.array("continuous" if {"IMS:1000030", "name:continuous"} & set(file_params) else
+                                  "processed" if {"IMS:1000031", "name:processed"} & set(file_params) else ""),
+        "max_x": np.array(int(float(scan_settings.get("IMS:1000042") or 0))),
+        "max_y": np.array(int(float(scan_settings.get("IMS:1000043") or 0))),
+        **{k: np.asarray(v, dtype=np.int64) for k, v in rows.items()},
+    }
+
+
 def _parse_metadata_here(imzml: Path) -> dict:
-    """pyimzML parse of the imzML XML, reduced to numpy arrays and scalars (raises ImzMLError)."""
+    """pyimzML parse of the imzML XML, reduced to numpy arrays and scalars (raises ImzMLError).
+
+    Where pyimzML fails on a file (inline binary-array settings, compressed arrays), the XML is parsed by
+    :func:`_parse_metadata_xml` instead; when that fails too, pyimzML's error is reported.
+    """
     from pyimzml.ImzMLParser import ImzMLParser
 
     try:
@@ -105,21 +226,26 @@ def _parse_metadata_here(imzml: Path) -> dict:
             parser = ImzMLParser(str(imzml), parse_lib="lxml", ibd_file=None)
         except ImportError:
             parser = ImzMLParser(str(imzml), ibd_file=None)
-    except Exception as err:  # XML syntax errors (lxml / ElementTree), missing cvParams, ...
+    except Exception as err:  # XML syntax errors (lxml / ElementTree), missing cvParams, inline settings, ...
+        try:
+            return _parse_metadata_xml(imzml)
+        except ImzMLError:
+            raise
+        except Exception:
+            pass
         raise ImzMLError(f"Cannot parse the imzML metadata ({type(err).__name__}: {err})", imzml,
                          fix="Check that the file is a complete imzML 1.1 file (re-export it)") from err
     if not parser.coordinates:
         raise ImzMLError("The imzML lists no spectra", imzml, fix="Re-export the dataset with its spectra")
-    if parser.mzPrecision not in _DTYPES or parser.intensityPrecision not in _DTYPES:
-        raise ImzMLError(
-            f"Unsupported binary data types (m/z: {parser.mzPrecision}, intensity: {parser.intensityPrecision})",
-            imzml, fix="Export m/z and intensities as 32/64-bit floats or integers")
     groups = parser.metadata.referenceable_param_groups
     for gid in (parser.mzGroupId, parser.intGroupId):
         params = groups[gid].param_by_name if gid in groups else {}
         if any("compression" in name and name != "no compression" for name in params):
-            raise ImzMLError("The binary arrays are compressed, which pyimzML cannot read", imzml,
-                             fix="Re-export the imzML without compression")
+            return _parse_metadata_xml(imzml)  # pyimzML gives no encoded lengths of compressed arrays
+    if parser.mzPrecision not in _DTYPES or parser.intensityPrecision not in _DTYPES:
+        raise ImzMLError(
+            f"Unsupported binary data types (m/z: {parser.mzPrecision}, intensity: {parser.intensityPrecision})",
+            imzml, fix="Export m/z and intensities as 32/64-bit floats or integers")
     fd = parser.metadata.file_description.param_by_name
     meta = parser.imzmldict
     return {
@@ -186,6 +312,9 @@ class _ImzMLInfo:
         self.mz_lengths = meta["mz_lengths"]
         self.int_offsets = meta["int_offsets"]
         self.int_lengths = meta["int_lengths"]
+        # zlib-compressed arrays: their byte lengths in the .ibd (None: uncompressed, length * itemsize)
+        self.mz_encoded = meta["mz_encoded"] if bool(meta.get("mz_compressed", False)) else None
+        self.int_encoded = meta["int_encoded"] if bool(meta.get("int_compressed", False)) else None
         coords = meta["coords"]
         self.x = coords[:, 0] - 1  # imzML is 1-based
         self.y = coords[:, 1] - 1
@@ -205,6 +334,14 @@ class _ImzMLInfo:
             raise ImzMLError("Pixel coordinates must be >= 1 (imzML is 1-based)", imzml,
                              fix="Re-export the dataset with valid pixel coordinates")
         self.n = len(self.x)
+        for axis, pos, declared in (("x", self.x, self.max_x), ("y", self.y, self.max_y)):
+            if declared > 0 and pos.max() >= declared:  # a corrupted coordinate would grow the image
+                bad = np.flatnonzero(pos >= declared)
+                raise ImzMLError(
+                    f"Spectrum {int(bad[0])} lies at {axis}={int(pos[bad[0]]) + 1}, beyond the declared raster "
+                    f"('max count of pixels {axis}' = {declared}); {len(bad)} spectrum(s) lie outside", imzml,
+                    fix="The coordinates or the header are corrupt; re-export the imzML (or correct the header's "
+                    f"max count of pixels {axis} if the coordinates are right)")
         self.width = max(int(self.x.max()) + 1, self.max_x)
         self.height = max(int(self.y.max()) + 1, self.max_y)
         flat = self.y * self.width + self.x
@@ -232,12 +369,28 @@ class _ImzMLInfo:
                     "written together")
         need = 0
         if self.n:
-            need = int(max((self.mz_offsets + self.mz_lengths * self.mz_dtype.itemsize).max(),
-                           (self.int_offsets + self.int_lengths * self.int_dtype.itemsize).max()))
+            need = int(max((self.mz_offsets + self.nbytes("mz")).max(), (self.int_offsets + self.nbytes("int")).max()))
         if size < need:
             raise ImzMLError(
                 f"The .ibd file is truncated: {size} bytes, but {imzml.name} references data up to byte {need}",
                 ibd, fix="The copy or export was interrupted; copy the complete .ibd file again")
+
+
+    def nbytes(self, which: str) -> np.ndarray:
+        """Bytes of each spectrum's m/z (``"mz"``) or intensity (``"int"``) array in the .ibd."""
+        encoded = self.mz_encoded if which == "mz" else self.int_encoded
+        if encoded is not None:
+            return encoded
+        return (self.mz_lengths * self.mz_dtype.itemsize if which == "mz" else
+                self.int_lengths * self.int_dtype.itemsize)
+
+    def request(self, which: str, start: int, stop: int) -> tuple:
+        """The :func:`_read_arrays` request of spectra ``start:stop``'s m/z or intensity arrays."""
+        if which == "mz":
+            enc = None if self.mz_encoded is None else self.mz_encoded[start:stop]
+            return self.mz_offsets[start:stop], self.mz_lengths[start:stop], self.mz_dtype, enc
+        enc = None if self.int_encoded is None else self.int_encoded[start:stop]
+        return self.int_offsets[start:stop], self.int_lengths[start:stop], self.int_dtype, enc
 
 
 def _resolve_paths(path: str | Path) -> tuple[Path, Path]:
@@ -283,12 +436,34 @@ class _GrowingArray:
         return out
 
 
-def _read_arrays(fh, requests: list[tuple[np.ndarray, np.ndarray, np.dtype]]) -> list[np.ndarray]:
-    """Read, for each ``(offsets, lengths, dtype)`` request, the .ibd arrays at ``offsets`` concatenated.
+def _read_arrays(fh, requests: list[tuple]) -> list[np.ndarray]:
+    """Read, for each ``(offsets, lengths, dtype, encoded)`` request, the .ibd arrays at ``offsets`` concatenated.
 
-    When the requested bytes lie close together (the usual layout: one spectrum's m/z and intensities after
-    the other's) the whole span is read with one ``read`` call; otherwise array by array.
+    ``encoded`` is None for uncompressed arrays, else the byte length of each zlib-compressed array. When the
+    requested bytes lie close together (the usual layout: one spectrum's m/z and intensities after the other's)
+    the whole span is read with one ``read`` call; otherwise array by array.
     """
+    if any(r[3] is not None for r in requests):
+        import zlib
+
+        outs = []
+        for offsets, lengths, dtype, encoded in requests:
+            out = np.empty(int(lengths.sum()), dtype=dtype)
+            pos = 0
+            for off, ln, enc in zip(offsets.tolist(), lengths.tolist(),
+                                    (encoded if encoded is not None else lengths * dtype.itemsize).tolist()):
+                fh.seek(off)
+                raw = fh.read(enc)
+                try:
+                    raw = zlib.decompress(raw) if encoded is not None else raw
+                    out[pos:pos + ln] = np.frombuffer(raw, dtype=dtype, count=ln)
+                except (zlib.error, ValueError) as err:
+                    raise ImzMLError(f"The array at byte {off} of the .ibd cannot be read ({err})", fh.name,
+                                     fix="The .ibd is corrupt or truncated; copy or re-export it") from None
+                pos += ln
+            outs.append(out)
+        return outs
+    requests = [r[:3] for r in requests]
     needed = sum(int(ln.sum()) * dt.itemsize for _, ln, dt in requests)
     first = min(int(off.min()) for off, _, _ in requests)
     last = max(int((off + ln * dt.itemsize).max()) for off, ln, dt in requests)
@@ -341,6 +516,40 @@ def _sum_per_pixel_bin(rows: np.ndarray, k: np.ndarray, vals: np.ndarray, m: int
     ukey -= r * span
     ukey += k0
     return sums, ukey, counts
+
+
+def _count_bad_values(vals: np.ndarray, rows: np.ndarray, m: int, start: int, n_nonfinite: np.ndarray,
+                      n_negative: np.ndarray) -> np.ndarray:
+    """Which raw intensities to keep (finite and > 0); counts the NaN / +-Inf and the negative ones per pixel
+    of the chunk into ``n_nonfinite`` / ``n_negative`` (from spectrum ``start``)."""
+    keep = vals > 0
+    finite = np.isfinite(vals)
+    keep &= finite
+    if not finite.all():
+        n_nonfinite[start:start + m] += np.bincount(rows[~finite], minlength=m)
+    negative = vals < 0
+    if negative.any():
+        n_negative[start:start + m] += np.bincount(rows[negative & finite], minlength=m)
+    return keep
+
+
+def _warn_bad_values(imzml: Path, n_nonfinite: np.ndarray, n_negative: np.ndarray, tic: np.ndarray) -> None:
+    """One warning per kind of unusable intensity, with the counts, the first spectrum and the obs flag."""
+    n = len(tic)
+    for counts, what, done, flag in (
+        (n_nonfinite, "NaN / Inf intensities", "those values were left out", "nonfinite_intensity"),
+        (n_negative, "negative intensities", "those values were set to 0 (an intensity cannot be negative)",
+         "negative_intensity"),
+    ):
+        hit = np.flatnonzero(counts)
+        if not len(hit):
+            continue
+        empty = int(np.sum(tic[hit] <= 0))
+        warnings.warn(
+            f"{len(hit)} of {n} spectra in {imzml.name} hold {what} ({int(counts.sum())} values; first spectrum "
+            f"index {int(hit[0])}); {done}" + (f", which leaves {empty} pixel(s) without signal" if empty else "")
+            + f". The pixels are flagged in the MSI table's obs['{flag}']; check the export ({imzml})",
+            UserWarning, stacklevel=3)
 
 
 def _chunks(lengths: np.ndarray, chunk_size: int):
@@ -424,6 +633,8 @@ def iter_read_imzml(
     indptr = np.zeros(n + 1, dtype=np.int64)
     tic = np.zeros(n, dtype=np.float64)
     sumsq = np.zeros(n, dtype=np.float64)
+    n_nonfinite = np.zeros(n, dtype=np.int64)  # per pixel: NaN / +-Inf intensities (dropped)
+    n_negative = np.zeros(n, dtype=np.int64)  # per pixel: negative intensities (set to 0)
     kmin, kmax = None, None
     mz_seen = [np.inf, -np.inf]
 
@@ -438,7 +649,7 @@ def iter_read_imzml(
     with open(ibd, "rb") as fh:
         shared = None
         if info.mode == "continuous":
-            mzs0 = _read_arrays(fh, [(info.mz_offsets[:1], info.mz_lengths[:1], info.mz_dtype)])[0]
+            mzs0 = _read_arrays(fh, [info.request("mz", 0, 1)])[0]
             mzs0 = mzs0.astype(np.float64)
             k0, ok0 = bins_of(mzs0)
             shared = (k0.astype(index_dtype), ok0, len(mzs0))
@@ -457,18 +668,16 @@ def iter_read_imzml(
         for start, stop in _chunks(info.int_lengths, chunk_size):
             m = stop - start
             lens = info.int_lengths[start:stop]
-            int_request = (info.int_offsets[start:stop], lens, info.int_dtype)
+            int_request = info.request("int", start, stop)
+            rows = np.repeat(np.arange(m, dtype=np.int64), lens)
             if shared is not None and np.all(lens == shared[2]):
                 vals = _read_arrays(fh, [int_request])[0]
-                keep = np.tile(shared[1], m)
-                keep &= vals != 0
-                keep &= np.isfinite(vals)
+                keep = _count_bad_values(vals, rows, m, start, n_nonfinite, n_negative)
+                keep &= np.tile(shared[1], m)
                 k = np.tile(shared[0], m)[keep]
             else:
-                mzs, vals = _read_arrays(fh, [(info.mz_offsets[start:stop], info.mz_lengths[start:stop],
-                                               info.mz_dtype), int_request])
-                keep = vals != 0
-                keep &= np.isfinite(vals)
+                mzs, vals = _read_arrays(fh, [info.request("mz", start, stop), int_request])
+                keep = _count_bad_values(vals, rows, m, start, n_nonfinite, n_negative)
                 keep &= np.isfinite(mzs)
                 keep &= mzs > 0
                 if rng is not None:
@@ -479,7 +688,7 @@ def iter_read_imzml(
                     mz_seen = [min(mz_seen[0], float(mzs.min())), max(mz_seen[1], float(mzs.max()))]
                 k = mz_bin_index(mzs, bin_ppm)
                 del mzs
-            rows = np.repeat(np.arange(m, dtype=np.int64), lens)[keep]
+            rows = rows[keep]
             vals = vals[keep].astype(np.float64)
             del keep
             tic[start:stop] = np.bincount(rows, weights=vals, minlength=m)
@@ -498,6 +707,7 @@ def iter_read_imzml(
                 del sums, kk
             yield Progress(stage, stop, n, f"{stop}/{n} spectra")
 
+    _warn_bad_values(imzml, n_nonfinite, n_negative, tic)
     if kmin is None:
         where = f" within mz_range={list(rng)}" if rng else ""
         raise ImzMLError(f"No non-zero peak{where} in any of the {n} spectra", imzml,
@@ -554,6 +764,8 @@ def iter_read_imzml(
             "y": info.y.astype(np.int32),
             "tic": tic,
             "sample": pd.Categorical([sample] * n),
+            "nonfinite_intensity": n_nonfinite > 0,
+            "negative_intensity": n_negative > 0,
         },
         index=pd.Index([f"{sample}_msi_{x}_{y}" for x, y in zip(info.x.tolist(), info.y.tolist())]),
     )
