@@ -66,6 +66,56 @@ def seurat_visium() -> Path:
 
 
 # ============================================================================================================
+# imzML from another writer (spatialmix.io tests): R MALDIquantForeign's example files from Debian's
+# r-cran-maldiquantforeign (binary-array settings written inline, no referenceableParamGroup)
+# ============================================================================================================
+MALDIQUANT_SUBDIR = Path("usr/lib/R/site-library/MALDIquantForeign/exampledata")
+
+
+def _maldiquant_folder() -> tuple[Path | None, str]:
+    """The MALDIquantForeign example data folder: installed, cached, or downloaded with apt-get into the cache."""
+    package = "r-cran-maldiquantforeign"
+    installed = Path("/") / MALDIQUANT_SUBDIR
+    if (installed / "tiny_continuous.imzML").is_file():
+        return installed, ""
+    extracted = SEURAT_CACHE / package / MALDIQUANT_SUBDIR
+    if (extracted / "tiny_continuous.imzML").is_file():
+        return extracted, ""
+    if shutil.which("apt-get") is None or shutil.which("dpkg") is None:
+        return None, f"apt-get/dpkg are not available to fetch Debian's {package} example data"
+    SEURAT_CACHE.mkdir(parents=True, exist_ok=True)
+
+    def download() -> subprocess.CompletedProcess:
+        return subprocess.run(["apt-get", "download", package], cwd=SEURAT_CACHE, capture_output=True, text=True,
+                              timeout=300)
+
+    debs = sorted(SEURAT_CACHE.glob(f"{package}_*.deb"))
+    if not debs:
+        result = download()
+        if result.returncode != 0:  # stale package lists: refresh once, then retry
+            subprocess.run(["apt-get", "update", "-qq"], capture_output=True, text=True, timeout=300)
+            result = download()
+        debs = sorted(SEURAT_CACHE.glob(f"{package}_*.deb"))
+        if result.returncode != 0 or not debs:
+            return None, f"apt-get download {package} failed: {(result.stderr or result.stdout).strip()[-300:]}"
+    unpack = subprocess.run(["dpkg", "-x", str(debs[-1]), str(SEURAT_CACHE / package)], capture_output=True,
+                            text=True, timeout=300)
+    if unpack.returncode != 0 or not (extracted / "tiny_continuous.imzML").is_file():
+        return None, f"dpkg -x {debs[-1].name} did not give {MALDIQUANT_SUBDIR}: {unpack.stderr.strip()[-300:]}"
+    return extracted, ""
+
+
+@pytest.fixture(scope="session")
+def maldiquant_exampledata() -> Path:
+    """R MALDIquantForeign's example folder: ``tiny_continuous.imzML`` and ``tiny_processed.imzML`` (+ .ibd),
+    two 5-peak spectra at pixels (1, 1) and (2, 1), written with inline binary-array cvParams."""
+    folder, reason = _maldiquant_folder()
+    if folder is None:
+        pytest.skip(f"MALDIquantForeign example data unavailable: {reason}")
+    return folder
+
+
+# ============================================================================================================
 # Torch threads and deterministic mode of every test, and the claim tests' seed (tests/_claims.py)
 # ============================================================================================================
 @pytest.fixture(autouse=True)

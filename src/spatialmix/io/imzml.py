@@ -220,12 +220,14 @@ def _parse_metadata_here(imzml: Path) -> dict:
     from pyimzml.ImzMLParser import ImzMLParser
 
     try:
-        try:
-            import lxml  # noqa: F401  # faster XML parsing for big files
+        with warnings.catch_warnings():  # cvParams outside pyimzML's ontology (e.g. MALDIquantForeign's) are harmless
+            warnings.filterwarnings("ignore", message="Unrecognized accession")
+            try:
+                import lxml  # noqa: F401  # faster XML parsing for big files
 
-            parser = ImzMLParser(str(imzml), parse_lib="lxml", ibd_file=None)
-        except ImportError:
-            parser = ImzMLParser(str(imzml), ibd_file=None)
+                parser = ImzMLParser(str(imzml), parse_lib="lxml", ibd_file=None)
+            except ImportError:
+                parser = ImzMLParser(str(imzml), ibd_file=None)
     except Exception as err:  # XML syntax errors (lxml / ElementTree), missing cvParams, inline settings, ...
         try:
             return _parse_metadata_xml(imzml)

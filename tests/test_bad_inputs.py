@@ -1,0 +1,215 @@
+"""Issue 15: hostile inputs. Each case builds a bad input in tmp_path, calls the public function (or the CLI)
+and checks that the user is told what is wrong, where, and what to do (a ``spatialmix.errors`` exception), or
+that the result is right and a warning gives the count."""
+
+from __future__ import annotations
+
+import re
+import uuid
+import warnings
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from _fixtures import write_imzml
+
+from spatialmix import errors
+from spatialmix.io import read_imzml
+
+
+def _dense(X):
+    return X.toarray() if sp.issparse(X) else np.asarray(X)
+
+
+# ============================================================================================================
+# imzML written by other software: inline settings (MALDIquantForeign), referenceable groups, dtypes, zlib
+# ============================================================================================================
+_DTYPE_CV = {np.dtype(np.float32): ("MS:1000521", "32-bit float"), np.dtype(np.float64): ("MS:1000523", "64-bit float"),
+             np.dtype(np.int32): ("IMS:1000141", "32-bit integer"), np.dtype(np.int64): ("IMS:1000142", "64-bit integer")}
+
+
+def _write_imzml_by_hand(path: Path, spectra, *, mz_dtype=np.float64, int_dtype=np.float32, compress=False,
+                         groups=False, max_xy=None) -> Path:
+    """An imzML 1.1 file written the way other software does: binary-array settings inline in every spectrum
+    (``groups=False``, as R's MALDIquantForeign) or in referenceable param groups, optionally zlib-compressed,
+    the pixel position directly in the spectrum (no scanList)."""
+    uid = uuid.uuid4()
+    ibd = bytearray(uid.bytes)
+
+    def settings(dtype, kind) -> str:
+        acc, name = _DTYPE_CV[np.dtype(dtype)]
+        comp = ('<cvParam cvRef="MS" accession="MS:1000574" name="zlib compression" value=""/>' if compress else
+                '<cvParam cvRef="MS" accession="MS:1000576" name="no compression" value=""/>')
+        what = ('<cvParam cvRef="MS" accession="MS:1000514" name="m/z array" value=""/>' if kind == "mz" else
+                '<cvParam cvRef="MS" accession="MS:1000515" name="intensity array" value=""/>')
+        return f'<cvParam cvRef="MS" accession="{acc}" name="{name}" value=""/>{comp}{what}'
+
+    body = []
+    for i, (x, y, mzs, ints) in enumerate(spectra):
+        arrays = []
+        for kind, values, dtype in (("mz", mzs, mz_dtype), ("int", ints, int_dtype)):
+            raw = np.asarray(values, dtype=dtype).tobytes()
+            data = zlib.compress(raw) if compress else raw
+            offset = len(ibd)
+            ibd += data
+            head = (f'<referenceableParamGroupRef ref="{kind}Array"/>' if groups else settings(dtype, kind))
+            arrays.append(
+                f'<binaryDataArray encodedLength="0">{head}'
+                f'<cvParam cvRef="IMS" accession="IMS:1000102" name="external offset" value="{offset}"/>'
+                f'<cvParam cvRef="IMS" accession="IMS:1000103" name="external array length" value="{len(values)}"/>'
+                f'<cvParam cvRef="IMS" accession="IMS:1000104" name="external encoded length" value="{len(data)}"/>'
+                "<binary/></binaryDataArray>")
+        body.append(f'<spectrum index="{i}" id="S{i}" defaultArrayLength="{len(mzs)}">'
+                    f'<cvParam cvRef="IMS" accession="IMS:1000050" name="position x" value="{x}"/>'
+                    f'<cvParam cvRef="IMS" accession="IMS:1000051" name="position y" value="{y}"/>'
+                    f'<binaryDataArrayList count="2">{"".join(arrays)}</binaryDataArrayList></spectrum>')
+    group_list = ""
+    if groups:
+        group_list = ('<referenceableParamGroupList count="2">'
+                      f'<referenceableParamGroup id="mzArray">{settings(mz_dtype, "mz")}</referenceableParamGroup>'
+                      f'<referenceableParamGroup id="intArray">{settings(int_dtype, "int")}</referenceableParamGroup>'
+                      "</referenceableParamGroupList>")
+    scan = ""
+    if max_xy is not None:
+        scan = ('<scanSettingsList count="1"><scanSettings id="s1">'
+                f'<cvParam cvRef="IMS" accession="IMS:1000042" name="max count of pixels x" value="{max_xy[0]}"/>'
+                f'<cvParam cvRef="IMS" accession="IMS:1000043" name="max count of pixels y" value="{max_xy[1]}"/>'
+                "</scanSettings></scanSettingsList>")
+    xml = ('<?xml version="1.0" encoding="ISO-8859-1"?>\n<mzML xmlns="http://psi.hupo.org/ms/mzml" version="1.1">'
+           '<fileDescription><fileContent>'
+           f'<cvParam cvRef="IMS" accession="IMS:1000080" name="universally unique identifier" value="{{{uid}}}"/>'
+           '<cvParam cvRef="IMS" accession="IMS:1000031" name="processed" value=""/>'
+           f'</fileContent></fileDescription>{group_list}{scan}<run id="r"><spectrumList count="{len(spectra)}">'
+           f'{"".join(body)}</spectrumList></run></mzML>\n')
+    path.write_text(xml, encoding="latin-1")
+    path.with_suffix(".ibd").write_bytes(bytes(ibd))
+    return path
+
+
+def _ibd_arrays(imzml: Path) -> list[tuple[int, int, np.ndarray, np.ndarray]]:
+    """(x, y, m/z, intensities) of every spectrum, read straight from the .ibd at the offsets in the XML
+    (MALDIquantForeign's files: 64-bit floats, uncompressed, settings inline)."""
+    xml = imzml.read_text(encoding="latin-1")
+    ibd = imzml.with_suffix(".ibd").read_bytes()
+    out = []
+    for spec in re.findall(r"<spectrum .*?</spectrum>", xml, flags=re.S):
+        x = int(re.search(r'name="position x" value="(\d+)"', spec).group(1))
+        y = int(re.search(r'name="position y" value="(\d+)"', spec).group(1))
+        arrays = []
+        for arr in re.findall(r"<binaryDataArray>.*?</binaryDataArray>", spec, flags=re.S):
+            assert "64-bit float" in arr and "no compression" in arr
+            off = int(re.search(r'name="external offset" value="(\d+)"', arr).group(1))
+            n = int(re.search(r'name="external array length" value="(\d+)"', arr).group(1))
+            arrays.append(("m/z array" in arr, np.frombuffer(ibd, dtype="<f8", count=n, offset=off)))
+        mz = next(a for is_mz, a in arrays if is_mz)
+        ints = next(a for is_mz, a in arrays if not is_mz)
+        out.append((x, y, mz, ints))
+    return out
+
+
+@pytest.mark.parametrize("name, expected", [
+    # MALDIquantForeign's own tests (test_importImzMl-functions.R): mass and intensity of both spectra
+    ("tiny_continuous", [(1, 1, [1, 2, 3, 4, 5], [6, 7, 8, 9, 10]), (2, 1, [1, 2, 3, 4, 5], [10, 9, 8, 7, 6])]),
+    ("tiny_processed", [(1, 1, [1, 2, 3, 4, 5], [6, 7, 8, 9, 10]), (2, 1, [6, 7, 8, 9, 10], [10, 9, 8, 7, 6])]),
+])
+def test_maldiquantforeign_imzml_reads(maldiquant_exampledata, name, expected):
+    """R's MALDIquantForeign writes the binary-array settings inline (no referenceableParamGroupRef), on which
+    pyimzML 1.5.5 fails with AttributeError; both example files must read with the values they hold."""
+    path = maldiquant_exampledata / f"{name}.imzML"
+    direct = _ibd_arrays(path)
+    assert [(x, y, list(m), list(i)) for x, y, m, i in direct] == expected  # the R package's numbers
+    sdata = read_imzml(path, sample="R", pixel_size_um=10.0, normalize="none", bin_ppm=20.0)
+    t = sdata.tables["R_msi"]
+    assert t.n_obs == 2 and list(t.obs["x"]) == [0, 1] and list(t.obs["y"]) == [0, 0]
+    assert t.uns["spatialmix_msi"]["mode"] == name.split("_")[1]
+    assert sdata.images["R_msi_tic"].shape == (1, 1, 2)
+    X = _dense(t.X)
+    for row, (_, _, mz, ints) in enumerate(direct):
+        cols = [int(np.argmin(np.abs(t.var["mz"].to_numpy() - v))) for v in mz]
+        np.testing.assert_allclose(t.var["mz"].to_numpy()[cols], mz, rtol=2e-5)  # the bin holding each m/z
+        np.testing.assert_array_equal(X[row, cols], ints)
+        assert X[row].sum() == pytest.approx(ints.sum()) == t.obs["tic"].iloc[row]
+
+
+@pytest.mark.parametrize("groups", [False, True], ids=["inline", "groups"])
+@pytest.mark.parametrize("compress", [False, True], ids=["raw", "zlib"])
+@pytest.mark.parametrize("mz_dtype, int_dtype", [(np.float64, np.float32), (np.float32, np.int32),
+                                                 (np.float64, np.int64), (np.float32, np.float64)])
+def test_imzml_written_any_way_reads(tmp_path, groups, compress, mz_dtype, int_dtype):
+    spectra = [(1, 1, [100.0, 250.0, 700.0], [3, 5, 7]), (2, 1, [250.0, 900.0], [11, 2]),
+               (1, 2, [100.0, 900.0], [1, 4])]
+    path = _write_imzml_by_hand(tmp_path / "any.imzML", spectra, mz_dtype=mz_dtype, int_dtype=int_dtype,
+                                compress=compress, groups=groups)
+    t = read_imzml(path, sample="A", pixel_size_um=20.0, normalize="none").tables["A_msi"]
+    assert t.shape == (3, 4)
+    np.testing.assert_allclose(t.var["mz"], [100.0, 250.0, 700.0, 900.0], rtol=2e-5)
+    np.testing.assert_array_equal(_dense(t.X), [[3, 5, 7, 0], [0, 11, 0, 2], [1, 0, 0, 4]])
+    assert list(t.obs["x"]) == [0, 1, 0] and list(t.obs["y"]) == [0, 0, 1]
+
+
+def test_imzml_corrupt_zlib_array_is_named(tmp_path):
+    path = _write_imzml_by_hand(tmp_path / "z.imzML", [(1, 1, [100.0, 200.0], [1.0, 2.0])], compress=True)
+    ibd = bytearray(path.with_suffix(".ibd").read_bytes())
+    ibd[20:24] = b"\xff\xff\xff\xff"  # inside the first compressed array
+    path.with_suffix(".ibd").write_bytes(bytes(ibd))
+    with pytest.raises(errors.ImzMLError, match=r"byte 16 of the \.ibd cannot be read.*z\.ibd.*re-export"):
+        read_imzml(path, sample="A", pixel_size_um=20.0)
+
+
+# ============================================================================================================
+# imzML: NaN / Inf / negative intensities, a pixel beyond the declared raster
+# ============================================================================================================
+def test_imzml_nonfinite_intensities_counted_and_flagged(tmp_path):
+    nan, inf = float("nan"), float("inf")
+    spectra = [(1, 1, [100.0, 200.0], [1.0, 2.0]), (2, 1, [100.0, 200.0], [nan, nan]),  # all NaN -> empty
+               (1, 2, [100.0, 200.0], [inf, 5.0]), (2, 2, [100.0, 200.0], [-inf, 3.0])]
+    path = write_imzml(tmp_path / "nan.imzML", spectra)
+    with pytest.warns(UserWarning, match=r"3 of 4 spectra in nan\.imzML hold NaN / Inf intensities \(4 values; "
+                      r"first spectrum index 1\).*1 pixel\(s\) without signal.*obs\['nonfinite_intensity'\]"):
+        t = read_imzml(path, sample="A", pixel_size_um=20.0, normalize="none").tables["A_msi"]
+    assert list(t.obs["nonfinite_intensity"]) == [False, True, True, True]
+    np.testing.assert_array_equal(t.obs["tic"], [3.0, 0.0, 5.0, 3.0])
+    np.testing.assert_array_equal(_dense(t.X), [[1, 2], [0, 0], [0, 5], [0, 3]])
+
+
+def test_imzml_negative_intensities_counted_and_flagged(tmp_path):
+    spectra = [(1, 1, [100.0, 200.0], [1.0, 2.0]), (2, 1, [100.0, 200.0], [-1.0, -4.0]),
+               (1, 2, [100.0, 200.0], [-2.0, 6.0])]
+    path = write_imzml(tmp_path / "neg.imzML", spectra)
+    with pytest.warns(UserWarning, match=r"2 of 3 spectra in neg\.imzML hold negative intensities \(3 values; "
+                      r"first spectrum index 1\); those values were set to 0.*1 pixel\(s\) without signal.*"
+                      r"obs\['negative_intensity'\]"):
+        t = read_imzml(path, sample="A", pixel_size_um=20.0).tables["A_msi"]
+    assert list(t.obs["negative_intensity"]) == [False, True, True]
+    assert (t.obs["tic"] >= 0).all() and list(t.obs["tic"]) == [3.0, 0.0, 6.0]
+    X = _dense(t.X)
+    assert (X >= 0).all() and X[1].sum() == 0 and X[2].sum() > 0
+
+
+def test_imzml_clean_file_has_no_flags_and_no_warning(tmp_path):
+    path = write_imzml(tmp_path / "ok.imzML", [(1, 1, [100.0], [1.0]), (2, 1, [100.0], [2.0])])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        t = read_imzml(path, sample="A", pixel_size_um=20.0).tables["A_msi"]
+    assert not t.obs["nonfinite_intensity"].any() and not t.obs["negative_intensity"].any()
+
+
+@pytest.mark.parametrize("writer", ["pyimzml", "by_hand"])
+def test_imzml_pixel_beyond_declared_raster_is_refused(tmp_path, writer):
+    spectra = [(1, 1, [100.0], [1.0]), (2, 1, [100.0], [2.0]), (1, 2, [100.0], [3.0]), (2, 2, [100.0], [4.0])]
+    if writer == "pyimzml":
+        path = write_imzml(tmp_path / "far.imzML", spectra)
+        xml = path.read_text()
+        # corrupt the x coordinate of the third spectrum (index 2): 1 -> 950, header still says 2 x 2
+        positions = [m.start() for m in re.finditer(r'name="position x" value="1"', xml)]
+        at = positions[1]
+        xml = xml[:at] + xml[at:].replace('name="position x" value="1"', 'name="position x" value="950"', 1)
+        path.write_text(xml)
+    else:
+        spectra[2] = (950, 2, [100.0], [3.0])
+        path = _write_imzml_by_hand(tmp_path / "far.imzML", spectra, max_xy=(2, 2))
+    with pytest.raises(errors.ImzMLError, match=r"Spectrum 2 lies at x=950, beyond the declared raster \('max count "
+                       r"of pixels x' = 2\).*far\.imzML.*re-export"):
+        read_imzml(path, sample="A", pixel_size_um=20.0)
