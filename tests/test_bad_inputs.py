@@ -213,3 +213,124 @@ def test_imzml_pixel_beyond_declared_raster_is_refused(tmp_path, writer):
     with pytest.raises(errors.ImzMLError, match=r"Spectrum 2 lies at x=950, beyond the declared raster \('max count "
                        r"of pixels x' = 2\).*far\.imzML.*re-export"):
         read_imzml(path, sample="A", pixel_size_um=20.0)
+
+
+# ============================================================================================================
+# samples.csv, run configuration and command line: checked whole before any reading
+# ============================================================================================================
+def _dataset(tmp_path: Path, rows: list[str], *, header: str = "sample,visium,imzml,msi_pixel_size_um") -> Path:
+    """A dataset folder whose first sample's Visium folder is empty: any reading would fail on it first, so an
+    error about a later row proves that the whole csv was checked before reading started."""
+    data = tmp_path / "data"
+    (data / "S1" / "outs").mkdir(parents=True)
+    (data / "S2" / "outs").mkdir(parents=True)
+    for s in ("S1", "S2"):
+        write_imzml(data / s / f"{s}.imzML", [(1, 1, [100.0], [1.0])])
+    (data / "samples.csv").write_text("\n".join([header, *rows]) + "\n")
+    return data
+
+
+SAMPLES_CSV_CASES = {
+    "unit in pixel size": (["S1,S1/outs,S1/S1.imzML,50", "S2,S2/outs,S2/S2.imzML,50um"], errors.InputFileError,
+                           r"samples\.csv line 3, column msi_pixel_size_um \(sample S2\): '50um' is not a number.*"
+                           r"Write a plain number without unit"),
+    "zero pixel size": (["S1,S1/outs,S1/S1.imzML,50", "S2,S2/outs,S2/S2.imzML,0"], errors.InputFileError,
+                        r"samples\.csv line 3, column msi_pixel_size_um \(sample S2\): must be a positive number, "
+                        r"got '0'.*e\.g\. 50"),
+    "nan pixel size": (["S1,S1/outs,S1/S1.imzML,nan", "S2,S2/outs,S2/S2.imzML,50"], errors.InputFileError,
+                       r"line 2, column msi_pixel_size_um \(sample S1\): must be a positive number, got 'nan'"),
+    "missing relative path": (["S1,S1/outs,S1/S1.imzML,50", "S2,S2/outs,S2/nope.imzML,50"], errors.MissingFileError,
+                              r"samples\.csv line 3, column imzml \(sample S2\): not found: .*nope\.imzML.*relative "
+                              r"to its folder"),
+    "missing visium folder": (["S1,S1/outs,,", "S2,S3/outs,,"], errors.MissingFileError,
+                              r"line 3, column visium \(sample S2\): not found"),
+    "visium is a file": (["S1,S1/outs,,", "S2,S2/S2.imzML,,"], errors.InputFileError,
+                         r"line 3, column visium \(sample S2\): .*S2\.imzML must be a folder"),
+    "imzml without ibd": (["S1,S1/outs,S1/S1.imzML,50", "S2,S2/outs,S2/S2.imzML,50"], errors.MissingFileError,
+                          r"line 3, column imzml \(sample S2\): S2\.imzML has no \.ibd companion"),
+    "imzml without size": (["S1,S1/outs,S1/S1.imzML,50", "S2,S2/outs,S2/S2.imzML,"], errors.ParameterError,
+                           r"sample S2: an imzML file is given but no msi_pixel_size_um \(samples\.csv line 3, column "
+                           r"msi_pixel_size_um \(sample S2\) is empty"),
+}
+
+
+@pytest.mark.parametrize("case", list(SAMPLES_CSV_CASES))
+def test_samples_csv_checked_whole_before_reading(tmp_path, case):
+    import time
+
+    from spatialmix.pipeline import iter_prepare
+
+    rows, cls, pattern = SAMPLES_CSV_CASES[case]
+    data = _dataset(tmp_path, rows)
+    if case == "imzml without ibd":
+        (data / "S2" / "S2.ibd").unlink()
+    t = time.perf_counter()
+    with pytest.raises(cls, match=pattern):
+        next(iter_prepare(data))  # the first step: nothing is read before the whole csv is checked
+    assert time.perf_counter() - t < 1.0
+
+
+@pytest.mark.parametrize("case", ["unit in pixel size", "zero pixel size", "missing relative path"])
+def test_cli_prepare_reports_samples_csv_mistakes_before_reading(tmp_path, capsys, case):
+    from spatialmix.cli import main
+
+    rows, _, pattern = SAMPLES_CSV_CASES[case]
+    data = _dataset(tmp_path, rows)
+    assert main(["--quiet", "prepare", str(data), "--out", str(tmp_path / "p.zarr")]) == 2
+    err = capsys.readouterr().err
+    assert re.search(pattern, err, flags=re.S), err
+    assert "Traceback" not in err and not (tmp_path / "p.zarr").exists()
+
+
+def test_run_config_names_the_samples_csv_line(tmp_path):
+    from spatialmix.config import load_config
+
+    rows, _, _ = SAMPLES_CSV_CASES["unit in pixel size"]
+    data = _dataset(tmp_path, rows)
+    (tmp_path / "run.toml").write_text('[data]\nsamples_csv = "data/samples.csv"\n')
+    with pytest.raises(errors.ConfigError, match=r"run\.toml line 2: \[data\] samples_csv cannot be read: samples\.csv "
+                       r"line 3, column msi_pixel_size_um \(sample S2\): '50um' is not a number"):
+        load_config(tmp_path / "run.toml")
+
+
+@pytest.mark.parametrize("argv, pattern", [
+    (["demo", "--epochs", "-1"], r"argument --epochs: must be a whole number >= 1 or 'auto', got '-1'"),  # was so
+    (["demo", "--epochs", "ten"], r"argument --epochs: must be a whole number >= 1 or 'auto', got 'ten'"),
+    (["demo", "--max-steps", "0"], r"argument --max-steps: must be a whole number >= 1, got '0'"),
+    (["demo", "--lr", "-0.001"], r"argument --lr: must be a positive number, got '-0.001'"),
+    (["demo", "--seed", "-3"], r"argument --seed: must be a whole number >= 0, got '-3'"),
+    (["demo", "--device", "gpu"], r"argument --device: must be auto, cpu, cuda or cuda:N"),
+    (["prepare", "DATA", "--out", "OUT", "--bin-ppm", "0"], r"argument --bin-ppm: must be a positive number, got '0'"),
+    (["benchmark", "--data", "DATA", "--out", "OUT", "--cv-folds", "1"],
+     r"argument --cv-folds: must be a whole number >= 2, got '1'"),
+])
+def test_cli_options_checked_before_any_work(tmp_path, capsys, argv, pattern):
+    from spatialmix.cli import main
+
+    argv = [str(tmp_path / a) if a in ("DATA", "OUT") else a for a in argv]
+    with pytest.raises(SystemExit) as info:
+        main(["--quiet", *argv])
+    assert info.value.code == 2
+    assert re.search(pattern, capsys.readouterr().err)
+
+
+def test_prepare_checks_bin_ppm_before_reading(tmp_path):
+    from spatialmix.pipeline import iter_prepare
+
+    data = _dataset(tmp_path, ["S1,S1/outs,S1/S1.imzML,50"])
+    with pytest.raises(errors.ParameterError, match="bin_ppm must be a positive number"):
+        next(iter_prepare(data, bin_ppm=-5))
+
+
+def test_single_pixel_imzml_refused_before_registration(tmp_path):
+    from _fixtures import write_spaceranger
+
+    from spatialmix.pipeline import SampleSpec, iter_prepare
+    from spatialmix.progress import run
+
+    write_spaceranger(tmp_path / "S1" / "outs")
+    imzml = write_imzml(tmp_path / "S1" / "one.imzML", [(1, 1, [100.0, 200.0], [1.0, 2.0])])
+    spec = SampleSpec("S1", tmp_path / "S1" / "outs", imzml=imzml, msi_pixel_size_um=50.0)
+    with pytest.raises(errors.RegistrationError, match=r"sample S1: the MSI raster of .*one\.imzML is 1 x 1 pixels "
+                       r"with 1 pixel\(s\) of signal.*--no-register"):
+        run(iter_prepare([spec], morphology=False))

@@ -152,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("prepare", help="read, register and build per-spot tables of a dataset into a zarr project")
     s.add_argument("data", type=Path, help="dataset folder with samples.csv (or the csv itself)")
     s.add_argument("--out", required=True, type=Path, help="project .zarr to write")
-    s.add_argument("--bin-ppm", type=float, default=20.0)
+    s.add_argument("--bin-ppm", type=_positive, default=20.0)
     s.add_argument("--annotation-key", default="pathologist")
     s.add_argument("--no-register", action="store_true", help="keep the nominal pixel sizes, no automatic registration")
     s.add_argument("--overwrite", action="store_true")
@@ -198,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--exclude", default=None,
                    help="comma-separated classes left out of training and scoring (default: the paper's: "
                         "Nerve, Necrosis, ISUP2, ISUP4, Other, Unlabelled); '' keeps every class")
-    s.add_argument("--cv-folds", type=int, default=4, help="folds of the within-sample and translation CV")
+    s.add_argument("--cv-folds", type=_whole(2), default=4, help="folds of the within-sample and translation CV")
     s.add_argument("--no-translation", action="store_true", help="skip the cross-validated translation fidelity")
     s.add_argument("--no-figures", action="store_true")
     s.add_argument("--map-representation", default=None, help="whose predictions the annotation maps show")
@@ -240,16 +240,56 @@ def _epochs(value: str):
     return n
 
 
+def _positive(value: str) -> float:
+    """A positive finite number (--bin-ppm, --lr), checked before any data is read."""
+    import argparse
+    import math
+
+    try:
+        v = float(value)
+    except ValueError:
+        v = float("nan")
+    if not (math.isfinite(v) and v > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {value!r}")
+    return v
+
+
+def _whole(low: int):
+    """A whole number >= ``low`` (--max-steps, --seed, --cv-folds), checked before any data is read."""
+    import argparse
+
+    def check(value: str) -> int:
+        try:
+            n = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a whole number >= {low}, got {value!r}") from None
+        if n < low:
+            raise argparse.ArgumentTypeError(f"must be a whole number >= {low}, got {value!r}")
+        return n
+    check.__name__ = f"whole number >= {low}"
+    return check
+
+
+def _device(value: str) -> str:
+    """--device: auto, cpu, cuda or cuda:N (checked before any data is read)."""
+    import argparse
+    import re
+
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value.strip().lower()):
+        raise argparse.ArgumentTypeError(f"must be auto, cpu, cuda or cuda:N (N = GPU number), got {value!r}")
+    return value.strip().lower()
+
+
 def _train_args(s) -> None:
     g = s.add_argument_group("training (override the configuration / demo defaults)")
     g.add_argument("--epochs", type=_epochs, default=None,
                    help="passes over the data, or 'auto': about 13,000 optimiser steps whatever the data size, "
                         "with early stopping on the validation loss (the best epoch is kept)")
-    g.add_argument("--max-steps", dest="max_steps", type=int, default=None,
+    g.add_argument("--max-steps", dest="max_steps", type=_whole(1), default=None,
                    help="optimiser steps instead of epochs (scMODAL counts steps: 10,000 by default)")
-    g.add_argument("--lr", type=float, default=None)
-    g.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N")
-    g.add_argument("--seed", type=int, default=None)
+    g.add_argument("--lr", type=_positive, default=None)
+    g.add_argument("--device", type=_device, default=None, help="auto | cpu | cuda | cuda:N")
+    g.add_argument("--seed", type=_whole(0), default=None)
 
 
 def main(argv: list[str] | None = None) -> int:

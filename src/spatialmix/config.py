@@ -629,7 +629,7 @@ def _samples_from_csv(ctx: _Context, value, base: Path) -> tuple[list[SampleSpec
         value = str(Path(value) / "samples.csv")
     csv = csv_path(k, value, base)
     try:
-        specs = read_samples_csv(csv)
+        specs = read_samples_csv(csv, check_files=False)  # the files are checked below, with the config's context
     except (SpatialMixError, ValueError, OSError) as err:
         raise k.fail(f"cannot be read: {err}", "Columns are sample, patient, visium, imzml, msi_pixel_size_um, he, "
                      "he_microns_per_pixel, annotations (paths relative to the csv)") from None

@@ -58,11 +58,19 @@ class SampleSpec:
             )
 
 
-def read_samples_csv(path: str | Path) -> list[SampleSpec]:
+SAMPLES_CSV_COLUMNS = ("sample", "patient", "visium", "imzml", "msi_pixel_size_um", "he", "he_microns_per_pixel",
+                       "annotations")
+_SIZE_EXAMPLES = {"msi_pixel_size_um": "the MSI raster step in micrometres, e.g. 50",
+                  "he_microns_per_pixel": "the H&E scan resolution in micrometres per pixel, e.g. 0.5"}
+
+
+def read_samples_csv(path: str | Path, *, check_files: bool = True) -> list[SampleSpec]:
     """Read a dataset's ``samples.csv`` (or a dataset folder holding one); paths are relative to its folder.
 
     Columns: ``sample, patient, visium, imzml, msi_pixel_size_um, he, he_microns_per_pixel, annotations``
-    (only ``sample`` and ``visium`` are required).
+    (only ``sample`` and ``visium`` are required). Every row is checked before anything is read (numbers,
+    required sizes and, with ``check_files``, that every named file exists); a mistake raises an error naming
+    the file, the line, the column and the sample.
     """
     path = Path(path)
     if path.is_dir():
@@ -73,8 +81,12 @@ def read_samples_csv(path: str | Path) -> list[SampleSpec]:
             "(see `spatialmix simulate` for an example)"
         )
     base = path.parent
-    with path.open(newline="") as fh:
-        rows = list(csv.DictReader(fh))
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as fh:
+            rows = list(csv.DictReader(fh))
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise InputFileError(f"samples.csv cannot be read as CSV text ({err})", path,
+                             fix="Save it as UTF-8 CSV with a header line") from None
     if not rows:
         raise InputFileError("samples.csv lists no samples", path, fix="Add one row per sample")
     missing = {"sample", "visium"} - set(rows[0])
@@ -91,23 +103,59 @@ def read_samples_csv(path: str | Path) -> list[SampleSpec]:
             raise InputFileError(f"line {i}: sample name {name!r} is empty or repeated", path)
         seen.add(name)
 
+        def where(column: str) -> str:
+            return f"{path.name} line {i}, column {column} (sample {name})"
+
         def rel(key: str) -> Path | None:
             v = (row.get(key) or "").strip()
             return (base / v) if v else None
 
         def num(key: str) -> float | None:
             v = (row.get(key) or "").strip()
-            return float(v) if v else None
+            if not v:
+                return None
+            try:
+                value = float(v)
+            except ValueError:
+                raise InputFileError(f"{where(key)}: {v!r} is not a number", path,
+                                     fix=f"Write a plain number without unit: {_SIZE_EXAMPLES[key]}") from None
+            if not (np.isfinite(value) and value > 0):
+                raise InputFileError(f"{where(key)}: must be a positive number, got {v!r}", path,
+                                     fix=f"Give {_SIZE_EXAMPLES[key]}")
+            return value
 
+        sizes = {key: num(key) for key in _SIZE_EXAMPLES}
+        for file_key, size_key in (("imzml", "msi_pixel_size_um"), ("he", "he_microns_per_pixel")):
+            if rel(file_key) is not None and sizes[size_key] is None:
+                what = "an imzML file" if file_key == "imzml" else "an H&E image"
+                raise ParameterError(f"sample {name}: {what} is given but no {size_key} ({where(size_key)} is "
+                                     f"empty; {path}). Give {_SIZE_EXAMPLES[size_key]}")
+        if check_files:
+            for key in ("visium", "imzml", "he", "annotations"):
+                p = rel(key)
+                if p is None:
+                    continue
+                fix = f"Paths in {path.name} are relative to its folder ({base}); correct the path or the file name"
+                if not p.exists():
+                    raise MissingFileError(f"{where(key)}: not found: {p.resolve()}", path, fix=fix)
+                if (key == "visium") != p.is_dir():
+                    raise InputFileError(f"{where(key)}: {p.resolve()} must be a {'folder' if key == 'visium' else 'file'}",
+                                         path, fix=fix)
+            imzml = rel("imzml")
+            if imzml is not None and not any(c.stem == imzml.stem and c.suffix.lower() == ".ibd" and c.is_file()
+                                             for c in imzml.parent.iterdir()):
+                raise MissingFileError(f"{where('imzml')}: {imzml.name} has no .ibd companion "
+                                       f"({imzml.with_suffix('.ibd').resolve()} not found)", path,
+                                       fix="Copy the .ibd file (same name, .ibd) next to the .imzML file")
         specs.append(
             SampleSpec(
                 sample=name,
                 patient=(row.get("patient") or "").strip() or None,
                 visium=rel("visium"),
                 imzml=rel("imzml"),
-                msi_pixel_size_um=num("msi_pixel_size_um"),
+                msi_pixel_size_um=sizes["msi_pixel_size_um"],
                 he=rel("he"),
-                he_microns_per_pixel=num("he_microns_per_pixel"),
+                he_microns_per_pixel=sizes["he_microns_per_pixel"],
                 annotations=rel("annotations"),
             )
         )
@@ -225,10 +273,13 @@ def iter_prepare(
     """
     from spatialmix import registration as smreg
 
+    from spatialmix.io.imzml import _check_params as _check_msi_params
+
     if not isinstance(samples, list):
         samples = read_samples_csv(samples)
     if not samples:
         raise ParameterError("No samples given")
+    _check_msi_params(1.0, mz_range, bin_ppm, "tic", 1)  # bin_ppm / mz_range wrong: say so before any reading
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     per_sample = []
@@ -237,6 +288,8 @@ def iter_prepare(
         t = time.perf_counter()
         per_sample.append((yield from iter_read_sample(spec, bin_ppm=bin_ppm, mz_range=mz_range,
                                                        annotation_key=annotation_key)))
+        if register:
+            _check_registrable_msi(per_sample[-1], spec)
         timings[f"read {spec.sample}"] = time.perf_counter() - t
     yield Progress("read samples", len(samples), len(samples))
 
@@ -267,6 +320,29 @@ def iter_prepare(
         "seconds": round(time.perf_counter() - t0, 3),
     }
     return sdata
+
+
+#: the automatic registration finds the tissue in the TIC image from at least this many pixels with signal
+MIN_REGISTRATION_PIXELS = 10
+
+
+def _check_registrable_msi(part, spec: SampleSpec) -> None:
+    """Refuse, right after reading, an MSI raster too small for the automatic registration (a single pixel, one
+    row), naming the sample and the file, instead of a shape error from inside the registration."""
+    from spatialmix.errors import RegistrationError
+
+    name = f"{spec.sample}_msi_tic"
+    if name not in part.images:
+        return
+    tic = np.asarray(part.images[name].data)[0]
+    with_signal = int(np.sum(np.isfinite(tic) & (tic > 0)))
+    if min(tic.shape) < 2 or with_signal < MIN_REGISTRATION_PIXELS:
+        raise RegistrationError(
+            f"sample {spec.sample}: the MSI raster of {spec.imzml} is {tic.shape[1]} x {tic.shape[0]} pixels with "
+            f"{with_signal} pixel(s) of signal; the automatic registration needs a 2-D image of the section (at "
+            f"least {MIN_REGISTRATION_PIXELS} pixels with signal, 2 in each direction). Check that this is the "
+            "right imzML file, or switch the automatic registration off (--no-register, [prepare] register = "
+            "false) and place the MSI with landmarks")
 
 
 def merge_samples(parts: list, *, annotation_key: str = ANNOTATION_KEY):
