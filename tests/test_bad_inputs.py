@@ -334,3 +334,79 @@ def test_single_pixel_imzml_refused_before_registration(tmp_path):
     with pytest.raises(errors.RegistrationError, match=r"sample S1: the MSI raster of .*one\.imzML is 1 x 1 pixels "
                        r"with 1 pixel\(s\) of signal.*--no-register"):
         run(iter_prepare([spec], morphology=False))
+
+
+# ============================================================================================================
+# Visium: spot positions that do not belong to the count matrix
+# ============================================================================================================
+def _spaceranger(tmp_path: Path, edit=None) -> Path:
+    """A Space Ranger outs/ folder (6 x 8 spots, rows 0-1 out of tissue, 32 spots in the matrix) whose
+    tissue_positions.csv is passed through ``edit(table) -> table``."""
+    import pandas as pd
+    from _fixtures import write_spaceranger
+
+    outs = tmp_path / "outs"
+    write_spaceranger(outs)
+    if edit is not None:
+        csv = outs / "spatial" / "tissue_positions.csv"
+        edit(pd.read_csv(csv)).to_csv(csv, index=False)
+    return outs
+
+
+def _flip_in_tissue(fraction: float):
+    def edit(table):
+        inside = table.index[table["in_tissue"] == 1]
+        table.loc[inside[: round(len(inside) * fraction)], "in_tissue"] = 0
+        return table
+    return edit
+
+
+def _shift_rows(px: float):
+    def edit(table):
+        table["pxl_row_in_fullres"] += px
+        return table
+    return edit
+
+
+VISIUM_CASES = {
+    "every in_tissue 0": (lambda t: t.assign(in_tissue=0),
+                          r"Every one of the 48 spots has in_tissue = 0.*tissue_positions\.csv.*in_tissue = 1"),
+    "most matrix spots out of tissue": (_flip_in_tissue(0.75), r"24 of 32 spots of the count matrix \(75%\) are marked "
+                                        r"out of tissue \(in_tissue = 0\) according to tissue_positions\.csv.*different "
+                                        r"samples or Space Ranger runs"),
+    "positions 950 px off": (_shift_rows(950.0), r"of 32 spots of the count matrix \(\d+%\) lie outside the "
+                             r"tissue_hires_image\.png image"),
+}
+
+
+@pytest.mark.parametrize("case", list(VISIUM_CASES))
+def test_visium_positions_of_another_sample_refused(tmp_path, case):
+    from spatialmix.io import read_visium
+
+    edit, pattern = VISIUM_CASES[case]
+    with pytest.raises(errors.VisiumFormatError, match=pattern):
+        read_visium(_spaceranger(tmp_path, edit), sample="A")
+
+
+def test_visium_a_few_spots_out_of_tissue_warned(tmp_path):
+    from spatialmix.io import read_visium
+
+    outs = _spaceranger(tmp_path, _flip_in_tissue(0.125))
+    with pytest.warns(UserWarning, match=r"4 of 32 spots of the count matrix \(12%\) are marked out of tissue "
+                      r"\(in_tissue = 0\) according to tissue_positions\.csv.*tissue_positions\.csv"):
+        sdata = read_visium(outs, sample="A")
+    assert sdata.tables["rna"].n_obs == 32
+
+
+def test_visium_positions_swapped_between_samples_refused(tmp_path, sample_data_dir):
+    """The issue's case: P1_S1's matrix with P1_S2's tissue_positions.csv (204 of 342 spots out of tissue)."""
+    import shutil
+
+    from spatialmix.io import read_visium
+
+    outs = tmp_path / "outs"
+    shutil.copytree(sample_data_dir / "P1_S1" / "outs", outs)
+    shutil.copy(sample_data_dir / "P1_S2" / "outs" / "spatial" / "tissue_positions.csv", outs / "spatial")
+    with pytest.raises(errors.VisiumFormatError, match=r"204 of 342 spots of the count matrix \(60%\) are marked out "
+                       r"of tissue"):
+        read_visium(outs, sample="P1_S1")

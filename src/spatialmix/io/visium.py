@@ -187,6 +187,51 @@ def _check_consistency(files: dict[str, Path | None], positions: pd.DataFrame, b
         )
 
 
+#: matrix spots out of tissue or outside the image: a warning above this fraction, an error above the next
+WARN_MISPLACED_FRACTION = 0.01
+REFUSE_MISPLACED_FRACTION = 0.5
+
+
+def _check_spots_in_tissue(files: dict[str, Path | None], positions: pd.DataFrame, barcodes: np.ndarray,
+                           images: dict[str, np.ndarray], scalefactors: dict[str, float]) -> None:
+    """The count matrix's spots must be in tissue (``in_tissue = 1``) and inside the tissue images.
+
+    Space Ranger's filtered matrix holds the in-tissue spots only, so matrix spots marked out of tissue, or lying
+    outside the image, mean that the positions belong to another sample or run: a few are warned about, most
+    are refused (the positions would put every value in the wrong place).
+    """
+    where = files["positions"]
+    if not (positions["in_tissue"] == 1).any():
+        raise VisiumFormatError(
+            f"Every one of the {len(positions)} spots has in_tissue = 0, so no spot lies on the tissue", where,
+            fix="Use the tissue_positions file Space Ranger wrote for this sample (it marks the spots under the "
+            "tissue with in_tissue = 1)")
+    pos = positions.loc[barcodes]
+    problems = []
+    out_of_tissue = (pos["in_tissue"] != 1).to_numpy()
+    if out_of_tissue.any():
+        problems.append((out_of_tissue, "are marked out of tissue (in_tissue = 0)"))
+    for key, arr in images.items():
+        scale = scalefactors[f"tissue_{key}_scalef"]
+        h, w = arr.shape[1] / scale, arr.shape[2] / scale  # image extent in full-resolution pixels
+        row, col = pos["pxl_row_in_fullres"].to_numpy(), pos["pxl_col_in_fullres"].to_numpy()
+        outside = (row < 0) | (col < 0) | (row >= h) | (col >= w)
+        if outside.any():
+            name = files[key].name if files.get(key) is not None else key  # type: ignore[union-attr]
+            problems.append((outside, f"lie outside the {name} image ({w:.0f} x {h:.0f} full-resolution px)"))
+    n = len(barcodes)
+    for bad, what in problems:
+        frac = bad.sum() / n
+        text = (f"{int(bad.sum())} of {n} spots of the count matrix ({frac:.0%}) {what} according to "
+                f"{Path(where).name} (e.g. {_few(barcodes[bad])})")
+        fix = (f"The spot positions and the count matrix {Path(files['counts']).name} probably come from different "
+               "samples or Space Ranger runs; use the spatial/ folder of the same run")
+        if frac > REFUSE_MISPLACED_FRACTION:
+            raise VisiumFormatError(text, where, fix=fix)
+        if frac > WARN_MISPLACED_FRACTION:
+            warnings.warn(f"{text} ({where}). {fix}", UserWarning, stacklevel=3)
+
+
 def _read_scalefactors(path: Path) -> dict[str, float]:
     try:
         with _open_text(path) as fh:
@@ -338,6 +383,7 @@ def read_visium(path: str | Path, *, sample: str, patient: str | None = None):
             ) from err
         images_raw = {key: raw.images.get(f"{sample}_{key}_image") for key in _IMAGES}
         images_np = {key: _rgb(img) for key, img in images_raw.items() if img is not None}
+    _check_spots_in_tissue(files, positions, barcodes, images_np, scalefactors)
 
     table = raw.tables["table"]
     n = table.n_obs
