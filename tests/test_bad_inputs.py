@@ -410,3 +410,46 @@ def test_visium_positions_swapped_between_samples_refused(tmp_path, sample_data_
     with pytest.raises(errors.VisiumFormatError, match=r"204 of 342 spots of the count matrix \(60%\) are marked out "
                        r"of tissue"):
         read_visium(outs, sample="P1_S1")
+
+
+# ============================================================================================================
+# H&E: 12-bit data in 16-bit samples
+# ============================================================================================================
+@pytest.mark.parametrize("tag", [False, True], ids=["data-max", "MaxSampleValue"])
+def test_he_12_bit_data_in_16_bit_tiff_scaled_by_its_range(tmp_path, tag):
+    import tifffile
+
+    from spatialmix.io import read_histology
+
+    rng = np.random.default_rng(0)
+    rgb8 = rng.integers(0, 256, size=(3, 40, 50)).astype(np.uint8)
+    rgb8[:, 0, 0] = 255
+    twelve = np.round(rgb8.astype(np.float64) * 4095 / 255).astype(np.uint16)  # 0..4095 in 16-bit samples
+    path = tmp_path / "he12.tif"
+    extratags = [(281, "H", 1, 4095, True)] if tag else []  # MaxSampleValue
+    if tag:
+        twelve[:, 0, 0] = 4000  # the data's maximum is below the tag's: the tag decides the range
+    tifffile.imwrite(path, twelve, photometric="rgb", planarconfig="separate", extratags=extratags)
+    with pytest.warns(UserWarning, match=r"he12\.tif stores 16-bit pixels but .*scaled 0-4095 to 0-255.*he12\.tif"):
+        sdata = read_histology(path, sample="A", microns_per_pixel=1.0)
+    he = sdata.images["A_he"].values
+    expected = rgb8.copy()
+    if tag:
+        expected[:, 0, 0] = round(4000 * 255 / 4095)
+    np.testing.assert_array_equal(he, expected)  # not values 0-16
+    assert sdata.attrs["spatialmix"]["samples"]["A"]["he"]["source_max"] == 4095
+
+
+def test_he_full_16_bit_range_no_warning(tmp_path):
+    import tifffile
+
+    from spatialmix.io import read_histology
+
+    rgb = np.zeros((3, 20, 20), np.uint16)
+    rgb[0] = 65535
+    tifffile.imwrite(tmp_path / "he16.tif", rgb, photometric="rgb", planarconfig="separate")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        warnings.filterwarnings("ignore", message="zarr")
+        he = read_histology(tmp_path / "he16.tif", sample="A", microns_per_pixel=1.0).images["A_he"].values
+    assert he[0].min() == 255 and he[1].max() == 0

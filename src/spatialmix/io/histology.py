@@ -89,15 +89,48 @@ def _to_cyx(arr, axes: str, path: Path):
     return arr
 
 
-def _to_uint8(arr, path: Path):
+def _to_uint8(arr, path: Path, declared_max: int | None = None):
+    """(uint8 array, the input value mapped to 255). 16-bit images are scaled by the range they really use: a
+    scanner or converter often stores 10-, 12- or 14-bit data in 16-bit samples, and dividing those by 257
+    would leave an almost black image. The range is the TIFF's MaxSampleValue tag when it gives one below
+    65535 that the data do not exceed, else the smallest ``2**bits - 1`` holding the data's maximum (at least 8
+    bits); a warning names the file and the range used."""
+    import warnings
+
     dtype = np.dtype(arr.dtype)
     if dtype == np.uint8:
-        return arr
+        return arr, 255
     if dtype == np.uint16:
-        # full 16-bit range -> full 8-bit range (65535 -> 255)
-        return (arr.astype(np.float32) / 257.0).round().astype(np.uint8)
+        data_max = arr.max()
+        data_max = int(data_max.compute() if hasattr(data_max, "compute") else data_max)
+        if declared_max is not None and data_max <= declared_max < 65535:  # a tag the data contradict is ignored
+            top, why = int(declared_max), f"its MaxSampleValue tag says {declared_max}"
+        else:
+            bits = max(8, data_max.bit_length())
+            top, why = 2**bits - 1, f"its largest value is {data_max}, i.e. {bits}-bit data"
+        if top < 65535:
+            warnings.warn(f"{path.name} stores 16-bit pixels but {why}: scaled 0-{top} to 0-255 (the full 16-bit "
+                          f"range would have left an almost black image) ({path})", UserWarning, stacklevel=3)
+        scaled = arr.astype(np.float32) * np.float32(255.0 / top)
+        return scaled.clip(0, 255).round().astype(np.uint8), top
     raise ImageFormatError(f"Unsupported pixel type {dtype} (shape {tuple(arr.shape)})", path,
                            fix=f"Expected 8- or 16-bit RGB. {_FIX}")
+
+
+def _declared_max(path: Path) -> int | None:
+    """The TIFF's MaxSampleValue / SMaxSampleValue tag, when it has one."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            tags = tif.pages[0].tags
+            for name in ("SMaxSampleValue", "MaxSampleValue"):
+                if name in tags:
+                    value = np.max(np.atleast_1d(tags[name].value))
+                    return int(value)
+    except Exception:  # the tag is a hint only; the image itself was read already
+        return None
+    return None
 
 
 def _guess_axes(shape: tuple[int, ...]) -> str:
@@ -191,7 +224,8 @@ def iter_read_histology(
             raise ImageFormatError(f"Cannot read the image ({type(err).__name__}: {err})", path, fix=_FIX) from err
         axes, lazy = _guess_axes(arr.shape), False
     shape_in, dtype_in = tuple(int(s) for s in arr.shape), str(arr.dtype)
-    arr = _to_uint8(_to_cyx(arr, axes, path), path)
+    declared = _declared_max(path) if _is_tiff(path) and np.dtype(arr.dtype) == np.uint16 else None
+    arr, value_range = _to_uint8(_to_cyx(arr, axes, path), path, declared)
     h, w = int(arr.shape[1]), int(arr.shape[2])
     factors = pyramid_scale_factors((h, w))
     yield Progress(stage, 1, 3, f"{w} x {h} px" + (f", building {len(factors) + 1} levels" if factors else ""))
@@ -214,6 +248,7 @@ def iter_read_histology(
         "levels": len(factors) + 1,
         "source_shape": list(shape_in),
         "source_dtype": dtype_in,
+        "source_max": int(value_range),  # the input value shown as 255
         "lazy": bool(lazy),
     }
     yield Progress(stage, 3, 3, "done")
