@@ -453,3 +453,31 @@ def test_he_full_16_bit_range_no_warning(tmp_path):
         warnings.filterwarnings("ignore", message="zarr")
         he = read_histology(tmp_path / "he16.tif", sample="A", microns_per_pixel=1.0).images["A_he"].values
     assert he[0].min() == 255 and he[1].max() == 0
+
+
+# ============================================================================================================
+# Annotations: a file without labels never erases the existing ones
+# ============================================================================================================
+@pytest.mark.parametrize("content, pattern", [
+    ("Barcode,Pathologist\n", r"lists no spots \(only its header line\).*empty\.csv.*Export the annotation again"),
+    ("Barcode,Pathologist\n{b0},\n{b1},\n", r"annotation for sample 'A' holds no label \(2 rows, all empty\); nothing "
+     r"was written and the 32 existing 'pathologist' labels of the sample are kept.*empty\.csv"),
+])
+def test_annotation_without_labels_keeps_existing_labels(tmp_path, content, pattern):
+    from spatialmix.io import add_annotations, read_visium
+
+    sdata = read_visium(_spaceranger(tmp_path), sample="A")
+    obs = sdata.tables["rna"].obs
+    before = pd_categorical(["Tumour"] * 16 + ["Stroma"] * (len(obs) - 16))
+    obs["pathologist"] = before
+    csv = tmp_path / "empty.csv"
+    csv.write_text(content.format(b0=obs["barcode"].iloc[0], b1=obs["barcode"].iloc[1]))
+    with pytest.raises(errors.AnnotationError, match=pattern):
+        add_annotations(sdata, "A", csv)
+    assert list(sdata.tables["rna"].obs["pathologist"]) == list(before)
+
+
+def pd_categorical(values):
+    import pandas as pd
+
+    return pd.Categorical(values)

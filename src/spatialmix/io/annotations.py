@@ -51,6 +51,9 @@ def read_annotations(path: str | Path, *, column: str | None = None) -> pd.Serie
         raise AnnotationError(
             f"Expected at least two columns (Barcode,<Name>), found {table.shape[1]}: {list(table.columns)}", path,
             fix="Export the annotation from Loupe Browser as CSV: Barcode,<Name>")
+    if len(table) == 0:
+        raise AnnotationError("The annotation file lists no spots (only its header line)", path,
+                              fix="Export the annotation again from Loupe Browser (Barcode,<Name>, one row per spot)")
     if column is None:
         column = table.columns[1]
     elif column not in table.columns[1:]:
@@ -128,6 +131,12 @@ def add_annotations(
         raise ProjectError(f"Sample {sample!r} has no spots in table {table!r}; samples are {known}")
     spot_barcodes = pd.Index(adata.obs["barcode"].astype(str).to_numpy()[rows])
     labels = pd.Series(labels)
+    if not labels.notna().any():  # never replace a sample's labels with nothing
+        had = int(adata.obs[key].iloc[np.flatnonzero(rows)].notna().sum()) if key in adata.obs else 0
+        raise AnnotationError(
+            f"The annotation for sample {sample!r} holds no label ({len(labels)} rows, all empty); nothing was "
+            f"written" + (f" and the {had} existing {key!r} labels of the sample are kept" if had else ""), path,
+            fix="Check that the file is the complete Loupe Browser export (Barcode,<Name>) for this sample")
     labels.index = labels.index.astype(str)
     unknown = labels.index.difference(spot_barcodes)
     if len(unknown):
