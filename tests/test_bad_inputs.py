@@ -481,3 +481,59 @@ def pd_categorical(values):
     import pandas as pd
 
     return pd.Categorical(values)
+
+
+# ============================================================================================================
+# Model data: an all-zero modality, NaN in a modality table -> refused before training
+# ============================================================================================================
+def _project(msi: np.ndarray, morphology: np.ndarray | None = None):
+    """A two-sample project with the spot tables ``rna``, ``msi`` (and ``morphology``) as prepare() builds them."""
+    import anndata as ad
+    import pandas as pd
+    from spatialdata import SpatialData
+
+    n = msi.shape[0]
+    rng = np.random.default_rng(0)
+    obs = pd.DataFrame({"sample": pd.Categorical(["S1"] * (n // 2) + ["S2"] * (n - n // 2)),
+                        "region": pd.Categorical(["S1_spots"] * (n // 2) + ["S2_spots"] * (n - n // 2)),
+                        "spot_id": np.arange(n)}, index=[f"spot{i}" for i in range(n)])
+    obs["batch"] = obs["sample"]
+    counts = sp.csr_matrix(rng.poisson(2.0, size=(n, 6)).astype(np.float32))
+    tables = {"rna": ad.AnnData(X=counts.copy(), obs=obs.copy(), var=pd.DataFrame(index=[f"G{i}" for i in range(6)]),
+                                layers={"counts": counts})}
+    tables["msi"] = ad.AnnData(X=sp.csr_matrix(msi), obs=obs.assign(msi_covered=True),
+                               var=pd.DataFrame(index=[f"{500 + i:.4f}" for i in range(msi.shape[1])]))
+    if morphology is not None:
+        tables["morphology"] = ad.AnnData(X=morphology, obs=obs.assign(he_covered=True),
+                                          var=pd.DataFrame(index=[f"feat{i}" for i in range(morphology.shape[1])]))
+    return SpatialData(tables=tables)
+
+
+def test_all_zero_modality_refused_before_training():
+    from spatialmix.data import MultiModalData
+
+    sdata = _project(np.zeros((20, 4), np.float32))
+    with pytest.raises(errors.ProjectError, match=r"table 'msi' of the project holds only zeros \(20 x 4\).*remove "
+                       r"the modality"):
+        MultiModalData.from_spatialdata(sdata, annotation_key=None)
+    # leaving the modality out works
+    assert MultiModalData.from_spatialdata(sdata, modalities=["rna"], annotation_key=None).modalities == ["rna"]
+
+
+@pytest.mark.parametrize("table", ["msi", "morphology"])
+def test_nan_in_modality_table_named_before_training(table):
+    from spatialmix.data import MultiModalData
+
+    rng = np.random.default_rng(1)
+    msi = rng.random((20, 4)).astype(np.float32)
+    morph = rng.normal(size=(20, 3)).astype(np.float32)
+    if table == "msi":
+        msi[3, 2] = np.nan
+        column = "502.0000"
+    else:
+        morph[5, 1] = np.inf
+        column = "feat1"
+    sdata = _project(msi, morph)
+    with pytest.raises(errors.ProjectError, match=rf"table '{table}' of the project has 1 NaN / Inf value\(s\), first "
+                       rf"in column '{column}'.*fill them"):
+        MultiModalData.from_spatialdata(sdata, annotation_key=None)

@@ -157,6 +157,11 @@ class MultiModalData:
         for m in modalities:
             table = sdata.tables[m]
             mat = table.X
+            measured = table.obs[COVERED_KEYS[m]].to_numpy(bool) if COVERED_KEYS.get(m) in table.obs else \
+                np.ones(table.n_obs, bool)
+            if measured.any():  # NaN / Inf or nothing but zeros: say so now, not as a loss error while training
+                _check_values(mat[np.flatnonzero(measured)], m, "normalized", table.var_names,
+                              what=f"table {m!r} of the project")
             if m == "rna":
                 counts = sp.csr_matrix(table.layers["counts"]) if "counts" in table.layers else None
                 mat = sp.csr_matrix(mat, dtype=np.float32)
@@ -668,8 +673,9 @@ def _obs_column(key: str, what: str, mods: dict, gobs: pd.DataFrame | None, unio
     return result
 
 
-def _check_values(mat, m: str, kind: str, var_names: pd.Index) -> None:
+def _check_values(mat, m: str, kind: str, var_names: pd.Index, *, what: str | None = None) -> None:
     """NaN / Inf, all zeros, and (counts / protein) non-negative whole numbers; names the modality and column."""
+    what = what or f"modality {m!r}"
     sparse = sp.issparse(mat)
     vals = mat.data if sparse else mat.ravel()
 
@@ -681,11 +687,11 @@ def _check_values(mat, m: str, kind: str, var_names: pd.Index) -> None:
         if bad.size:
             cols = np.unique(mat.indices[bad] if sparse else bad % mat.shape[1])
             raise ProjectError(
-                f"modality {m!r} has {bad.size} NaN / Inf value(s), first in column {var_names[int(cols[0])]!r} "
+                f"{what} has {bad.size} NaN / Inf value(s), first in column {var_names[int(cols[0])]!r} "
                 f"({cols.size} column(s) affected); fill them (e.g. 0 where NaN means 'not detected') or drop those "
                 "features before building the data")
     if not np.any(vals):
-        raise ProjectError(f"modality {m!r} holds only zeros ({mat.shape[0]} x {mat.shape[1]}); check that .X holds "
+        raise ProjectError(f"{what} holds only zeros ({mat.shape[0]} x {mat.shape[1]}); check that .X holds "
                            "its values (they may be in a layer: adata.X = adata.layers[...]) or remove the modality")
     if kind not in ("counts", "protein"):
         return
