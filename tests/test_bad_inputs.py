@@ -537,3 +537,29 @@ def test_nan_in_modality_table_named_before_training(table):
     with pytest.raises(errors.ProjectError, match=rf"table '{table}' of the project has 1 NaN / Inf value\(s\), first "
                        rf"in column '{column}'.*fill them"):
         MultiModalData.from_spatialdata(sdata, annotation_key=None)
+
+
+# ============================================================================================================
+# Annotation prediction with a single class
+# ============================================================================================================
+@pytest.mark.parametrize("exclude, extra", [((), ""), (("Stroma",), r" \('Stroma' excluded\).*exclude=\(\)")])
+def test_single_class_cross_validation_says_two_classes_are_needed(exclude, extra):
+    from spatialmix.evaluate.annotations import cross_validate
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(40, 3))
+    labels = np.array(["Tumour"] * 36 + (["Stroma"] * 4 if exclude else ["Tumour"] * 4), dtype=object)
+    samples = np.repeat(["S1", "S2"], 20)
+    with pytest.raises(errors.ParameterError, match=r"cross-validation needs at least two annotation classes to tell "
+                       rf"apart, but only 'Tumour' is labelled{extra}"):
+        cross_validate(X, labels, samples, exclude=exclude)
+
+
+def test_single_class_transfer_says_two_classes_are_needed():
+    from spatialmix.evaluate.annotations import transfer
+
+    X = np.random.default_rng(0).normal(size=(40, 3))
+    labels = np.array(["Tumour"] * 40, dtype=object)
+    with pytest.raises(errors.ParameterError, match=r"training on the source samples \['S1'\] needs at least two "
+                       r"annotation classes"):
+        transfer(X, labels, np.repeat(["S1", "S2"], 20), source_samples=["S1"], exclude=())

@@ -95,8 +95,8 @@ class OneVsRestEnsemble:
             self.classes_.append(c)
             self.estimators_.append(clf)
         if not self.classes_:
-            raise ParameterError("no annotation class has at least 2 labelled training spots (and 2 others); "
-                                 "nothing to train a classifier on")
+            raise ParameterError("no annotation class has at least 2 labelled training spots and 2 spots of other "
+                                 "classes; the classifier needs at least two classes with 2 or more spots each")
         return self
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
@@ -164,6 +164,13 @@ class AnnotationResult:
         return {"representation": self.representation, "scheme": self.scheme, **self.summary,
                 "classes": list(self.classes), "excluded": list(self.excluded),
                 "per_class": json.loads(self.per_class.to_json(orient="index")), "options": self.options}
+
+
+def _two_classes_needed(classes: list[str], excluded: list[str], what: str) -> str:
+    left_out = f" ({', '.join(map(repr, excluded))} excluded)" if excluded else ""
+    return (f"{what} needs at least two annotation classes to tell apart, but only {classes[0]!r} is labelled"
+            f"{left_out}. Label spots of a second class in the annotation column"
+            + (", or keep a class in with exclude=() / --exclude ''" if excluded else ""))
 
 
 def _folds(scheme: str, samples: np.ndarray, n_folds: int, seed: int) -> list[tuple[str, np.ndarray]]:
@@ -249,6 +256,8 @@ def iter_cross_validate(X, labels, samples, *, representation: str = "X", scheme
     if not classes:
         raise ParameterError(f"no annotation class left to predict (labelled classes {present}, excluded "
                              f"{excluded}); check the annotation column or the exclude list")
+    if len(classes) < 2:
+        raise ParameterError(_two_classes_needed(classes, excluded, "cross-validation"))
     y = lab.astype(str).to_numpy()
     usable = labelled & np.isin(y, classes)  # trained on and scored
 
@@ -364,6 +373,9 @@ def transfer(X, labels, samples, *, source_samples: Sequence[str], representatio
     classes = [c for c in present if c not in excluded_classes(present, exclude)]
     if not classes:
         raise ParameterError(f"no labelled source spots to train on (source samples {list(source_samples)})")
+    if len(classes) < 2:
+        raise ParameterError(_two_classes_needed(classes, excluded_classes(present, exclude),
+                                                 f"training on the source samples {list(source_samples)}"))
     train = mask & is_source & labelled & np.isin(y, classes)
     pred = np.full(len(y), None, dtype=object)
     conf = np.full(len(y), np.nan)
