@@ -58,8 +58,6 @@ class SampleSpec:
             )
 
 
-SAMPLES_CSV_COLUMNS = ("sample", "patient", "visium", "imzml", "msi_pixel_size_um", "he", "he_microns_per_pixel",
-                       "annotations")
 _SIZE_EXAMPLES = {"msi_pixel_size_um": "the MSI raster step in micrometres, e.g. 50",
                   "he_microns_per_pixel": "the H&E scan resolution in micrometres per pixel, e.g. 0.5"}
 
@@ -96,6 +94,7 @@ def read_samples_csv(path: str | Path, *, check_files: bool = True) -> list[Samp
             fix="Columns are sample, patient, visium, imzml, msi_pixel_size_um, he, he_microns_per_pixel, annotations",
         )
     specs = []
+    files: list[dict] = []
     seen: set[str] = set()
     for i, row in enumerate(rows, start=2):
         name = (row.get("sample") or "").strip()
@@ -130,23 +129,7 @@ def read_samples_csv(path: str | Path, *, check_files: bool = True) -> list[Samp
                 what = "an imzML file" if file_key == "imzml" else "an H&E image"
                 raise ParameterError(f"sample {name}: {what} is given but no {size_key} ({where(size_key)} is "
                                      f"empty; {path}). Give {_SIZE_EXAMPLES[size_key]}")
-        if check_files:
-            for key in ("visium", "imzml", "he", "annotations"):
-                p = rel(key)
-                if p is None:
-                    continue
-                fix = f"Paths in {path.name} are relative to its folder ({base}); correct the path or the file name"
-                if not p.exists():
-                    raise MissingFileError(f"{where(key)}: not found: {p.resolve()}", path, fix=fix)
-                if (key == "visium") != p.is_dir():
-                    raise InputFileError(f"{where(key)}: {p.resolve()} must be a {'folder' if key == 'visium' else 'file'}",
-                                         path, fix=fix)
-            imzml = rel("imzml")
-            if imzml is not None and not any(c.stem == imzml.stem and c.suffix.lower() == ".ibd" and c.is_file()
-                                             for c in imzml.parent.iterdir()):
-                raise MissingFileError(f"{where('imzml')}: {imzml.name} has no .ibd companion "
-                                       f"({imzml.with_suffix('.ibd').resolve()} not found)", path,
-                                       fix="Copy the .ibd file (same name, .ibd) next to the .imzML file")
+        files.append({key: (rel(key), where(key)) for key in ("visium", "imzml", "he", "annotations")})
         specs.append(
             SampleSpec(
                 sample=name,
@@ -159,6 +142,22 @@ def read_samples_csv(path: str | Path, *, check_files: bool = True) -> list[Samp
                 annotations=rel("annotations"),
             )
         )
+    # the files last, once every row's text is known to be right
+    for row_files in files if check_files else []:
+        for key, (p, where) in row_files.items():
+            if p is None:
+                continue
+            fix = f"Paths in {path.name} are relative to its folder ({base}); correct the path or the file name"
+            if not p.exists():
+                raise MissingFileError(f"{where}: not found: {p.resolve()}", path, fix=fix)
+            if (key == "visium") != p.is_dir():
+                raise InputFileError(f"{where}: {p.resolve()} must be a {'folder' if key == 'visium' else 'file'}",
+                                     path, fix=fix)
+            if key == "imzml" and not any(c.stem == p.stem and c.suffix.lower() == ".ibd" and c.is_file()
+                                          for c in p.parent.iterdir()):
+                raise MissingFileError(f"{where}: {p.name} has no .ibd companion ({p.with_suffix('.ibd').resolve()} "
+                                       "not found)", path, fix="Copy the .ibd file (same name, .ibd) next to the "
+                                       ".imzML file")
     return specs
 
 
