@@ -563,3 +563,18 @@ def test_single_class_transfer_says_two_classes_are_needed():
     with pytest.raises(errors.ParameterError, match=r"training on the source samples \['S1'\] needs at least two "
                        r"annotation classes"):
         transfer(X, labels, np.repeat(["S1", "S2"], 20), source_samples=["S1"], exclude=())
+
+
+@pytest.mark.parametrize("value, pattern", [
+    ('"50um"', r"run\.toml line 6: \[\[samples\]\] #1 \(S1\) msi_pixel_size_um must be a positive number, got \"50um\""),
+    ("0", r"run\.toml line 6: \[\[samples\]\] #1 \(S1\) msi_pixel_size_um must be a positive number, got 0"),
+])
+def test_run_config_samples_table_sizes_named(tmp_path, value, pattern):
+    """Already handled before issue 15 for [[samples]] tables in the TOML (the samples.csv path was not)."""
+    from spatialmix.config import load_config
+
+    data = _dataset(tmp_path, ["S1,S1/outs,S1/S1.imzML,50"])
+    (tmp_path / "run.toml").write_text(f'[[samples]]\nname = "S1"\nvisium = "{data}/S1/outs"\n'
+                                       f'imzml = "{data}/S1/S1.imzML"\n\nmsi_pixel_size_um = {value}\n')
+    with pytest.raises(errors.ConfigError, match=pattern):
+        load_config(tmp_path / "run.toml")

@@ -180,7 +180,7 @@ def iter_read_histology(
     ----------
     path
         TIFF (also pyramidal / BigTIFF), PNG or JPEG file. RGBA loses its alpha channel; 16-bit RGB is scaled
-        to 8 bits.
+        to 8 bits by the range it uses (e.g. 0-4095 for 12-bit data; a warning says so when not the full 16 bits).
     sample
         Sample name; names the element and the coordinate system.
     microns_per_pixel

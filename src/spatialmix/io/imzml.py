@@ -1,7 +1,8 @@
 """Read an imzML + ibd pair (continuous or processed) into a binned pixel table and a TIC image.
 
 The XML metadata (spectrum offsets, lengths, pixel coordinates, data types, UUID) is parsed by pyimzML's
-:class:`~pyimzml.ImzMLParser.ImzMLParser`. The spectra are then streamed from the ``.ibd`` in chunks and
+:class:`~pyimzml.ImzMLParser.ImzMLParser`; files it cannot read (binary-array settings written inline, as R's
+MALDIquantForeign does, or zlib-compressed arrays) by :func:`_parse_metadata_xml`. The spectra are then streamed from the ``.ibd`` in chunks and
 binned onto the anchored ppm m/z grid of docs/conventions.md; only the binned values (a growing CSR buffer) and
 one chunk of raw spectra are ever in memory.
 """
@@ -605,8 +606,9 @@ def iter_read_imzml(
     Returns
     -------
     SpatialData with table ``{sample}_msi`` (pixels x m/z bins; ``X`` = normalised intensities, float32 CSR
-    when smaller than dense; obs ``x``, ``y`` (0-based), ``tic`` (raw), ``sample``; obsm ``spatial`` in um of
-    the MSI frame; var ``mz``, ``mz_bin``) and image ``{sample}_msi_tic`` (c=1, y, x; 0 where no spectrum) with
+    when smaller than dense; obs ``x``, ``y`` (0-based), ``tic`` (raw), ``sample``, ``nonfinite_intensity`` /
+    ``negative_intensity`` (the spectrum held NaN / Inf values, which are left out, or negative values, which
+    count as 0; a warning gives the counts); obsm ``spatial`` in um of the MSI frame; var ``mz``, ``mz_bin``) and image ``{sample}_msi_tic`` (c=1, y, x; 0 where no spectrum) with
     ``Scale(pixel_size_um)`` into ``sample`` (the un-registered guess) and into ``{sample}_msi``.
 
     Raises
@@ -614,7 +616,8 @@ def iter_read_imzml(
     ParameterError
         Invalid ``pixel_size_um``, ``bin_ppm``, ``mz_range``, ``normalize`` or ``chunk_size``.
     MissingImzMLFileError, ImzMLError
-        Missing .imzML / .ibd, truncated .ibd, UUID mismatch, unreadable metadata, or no peak in range.
+        Missing .imzML / .ibd, truncated .ibd, UUID mismatch, unreadable metadata, a pixel beyond the raster the
+        header declares, or no peak in range.
     """
     import anndata as ad
     import scipy.sparse as sp

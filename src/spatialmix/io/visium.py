@@ -347,7 +347,9 @@ def read_visium(path: str | Path, *, sample: str, patient: str | None = None):
     Raises
     ------
     MissingVisiumFileError, VisiumFormatError
-        Missing files, unparsable files, or spot positions that do not match the count matrix.
+        Missing files, unparsable files, or spot positions that do not match the count matrix (barcodes
+        without a position; every ``in_tissue`` 0; more than half of the matrix spots out of tissue or outside
+        the image, which a warning reports above 1%).
     """
     import anndata as ad
     import scipy.sparse as sp
