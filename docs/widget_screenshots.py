@@ -111,12 +111,12 @@ def main(out_dir: str = "/tmp/spatialmix-widget-shots") -> None:
     reg.build_tables()
     wait(reg.panel)
 
-    # 3. Integrate: MIMA with the bundled-demo preset, screenshot while it trains
+    # 3. Integrate: MIMA with the default preset (automatic schedule), screenshot while it trains
     integ = widgets["Integrate"]
     show(viewer, docks, "Integrate")
     while not integ.warmed:
         pump(0.2)
-    integ.preset.setCurrentText("bundled demo (200 epochs, lr 1e-3)")
+    integ.preset.setCurrentText("fits the data (auto)")
     for ly in viewer.layers:
         ly.visible = not ly.name.endswith("Visium image")
     viewer.reset_view()

@@ -100,6 +100,7 @@ def test_training_events_and_outputs():
     last = epochs[-1].info
     assert set(last) >= {"terms", "val_loss", "val_terms", "seconds_per_epoch", "eta_s", "loss"}
     assert last["eta_s"] == 0 and epochs[0].info["eta_s"] > 0
+    assert last["early_stopping"] is False  # a fixed schedule: the time left is not an upper bound
     assert "recon_poe_a" in last["terms"] and np.isfinite(last["val_loss"])
     assert len(model.split_["train"]) == 192 and len(model.split_["validation"]) == 48
     assert model.training_curve()["loss"].iloc[-1] < model.training_curve()["loss"].iloc[0]
@@ -466,8 +467,12 @@ def test_auto_schedule_fits_the_data_size_and_early_stopping_keeps_the_best_epoc
     assert small_model(preset="paper").train_defaults["epochs"] == 50
     monkeypatch.setattr(train_mod, "AUTO_STEPS", 400)
     monkeypatch.setattr(train_mod, "AUTO_PATIENCE_STEPS", 30)
-    model = small_model().train(lr=3e-2)  # epochs="auto" by default: 192 training rows -> 2 steps per epoch
+    events: list[Progress] = []
+    model = small_model().train(lr=3e-2, progress=events.append)  # epochs="auto": 192 rows -> 2 steps per epoch
     s = model.train_config["schedule"]
+    # each epoch event counts down the epochs left before an early stop (what the Integrate dock shows)
+    last = [e.info for e in events if e.info.get("event") == "epoch"][-1]
+    assert last["early_stopping"] and last["patience_left"] == s["patience"] - (last["epoch"] - s["best_epoch"])
     assert s["auto"] and s["early_stopping"] and s["steps_per_epoch"] == 2
     assert s["epochs"] == 200 and s["patience"] == 15
     done = [h for h in model.history if "loss" in h]

@@ -4,6 +4,7 @@ train, explore every output, save and reopen. Assertions are on the layers a use
 from __future__ import annotations
 
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -207,6 +208,14 @@ def test_integrate_widget_offers_the_automatic_schedule_and_reports_the_kept_epo
     model.train_config["schedule"] = {"auto": True, "epochs": 1445, "best_epoch": 2, "early_stopped": True}
     integ._describe(model)
     assert "best validation epoch 2 kept (early stop, 1445 planned)" in integ.model_label.text()
+    # while training with early stopping the time left is an upper bound, and the label says how near the stop is
+    epoch_info = {"event": "epoch", "epoch": 120, "epochs": 1445, "seconds_per_epoch": 0.5, "eta_s": 662.5,
+                  "terms": {"recon": 1.0}, "loss": 1.0, "val_loss": 1.1, "val_terms": {"recon": 1.1}}
+    integ._on_event(SimpleNamespace(info={**epoch_info, "early_stopping": True, "patience_left": 7}))
+    assert integ.time_label.text() == ("epoch 120/1445 · 0.50 s/epoch · at most 11.0 min left; stops after 7 more "
+                                       "epochs without a better validation loss")
+    integ._on_event(SimpleNamespace(info={**epoch_info, "early_stopping": False, "patience_left": 7}))
+    assert integ.time_label.text().endswith("0.50 s/epoch · 11.0 min left")
 
 
 def test_stop_keeps_the_completed_epochs_and_writes_them(make_napari_viewer, saved_project, tmp_path):

@@ -388,7 +388,9 @@ def iter_train(model, *, stop: threading.Event | None = None, **options):
                            {"event": "epoch", "epoch": epoch, "epochs": epochs, "step": steps_per_epoch,
                             "steps_per_epoch": steps_per_epoch, "loss": record["loss"],
                             "terms": {k: v / max(count, 1) for k, v in sums.items()}, "val_loss": val_loss,
-                            "val_terms": val_terms, "seconds_per_epoch": seconds, "eta_s": eta})
+                            "val_terms": val_terms, "seconds_per_epoch": seconds, "eta_s": eta,
+                            "early_stopping": bool(early_stopping and val_loss is not None),
+                            "patience_left": max(patience - best["bad"], 0)})
             if ckpt_dir is not None and cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0 and rank == 0:
                 _save_checkpoint(ckpt_dir, module, optimizers, epoch, history, best, shuffle, model, cfg)
             if early_stopping and val_loss is not None and best["bad"] >= patience:

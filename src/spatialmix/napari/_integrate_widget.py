@@ -304,6 +304,7 @@ class IntegrateWidget(QWidget):
         self.train_button = QPushButton("Train")
         self.train_button.clicked.connect(self.train)
         self.time_label = QLabel("")
+        self.time_label.setWordWrap(True)
         self.plot = LossPlot()
         self.panel = WorkerPanel()
         self.model_path = PathEdit("model folder", mode="dir")
@@ -509,8 +510,12 @@ class IntegrateWidget(QWidget):
         if info.get("event") == "epoch":
             self._last_epoch_event = info
             self.plot.add_epoch(info)
+            left = f"{_duration(info['eta_s'])} left"
+            if info.get("early_stopping"):  # the schedule is an upper bound: say so, and how close the stop is
+                left = (f"at most {left}; stops after {info['patience_left']} more epochs without a better "
+                        "validation loss")
             self.time_label.setText(f"epoch {info['epoch']}/{info['epochs']} · {info['seconds_per_epoch']:.2f} s/epoch"
-                                    f" · {_duration(info['eta_s'])} left")
+                                    f" · {left}")
         elif info.get("event") == "stopped":
             self.time_label.setText(f"stopped: kept epoch {info['epoch']} of {info['epochs']}; writing its outputs")
 
