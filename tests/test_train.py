@@ -491,3 +491,46 @@ def test_auto_schedule_fits_the_data_size_and_early_stopping_keeps_the_best_epoc
     assert not full.train_config["schedule"]["early_stopping"] and len(full.training_curve()) == 200
     with pytest.raises(ParameterError, match="'auto'"):
         small_model().train(epochs="many")
+
+
+def test_ctrl_c_mid_epoch_writes_the_last_completed_epoch_and_resume_finishes_it(tmp_path):
+    ref = small_model().train(epochs=4, lr=1e-3, seed=1)
+    part = small_model()
+    gen = part.iter_train(epochs=4, lr=1e-3, seed=1, checkpoint_dir=str(tmp_path))
+    for ev in gen:
+        if ev.info.get("event") == "step" and ev.info["epoch"] == 3 and ev.info["step"] == 2:
+            with pytest.raises(KeyboardInterrupt):
+                gen.throw(KeyboardInterrupt)  # where Ctrl-C lands: inside the training step
+            break
+    ckpt = torch.load(tmp_path / "last.ckpt", weights_only=False)
+    assert ckpt["epoch"] == 2 and not ckpt.get("finished")
+    assert [h["epoch"] for h in part.history] == [1, 2]  # the model keeps epoch 2 as well
+    resumed = small_model()
+    resumed.train(epochs=4, lr=1e-3, seed=1, checkpoint_dir=str(tmp_path), resume=True)
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3, 4]
+    np.testing.assert_allclose(resumed.get_latent_representation(), ref.get_latent_representation(), atol=1e-5)
+    # training that ended leaves a finished checkpoint: resuming it with the same schedule trains nothing more
+    assert torch.load(tmp_path / "last.ckpt", weights_only=False)["finished"]
+    again = small_model()
+    events = list(again.iter_train(epochs=4, lr=1e-3, seed=1, checkpoint_dir=str(tmp_path), resume=True))
+    assert not [e for e in events if e.info.get("event") == "step"]
+    np.testing.assert_allclose(again.get_latent_representation(), ref.get_latent_representation(), atol=1e-5)
+
+
+def test_closing_or_stopping_mid_epoch_writes_the_last_completed_epoch(tmp_path):
+    model = small_model()
+    gen = model.iter_train(epochs=5, lr=1e-3, batch_size=32, checkpoint_dir=str(tmp_path / "closed"))
+    for ev in gen:
+        if ev.info.get("event") == "step" and ev.info["epoch"] == 2:
+            break
+    gen.close()  # what a GUI worker or an interrupted consumer does
+    assert torch.load(tmp_path / "closed" / "last.ckpt", weights_only=False)["epoch"] == 1
+    stop = threading.Event()
+    events = []
+    for ev in small_model().iter_train(epochs=5, lr=1e-3, batch_size=32, stop=stop,
+                                       checkpoint_dir=str(tmp_path / "stopped")):
+        events.append(ev)
+        if ev.info.get("event") == "step" and ev.info["epoch"] == 3:
+            stop.set()
+    assert events[-1].info["checkpoint"] == str(tmp_path / "stopped" / "last.ckpt")
+    assert torch.load(tmp_path / "stopped" / "last.ckpt", weights_only=False)["epoch"] == 2

@@ -52,8 +52,8 @@ def _cmd_demo(args) -> int:
     from spatialmix.pipeline import format_report, iter_demo
     from spatialmix.progress import run
 
-    report = run(iter_demo(args.out, data=args.data, integrate=not args.no_train, train=_train_overrides(args)),
-                 progress=not args.quiet)
+    report = run(iter_demo(args.out, data=args.data, integrate=not args.no_train, train=_train_overrides(args),
+                           resume=args.resume), progress=not args.quiet)
     print(format_report(report))
     print(f"outputs in {args.out}")
     return 0
@@ -71,6 +71,10 @@ def _cmd_run(args) -> int:
     if args.data is not None:
         from spatialmix.multiomics import iter_run_multiomics
 
+        if args.resume:
+            raise ParameterError("--resume continues a run configuration's job (spatial data); a --data run "
+                                 "trains in one go: run it again without --resume")
+
         report = run(iter_run_multiomics(args.data, args.out, model=args.model, train=_train_overrides(args),
                                          overwrite=args.overwrite, label_key=args.label_key,
                                          **_multiomics_options(args)), progress=not args.quiet)
@@ -79,7 +83,8 @@ def _cmd_run(args) -> int:
         return 0
     cfg = load_config(args.config)  # validated before any work starts
     cfg.train.update(_train_overrides(args))
-    report = run(iter_run(cfg, args.out, overwrite=args.overwrite), progress=not args.quiet)
+    args.train_options = cfg.train  # where a stop reports the checkpoint (a configured checkpoint_dir)
+    report = run(iter_run(cfg, args.out, overwrite=args.overwrite, resume=args.resume), progress=not args.quiet)
     print(format_report(report))
     print(f"outputs in {args.out}")
     return 0
@@ -162,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", type=Path, default=Path("demo_out"))
     s.add_argument("--data", type=Path, default=None, help="another dataset folder (default: the bundled sample)")
     s.add_argument("--no-train", action="store_true", help="only prepare (read, register, tables, overlays)")
+    _resume_arg(s)
     _train_args(s)
     s.set_defaults(func=_cmd_demo)
 
@@ -175,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", default="mima", help="with --data: the model to train (default mima)")
     s.add_argument("--out", required=True, type=Path)
     s.add_argument("--overwrite", action="store_true", help="replace an existing project in --out")
+    _resume_arg(s)
     _multiomics_args(s)
     _train_args(s)
     s.set_defaults(func=_cmd_run)
@@ -280,6 +287,13 @@ def _device(value: str) -> str:
     return value.strip().lower()
 
 
+def _resume_arg(s) -> None:
+    s.add_argument("--resume", action="store_true",
+                   help="continue a job that was stopped (Ctrl-C, SIGTERM): open the project saved in --out and "
+                        "resume training from its last completed epoch (--out/checkpoints/last.ckpt); give the "
+                        "same options as the stopped command")
+
+
 def _train_args(s) -> None:
     g = s.add_argument_group("training (override the configuration / demo defaults)")
     g.add_argument("--epochs", type=_epochs, default=None,
@@ -292,11 +306,50 @@ def _train_args(s) -> None:
     g.add_argument("--seed", type=_whole(0), default=None)
 
 
-def main(argv: list[str] | None = None) -> int:
-    from spatialmix.errors import SpatialMixError
+def _raise_interrupted(signum, frame):
+    from spatialmix.errors import Interrupted
 
+    raise Interrupted(signum)
+
+
+def _stopped(args, argv: list[str], err: KeyboardInterrupt) -> int:
+    """One line for a job stopped by Ctrl-C or SIGTERM: what is saved where and how to resume; the exit status
+    (128 + the signal's number: 130 for SIGINT, 143 for SIGTERM)."""
+    import shlex
+
+    from spatialmix.errors import Interrupted
+
+    err = err if isinstance(err, Interrupted) else Interrupted(2)
+    how = "Ctrl-C (SIGINT)" if err.signal_name == "SIGINT" else err.signal_name
+    command = "spatialmix " + shlex.join(argv)
+    if args.command == "demo" or (args.command == "run" and args.data is None):  # the main job (iter_job)
+        from spatialmix.pipeline import job_state
+
+        state = job_state(args.out, getattr(args, "train_options", None))
+        resume = "spatialmix " + shlex.join([a for a in argv if a not in ("--overwrite", "--resume")] + ["--resume"])
+        if state["project"] is None:
+            line = f"stopped by {how} before the project was prepared; nothing was saved. Run again: {command}"
+        else:
+            saved = f"the prepared project is saved in {state['project']}"
+            if state["checkpoint"] is not None:
+                done = "training had finished" if state["finished"] else f"epoch {state['epoch']}"
+                saved += f", the last completed training ({done}) in {state['checkpoint']}"
+            else:
+                saved += " (no training epoch had completed)"
+            line = f"stopped by {how}; {saved}. Resume with: {resume}"
+    else:
+        line = f"stopped by {how}; the files already complete in the output are kept. Run again: {command}"
+    print(f"spatialmix: {line}", file=sys.stderr)
+    return err.exit_code
+
+
+def main(argv: list[str] | None = None) -> int:
+    import signal
     import warnings
 
+    from spatialmix.errors import SpatialMixError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     from tqdm.auto import tqdm
 
@@ -305,11 +358,21 @@ def main(argv: list[str] | None = None) -> int:
         tqdm.write(f"spatialmix: {category.__name__}: {message}", file=sys.stderr)
 
     warnings.showwarning = show
+    # a scheduler's SIGTERM stops the job the way Ctrl-C does: the work done so far is saved (iter_job)
+    try:
+        previous = signal.signal(signal.SIGTERM, _raise_interrupted)
+    except ValueError:  # not the main thread (main() called from a worker): no signal handling there
+        previous = None
     try:
         return args.func(args)
     except SpatialMixError as err:
         print(f"spatialmix: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM as spatialmix.errors.Interrupted
+        return _stopped(args, argv, err)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -114,3 +114,26 @@ class FeatureMismatchError(ModelError):
 
 class ConfigError(InputFileError):
     """A run configuration (TOML) is invalid: names the key, what is wrong and what is allowed."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """The work was stopped from outside: Ctrl-C (SIGINT) or a scheduler's ``SIGTERM``.
+
+    A :class:`KeyboardInterrupt`, so that it passes every ``except Exception`` as Ctrl-C does and the same
+    clean-up runs (the training engine writes the last completed epoch's checkpoint, a save removes its
+    half-written copy). The CLI turns it into one line and the exit status ``128 + signal number``.
+    """
+
+    def __init__(self, signum: int = 2):
+        import signal
+
+        self.signum = int(signum)
+        try:
+            self.signal_name = signal.Signals(self.signum).name
+        except ValueError:
+            self.signal_name = f"signal {self.signum}"
+        super().__init__(f"stopped by {self.signal_name}")
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum

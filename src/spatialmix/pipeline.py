@@ -531,25 +531,27 @@ def table_shapes(sdata) -> dict[str, list[int]]:
 
 
 def iter_demo(out: str | Path, *, data: str | Path | None = None, overwrite: bool = True, integrate: bool = True,
-              model: str = "mima", model_params: dict | None = None, train: dict | None = None, **prepare_kwargs):
+              model: str = "mima", model_params: dict | None = None, train: dict | None = None,
+              resume: bool = False, **prepare_kwargs):
     """The headless main job on the bundled sample (or ``data``): prepare, train MIMA, write its outputs,
     save, report, figures.
 
     Writes into ``out``: ``project.zarr`` (with every model output), ``model/`` (the trained model),
     ``metrics.json``, ``report.json``, ``report.md``, ``overlay_<sample>.png`` and ``results_<sample>.png``.
-    ``train`` overrides the demo's training options (:data:`spatialmix.integrate.DEMO_TRAIN`).
+    ``train`` overrides the demo's training options (:data:`spatialmix.integrate.DEMO_TRAIN`); ``resume``
+    continues a stopped demo in ``out`` (see :func:`iter_job`).
     """
     from spatialmix.integrate import DEMO_TRAIN
 
     data = Path(data) if data is not None else bundled_sample_data()
     return (yield from iter_job(read_samples_csv(data), out, data_dir=data, overwrite=overwrite, integrate=integrate,
                                 model=model, model_params=model_params, train={**DEMO_TRAIN, **(train or {})},
-                                prepare_kwargs=prepare_kwargs))
+                                prepare_kwargs=prepare_kwargs, resume=resume))
 
 
-def iter_run(config, out: str | Path, *, overwrite: bool = False):
-    """``spatialmix run CONFIG.toml --out DIR``: the main job on user data described by a run configuration
-    (:func:`spatialmix.config.load_config`)."""
+def iter_run(config, out: str | Path, *, overwrite: bool = False, resume: bool = False):
+    """``spatialmix run CONFIG.toml --out DIR [--resume]``: the main job on user data described by a run
+    configuration (:func:`spatialmix.config.load_config`); ``resume`` continues a stopped run (:func:`iter_job`)."""
     from spatialmix.config import load_config
 
     cfg = config if not isinstance(config, (str, Path)) else load_config(config)
@@ -568,31 +570,89 @@ def iter_run(config, out: str | Path, *, overwrite: bool = False):
     return (yield from iter_job(cfg.samples, out, data_dir=Path(cfg.path).parent, overwrite=overwrite,
                                 integrate=True, model=cfg.model, model_params=cfg.model_params, train=cfg.train,
                                 prepare_kwargs=prepare_kwargs, results_options=outputs,
-                                report_extra={"config": cfg.to_dict()}))
+                                report_extra={"config": cfg.to_dict()}, resume=resume))
+
+
+#: Folder of ``OUT`` where the main job keeps its training checkpoint (unless ``checkpoint_dir`` is configured).
+JOB_CHECKPOINTS = "checkpoints"
+
+
+def job_checkpoint_dir(out: str | Path, train: dict | None = None) -> Path:
+    """Where :func:`iter_job` writes its training checkpoint: the configured ``checkpoint_dir`` or
+    ``OUT/checkpoints``."""
+    given = (train or {}).get("checkpoint_dir")
+    return Path(given) if given else Path(out) / JOB_CHECKPOINTS
+
+
+def job_state(out: str | Path, train: dict | None = None) -> dict:
+    """What a stopped main job left in ``out``: ``project`` (path or None), ``checkpoint`` (path or None),
+    ``epoch`` (the checkpoint's last completed epoch) and ``finished`` (training had ended)."""
+    from spatialmix.train import CHECKPOINT_NAME
+
+    out = Path(out)
+    project = out / "project.zarr"
+    ckpt = job_checkpoint_dir(out, train) / CHECKPOINT_NAME
+    state = {"project": project if project.is_dir() else None, "checkpoint": None, "epoch": None, "finished": False}
+    if ckpt.is_file():
+        import torch
+
+        try:
+            saved = torch.load(ckpt, map_location="cpu", weights_only=False)
+            state.update(checkpoint=ckpt, epoch=int(saved["epoch"]), finished=bool(saved.get("finished")))
+        except Exception:  # noqa: BLE001 - an unreadable checkpoint is reported as none
+            pass
+    return state
 
 
 def iter_job(specs, out: str | Path, *, data_dir: Path | None = None, overwrite: bool = True,
              integrate: bool = True, model: str = "mima", model_params: dict | None = None,
              train: dict | None = None, prepare_kwargs: dict | None = None, results_options: dict | None = None,
-             report_extra: dict | None = None):
-    """prepare -> train + write outputs + metrics -> save project -> figures -> report (the one main job).
+             report_extra: dict | None = None, resume: bool = False):
+    """prepare -> save project -> train + write outputs + metrics -> save project -> figures -> report (the one
+    main job).
 
+    Nothing done is lost when the job is stopped (Ctrl-C, SIGTERM): the prepared project is saved in
+    ``OUT/project.zarr`` before training starts, and training keeps its last completed epoch in
+    :func:`job_checkpoint_dir` (``OUT/checkpoints/last.ckpt``). ``resume=True`` continues from there: it opens the
+    saved project instead of preparing again and resumes training from the checkpoint (when there is one).
     ``report_extra`` is added to ``report.json`` (e.g. the run configuration)."""
     from spatialmix.errors import ProjectError
     from spatialmix.plotting import save_overlays
-    from spatialmix.project import save_project
+    from spatialmix.project import load_project, save_project
+    from spatialmix.train import CHECKPOINT_NAME
 
     prepare_kwargs = dict(prepare_kwargs or {})
     results_options = dict(results_options or {})
+    train = dict(train or {})
     t0 = time.perf_counter()
     out = Path(out)
-    if (out / "project.zarr").exists() and not overwrite:  # fail before minutes of work, not after
-        raise ProjectError(f"{out / 'project.zarr'} already exists. Pass --overwrite to replace it, "
-                           "or choose another --out")
+    project = out / "project.zarr"
+    ckpt_dir = job_checkpoint_dir(out, train)
+    if integrate:
+        train["checkpoint_dir"] = str(ckpt_dir)
     annotation_key = prepare_kwargs.get("annotation_key", ANNOTATION_KEY)
-    sdata = yield from iter_prepare(specs, **prepare_kwargs)
+    if resume:
+        if not project.is_dir():
+            raise ProjectError(f"nothing to resume in {out}: it holds no project.zarr (the job was stopped before "
+                               "its project was prepared). Run the same command without --resume")
+        yield Progress("open project", 0, 1, str(project))
+        sdata = load_project(project)
+        yield Progress("open project", 1, 1, str(project))
+        # from the last completed epoch; stopped before the first one ended: train from the start
+        train["resume"] = True if (ckpt_dir / CHECKPOINT_NAME).is_file() else None
+    else:
+        if project.exists() and not overwrite:  # fail before minutes of work, not after
+            raise ProjectError(f"{project} already exists. Pass --overwrite to replace it, or choose another --out")
+        sdata = yield from iter_prepare(specs, **prepare_kwargs)
+        out.mkdir(parents=True, exist_ok=True)
+        if integrate:  # a stop during training keeps the prepared project
+            yield Progress("save prepared project", 0, 1, str(project))
+            save_project(sdata, project, overwrite=overwrite)
+            yield Progress("save prepared project", 1, 1, str(project))
+            if ckpt_dir == out / JOB_CHECKPOINTS and not train.get("resume"):
+                # an earlier job's checkpoint must not be resumed into this one
+                (ckpt_dir / CHECKPOINT_NAME).unlink(missing_ok=True)
     t_prepare = time.perf_counter() - t0
-    out.mkdir(parents=True, exist_ok=True)
     integration = None
     if integrate:
         from spatialmix.integrate import iter_integrate
@@ -603,7 +663,7 @@ def iter_job(specs, out: str | Path, *, data_dir: Path | None = None, overwrite:
             metrics=results_options.pop("metrics", True), results_options=results_options)
     t_integrate = time.perf_counter() - t0 - t_prepare
     yield Progress("save project", 0, 1)
-    zarr_path = save_project(sdata, out / "project.zarr", overwrite=overwrite)
+    zarr_path = save_project(sdata, project, overwrite=overwrite or resume or integrate)
     yield Progress("figures", 0, 1)
     pngs = save_overlays(sdata, out, annotation_key=annotation_key)
     reg = sdata.attrs["spatialmix"].get("registration", {})

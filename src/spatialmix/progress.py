@@ -100,6 +100,11 @@ def run(
         if progress is True:
             finish(state["last"])
         return stop.value
+    except BaseException:
+        # Ctrl-C / SIGTERM landing here (in the progress bar, not in the generator): close the generator now, so
+        # that its clean-up (e.g. training's checkpoint of the last completed epoch) runs before the caller reports
+        gen.close()
+        raise
     finally:
         if bar is not None:
             bar.close()

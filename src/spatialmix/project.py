@@ -1,13 +1,17 @@
 """Saving and reopening a napari-spatialmix project (one SpatialData zarr holding every sample and result).
 
 Saving is atomic: the zarr is written next to the target under a temporary name and moved into place only
-when complete, so an error (or a full disk) never leaves a half-written project or destroys the previous one.
+when complete, so an error, a full disk or a killed process never leaves a half-written project or destroys the
+previous one (a kill between the two renames of the swap is undone or finished by the next load or save).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import socket
+import time
 import uuid
 import warnings
 from pathlib import Path
@@ -68,39 +72,143 @@ def save_project(sdata, path: str | Path, *, overwrite: bool = False) -> Path:
         Target folder; ``.zarr`` is appended when missing.
     overwrite
         Replace an existing project at ``path``. The old one is removed only after the new one is complete.
+
+    The project is written under a temporary name (``.NAME.tmp-…``), renamed ``.NAME.new-…`` once complete, and
+    swapped in. A process killed at any point leaves either the old or the new project readable:
+    :func:`load_project` (and the next save) finishes or undoes an interrupted swap and removes the leftovers.
     """
     path = Path(path)
     if path.suffix != ".zarr":
         path = path.with_name(path.name + ".zarr")
+    recover_project(path)
     if path.exists() and not overwrite:
         raise ProjectError(
             f"{path} already exists. Pass overwrite=True (CLI: --overwrite) to replace it, or choose another path"
         )
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp = _sibling(path, "tmp")
     sdata.attrs = jsonable(dict(sdata.attrs))
     try:
         with warnings.catch_warnings():  # a notice about zarr's future defaults, nothing a user can act on
             warnings.filterwarnings("ignore", message="zarr v3 autosharding")
             sdata.write(tmp, overwrite=False)
-    except Exception:
+    except BaseException:  # an error, Ctrl-C or SIGTERM: the half-written copy goes, the old project stays
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if path.exists():
-        backup = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
-        path.rename(backup)
-        tmp.rename(path)
-        shutil.rmtree(backup, ignore_errors=True)
-    else:
-        tmp.rename(path)
+    new = _sibling(path, "new")
+    tmp.rename(new)  # from here on the new project is complete: recovery rolls the swap forward
+    _swap_in(new, path)
     return path
 
 
+# --- leftovers of interrupted saves ------------------------------------------------------------------------
+# A save owns three kinds of sibling folders, named ``.{name}.{kind}-{host}-{pid}-{random}``:
+#   tmp: being written (incomplete: always removed once its owner is gone),
+#   new: complete, waiting to be swapped in,
+#   old: the previous project, moved away for the swap.
+_KINDS = ("tmp", "new", "old")
+_FOREIGN_AGE_S = 24 * 3600  # leftovers of another machine (shared disk) are only touched when this old
+
+
+def _sibling(path: Path, kind: str) -> Path:
+    host = socket.gethostname().replace("-", "_") or "host"
+    return path.with_name(f".{path.name}.{kind}-{host}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+def _swap_in(new: Path, path: Path) -> None:
+    """Move the complete project ``new`` to ``path``, the previous one (if any) away and then deleted."""
+    if path.exists():
+        old = _sibling(path, "old")
+        path.rename(old)
+        new.rename(path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        new.rename(path)
+
+
+def _leftovers(path: Path) -> dict[str, list[Path]]:
+    """Sibling folders of ``path`` left by saves whose process is gone (never those of a save still running)."""
+    found: dict[str, list[Path]] = {k: [] for k in _KINDS}
+    if not path.parent.is_dir():
+        return found
+    prefix = f".{path.name}."
+    me = socket.gethostname().replace("-", "_") or "host"
+    for p in path.parent.iterdir():
+        if not p.name.startswith(prefix):
+            continue
+        kind, _, owner = p.name[len(prefix):].partition("-")
+        if kind not in _KINDS:
+            continue
+        parts = owner.split("-")
+        if len(parts) == 3 and parts[1].isdigit():  # host-pid-random
+            host, pid = parts[0], int(parts[1])
+            gone = not _alive(pid) if host == me else _age(p) > _FOREIGN_AGE_S
+        else:  # an older version's name (kind-random): its save is long over unless it is very recent
+            gone = _age(p) > 60
+        if gone:
+            found[kind].append(p)
+    for kind in found:
+        found[kind].sort(key=lambda q: q.stat().st_mtime)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def _age(p: Path) -> float:
+    try:
+        return time.time() - p.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def recover_project(path: str | Path) -> Path | None:
+    """Finish or undo a save of ``path`` that was killed half-way, and remove its leftovers.
+
+    - A complete new project waiting to be swapped in (killed between writing and swapping) is swapped in.
+    - With no project at ``path`` and only the previous one moved away (killed between the two renames), the
+      previous one is put back.
+    - Half-written copies are removed.
+
+    Each recovery is reported with a warning. Returns ``path`` when a project was put there, else None.
+    """
+    path = Path(path)
+    found = _leftovers(path)
+    restored = None
+    if found["new"]:
+        newest = found["new"].pop()
+        _swap_in(newest, path)
+        restored = newest
+        warnings.warn(f"{path}: a save of this project was interrupted after it was written completely; it is now "
+                      "in place (the project that save replaced is removed)", stacklevel=2)
+    elif not path.exists() and found["old"]:
+        newest = found["old"].pop()
+        newest.rename(path)
+        restored = newest
+        warnings.warn(f"{path}: a save of this project was interrupted before the new copy was complete; the "
+                      "previous project is back in place (the interrupted save is lost: save again)", stacklevel=2)
+    for p in (q for kind in _KINDS for q in found[kind]):
+        shutil.rmtree(p, ignore_errors=True)
+    return path if restored is not None else None
+
+
 def load_project(path: str | Path):
-    """Open a project saved with :func:`save_project` (or any SpatialData zarr following the conventions)."""
+    """Open a project saved with :func:`save_project` (or any SpatialData zarr following the conventions).
+
+    A save that was killed half-way is finished or undone first (:func:`recover_project`, with a warning)."""
     import spatialdata as sd
 
     path = Path(path)
+    recover_project(path)
     if not path.exists():
         raise ProjectError(f"No project at {path}. Check the path; projects are folders ending in .zarr")
     try:

@@ -190,6 +190,11 @@ def iter_train(model, *, stop: threading.Event | None = None, **options):
     ``steps_per_epoch``, ``loss``; epoch events add ``terms`` (mean of each loss term), ``val_loss``,
     ``val_terms``, ``seconds_per_epoch`` and ``eta_s``. Closing the generator early (or ``stop``) also
     restores the last completed epoch.
+
+    With ``checkpoint_dir``, ``last.ckpt`` (written atomically) always holds a completed epoch: every
+    ``checkpoint_every`` epochs, when training is stopped, interrupted (Ctrl-C, SIGTERM as
+    :class:`spatialmix.errors.Interrupted`) or closed mid-epoch (the last completed epoch), and when it ends (the
+    weights kept, marked finished: resuming with the same ``epochs`` / ``max_steps`` trains no further).
     """
     import torch
     from lightning_fabric import Fabric
@@ -242,6 +247,7 @@ def iter_train(model, *, stop: threading.Event | None = None, **options):
 
     history: list[dict[str, Any]] = []
     start_epoch = 0
+    resumed_finished = False
     best = {"val": math.inf, "epoch": 0, "state": None, "bad": 0}
     ckpt_dir = Path(cfg.checkpoint_dir) if cfg.checkpoint_dir else None
     if cfg.resume:
@@ -265,6 +271,9 @@ def iter_train(model, *, stop: threading.Event | None = None, **options):
             opt.load_state_dict(saved_opts[name])
         history = list(ckpt["history"])
         start_epoch = int(ckpt["epoch"])
+        # a checkpoint written when training ended, resumed with the same schedule: nothing is left to train
+        resumed_finished = bool(ckpt.get("finished")) and all(
+            ckpt.get("config", {}).get(k) == getattr(cfg, k) for k in ("epochs", "max_steps"))
         best.update(ckpt.get("best", {}))
         shuffle.set_state(ckpt["shuffle_rng"])
         torch.set_rng_state(ckpt["torch_rng"])
@@ -309,6 +318,9 @@ def iter_train(model, *, stop: threading.Event | None = None, **options):
     total_steps = epochs * steps_per_epoch if cfg.max_steps is None else cfg.max_steps
     stage = f"train {model.name}"
     last_good = _cpu_state(module)
+    # what a checkpoint of the last completed epoch holds, kept in memory (when there is a checkpoint_dir) so that
+    # a stop, Ctrl-C or SIGTERM in the middle of an epoch still writes exactly that epoch's checkpoint
+    snapshot: dict[str, Any] | None = None
     completed = False
     epoch_seconds: list[float] = []
 
@@ -325,8 +337,14 @@ def iter_train(model, *, stop: threading.Event | None = None, **options):
             "Check the inputs for NaN/Inf, or lower the learning rate (lr)"
         )
 
+    def write_snapshot(**extra) -> str | None:
+        """Write the last completed epoch's checkpoint (rank 0, when there is a checkpoint_dir); its path."""
+        if snapshot is None or rank != 0:
+            return None
+        return str(_write_checkpoint(ckpt_dir, {**snapshot, **extra}))
+
     try:
-        for epoch in range(start_epoch + 1, epochs + 1):
+        for epoch in range(start_epoch + 1 if not resumed_finished else epochs + 1, epochs + 1):
             t0 = time.perf_counter()
             fmodule.train()
             orders = {}
@@ -372,8 +390,10 @@ def iter_train(model, *, stop: threading.Event | None = None, **options):
                     sums[k] = sums.get(k, 0.0) + v * w
                 if stop.is_set():
                     restore(last_good)
-                    yield Progress(stage, global_step, total_steps, f"stopped in epoch {epoch}; kept epoch {epoch - 1}",
-                                   {"event": "stopped", "epoch": epoch - 1, "epochs": epochs})
+                    saved = write_snapshot()
+                    yield Progress(stage, global_step, total_steps, f"stopped in epoch {epoch}; kept epoch {epoch - 1}"
+                                   + (f" (checkpoint {saved})" if saved else ""),
+                                   {"event": "stopped", "epoch": epoch - 1, "epochs": epochs, "checkpoint": saved})
                     completed = True
                     model._after_training(history, cfg, stopped=True)
                     return model
@@ -401,6 +421,8 @@ def iter_train(model, *, stop: threading.Event | None = None, **options):
                 best.update(val=val_loss, epoch=epoch, bad=0, state=last_good if early_stopping else None)
             else:
                 best["bad"] += 1
+            if ckpt_dir is not None:
+                snapshot = _checkpoint_state(last_good, optimizers, epoch, history, best, shuffle, model, cfg)
             msg = f"epoch {epoch}/{epochs} loss {record['loss']:.4g}" + (
                 f" val {val_loss:.4g}" if val_loss is not None else "")
             yield Progress(stage, min(epoch * steps_per_epoch, total_steps), total_steps, msg,
@@ -410,8 +432,8 @@ def iter_train(model, *, stop: threading.Event | None = None, **options):
                             "val_terms": val_terms, "seconds_per_epoch": seconds, "eta_s": eta,
                             "early_stopping": bool(early_stopping and val_loss is not None),
                             "patience_left": max(patience - best["bad"], 0)})
-            if ckpt_dir is not None and cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0 and rank == 0:
-                _save_checkpoint(ckpt_dir, module, optimizers, epoch, history, best, shuffle, model, cfg)
+            if cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0:
+                write_snapshot()
             if early_stopping and val_loss is not None and best["bad"] >= patience:
                 restore(best["state"] if best["state"] is not None else last_good)
                 history.append({"epoch": epoch, "early_stopped": True, "best_epoch": best["epoch"]})
@@ -426,8 +448,16 @@ def iter_train(model, *, stop: threading.Event | None = None, **options):
                 restore(best["state"])
                 history.append({"epoch": epochs, "early_stopped": False, "best_epoch": best["epoch"]})
         completed = True
+        # the trained weights (after an early stop: the best epoch's), marked finished: resuming with the same
+        # schedule (e.g. a job stopped while writing its outputs) trains no further
+        write_snapshot(module=_cpu_state(module), history=list(history), finished=True)
         model._after_training(history, cfg)
         return model
+    except (KeyboardInterrupt, GeneratorExit):
+        # Ctrl-C, SIGTERM (spatialmix.errors.Interrupted) or the caller closing the generator: the last completed
+        # epoch is kept in the model (below) and on disk
+        write_snapshot()
+        raise
     finally:
         if not completed:  # closed mid-epoch (GeneratorExit) or an error: keep the last completed epoch
             restore(last_good)
@@ -469,18 +499,37 @@ def _validate(fmodule, data, keys_of, val_idx, batch_size, device):
     return total_sum / n, {k: v / n for k, v in sums.items()}
 
 
-def _save_checkpoint(folder: Path, module, optimizers, epoch, history, best, shuffle, model, cfg) -> Path:
+def _cpu_copy(obj):
+    """A copy of a (nested) state dict with every tensor copied to the CPU."""
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _cpu_copy(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_cpu_copy(v) for v in obj)
+    return obj
+
+
+def _checkpoint_state(module_state, optimizers, epoch, history, best, shuffle, model, cfg) -> dict[str, Any]:
+    """Everything :func:`iter_train` needs to resume after ``epoch`` (copies: training may go on)."""
+    import torch
+
+    return {
+        "module": module_state, "optimizer": {k: _cpu_copy(o.state_dict()) for k, o in optimizers.items()},
+        "epoch": epoch,
+        "history": list(history), "best": {k: v for k, v in best.items() if k != "state"},
+        "shuffle_rng": shuffle.get_state(), "torch_rng": torch.get_rng_state(),
+        "split": model.split_, "fingerprint": model._fingerprint(), "config": asdict(cfg), "model": model.name,
+    }
+
+
+def _write_checkpoint(folder: Path, state: dict[str, Any]) -> Path:
     """Write ``last.ckpt`` atomically (temp file + rename) so a crash never leaves half a checkpoint."""
     import torch
 
     folder.mkdir(parents=True, exist_ok=True)
-    state = {
-        "module": module.state_dict(), "optimizer": {k: o.state_dict() for k, o in optimizers.items()},
-        "epoch": epoch,
-        "history": history, "best": {k: v for k, v in best.items() if k != "state"},
-        "shuffle_rng": shuffle.get_state(), "torch_rng": torch.get_rng_state(),
-        "split": model.split_, "fingerprint": model._fingerprint(), "config": asdict(cfg), "model": model.name,
-    }
     tmp = folder / f".{CHECKPOINT_NAME}.tmp"
     torch.save(state, tmp)
     tmp.replace(folder / CHECKPOINT_NAME)
