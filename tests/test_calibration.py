@@ -228,11 +228,12 @@ def test_loss_weights_from_params_reach_the_loss():
     assert torch.allclose(total_a, 3.0 * ta["mmd_a"] + 7.0 * ta["label"])
     assert torch.allclose(total_b, 2.0 * tb["mmd_b"] + 0.5 * tb["recon"])
     assert torch.allclose(total_v, 3.0 * tv["mmd"] + 7.0 * tv["label"] + 0.5 * tv["recon"])
-    # the MMD sums every pair of batches present (4 batches -> 6 pairs): dropping a batch lowers it
-    keep = batch["batch"] != 3
+    # the MMD term is the mean over every pair of batches present (4 batches -> 6 pairs), not their sum
+    from spatialmix.models._calibration_module import mmd2
     with torch.no_grad():
-        fewer = module({k: v[keep] for k, v in batch.items()})[1]["mmd"]
-    assert float(fewer) < float(tv["mmd"])
+        z = module.calibrate(batch["x"])
+        pairs = [float(mmd2(z[batch["batch"] == a], z[batch["batch"] == b])) for a in range(4) for b in range(a + 1, 4)]
+    assert len(pairs) == 6 and np.isclose(float(tv["mmd"]), np.mean(pairs), rtol=1e-5)
     # the training curve records every term of both steps
     model.train(epochs=2, step_events=False)
     assert {"mmd_a", "label", "mmd_b", "recon", "val_mmd", "val_label", "val_recon"} <= set(model.training_curve())
@@ -334,3 +335,217 @@ def test_trains_and_predicts_on_gpu():
     assert f1 > 0.8
     assert gpu.get_corrected("msi").shape == (data.n_obs, 12)
     del cpu
+
+
+# -- each loss term against a hand computation (numpy); docs/models.md "Calibration", "Losses and schedule" ----
+
+def _np_mmd2(x, y, bandwidths=(0.25, 0.5, 1.0, 2.0, 4.0)):
+    """Eq. 1's distance by hand: biased MMD^2 with a sum of Gaussian kernels whose bandwidths are multiples of the
+    mean squared distance between the distinct rows of the pooled sample."""
+    z = np.concatenate([x, y]).astype(np.float64)
+    d2 = ((z[:, None, :] - z[None, :, :]) ** 2).sum(-1)
+    n = len(z)
+    s = d2.sum() / (n * n - n)
+    k = sum(np.exp(-d2 / (b * s)) for b in bandwidths)
+    nx = len(x)
+    return k[:nx, :nx].mean() + k[nx:, nx:].mean() - 2 * k[:nx, nx:].mean()
+
+
+def test_mmd_term_is_the_mean_over_batch_pairs_of_a_multi_kernel_mmd2_as_computed_by_hand():
+    from spatialmix.models._calibration_module import mmd2, pairwise_mmd
+
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(11, 3)).astype(np.float32)
+    z[4:7] += 1.5  # batch 1 shifted
+    batch = np.array([0, 0, 0, 0, 1, 1, 1, 2, 2, 2, 3])  # batch 3 has one spot: left out (>= 2 spots per batch)
+    zt, bt = torch.as_tensor(z), torch.as_tensor(batch)
+    assert np.isclose(float(mmd2(zt[:4], zt[4:7])), _np_mmd2(z[:4], z[4:7]), rtol=1e-5)
+    pairs = [(0, 1), (0, 2), (1, 2)]
+    by_hand = np.mean([_np_mmd2(z[batch == a], z[batch == b]) for a, b in pairs])
+    got = float(pairwise_mmd(zt, bt, 4))
+    print(f"L_C: code {got:.6f}, numpy mean over 3 pairs {by_hand:.6f} (sum would be {3 * by_hand:.6f})")
+    assert np.isclose(got, by_hand, rtol=1e-5)
+    for detach in (False, True):
+        assert np.isclose(float(pairwise_mmd(zt, bt, 4, detach_bandwidth=detach)), by_hand, rtol=1e-5)
+    # one batch present: no pair, zero
+    assert float(pairwise_mmd(zt[:4], bt[:4], 4)) == 0.0
+    # the module's L_C is that mean (16 batches would otherwise weigh 120 pairs, not one)
+    module = Calibration(calib_data(n_per_batch=10, seed=6)).module
+    assert np.isclose(float(module.loss_mmd(zt[:10, :3].repeat(1, 14), bt[:10])),
+                      np.mean([_np_mmd2(np.tile(z[batch == a], 14), np.tile(z[batch == b], 14)) for a, b in pairs]),
+                      rtol=1e-5)
+
+
+def test_mmd_bandwidth_detached_only_when_asked():
+    """Default (ours): the bandwidth stays in the graph, so scaling C(x) changes neither the loss nor, to first
+    order, lowers it (gradient along the scale ~ 0). detach_bandwidth=True (the paper's reference): the bandwidth is
+    a constant, and shrinking C(x) lowers the MMD (positive derivative along the scale)."""
+    from spatialmix.models._calibration_module import pairwise_mmd
+
+    rng = np.random.default_rng(1)
+    z = torch.as_tensor(rng.normal(size=(12, 4)).astype(np.float32))
+    z[:6] += 1.0
+    batch = torch.as_tensor(np.repeat([0, 1], 6))
+    grads = {}
+    for detach in (False, True):
+        c = torch.tensor(1.0, requires_grad=True)
+        loss = pairwise_mmd(c * z, batch, 2, detach_bandwidth=detach)
+        loss.backward()
+        grads[detach] = float(c.grad)
+        assert np.isclose(float(loss.detach()), _np_mmd2(z[:6].numpy(), z[6:].numpy()), rtol=1e-5)
+    print(f"d L_C / d scale: not detached {grads[False]:.2e}, detached {grads[True]:.3f}")
+    assert abs(grads[False]) < 1e-5
+    assert grads[True] > 1e-3
+    assert Calibration(calib_data(n_per_batch=10)).module.detach_bandwidth is False
+    assert Calibration(calib_data(n_per_batch=10), detach_bandwidth=True).module.detach_bandwidth is True
+    with pytest.raises(ParameterError, match="detach_bandwidth must be True or False"):
+        Calibration(calib_data(n_per_batch=10), detach_bandwidth="yes")
+
+
+def test_reconstructors_have_the_papers_form_and_the_reconstruction_term_matches_a_hand_computation():
+    data = calib_data(n_per_batch=10, seed=7)
+    module = Calibration(data, dropout=0.2).module
+    for r in module.reconstructors:  # FC -> dropout -> Tanhshrink -> FC
+        kinds = [type(layer) for layer in r.net]
+        assert kinds == [torch.nn.Linear, torch.nn.Dropout, torch.nn.Tanhshrink, torch.nn.Linear]
+        assert r.net[1].p == 0.2 and r.net[0].in_features == r.net[3].out_features == 42
+    module.eval()  # no dropout
+    rng = np.random.default_rng(2)
+    z = rng.normal(size=(9, 42)).astype(np.float32)
+    x = rng.normal(size=(9, 42)).astype(np.float32)
+    source = np.array([0, 0, 1, 1, 1, -1, -1, 0, 1])  # -1: spots of target batches take no part
+
+    def r_np(i, v):
+        w1, b1 = (t.detach().numpy().astype(np.float64) for t in (module.reconstructors[i].net[0].weight,
+                                                                  module.reconstructors[i].net[0].bias))
+        w2, b2 = (t.detach().numpy().astype(np.float64) for t in (module.reconstructors[i].net[3].weight,
+                                                                  module.reconstructors[i].net[3].bias))
+        h = v @ w1.T + b1
+        return (h - np.tanh(h)) @ w2.T + b2
+
+    # L_R: mean over the source batches present of the MSE (over spots and features) of R_i(C(x)) vs x
+    by_hand = np.mean([((r_np(i, z[source == i]) - x[source == i]) ** 2).mean() for i in (0, 1)])
+    with torch.no_grad():
+        got = float(module.loss_recon(torch.as_tensor(z), torch.as_tensor(x), torch.as_tensor(source)))
+    print(f"L_R: code {got:.6f}, numpy {by_hand:.6f}")
+    assert np.isclose(got, by_hand, rtol=1e-5)
+    # one source present: its MSE alone
+    only0 = source.copy()
+    only0[only0 == 1] = -1
+    with torch.no_grad():
+        got0 = float(module.loss_recon(torch.as_tensor(z), torch.as_tensor(x), torch.as_tensor(only0)))
+    assert np.isclose(got0, ((r_np(0, z[only0 == 0]) - x[only0 == 0]) ** 2).mean(), rtol=1e-5)
+
+
+def _d_np(disc, z):
+    """The label discriminator D by hand (eval mode): BN, FC to 100, residual LeakyReLU-FC, FC 100-50-16-out."""
+    def p(t):
+        return t.detach().numpy().astype(np.float64)
+
+    def leaky(v):
+        return np.where(v > 0, v, 0.2 * v)
+
+    bn = disc.norm
+    h = (z - p(bn.running_mean)) / np.sqrt(p(bn.running_var) + bn.eps) * p(bn.weight) + p(bn.bias)
+    h = h @ p(disc.project.weight).T + p(disc.project.bias)
+    h = h + leaky(h) @ p(disc.residual[1].weight).T + p(disc.residual[1].bias)
+    for lin in (disc.head[1], disc.head[3], disc.head[5]):
+        h = leaky(h) @ p(lin.weight).T + p(lin.bias)
+    return h
+
+
+@pytest.mark.parametrize("n_classes", [4, 2])
+def test_label_term_is_the_cross_entropy_of_d_on_labelled_source_spots_as_computed_by_hand(n_classes):
+    module = Calibration(calib_data(n_per_batch=10, n_classes=n_classes, seed=8)).module
+    rng = np.random.default_rng(3)
+    with torch.no_grad():  # non-trivial BatchNorm statistics
+        module.discriminator.norm.running_mean.copy_(torch.as_tensor(rng.normal(size=42).astype(np.float32)))
+        module.discriminator.norm.running_var.copy_(torch.as_tensor(rng.uniform(0.5, 2, 42).astype(np.float32)))
+    module.eval()
+    z = rng.normal(size=(8, 42)).astype(np.float32)
+    label = np.array([0, 1, -1, 1, 0, -1, 1, 0]) if n_classes == 2 else np.array([0, 3, -1, 2, 1, -1, 3, 0])
+    logits = _d_np(module.discriminator, z.astype(np.float64))[label >= 0]
+    y = label[label >= 0]
+    if n_classes == 2:  # one logit, binary cross-entropy
+        q = 1 / (1 + np.exp(-logits[:, 0]))
+        by_hand = -np.mean(y * np.log(q) + (1 - y) * np.log(1 - q))
+    else:  # softmax cross-entropy
+        lse = np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1)) + logits.max(1)
+        by_hand = np.mean(lse - logits[np.arange(len(y)), y])
+    with torch.no_grad():
+        got = float(module.loss_label(torch.as_tensor(z), torch.as_tensor(label)))
+    print(f"L_D ({n_classes} classes): code {got:.6f}, numpy {by_hand:.6f}")
+    assert np.isclose(got, by_hand, rtol=1e-5)
+    # no labelled spot in the minibatch: zero
+    assert float(module.loss_label(torch.as_tensor(z), torch.full((8,), -1))) == 0.0
+
+
+# -- BatchNorm and a last mini-batch of one row ---------------------------------------------------------------
+
+def test_a_last_minibatch_of_one_row_is_merged_into_the_one_before():
+    data = calib_data(n_per_batch=40, seed=9)  # 160 spots, 128 for training
+    model = Calibration(data)
+    steps = []
+    handle = register_optimizer_step_post_hook(lambda opt, args, kwargs: steps.append(id(opt)))
+    try:  # 128 = 127 + 1: without the merge, BatchNorm fails on the one-row last mini-batch
+        model.train(epochs=2, batch_size=127, device="cpu", step_events=False)
+    finally:
+        handle.remove()
+    assert model.is_trained and model.schedule_["steps_per_epoch"] == 1
+    assert len(steps) == 2 * 2  # one training step per epoch (steps A and B): 128 rows in one mini-batch
+    assert np.isfinite(model.get_latent_representation()).all()
+    # a split that divides evenly is unchanged: 128 = 2 x 64
+    model.train(epochs=1, batch_size=64, device="cpu", step_events=False)
+    assert model.schedule_["steps_per_epoch"] == 2
+    # the BatchNorm refresh after training: a one-row last chunk joins the one before (same statistics as one chunk)
+    model._refresh_batchnorm(chunk=4096)
+    whole = {k: v.clone() for k, v in model.module.state_dict().items() if "running" in k}
+    model._refresh_batchnorm(chunk=159)  # 160 training spots: 159 + 1
+    for k, v in model.module.state_dict().items():
+        if "running" in k:
+            torch.testing.assert_close(v, whole[k])
+    with pytest.raises(ParameterError, match="at least 2 rows per mini-batch.*batch_size=1"):
+        model.train(epochs=1, batch_size=1, device="cpu", step_events=False)
+
+
+# -- parameter count guard --------------------------------------------------------------------------------------
+
+def test_parameter_count_is_estimated_and_too_large_networks_are_refused_before_building(monkeypatch):
+    from spatialmix.models import calibration as calibration_mod
+    from spatialmix.models._calibration_module import estimate_parameters, n_parameters
+
+    data = calib_data(n_per_batch=10)
+    for kw in ({}, {"source_batches": ["B0"]}):
+        m = Calibration(data, **kw)
+        assert n_parameters(m.module) == estimate_parameters(42, len(m.params["source_batches"]), 4)
+    two = Calibration(calib_data(n_per_batch=10, n_classes=2, seed=1))
+    assert n_parameters(two.module) == estimate_parameters(42, 2, 2)
+    # (2 + 2K) d^2 dominates: 32,000 features and 8 sources are ~18.4 G parameters
+    d = 32_000
+    c_and_r = (2 * d + 2 * (d * d + d)) + 8 * 2 * (d * d + d)  # C: BN + 2 Linear(d, d); 8 R_i: 2 Linear(d, d)
+    disc = 2 * d + (d * 100 + 100) + (100 * 100 + 100) + (100 * 50 + 50) + (50 * 16 + 16) + (16 * 5 + 5)
+    assert estimate_parameters(d, 8, 5) == c_and_r + disc == 18_435_920_151
+    # a wide dataset (32,000 features, 8 labelled batches) is refused before any network is built
+    built = []
+    monkeypatch.setattr(calibration_mod, "CalibrationModule", lambda *a, **k: built.append(a))
+    rng = np.random.default_rng(0)
+    n, d = 18, 32_000
+    batch = np.repeat([f"B{i}" for i in range(9)], 2)
+    obs = pd.DataFrame({"sample": batch, "batch": batch, "cell_type": (["a", "b"] * 8 + [np.nan, np.nan])},
+                       index=[f"s{i}" for i in range(n)])
+    wide = MultiModalData(["rna"], {"rna": rng.random((n, d), dtype=np.float32)}, {"rna": np.ones(n, bool)},
+                          {"rna": pd.Index([f"g{i}" for i in range(d)])}, obs, None, "batch", "cell_type")
+    with pytest.raises(ParameterError) as err:
+        Calibration(wide)
+    msg = str(err.value)
+    print(msg)
+    assert "18,435,920,083 parameters (73.7 GB" in msg and "max_parameters=250,000,000" in msg
+    assert "d = 32,000 input features (rna 32,000)" in msg and "8 reconstructor(s)" in msg
+    assert "highly variable" in msg and "PCA" in msg and "modalities=" in msg
+    assert built == []
+    # the bound is a parameter; a small one refuses the small data too, with the count
+    monkeypatch.undo()
+    with pytest.raises(ParameterError, match=f"would have {estimate_parameters(42, 2, 4):,} parameters"):
+        Calibration(data, max_parameters=10_000)
+    with pytest.raises(ParameterError, match="max_parameters must be a whole number >= 1"):
+        Calibration(data, max_parameters=0)

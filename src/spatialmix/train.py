@@ -28,6 +28,10 @@ shuffled on its own, every step draws ``batch_size`` rows from every group (smal
 module receives ``{"<group>/<name>": tensor}``. ``max_steps`` (optional) counts optimiser steps instead of
 epochs, for models whose papers do (scMODAL: 10,000 steps).
 
+A module whose layers need several rows per mini-batch in training mode (BatchNorm: two) sets
+``min_batch_rows``: a last mini-batch smaller than that is merged into the one before it (the epoch has one
+step fewer, its last step a few rows more), and a training split smaller than that is refused.
+
 Lightning Fabric runs the loop on CPU, one GPU, or several GPUs / nodes (``devices``, ``num_nodes``,
 ``strategy``; launch several processes with ``torchrun`` or ``fabric run``), with optional mixed precision.
 """
@@ -283,7 +287,21 @@ def iter_train(model, *, stop: threading.Event | None = None, **options):
     if min(n_local.values()) < 1:
         raise TrainingError(f"{model.name}: a group of the training data has no training rows "
                             f"({ {g: len(v) for g, v in train_idx.items()} }); give it more observations")
+    min_rows = int(getattr(module, "min_batch_rows", 1) or 1)
+    if cfg.batch_size < min_rows:
+        raise ParameterError(f"{model.name} needs at least {min_rows} rows per mini-batch (BatchNorm); "
+                             f"batch_size={cfg.batch_size} is too small")
+    if min(n_local.values()) < min_rows:
+        raise TrainingError(f"{model.name} needs at least {min_rows} training rows per mini-batch (BatchNorm), but "
+                            f"the training split has {min(n_local.values())}; give it more observations or a larger "
+                            "train_fraction")
     steps_per_epoch = max(1, max(math.ceil(n / cfg.batch_size) for n in n_local.values()))
+    # a last mini-batch of fewer than min_rows rows joins the one before it (single group; with several groups
+    # every step draws min(batch_size, group size) rows)
+    tail = {g: n - (math.ceil(n / cfg.batch_size) - 1) * cfg.batch_size for g, n in n_local.items()}
+    merge_tail = (len(n_local) == 1 and steps_per_epoch > 1 and next(iter(tail.values())) < min_rows)
+    if merge_tail:
+        steps_per_epoch -= 1
     auto = cfg.epochs == "auto" and cfg.max_steps is None
     auto_epochs, auto_patience = auto_schedule(steps_per_epoch)
     if cfg.max_steps is not None:
@@ -342,7 +360,8 @@ def iter_train(model, *, stop: threading.Event | None = None, **options):
                 batch = {}
                 for g, order in orders.items():
                     if len(orders) == 1:
-                        idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+                        end = None if merge_tail and step == steps_per_epoch - 1 else (step + 1) * cfg.batch_size
+                        idx = order[step * cfg.batch_size:end]
                     else:  # every group gives batch_size rows per step; smaller groups cycle
                         take = min(cfg.batch_size, len(order))
                         idx = order[(step * take + torch.arange(take, device=device)) % len(order)]

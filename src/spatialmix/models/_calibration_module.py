@@ -4,11 +4,13 @@ no training loop.
 - :class:`Calibrator` ``C``: BN, FC, dropout, Tanhshrink, FC at the input's width.
 - :class:`LabelDiscriminator` ``D``: BN, FC to 100, a residual LeakyReLU-FC block at 100, then FC through 50 and
   16 to the classes (one logit + sigmoid for two classes, softmax otherwise).
-- one :class:`Reconstructor` ``R_i`` per labelled source batch: maps calibrated features back to that batch's
-  (standardised) input.
+- one :class:`Reconstructor` ``R_i`` per labelled source batch: FC, dropout, Tanhshrink, FC (the paper's form),
+  maps calibrated features back to that batch's (standardised) input.
 - :class:`CalibrationModule` holds them, the standardisation statistics (buffers, so they travel in the
-  state_dict), the losses (pairwise multi-bandwidth Gaussian MMD, reconstruction MSE, label cross-entropy) and
-  the two-step schedule for :mod:`spatialmix.train` (``configure_optimizers`` / ``phases``).
+  state_dict), the losses (multi-bandwidth Gaussian MMD^2 averaged over batch pairs, reconstruction MSE, label
+  cross-entropy) and the two-step schedule for :mod:`spatialmix.train` (``configure_optimizers`` / ``phases``).
+
+Every loss term is mapped to its equation in ``docs/models.md`` ("Calibration", "Losses and schedule").
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-#: MMD kernel bandwidths, as multiples of the mean pairwise squared distance in the minibatch (detached)
+#: MMD kernel bandwidths, as multiples of the mean pairwise squared distance of the pooled pair (computed from the
+#: data; detached from the graph only with ``detach_bandwidth=True``, the paper's reference, see :func:`mmd2`)
 MMD_BANDWIDTHS = (0.25, 0.5, 1.0, 2.0, 4.0)
 #: width of the label discriminator's hidden layers (the paper's)
 DISCRIMINATOR_WIDTHS = (100, 50, 16)
@@ -59,40 +62,50 @@ class LabelDiscriminator(nn.Module):
 
 
 class Reconstructor(nn.Module):
-    """``R_i``: Linear(d, d), LeakyReLU, Linear(d, d)."""
+    """``R_i``: Linear(d, d), Dropout, Tanhshrink, Linear(d, d) (the paper's form; the rate is the calibrator's)."""
 
-    def __init__(self, n_features: int):
+    def __init__(self, n_features: int, dropout: float = 0.0):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(n_features, n_features), nn.LeakyReLU(0.2),
+        self.net = nn.Sequential(nn.Linear(n_features, n_features),
+                                 nn.Dropout(dropout) if dropout > 0 else nn.Identity(), nn.Tanhshrink(),
                                  nn.Linear(n_features, n_features))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.net(z)
 
 
-def mmd2(x: torch.Tensor, y: torch.Tensor, bandwidths: Sequence[float] = MMD_BANDWIDTHS) -> torch.Tensor:
-    """Biased squared MMD between samples ``x`` and ``y`` with a sum of Gaussian kernels.
+def mmd2(x: torch.Tensor, y: torch.Tensor, bandwidths: Sequence[float] = MMD_BANDWIDTHS, *,
+         detach_bandwidth: bool = False) -> torch.Tensor:
+    """Biased squared MMD between samples ``x`` and ``y`` with a sum of Gaussian kernels (eq. 1's distance):
 
-    The bandwidths are multiples of the mean pairwise squared distance of the pooled sample (detached), so the
-    loss does not depend on the scale of the features."""
+    ``k(a, b) = sum_j exp(-|a - b|^2 / (b_j * s))``, ``s`` = mean squared distance between the distinct rows of
+    the pooled sample, ``b_j`` in ``bandwidths``; ``MMD^2 = mean k(x, x') + mean k(y, y') - 2 mean k(x, y)``.
+    ``s`` is computed from the data. ``detach_bandwidth=True`` (the paper's reference, which takes it from the
+    distances' ``.data``) keeps the gradient from flowing through it; then shrinking ``C(x)`` towards a point
+    lowers the MMD by itself, and it did: C(x) collapsed to a per-feature standard deviation of 0.002 and the
+    target macro-F1 fell from 0.98 to 0.87 (``benchmarks/calibration_paper_form.py``). The default (ours) keeps
+    ``s`` in the graph, so the loss is invariant to the scale of ``C(x)`` in value and in gradient."""
     z = torch.cat([x, y], dim=0)
     d2 = torch.cdist(z, z).pow(2)
     n = z.shape[0]
-    base = (d2.sum() / max(n * n - n, 1)).clamp_min(1e-8)
+    base = ((d2.detach() if detach_bandwidth else d2).sum() / max(n * n - n, 1)).clamp_min(1e-8)
     k = sum(torch.exp(-d2 / (base * b)) for b in bandwidths)
     nx = x.shape[0]
     kxx, kyy, kxy = k[:nx, :nx], k[nx:, nx:], k[:nx, nx:]
     return kxx.mean() + kyy.mean() - 2 * kxy.mean()
 
 
-def pairwise_mmd(z: torch.Tensor, batch: torch.Tensor, n_batches: int, min_spots: int = 2) -> torch.Tensor:
-    """Eq. 1: the sum of MMD^2 over every pair of batches with at least ``min_spots`` spots in the minibatch."""
+def pairwise_mmd(z: torch.Tensor, batch: torch.Tensor, n_batches: int, min_spots: int = 2, *,
+                 detach_bandwidth: bool = False) -> torch.Tensor:
+    """Eq. 1: the mean of MMD^2 over the pairs of batches that have at least ``min_spots`` spots in the minibatch
+    (zero when fewer than two batches are present)."""
     present = [b for b in range(n_batches) if int((batch == b).sum()) >= min_spots]
-    total = z.new_zeros(())
+    total, n_pairs = z.new_zeros(()), 0
     for i, a in enumerate(present):
         for b in present[i + 1:]:
-            total = total + mmd2(z[batch == a], z[batch == b])
-    return total
+            total = total + mmd2(z[batch == a], z[batch == b], detach_bandwidth=detach_bandwidth)
+            n_pairs += 1
+    return total / max(n_pairs, 1)
 
 
 class CalibrationModule(nn.Module):
@@ -103,7 +116,7 @@ class CalibrationModule(nn.Module):
     n_features
         Width of the (concatenated, standardised) input.
     n_batches
-        Number of batches (MMD is summed over every pair of them present in a minibatch).
+        Number of batches (MMD^2 is averaged over the pairs of them present in a minibatch).
     n_sources
         Number of labelled source batches (one reconstructor each).
     n_classes
@@ -113,11 +126,19 @@ class CalibrationModule(nn.Module):
     lambda1, lambda2
         How many times step A / step B repeat per training step.
     dropout
-        Dropout of the calibrator.
+        Dropout of the calibrator and of the reconstructors.
+    detach_bandwidth
+        Detach the MMD kernels' bandwidth from the graph (the paper's reference) or not (default, ours): see
+        :func:`mmd2`.
     """
 
+    #: BatchNorm in training mode needs at least two rows: the training engine merges a one-row last mini-batch
+    #: into the one before it (``spatialmix.train``, ``min_batch_rows``)
+    min_batch_rows = 2
+
     def __init__(self, n_features: int, n_batches: int, n_sources: int, n_classes: int, *, alpha1: float,
-                 alpha2: float, beta: float, gamma: float, lambda1: int, lambda2: int, dropout: float):
+                 alpha2: float, beta: float, gamma: float, lambda1: int, lambda2: int, dropout: float,
+                 detach_bandwidth: bool = False):
         super().__init__()
         if n_classes < 2:
             raise ValueError("the label discriminator needs at least two classes")
@@ -125,9 +146,10 @@ class CalibrationModule(nn.Module):
         self.n_classes = int(n_classes)
         self.weights = {"alpha1": float(alpha1), "alpha2": float(alpha2), "beta": float(beta), "gamma": float(gamma)}
         self.lambda1, self.lambda2 = int(lambda1), int(lambda2)
+        self.detach_bandwidth = bool(detach_bandwidth)
         self.calibrator = Calibrator(n_features, dropout)
         self.discriminator = LabelDiscriminator(n_features, n_classes)
-        self.reconstructors = nn.ModuleList([Reconstructor(n_features) for _ in range(n_sources)])
+        self.reconstructors = nn.ModuleList([Reconstructor(n_features, dropout) for _ in range(n_sources)])
         # standardisation: x_std = (x - mean) / scale; set by the model from its training data, saved with the weights
         self.register_buffer("mean", torch.zeros(n_features))
         self.register_buffer("scale", torch.ones(n_features))
@@ -156,7 +178,8 @@ class CalibrationModule(nn.Module):
 
     # -- losses --------------------------------------------------------------------------------------------
     def loss_mmd(self, z: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
-        return pairwise_mmd(z, batch, self.n_batches)
+        """Eq. 1 (``L_C``): MMD^2 averaged over the batch pairs present in the minibatch."""
+        return pairwise_mmd(z, batch, self.n_batches, detach_bandwidth=self.detach_bandwidth)
 
     def loss_label(self, z: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
         keep = label >= 0
@@ -214,3 +237,15 @@ class CalibrationModule(nn.Module):
 
 def n_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
+
+
+def estimate_parameters(n_features: int, n_sources: int, n_classes: int) -> int:
+    """Number of parameters of a :class:`CalibrationModule`, without building it: C and every R_i are two
+    d x d layers each, so the count grows as ``(2 + 2 * n_sources) * d^2``."""
+    d = int(n_features)
+    w1, w2, w3 = DISCRIMINATOR_WIDTHS
+    out = 1 if n_classes == 2 else int(n_classes)
+    calibrator = 2 * d + 2 * (d * d + d)                     # BatchNorm, 2 x Linear(d, d)
+    reconstructor = 2 * (d * d + d)                          # 2 x Linear(d, d)
+    discriminator = (2 * d + d * w1 + w1 + w1 * w1 + w1 + w1 * w2 + w2 + w2 * w3 + w3 + w3 * out + out)
+    return calibrator + int(n_sources) * reconstructor + discriminator
