@@ -18,7 +18,7 @@ from qtpy.QtWidgets import QApplication  # noqa: E402
 from spatialmix.napari._common import state_of  # noqa: E402
 from spatialmix.napari._data_widget import DataWidget  # noqa: E402
 from spatialmix.napari._explore_widget import ExploreWidget  # noqa: E402
-from spatialmix.napari._integrate_widget import IntegrateWidget  # noqa: E402
+from spatialmix.napari._integrate_widget import IntegrateWidget, ParamPage, model_defaults  # noqa: E402
 from spatialmix.napari._register_widget import RegisterWidget  # noqa: E402
 from spatialmix.napari._save_widget import SaveWidget  # noqa: E402
 
@@ -194,6 +194,18 @@ def test_integrate_widget_trains_in_a_worker_without_freezing_the_ui(trained_vie
     assert len(gaps) > 100
     print(f"longest event-loop stall: {worst}")
     assert gaps.max() < 0.2, f"the event loop stalled for {worst}"
+
+
+def test_parameter_pages_start_at_every_models_defaults(qtbot):
+    """A form row that cannot hold a model's default (a spin box capped below it) would silently change it."""
+    from spatialmix.models import MODELS
+
+    for name in MODELS:
+        page = ParamPage(name, None)
+        defaults = model_defaults(name)
+        for key, value in page.values().items():
+            if key in defaults and isinstance(defaults[key], (bool, int, float)):
+                assert value == pytest.approx(defaults[key]), (name, key, value, defaults[key])
 
 
 def test_integrate_widget_offers_the_automatic_schedule_and_reports_the_kept_epoch(trained_viewer):

@@ -74,7 +74,7 @@ class ParamPage(QWidget):
                 w = QCheckBox()
                 w.setChecked(value)
             elif isinstance(value, int):
-                w = _spin(0, 10**7, value)
+                w = _spin(0, 2**31 - 1, value)  # Qt's int range: large defaults (max_parameters) keep their value
             elif isinstance(value, float):
                 w = _dspin(0, 1e4, value, 4 if 0 < abs(value) < 0.1 else 3)
             elif _int_list(value):  # e.g. MoDAmix's stage_epochs, hidden layer sizes: "30, 30, 30, 30"
