@@ -110,9 +110,13 @@ _KINDS = ("tmp", "new", "old")
 _FOREIGN_AGE_S = 24 * 3600  # leftovers of another machine (shared disk) are only touched when this old
 
 
+def _host() -> str:
+    """This machine's name as it appears in a leftover's name (no '-', the name's separator)."""
+    return socket.gethostname().replace("-", "_") or "host"
+
+
 def _sibling(path: Path, kind: str) -> Path:
-    host = socket.gethostname().replace("-", "_") or "host"
-    return path.with_name(f".{path.name}.{kind}-{host}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    return path.with_name(f".{path.name}.{kind}-{_host()}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
 
 
 def _swap_in(new: Path, path: Path) -> None:
@@ -132,7 +136,7 @@ def _leftovers(path: Path) -> dict[str, list[Path]]:
     if not path.parent.is_dir():
         return found
     prefix = f".{path.name}."
-    me = socket.gethostname().replace("-", "_") or "host"
+    me = _host()
     for p in path.parent.iterdir():
         if not p.name.startswith(prefix):
             continue

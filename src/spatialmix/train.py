@@ -170,7 +170,7 @@ def split_indices(n: int, train_fraction: float, seed: int) -> tuple[np.ndarray,
 
 
 def _cpu_state(module) -> dict:
-    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+    return _cpu_copy(module.state_dict())
 
 
 def iter_train(model, *, stop: threading.Event | None = None, **options):

@@ -240,12 +240,10 @@ def n_parameters(module: nn.Module) -> int:
 
 
 def estimate_parameters(n_features: int, n_sources: int, n_classes: int) -> int:
-    """Number of parameters of a :class:`CalibrationModule`, without building it: C and every R_i are two
-    d x d layers each, so the count grows as ``(2 + 2 * n_sources) * d^2``."""
-    d = int(n_features)
-    w1, w2, w3 = DISCRIMINATOR_WIDTHS
-    out = 1 if n_classes == 2 else int(n_classes)
-    calibrator = 2 * d + 2 * (d * d + d)                     # BatchNorm, 2 x Linear(d, d)
-    reconstructor = 2 * (d * d + d)                          # 2 x Linear(d, d)
-    discriminator = (2 * d + d * w1 + w1 + w1 * w1 + w1 + w1 * w2 + w2 + w2 * w3 + w3 + w3 * out + out)
-    return calibrator + int(n_sources) * reconstructor + discriminator
+    """Number of parameters of a :class:`CalibrationModule`, without allocating it: the module is built on
+    PyTorch's meta device (shapes only), so the count always follows the architecture. C and every R_i are two
+    d x d layers each, so it grows as ``(2 + 2 * n_sources) * d^2``."""
+    with torch.device("meta"):
+        module = CalibrationModule(int(n_features), 1, int(n_sources), int(n_classes), alpha1=0.0, alpha2=0.0,
+                                   beta=0.0, gamma=0.0, lambda1=1, lambda2=1, dropout=0.0)
+    return n_parameters(module)
