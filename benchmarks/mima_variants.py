@@ -3,12 +3,19 @@
     python benchmarks/mima_variants.py CASE 'VARIANTS_JSON' OUT.jsonl
 
 CASE is a key of spatialmix.datasets.CASES (starmap, visium_he, sim0, sim7, sim11); VARIANTS_JSON maps a name to
-{"params": {...MIMA parameters}, "train": {...training options}, "reps": ["poe", "shared_cat", ...]}. Each variant
+{"params": {...MIMA parameters}, "train": {...training options}, "reps": ["poe", "shared_cat", ...]} (a rep is
+"poe", "poe+private", "shared_cat", "poe+shared", "corrected_pca", "poe+corrected_pca" or one latent such as
+"shared_rna" / "private_msi"). Each variant
 is trained once; printed and appended to OUT.jsonl: training seconds, epochs run, a quick leave-one-batch-out
 logistic-regression macro F1 (a proxy, not the benchmark's LOOCV ensemble) and the scIB scores of the
 benchmark's own function (spatialmix.evaluate.metrics.scib_benchmark, with PCA-50 of the inputs as the
 unintegrated reference, so totals sit ~0.01 above `spatialmix benchmark`'s, which uses pca_concat).
 Spatial cases are prepared once into /tmp/exp/<case>.zarr.
+
+With a fourth argument ``--loocv`` every representation (and each raw modality) is also scored by the
+benchmark's own leave-one-sample-out ensemble (spatialmix.evaluate.annotations.iter_cross_validate, the
+options `spatialmix benchmark` uses): mean F1 and, per class scored on >= 10 spots, the F1 lost against the
+best raw single modality (issue 14, item 6: no class may lose more than 0.05).
 """
 import json, sys, time
 import numpy as np, pandas as pd
@@ -21,7 +28,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 from sklearn.metrics import f1_score
 
-case = sys.argv[1]; variants = json.loads(sys.argv[2]); outf = sys.argv[3]
+case = sys.argv[1]; variants = json.loads(sys.argv[2]); outf = sys.argv[3]; with_loocv = "--loocv" in sys.argv[4:]
 c = datasets.CASES[case]; path = c.build(); o = c.options(); lk = o.pop("label_key", None)
 if o:
     mmd = as_multimodal(path, label_key=lk, **o)
@@ -67,14 +74,45 @@ for name, v in variants.items():
         allz[f"shared_{mm}"] = m.get_latent_representation("shared", mm)
         allz[f"private_{mm}"] = m.get_latent_representation("private", mm)
     for rep in reps:
-        parts = {"poe": ["poe"], "poe+private": ["poe"] + [f"private_{mm}" for mm in m.modalities],
+        if rep in ("corrected_pca", "poe+corrected_pca") and "corrected_pca" not in allz:
+            C = np.hstack([StandardScaler().fit_transform(m.get_corrected(mm)) for mm in m.modalities])
+            ok = np.isfinite(C).all(axis=1); P = np.full((len(C), 50), np.nan, np.float32)
+            P[ok] = PCA(50, random_state=0).fit_transform(C[ok]); allz["corrected_pca"] = P
+        parts = {"corrected_pca": ["corrected_pca"], "poe+corrected_pca": ["poe", "corrected_pca"], "poe": ["poe"], "poe+private": ["poe"] + [f"private_{mm}" for mm in m.modalities],
                  "shared_cat": [f"shared_{mm}" for mm in m.modalities],
-                 "poe+shared": ["poe"] + [f"shared_{mm}" for mm in m.modalities]}[rep]
+                 "poe+shared": ["poe"] + [f"shared_{mm}" for mm in m.modalities]}.get(rep, [rep])
         Zr = np.hstack([allz[k] for k in parts])
         key = name if rep == "poe" else f"{name}:{rep}"
         embs[key] = Zr
         rec[key] = {"train_s": round(time.perf_counter() - t, 1), "lobo_f1": lobo(Zr), "epochs_run": len(hist), **v}
         print(key, rec[key], flush=True)
+if with_loocv:
+    from spatialmix.evaluate.annotations import EnsembleOptions, iter_cross_validate
+    from spatialmix.progress import run as run_iter
+    samples = mmd.obs["sample"].astype(str).to_numpy()
+
+    def loocv(X):
+        return run_iter(iter_cross_validate(X, pd.Series(labels, index=mmd.obs.index), samples, scheme="loocv",
+                                            mask=ev, options=EnsembleOptions(seed=0)))
+    raw = {}
+    for mm in mmd.modalities:
+        Xr = mmd.dense(mm).astype(np.float32); Xr[~mmd.mask[mm]] = np.nan
+        raw[f"raw_{mm}"] = loocv(Xr)
+    pcs = {k: r.per_class for k, r in raw.items()}
+    best_raw = pd.concat({k: v["f1"] for k, v in pcs.items()}, axis=1).max(axis=1)
+    n_spots = next(iter(pcs.values()))["n_spots"]
+    for k, r in raw.items():
+        rec.setdefault(k, {})["loocv_f1"] = round(r.summary["f1"], 4)
+        print(k, "LOOCV F1", round(r.summary["f1"], 4), flush=True)
+    for n in [k for k in embs if k != "pca"]:
+        r = loocv(embs[n])
+        pc = r.per_class["f1"].reindex(best_raw.index)
+        lost = (best_raw - pc)[n_spots.reindex(best_raw.index) >= 10]
+        rec[n]["loocv_f1"] = round(r.summary["f1"], 4)
+        rec[n]["loocv_worst_class_loss"] = {str(lost.idxmax()): round(float(lost.max()), 4)}
+        rec[n]["loocv_classes_losing_over_0.05"] = {str(c): round(float(v), 3) for c, v in lost[lost > 0.05].items()}
+        print(n, "LOOCV F1", rec[n]["loocv_f1"], "classes losing > 0.05 F1 vs best raw modality:",
+              rec[n]["loocv_classes_losing_over_0.05"], flush=True)
 if lk:
     lab2 = np.where(valid, labels, None).astype(object)
     tab = scib_benchmark({k: v[ev] for k, v in embs.items()}, batches[ev], lab2[ev], pre_integrated="pca")

@@ -11,7 +11,7 @@ import pytest
 from spatialmix.cli import main
 
 REPS = {"raw_rna", "raw_msi", "raw_morphology", "raw_concat", "pca_rna", "pca_msi", "pca_morphology",
-        "pca_concat", "harmony", "mima"}
+        "pca_concat", "harmony", "mima", "mima_corrected_pca"}
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +38,7 @@ def test_benchmark_scores_every_representation_on_the_same_spots(bench):
             cm = np.asarray(e[scheme]["confusion"]["data"])
             assert cm.sum() == e[scheme]["n_spots"]
     assert reps["mima"]["dims"] == 100 and reps["harmony"]["dims"] == 100 and reps["pca_morphology"]["dims"] == 67
+    assert reps["mima_corrected_pca"]["dims"] == 50 and reps["mima_corrected_pca"]["source"] == "mima"
     assert reps["mima"]["seconds"] > 0 and reps["mima"]["peak_rss_mb"] > 100
     # Harmony mixes the samples more than the PCA it corrects
     assert reps["harmony"]["scib"]["Batch correction"] > reps["pca_concat"]["scib"]["Batch correction"]
@@ -60,7 +61,10 @@ def test_benchmark_measures_translation_and_unpaired_alignment_of_the_model(benc
     assert all(0 <= v["foscttm"] <= 1 for v in mima["unpaired"].values())
     claims = m["claims"]
     assert set(claims) == {"loocv_f1_above_each_raw_modality", "best_total_scib_among_model_and_baselines",
-                           "translation_beats_own_annotation_centroid", "translation_r_at_least_ridge_and_knn"}
+                           "translation_beats_own_annotation_centroid", "translation_r_at_least_ridge_and_knn",
+                           "annotation_representation_loocv_f1_above_each_raw_modality"}
+    annot = claims["annotation_representation_loocv_f1_above_each_raw_modality"]
+    assert annot["mima_corrected_pca"] == m["representations"]["mima_corrected_pca"]["loocv"]["f1"]
     assert claims["translation_beats_own_annotation_centroid"]["directions"] == 9
 
 
@@ -77,6 +81,8 @@ def test_benchmark_writes_table_report_figures_and_predictions(bench):
     assert "Nerve" not in set(per_class["class"]) and (per_class["n_folds"] >= 1).all()
     report = (out / "report.md").read_text()
     assert "| harmony | baseline | 100 |" in report and "The paper's claims" in report
+    assert "loocv f1 above each raw modality** (paper)" in report
+    assert "annotation representation loocv f1 above each raw modality** (ours)" in report
     for name in ["scib_bio_vs_batch.png", "annotation_f1.png", "confusion_mima.png", "translation_r2_mima.png"] + [
             f"annotations_mima_{s}.png" for s in m["samples"]]:
         assert (out / name).stat().st_size > 20_000, name

@@ -455,6 +455,8 @@ def test_run_command_on_an_h5mu_writes_every_output_into_a_mudata(tmp_path, caps
     rna_measured = res["rna"].obs["measured"].to_numpy(bool)
     np.testing.assert_array_equal(np.isfinite(imputed).all(axis=1), rna_measured)
     assert np.all(w[~measured, 1] == 0)  # no protein, no say
+    zc = np.asarray(res.obsm["X_mima_corrected_pca"])  # annotation representation: only cells with both
+    np.testing.assert_array_equal(np.isfinite(zc).all(axis=1), measured & rna_measured)
     prov = json.loads(res.uns["spatialmix"]["provenance_json"])
     assert prov["model"] == "mima" and prov["train"]["epochs"] == 3 and prov["preprocessing"]["prot"] == "protein"
     assert (out / "training_curve.csv").read_text().count("\n") == 4  # header + 3 epochs

@@ -66,7 +66,13 @@ def test_every_output_is_written_with_its_name_and_shape(trained):
         ad = s.tables[m]
         extra_obsm = {"X_msi_rgb", "X_mima_corrected_msi_rgb"} if m == "msi" else set()
         assert set(ad.obsm) - {"spatial"} == {"X_mima", "X_mima_private", "X_mima_rgb", "X_mima_expert_weights",
-                                              "X_mima_experts_rgb"} | extra_obsm, m
+                                              "X_mima_experts_rgb", "X_mima_corrected_pca"} | extra_obsm, m
+        # the representation for annotation prediction: defined exactly where every modality was measured
+        every = np.all([data.mask[k] for k in MODS], axis=0)
+        zc = ad.obsm["X_mima_corrected_pca"]
+        assert zc.shape == (n, 50)
+        np.testing.assert_array_equal(np.isfinite(zc).all(axis=1), every)
+        assert np.isnan(zc[~every]).all()
         assert set(ad.layers) - {"counts"} == {"mima_corrected", "mima_denoised", TRANSLATIONS[m]}, m
         assert ad.obsm["X_mima"].shape == (n, 100) and ad.obsm["X_mima_private"].shape == (n, 100)
         for name in ("X_mima_rgb", *extra_obsm):
@@ -96,6 +102,7 @@ def test_written_values_are_the_models_outputs(trained):
         np.testing.assert_array_equal(s.tables[m].layers["mima_corrected"], model.get_corrected(m))
     np.testing.assert_array_equal(s.tables["msi"].obsm["X_mima_private"],
                                   model.get_latent_representation("private", "msi"))
+    np.testing.assert_array_equal(s.tables["rna"].obsm["X_mima_corrected_pca"], model.get_corrected_pca())
     np.testing.assert_array_equal(s.tables["morphology"].layers["mima_denoised"], model.get_denoised("morphology"))
     np.testing.assert_array_equal(s.tables["rna"].layers["mima_from_msi_and_morphology"],
                                   model.translate(["msi", "morphology"], "rna"))

@@ -341,6 +341,9 @@ def test_explore_widget_shows_every_output(trained_viewer, tmp_path):
 
     # predicted annotations beside the pathologist's, same colours, agreement, legend, F1 table, confusion
     ex.ensemble_options = EnsembleOptions(n_bags=2, n_trees=10)
+    # MIMA's representation for annotation prediction is offered and picked first; the PoE stays a choice
+    assert ex.rep_combo.currentText() == "mima_corrected_pca"
+    assert "mima" in [ex.rep_combo.itemText(i) for i in range(ex.rep_combo.count())]
     ex.rep_combo.setCurrentText("mima")
     ex.predict()
     wait(ex.panel)

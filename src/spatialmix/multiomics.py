@@ -9,7 +9,8 @@ What ``spatialmix run --data FILE.h5mu --batch-key KEY --out OUT`` writes into `
 - ``results.h5mu``: one modality per model modality (``X`` = the model input, after the declared
   preprocessing; ``obs["measured"]`` says which cells had the modality), the shared embedding
   ``mdata.obsm["X_<key>"]``, the expert weights ``mdata.obsm["X_<key>_expert_weights"]`` (columns in
-  ``uns["spatialmix"]``), and per modality ``obsm["X_<key>_private"]``, ``layers["<key>_corrected"]``,
+  ``uns["spatialmix"]``), the representation for annotation prediction ``mdata.obsm["X_<key>_corrected_pca"]``
+  (PCA-50 of the corrected features; NaN for cells missing a modality), and per modality ``obsm["X_<key>_private"]``, ``layers["<key>_corrected"]``,
   ``layers["<key>_denoised"]`` (NaN for cells where the modality was not measured) and the translations
   ``layers["<key>_from_<sources>"]`` from every other modality (NaN where no source was measured), with the
   provenance record as JSON in ``mdata.uns["spatialmix"]``;
@@ -138,4 +139,7 @@ def _results_mudata(mdl, data, key: str):
         mdata.obsm[f"X_{key}_expert_weights"] = w.to_numpy(np.float32)
         mdata.uns["expert_weight_columns"] = [str(c) for c in w.columns]
         written["mudata.obsm"].append(f"X_{key}_expert_weights")
+    if "corrected_pca" in supports:
+        mdata.obsm[f"X_{key}_corrected_pca"] = mdl.get_corrected_pca()
+        written["mudata.obsm"].append(f"X_{key}_corrected_pca")
     return mdata, written

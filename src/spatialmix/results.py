@@ -10,6 +10,8 @@ What is written, for a model written under ``key`` (default: the model's name, e
 ``<table>.obsm["X_<key>"]``                   shared (PoE) embedding, in every modality table of the model
 ``<m>.obsm["X_<key>_private"]``               private latent of modality ``m``
 ``<m>.layers["<key>_corrected"]``             batch-corrected reconstruction of ``m`` (dense float32)
+``<table>.obsm["X_<key>_corrected_pca"]``     PCA-50 of every modality's corrected features: the representation
+                                              for annotation prediction (NaN where a modality was not measured)
 ``<m>.layers["<key>_denoised"]``              denoised reconstruction of ``m`` (with each sample's batch latent)
 ``<t>.layers["<key>_from_<a>_and_<b>"]``      target ``t`` imputed from sources ``a``, ``b``
 ``<table>.obsm["X_<key>_rgb"]``               3D-UMAP RGB colouring of the PoE embedding, values in [0, 1]
@@ -53,7 +55,8 @@ from spatialmix.progress import Progress, run
 
 #: characters SpatialData's zarr writer accepts in element and layer names
 _NAME_OK = re.compile(r"^[A-Za-z0-9_.-]+$")
-OUTPUTS = ("latent", "private", "corrected", "denoised", "translations", "rgb", "expert_weights", "labels")
+OUTPUTS = ("latent", "private", "corrected", "corrected_pca", "denoised", "translations", "rgb", "expert_weights",
+           "labels")
 
 
 def supported_outputs(model) -> list[str]:
@@ -413,6 +416,8 @@ def iter_write_results(
         steps.append(("latent", None))
     steps += [("private", m) for m in modalities if "private" in outputs]
     steps += [("corrected", m) for m in modalities if "corrected" in outputs]
+    if "corrected_pca" in outputs:
+        steps.append(("corrected_pca", None))
     steps += [("denoised", m) for m in modalities if "denoised" in outputs]
     steps += [("translation", p) for p in pairs]
     if "rgb" in outputs:
@@ -454,6 +459,8 @@ def iter_write_results(
             msg = "predicted labels of the target samples"
         elif what == "expert_weights":
             msg = "expert weights (PoE precision shares)"
+        elif what == "corrected_pca":
+            msg = "PCA of the corrected features (for annotation prediction)"
         else:
             msg = f"RGB of {arg[0]} {arg[1]} (3D UMAP)"
         yield Progress(stage, i, total, msg)
@@ -466,6 +473,10 @@ def iter_write_results(
             put(arg, "obsm", f"X_{key}_private", model.get_latent_representation("private", arg))
         elif what == "corrected":
             put(arg, "layers", f"{key}_corrected", measured_only(model.get_corrected(arg), data, [arg]))
+        elif what == "corrected_pca":
+            zc = model.get_corrected_pca()
+            for m in modalities:
+                put(m, "obsm", f"X_{key}_corrected_pca", zc)
         elif what == "denoised":
             put(arg, "layers", f"{key}_denoised", measured_only(model.get_denoised(arg), data, [arg]))
         elif what == "translation":

@@ -442,7 +442,8 @@ def representations_of(sdata) -> list[str]:
     out = []
     if "rna" in sdata.tables:
         out += [k[2:] for k in sdata.tables["rna"].obsm
-                if k.startswith("X_") and not k.endswith(("_rgb", "_private")) and k != "X_spatial"]
+                if k.startswith("X_") and not k.endswith(("_rgb", "_private", "_expert_weights"))
+                and k != "X_spatial"]
     out += [f"raw_{t}" for t in ("rna", "msi", "morphology") if t in sdata.tables]
     return out
 

@@ -129,7 +129,8 @@ class MIMA(BaseModel):
     """
 
     name = "mima"
-    supports = frozenset({"latent", "private", "corrected", "denoised", "translations", "expert_weights"})
+    supports = frozenset({"latent", "private", "corrected", "corrected_pca", "denoised", "translations",
+                          "expert_weights"})
     #: ours (preset "spatialmix"): about 13,000 optimiser steps whatever the data size, early stopping on the
     #: validation loss with the best epoch restored (spatialmix.train.auto_schedule), lr 1e-3
     train_defaults = {"epochs": "auto", "batch_size": 128, "lr": 1e-3, "train_fraction": 0.8}
@@ -297,6 +298,37 @@ class MIMA(BaseModel):
         i = self._index(modality)
         out = self._infer(data, lambda xs, ms, b: self.module.reconstruct(xs, ms, b, modality=i, with_batch=False))
         return measured_only(out, data, [modality])
+
+    def get_corrected_pca(self, n_components: int = 50, *, seed: int = 0, data=None) -> np.ndarray:
+        """The representation for annotation prediction (ours, ``docs/models.md``, "Annotation representation"):
+        the first ``n_components`` principal components of every modality's batch-corrected features
+        (:meth:`get_corrected`), each feature z-scored over the spots where it was measured, concatenated.
+
+        Measured with the benchmark's leave-one-sample-out ensemble, it keeps classes that one modality marks
+        better than the shared PoE embedding does (a product of experts lets the other experts outvote a signal
+        only one modality carries): LOOCV F1 0.704 vs the PoE's 0.522 on the bundled sample, 0.556 vs 0.485
+        on seed 7, 0.627 vs 0.623 on STARmap, each above the best raw single modality. Rows of spots where any
+        modality was not measured are NaN (the corrected features are not defined there); the components are
+        fit on the other spots of ``data``.
+        """
+        from sklearn.decomposition import PCA
+
+        self._check_trained()
+        data = self._resolve_data(data)
+        blocks = []
+        for m in self.modalities:
+            C = np.asarray(self.get_corrected(m, data=data), dtype=np.float64)
+            mu, sd = np.nanmean(C, axis=0), np.nanstd(C, axis=0)
+            blocks.append((C - mu) / np.where(sd > 0, sd, 1.0))
+        X = np.hstack(blocks)
+        ok = np.isfinite(X).all(axis=1)
+        k = min(int(n_components), int(ok.sum()) - 1, X.shape[1])
+        if k < 1:
+            raise ModelError(f"only {int(ok.sum())} spots have every modality ({', '.join(self.modalities)}) "
+                             "measured; the corrected-feature PCA needs at least 2")
+        out = np.full((data.n_obs, k), np.nan, dtype=np.float32)
+        out[ok] = PCA(n_components=k, random_state=seed).fit_transform(X[ok])
+        return out
 
     def get_denoised(self, modality: str, *, data=None) -> np.ndarray:
         """Denoised reconstruction of ``modality``: decoder(PoE + private + batch); NaN rows where

@@ -213,7 +213,9 @@ class ExploreWidget(QWidget):
         self._table_changed()
         from spatialmix.evaluate.annotations import representations_of
 
-        fill_combo(self.rep_combo, representations_of(sdata) if sdata is not None else [])
+        reps = representations_of(sdata) if sdata is not None else []
+        # MIMA's representation for annotation prediction, when written (docs/models.md, "Annotation representation")
+        fill_combo(self.rep_combo, reps, preferred=next((r for r in reps if r.endswith("_corrected_pca")), None))
         self._rep_changed()
         for m, box in self.source_boxes.items():
             box.setEnabled(sdata is not None and m in sdata.tables)
