@@ -96,7 +96,9 @@ def test_training_events_and_outputs():
     epochs = [e for e in events if e.info.get("event") == "epoch"]
     steps = [e for e in events if e.info.get("event") == "step"]
     assert [e.info["epoch"] for e in epochs] == [1, 2, 3]
-    assert len(steps) == 3 * epochs[0].info["steps_per_epoch"] == 3 * 3  # 192 train spots / 64
+    assert epochs[0].info["steps_per_epoch"] == 3  # 192 train spots / 64
+    # step events are throttled (at most 10 per second): the first step always reports
+    assert 1 <= len(steps) <= 3 * 3 and steps[0].info["step"] == 1 and steps[0].info["epoch"] == 1
     last = epochs[-1].info
     assert set(last) >= {"terms", "val_loss", "val_terms", "seconds_per_epoch", "eta_s", "loss"}
     assert last["eta_s"] == 0 and epochs[0].info["eta_s"] > 0
@@ -183,8 +185,7 @@ def test_stop_keeps_the_last_completed_epoch():
     for ev in gen:
         if ev.info.get("event") == "epoch" and ev.info["epoch"] == 1:
             state_after_epoch1 = {k: v.clone() for k, v in model.module.state_dict().items()}
-        if ev.info.get("event") == "step" and ev.info["epoch"] == 2 and ev.info["step"] == 3:
-            stop.set()
+            stop.set()  # seen by the engine after the next optimiser step, in the middle of epoch 2
     assert model.is_trained and model.stopped_early
     assert [h["epoch"] for h in model.history] == [1]
     for k, v in model.module.state_dict().items():
@@ -194,7 +195,7 @@ def test_stop_keeps_the_last_completed_epoch():
 
 def test_closing_the_generator_mid_epoch_restores_the_last_epoch():
     model = small_model()
-    gen = model.iter_train(epochs=5, lr=1e-3, batch_size=32)
+    gen = model.iter_train(epochs=5, lr=1e-3, batch_size=32, step_event_interval=0)  # an event every step
     snapshot = None
     for ev in gen:
         if ev.info.get("event") == "epoch":
@@ -207,11 +208,43 @@ def test_closing_the_generator_mid_epoch_restores_the_last_epoch():
     assert model.is_trained and len(model.history) == 1
 
 
+def test_step_events_are_throttled_and_the_epoch_losses_are_read_once():
+    """Per-step progress is at most 10 events per second (each costs a host sync, a progress bar shows no
+    more), while every epoch still reports the mean loss over all its steps."""
+    import time
+
+    model = small_model()
+    stamps, events = [], []
+
+    def on_event(e):
+        events.append(e)
+        if e.info.get("event") == "step":
+            stamps.append(time.perf_counter())
+
+    t0 = time.perf_counter()
+    model.train(epochs=4, lr=1e-3, batch_size=4, progress=on_event)  # 48 steps per epoch
+    elapsed = time.perf_counter() - t0
+    epochs = [e for e in events if e.info.get("event") == "epoch"]
+    assert epochs[0].info["steps_per_epoch"] == 48
+    assert 1 <= len(stamps) <= 10 * elapsed + 1 < 4 * 48  # unthrottled, every one of the 192 steps would report
+    every = []  # step_event_interval=0: one event per optimiser step
+    again = small_model().train(epochs=2, lr=1e-3, batch_size=4, step_event_interval=0, progress=every.append)
+    steps = [e for e in every if e.info.get("event") == "step"]
+    assert len(steps) == 2 * 48
+    # the loss summed on the device over the epoch is the mean of the steps' losses (equal batches of 4 rows)
+    for h in [h for h in again.history if "loss" in h]:
+        per_step = [e.info["loss"] for e in steps if e.info["epoch"] == h["epoch"]]
+        assert h["loss"] == pytest.approx(np.mean(per_step), rel=1e-5)
+
+
 def test_nan_input_stops_with_the_loss_term_and_epoch():
     data = toy_data(nan_at=5)
     model = small_model(data)
-    with pytest.raises(TrainingError, match=r"epoch 1.*recon_poe_a"):
+    with pytest.raises(TrainingError, match=r"epoch 1, step \d+: non-finite term\(s\) \[[^]]*'recon_poe_a'") as err:
         model.train(epochs=2, lr=1e-3)
+    # the terms of the first step that went wrong (b's own path never sees a's NaN), not every term of the
+    # weights that step broke
+    assert "'recon_b'" not in str(err.value) and "'kl_private_b'" not in str(err.value)
 
 
 def test_early_stopping_restores_the_best_epoch():
@@ -496,7 +529,7 @@ def test_auto_schedule_fits_the_data_size_and_early_stopping_keeps_the_best_epoc
 def test_ctrl_c_mid_epoch_writes_the_last_completed_epoch_and_resume_finishes_it(tmp_path):
     ref = small_model().train(epochs=4, lr=1e-3, seed=1)
     part = small_model()
-    gen = part.iter_train(epochs=4, lr=1e-3, seed=1, checkpoint_dir=str(tmp_path))
+    gen = part.iter_train(epochs=4, lr=1e-3, seed=1, checkpoint_dir=str(tmp_path), step_event_interval=0)
     for ev in gen:
         if ev.info.get("event") == "step" and ev.info["epoch"] == 3 and ev.info["step"] == 2:
             with pytest.raises(KeyboardInterrupt):
@@ -519,7 +552,8 @@ def test_ctrl_c_mid_epoch_writes_the_last_completed_epoch_and_resume_finishes_it
 
 def test_closing_or_stopping_mid_epoch_writes_the_last_completed_epoch(tmp_path):
     model = small_model()
-    gen = model.iter_train(epochs=5, lr=1e-3, batch_size=32, checkpoint_dir=str(tmp_path / "closed"))
+    gen = model.iter_train(epochs=5, lr=1e-3, batch_size=32, checkpoint_dir=str(tmp_path / "closed"),
+                           step_event_interval=0)
     for ev in gen:
         if ev.info.get("event") == "step" and ev.info["epoch"] == 2:
             break
@@ -527,7 +561,7 @@ def test_closing_or_stopping_mid_epoch_writes_the_last_completed_epoch(tmp_path)
     assert torch.load(tmp_path / "closed" / "last.ckpt", weights_only=False)["epoch"] == 1
     stop = threading.Event()
     events = []
-    for ev in small_model().iter_train(epochs=5, lr=1e-3, batch_size=32, stop=stop,
+    for ev in small_model().iter_train(epochs=5, lr=1e-3, batch_size=32, stop=stop, step_event_interval=0,
                                        checkpoint_dir=str(tmp_path / "stopped")):
         events.append(ev)
         if ev.info.get("event") == "step" and ev.info["epoch"] == 3:

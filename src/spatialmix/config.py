@@ -360,6 +360,7 @@ TRAIN_CHECKS: dict[str, Callable] = {
     "precision": choice("32-true", "32", "16-mixed", "bf16-mixed", "64-true"),
     "seed": whole(0),
     "step_events": boolean,
+    "step_event_interval": number(0.0),
 }
 
 OUTPUT_CHECKS: dict[str, Callable] = {

@@ -93,6 +93,7 @@ class TrainConfig:
     precision: str = "32-true"
     seed: int = 0
     step_events: bool = True
+    step_event_interval: float = 0.1
     max_steps: int | None = None
 
     @classmethod
@@ -129,6 +130,10 @@ class TrainConfig:
             raise ParameterError(f"checkpoint_every must be >= 0 (0 = never), got {self.checkpoint_every!r}")
         if self.checkpoint_every and not self.checkpoint_dir:
             raise ParameterError("checkpoint_every needs checkpoint_dir (the folder to write checkpoints into)")
+        iv = self.step_event_interval
+        if isinstance(iv, bool) or not isinstance(iv, (int, float)) or not math.isfinite(iv) or iv < 0:
+            raise ParameterError(f"training option step_event_interval must be a number of seconds >= 0 "
+                                 f"(0 = an event every step), got {iv!r}")
         allowed = ("32-true", "32", "16-mixed", "bf16-mixed", "64-true")
         if str(self.precision) not in allowed:
             raise ParameterError(f"precision must be one of {allowed}, got {self.precision!r}")
@@ -171,6 +176,56 @@ def split_indices(n: int, train_fraction: float, seed: int) -> tuple[np.ndarray,
 
 def _cpu_state(module) -> dict:
     return _cpu_copy(module.state_dict())
+
+
+class _EpochSums:
+    """An epoch's loss terms summed on the training device, read once per epoch (no host sync per step).
+
+    ``add`` takes one optimiser step's values (per phase: the phase's total and its terms, one stacked tensor);
+    it also records, still on the device, the first step at which a value was non-finite and which ones, so
+    that NaN / Inf stops training with the term's name at the next read (:meth:`first_bad`)."""
+
+    def __init__(self, device):
+        import torch
+
+        self.dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
+        self.total = None
+        self.terms: dict[tuple, Any] = {}  # (phase, term names) -> summed values (without the total)
+        self.bad: dict[tuple, tuple[Any, Any]] = {}  # (phase, names) -> (first bad step or 0, non-finite mask)
+
+    def add(self, step_total, step_values: dict[tuple, Any], w: int, step: int) -> None:
+        import torch
+
+        t = step_total.to(self.dtype) * w
+        self.total = t if self.total is None else self.total + t
+        for key, v in step_values.items():
+            s = v[1:].to(self.dtype) * w
+            self.terms[key] = s if key not in self.terms else self.terms[key] + s
+            broken = ~torch.isfinite(v)
+            now = torch.where(broken.any(), step, 0)
+            if key not in self.bad:
+                self.bad[key] = (now, broken)
+            else:
+                first, mask = self.bad[key]
+                new = (first == 0) & (now > 0)
+                self.bad[key] = (torch.where(new, now, first), torch.where(new, broken, mask))
+
+    def first_bad(self) -> tuple[int, list[str]] | None:
+        """``(step, non-finite term names)`` of the first step with a NaN / Inf value, else None (one sync)."""
+        found = []
+        for (phase, names), (first, mask) in self.bad.items():
+            step = int(first)
+            if step:
+                m = mask.tolist()
+                found.append((step, [n for n, b in zip(names, m[1:]) if b] or ["total"]))
+        return min(found) if found else None
+
+    def read(self) -> tuple[float, dict[str, float]]:
+        """(summed total, {term: summed value}); a term several phases report keeps the last phase's value."""
+        terms: dict[str, float] = {}
+        for (phase, names), v in self.terms.items():
+            terms.update(zip(names, v.tolist()))
+        return (float(self.total) if self.total is not None else 0.0), terms
 
 
 def iter_train(model, *, stop: threading.Event | None = None, **options):
@@ -327,14 +382,14 @@ def iter_train(model, *, stop: threading.Event | None = None, **options):
     def restore(state):
         module.load_state_dict(state)
 
-    def non_finite(total, terms, epoch, step):
-        bad = [k for k, v in terms.items() if not torch.isfinite(v).all().item()]
+    def non_finite(epoch, found):
+        step, bad = found
         restore(last_good)
         model._after_training(history, cfg)
         return TrainingError(
-            f"training loss became {float(total.detach())} at epoch {epoch}, step {step}: non-finite term(s) "
-            f"{bad or ['total']}. The model keeps the weights of epoch {epoch - 1}. "
-            "Check the inputs for NaN/Inf, or lower the learning rate (lr)"
+            f"training loss became non-finite at epoch {epoch}, step {step}: non-finite term(s) {bad}. "
+            f"The model keeps the weights of epoch {epoch - 1}. Check the inputs for NaN/Inf, or lower the "
+            "learning rate (lr)"
         )
 
     def write_snapshot(**extra) -> str | None:
@@ -351,8 +406,9 @@ def iter_train(model, *, stop: threading.Event | None = None, **options):
             for g, idx_g in train_dev.items():
                 perm = torch.randperm(len(idx_g), generator=shuffle).to(device)
                 orders[g] = idx_g[perm][rank::world]
-            sums: dict[str, float] = {}
-            loss_sum, count = 0.0, 0
+            sums_dev = _EpochSums(device)
+            count = 0
+            last_event = -math.inf
             for step in range(steps_per_epoch):
                 global_step = (epoch - 1) * steps_per_epoch + step + 1
                 if global_step > total_steps:
@@ -369,25 +425,22 @@ def iter_train(model, *, stop: threading.Event | None = None, **options):
                 if len(idx) == 0:
                     break
                 plan = phases(epoch, step + 1) if phases is not None else [(None, opt_names[0])]
-                total_value = 0.0
-                step_terms: dict[str, float] = {}
+                step_total = None
+                step_values: dict[tuple, Any] = {}
                 for phase, opt_name in plan:
                     total, terms = fmodule(batch, phase=phase) if phase is not None else fmodule(batch)
-                    names = list(terms)
-                    values = torch.stack([total.detach().float(), *[terms[k].detach().float() for k in names]]).cpu()
-                    if not torch.isfinite(values).all():
-                        raise non_finite(total, terms, epoch, step + 1)
+                    names = tuple(terms)
+                    # stays on the device: read once per epoch (and at throttled step events), not per step
+                    values = torch.stack([total.detach().float(), *[terms[k].detach().float() for k in names]])
                     opt = optimizers[opt_name]
                     opt.zero_grad(set_to_none=True)
                     fabric.backward(total)
                     opt.step()
-                    total_value += float(values[0])
-                    step_terms.update(zip(names, values[1:].tolist()))
+                    step_total = values[0] if step_total is None else step_total + values[0]
+                    step_values[(phase, names)] = values
                 w = len(idx)
-                loss_sum += total_value * w
+                sums_dev.add(step_total, step_values, w, step + 1)
                 count += w
-                for k, v in step_terms.items():
-                    sums[k] = sums.get(k, 0.0) + v * w
                 if stop.is_set():
                     restore(last_good)
                     saved = write_snapshot()
@@ -397,10 +450,19 @@ def iter_train(model, *, stop: threading.Event | None = None, **options):
                     completed = True
                     model._after_training(history, cfg, stopped=True)
                     return model
-                if cfg.step_events:
+                # throttled (default: at most 10 per second): a progress bar shows no more, and each event syncs
+                if cfg.step_events and time.perf_counter() - last_event >= cfg.step_event_interval:
+                    last_event = time.perf_counter()
+                    found = sums_dev.first_bad()  # this event syncs anyway: check for NaN / Inf here too
+                    if found:
+                        raise non_finite(epoch, found)
                     yield Progress(stage, global_step, total_steps, f"epoch {epoch}/{epochs}",
                                    {"event": "step", "epoch": epoch, "epochs": epochs, "step": step + 1,
-                                    "steps_per_epoch": steps_per_epoch, "loss": total_value})
+                                    "steps_per_epoch": steps_per_epoch, "loss": float(step_total)})
+            found = sums_dev.first_bad()
+            if found:
+                raise non_finite(epoch, found)
+            loss_sum, sums = sums_dev.read()
             val_loss, val_terms = _validate(fmodule, data, keys_of, val_idx, cfg.batch_size, device)
             if val_loss is not None and not math.isfinite(val_loss):
                 bad = [k for k, v in val_terms.items() if not math.isfinite(v)]
