@@ -781,18 +781,20 @@ def _split_paths(paths) -> list[tuple[str | None, Path]]:
     return out
 
 
-def measured_only(values: np.ndarray, data, modalities: Sequence[str]) -> np.ndarray:
+def measured_only(values: np.ndarray, data, modalities: Sequence[str], *, inplace: bool = False) -> np.ndarray:
     """``values`` (one row per row of ``data``) with NaN rows where none of ``modalities`` was measured.
 
     A reconstruction of a modality at a row where it was not measured, or a translation from sources none of
     which was measured there, would be decoded from zero-filled input: an invented value. Every model output and
-    the results writer go through this (a copy only when some row is masked)."""
+    the results writer go through this (a copy only when some row is masked; none with ``inplace=True`` and
+    float32 ``values``, for an array the caller has just made)."""
     measured = np.zeros(len(values), bool)
     for m in modalities:
         measured |= np.asarray(data.mask[m], bool)
     if measured.all():
         return values
-    values = np.array(values, dtype=np.float32, copy=True)
+    if not (inplace and isinstance(values, np.ndarray) and values.dtype == np.float32):
+        values = np.array(values, dtype=np.float32, copy=True)
     values[~measured] = np.nan
     return values
 

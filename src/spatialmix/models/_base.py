@@ -89,14 +89,17 @@ class BaseModel:
         device = next(module.parameters()).device
         was_training = module.training
         module.eval()
-        parts = []
+        out = None  # filled chunk by chunk: the output exists once in memory (no list of parts to concatenate)
         try:
             with torch.no_grad():
                 for s in range(0, n, batch_size):
-                    parts.append(step(slice(s, min(s + batch_size, n)), device).float().cpu().numpy())
+                    part = step(slice(s, min(s + batch_size, n)), device).float().cpu().numpy()
+                    if out is None:
+                        out = np.empty((n, *part.shape[1:]), dtype=np.float32)
+                    out[s:s + len(part)] = part
         finally:
             module.train(was_training)
-        return np.concatenate(parts, axis=0) if parts else np.zeros((0, 0), np.float32)
+        return out if out is not None else np.zeros((0, 0), np.float32)
 
     def _reset_training_state(self) -> None:
         """An untrained model's training record (also used when a saved model is rebuilt)."""

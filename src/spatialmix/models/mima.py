@@ -231,13 +231,25 @@ class MIMA(BaseModel):
         return t
 
     def _infer(self, data, fn, *, batch_size: int = 4096) -> np.ndarray:
-        """Run ``fn(xs, masks, batch)`` over ``data`` in chunks, eval mode, on the module's device."""
-        t = self._tensors(data, device="cpu")
+        """Run ``fn(xs, masks, batch)`` over ``data`` in chunks, eval mode, on the module's device.
+
+        Only each chunk's rows are densified (a CSR modality stays sparse): an output costs one chunk of dense
+        rows in memory, not a dense copy of every modality (issue 16; at the paper's scale that copy was
+        ~5 GB per output call)."""
+        import torch
+
+        codes = self._batch_codes(data)
+        batch = np.where(codes < 0, 0, codes)
+        masks = {m: np.asarray(data.mask[m], bool) for m in self.modalities}
+
+        def rows(m, sl):
+            x = data.X[m][sl]
+            return np.asarray(x.toarray() if hasattr(x, "toarray") else x, dtype=np.float32)
 
         def step(sl, device):
-            xs = [t[f"x_{m}"][sl].to(device) for m in self.modalities]
-            masks = [t[f"mask_{m}"][sl].to(device) for m in self.modalities]
-            return fn(xs, masks, t["batch"][sl].to(device))
+            xs = [torch.as_tensor(rows(m, sl), device=device) for m in self.modalities]
+            ms = [torch.as_tensor(masks[m][sl], device=device) for m in self.modalities]
+            return fn(xs, ms, torch.as_tensor(batch[sl], device=device))
 
         return self._in_chunks(data.n_obs, step, batch_size=batch_size)
 
@@ -271,7 +283,7 @@ class MIMA(BaseModel):
         z = self._infer(data, lambda xs, ms, b: self.module.latents(xs, ms, b)[f"{kind}_{modality}"])
         if kind == "batch":  # read from the spot's sample, defined whether or not the modality was measured
             return z
-        return measured_only(z, data, [modality])  # an encoder of zero-filled input: not a value
+        return measured_only(z, data, [modality], inplace=True)  # an encoder of zero-filled input: not a value
 
     def get_expert_weights(self, *, data=None) -> pd.DataFrame:
         """How much each modality decides a spot's shared embedding: its expert's share of the product-of-experts
@@ -297,7 +309,7 @@ class MIMA(BaseModel):
         data = self._resolve_data(data)
         i = self._index(modality)
         out = self._infer(data, lambda xs, ms, b: self.module.reconstruct(xs, ms, b, modality=i, with_batch=False))
-        return measured_only(out, data, [modality])
+        return measured_only(out, data, [modality], inplace=True)  # out is ours
 
     def get_corrected_pca(self, n_components: int = 50, *, seed: int = 0, data=None) -> np.ndarray:
         """The representation for annotation prediction (ours, ``docs/models.md``, "Annotation representation"):
@@ -338,7 +350,7 @@ class MIMA(BaseModel):
         self._needs_known_batches(data, "the denoised reconstruction")
         i = self._index(modality)
         out = self._infer(data, lambda xs, ms, b: self.module.reconstruct(xs, ms, b, modality=i, with_batch=True))
-        return measured_only(out, data, [modality])
+        return measured_only(out, data, [modality], inplace=True)  # out is ours
 
     def translate(self, sources: str | Sequence[str], target: str, *, batch_free: bool = False, data=None) -> np.ndarray:
         """Impute ``target`` from the shared latent of ``sources`` (product of their experts).
@@ -364,7 +376,7 @@ class MIMA(BaseModel):
                                                                          with_batch=not batch_free,
                                                                          batch_table=table))
         # a spot where none of the sources was measured has only the prior expert: nothing to translate from
-        return measured_only(out, data, sources)
+        return measured_only(out, data, sources, inplace=True)  # out is ours
 
     def _batch_table(self, modality: str):
         """Each training sample's mean batch latent of ``modality`` over the spots where it was measured (the
