@@ -568,3 +568,29 @@ def test_closing_or_stopping_mid_epoch_writes_the_last_completed_epoch(tmp_path)
             stop.set()
     assert events[-1].info["checkpoint"] == str(tmp_path / "stopped" / "last.ckpt")
     assert torch.load(tmp_path / "stopped" / "last.ckpt", weights_only=False)["epoch"] == 2
+
+
+def test_sparse_inputs_train_sparse_and_give_the_dense_result():
+    """A CSR modality stays sparse in training (one dense mini-batch at a time, SparseRows) and the model is
+    the one the same values as a dense matrix give: same losses, same embedding."""
+    import scipy.sparse as sp
+
+    from spatialmix.train import SparseRows
+
+    dense = toy_data()
+    X = dict(dense.X)
+    a = np.where(np.abs(X["a"]) < 1.0, 0.0, X["a"]).astype(np.float32)  # ~30 % zeros
+    sparse_data = MultiModalData(dense.modalities, {**X, "a": sp.csr_matrix(a), "b": sp.csr_matrix(X["b"])},
+                                 dense.mask, dense.var_names, dense.obs, None, "batch", None)
+    dense_data = MultiModalData(dense.modalities, {**X, "a": a}, dense.mask, dense.var_names, dense.obs, None,
+                                "batch", None)
+    ms = small_model(sparse_data)
+    t = ms._training_tensors()
+    assert isinstance(t["x_a"], SparseRows) and isinstance(t["x_b"], SparseRows) and isinstance(t["x_c"], torch.Tensor)
+    rows = torch.tensor([5, 0, 239, 5])
+    np.testing.assert_array_equal(t["x_a"][rows].numpy(), a[[5, 0, 239, 5]])
+    ms.train(epochs=3, lr=1e-3, seed=2)
+    md = small_model(dense_data).train(epochs=3, lr=1e-3, seed=2)
+    assert [h["loss"] for h in ms.history] == pytest.approx([h["loss"] for h in md.history], rel=1e-6)
+    np.testing.assert_allclose(ms.get_latent_representation(), md.get_latent_representation(), atol=1e-5)
+    np.testing.assert_allclose(ms.get_corrected("a"), md.get_corrected("a"), atol=1e-5)

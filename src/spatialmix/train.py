@@ -178,6 +178,55 @@ def _cpu_state(module) -> dict:
     return _cpu_copy(module.state_dict())
 
 
+class SparseRows:
+    """A CSR matrix kept sparse for training (issue 16): indexing it with a tensor of row numbers gives those
+    rows as a dense float tensor on the matrix's device, so training holds the sparse data plus one dense
+    mini-batch instead of a dense copy of the whole matrix. Moves to a device with ``.to`` (Fabric does it).
+
+    The gather is vectorised torch (no per-row loop, the same code on CPU and GPU); column indices keep
+    SciPy's int32. ``torch.sparse_csr_tensor`` is not used: its row indexing is not implemented for every
+    backend, and what the engine needs is dense rows out."""
+
+    def __init__(self, matrix):
+        import torch
+
+        m = matrix.tocsr()
+        if not m.has_canonical_format:  # duplicate entries would overwrite instead of adding up
+            m = m.copy()
+            m.sum_duplicates()
+        self.crow = torch.as_tensor(m.indptr.astype(np.int64))
+        self.col = torch.as_tensor(m.indices)
+        self.values = torch.as_tensor(np.asarray(m.data, dtype=np.float32))
+        self.shape = tuple(m.shape)
+
+    @property
+    def device(self):
+        return self.values.device
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.element_size() * t.numel() for t in (self.crow, self.col, self.values))
+
+    def to(self, device, **kwargs) -> "SparseRows":
+        out = SparseRows.__new__(SparseRows)
+        out.crow, out.col, out.values = (t.to(device, **kwargs) for t in (self.crow, self.col, self.values))
+        out.shape = self.shape
+        return out
+
+    def __getitem__(self, idx):
+        import torch
+
+        idx = torch.as_tensor(idx, device=self.crow.device).long()
+        start = self.crow[idx]
+        n = self.crow[idx + 1] - start
+        rows = torch.repeat_interleave(torch.arange(len(idx), device=idx.device), n)
+        first = torch.repeat_interleave(torch.cumsum(n, 0) - n, n)  # each row's first slot in the flat list
+        pos = torch.repeat_interleave(start, n) + torch.arange(len(rows), device=idx.device) - first
+        out = torch.zeros((len(idx), self.shape[1]), dtype=self.values.dtype, device=self.values.device)
+        out[rows, self.col[pos].long()] = self.values[pos]
+        return out
+
+
 class _EpochSums:
     """An epoch's loss terms summed on the training device, read once per epoch (no host sync per step).
 

@@ -224,11 +224,26 @@ class MIMA(BaseModel):
         return out
 
     def _training_tensors(self) -> dict:
+        """What the engine trains on: sparse (CSR) modalities stay sparse (:class:`spatialmix.train.SparseRows`,
+        densified one mini-batch at a time), the others as dense tensors; masks and batch codes."""
+        import scipy.sparse as sp
+        import torch
+
+        from spatialmix.train import SparseRows
+
         if self.data is None:
             raise ModelError("this model was loaded without data; pass data to MIMA.load(path, data) to train it")
-        t = self._tensors(self.data)
-        t.pop("_known_batch")
-        return t
+        data = self.data
+        out = {}
+        for m in self.modalities:
+            X = data.X[m]
+            out[f"x_{m}"] = SparseRows(X) if sp.issparse(X) else torch.as_tensor(data.dense(m))
+            out[f"mask_{m}"] = torch.as_tensor(np.asarray(data.mask[m], bool))
+        codes = self._batch_codes(data)
+        if (codes < 0).any():
+            raise ModelError("some spots have no batch")  # cannot happen for the training data
+        out["batch"] = torch.as_tensor(codes)
+        return out
 
     def _infer(self, data, fn, *, batch_size: int = 4096) -> np.ndarray:
         """Run ``fn(xs, masks, batch)`` over ``data`` in chunks, eval mode, on the module's device.
