@@ -22,6 +22,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+from train_speed import add_shape_arguments  # noqa: E402
 MB = 1024**2
 
 
@@ -55,12 +56,8 @@ def child(variant: str, args) -> dict:
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--samples", type=int, default=16)
-    ap.add_argument("--spots-per-sample", type=int, default=1250)
-    ap.add_argument("--genes", type=int, default=10000)
-    ap.add_argument("--msi", type=int, default=4000)
+    add_shape_arguments(ap)
     ap.add_argument("--steps", type=int, default=30)
-    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--child", choices=["sparse", "dense"])
     ap.add_argument("--out", default=str(HERE / "results" / "train_memory.json"))
     args = ap.parse_args(argv)

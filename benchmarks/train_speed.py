@@ -130,6 +130,17 @@ def synthetic_data(n_samples: int, spots_per_sample: int, n_genes: int, n_msi: i
                           annotation_key=None)
 
 
+def add_shape_arguments(ap, *, samples: int = 16, spots_per_sample: int = 1250, genes: int = 10000,
+                        msi: int = 4000) -> None:
+    """The ``--samples``, ``--spots-per-sample``, ``--genes``, ``--msi`` and ``--threads`` options of the
+    benchmarks that build :func:`synthetic_data` (output_memory.py, train_memory.py)."""
+    ap.add_argument("--samples", type=int, default=samples)
+    ap.add_argument("--spots-per-sample", type=int, default=spots_per_sample)
+    ap.add_argument("--genes", type=int, default=genes)
+    ap.add_argument("--msi", type=int, default=msi)
+    ap.add_argument("--threads", type=int, default=1)
+
+
 def build_data(scale: str, *, quick: bool, project: Path, paper_spots: int | None, seed: int = 0):
     """``(data, description)`` for ``scale``."""
     if quick:
