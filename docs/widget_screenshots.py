@@ -156,7 +156,8 @@ def main(out_dir: str = "/tmp/spatialmix-widget-shots") -> None:
 
     for ly in viewer.layers:
         ly.visible = False
-    ex.rep_combo.setCurrentText("mima")
+    # the dock's default representation: MIMA's corrected-feature PCA (docs/models.md, "Annotation representation")
+    assert ex.rep_combo.currentText() == "mima_corrected_pca", ex.rep_combo.currentText()
     ex.scheme_combo.setCurrentText("loocv")
     ex.predict()
     wait(ex.panel)
