@@ -293,6 +293,20 @@ def test_explore_widget_shows_every_output(trained_viewer, tmp_path):
     viewer.window.add_dock_widget(ex)
     n_spots = {s: int((state.sdata.tables["rna"].obs["sample"] == s).sum()) for s in state.samples}
 
+    # the representation to predict from: MIMA's corrected-feature PCA once written, even when the dock showed
+    # another item before (raw_rna, before any model); a representation the user picked is kept instead
+    rep = ex.rep_combo
+    assert rep.currentText() == "mima_corrected_pca"
+    rep.setCurrentText("raw_rna")  # what the dock shows before training
+    state.changed.emit("results")
+    assert rep.currentText() == "mima_corrected_pca"
+    rep.setCurrentText("raw_rna")
+    rep.activated.emit(rep.findText("raw_rna"))  # the user picks it
+    state.changed.emit("results")
+    assert rep.currentText() == "raw_rna"
+    rep.setCurrentText("mima_corrected_pca")
+    rep.activated.emit(rep.findText("mima_corrected_pca"))
+
     # RGB colouring of the shared embedding: one Points layer per sample, RGBA face colours
     ex.rgb_combo.setCurrentText("MIMA shared embedding")
     layers = ex.show_rgb()

@@ -189,6 +189,10 @@ class ExploreWidget(QWidget):
 
         self.table_combo.currentTextChanged.connect(self._table_changed)
         self.rep_combo.currentTextChanged.connect(self._rep_changed)
+        # the representation the user picked (or predicted from): kept when the list changes; until then the dock
+        # picks MIMA's annotation representation once a model writes it
+        self._rep_chosen: str | None = None
+        self.rep_combo.activated.connect(lambda i: setattr(self, "_rep_chosen", self.rep_combo.itemText(i)))
         self.state.changed.connect(self._state_changed)
         self._state_changed("project")
 
@@ -214,8 +218,16 @@ class ExploreWidget(QWidget):
         from spatialmix.evaluate.annotations import representations_of
 
         reps = representations_of(sdata) if sdata is not None else []
-        # MIMA's representation for annotation prediction, when written (docs/models.md, "Annotation representation")
-        fill_combo(self.rep_combo, reps, preferred=next((r for r in reps if r.endswith("_corrected_pca")), None))
+        # the user's pick, else MIMA's representation for annotation prediction once written (docs/models.md,
+        # "Annotation representation"); an item the dock itself showed first (e.g. raw_rna before training) does
+        # not count as a choice
+        preferred = self._rep_chosen if self._rep_chosen in reps else next(
+            (r for r in reps if r.endswith("_corrected_pca")), None)
+        if preferred is not None:
+            self.rep_combo.blockSignals(True)
+            self.rep_combo.setCurrentIndex(-1)
+            self.rep_combo.blockSignals(False)
+        fill_combo(self.rep_combo, reps, preferred=preferred)
         self._rep_changed()
         for m, box in self.source_boxes.items():
             box.setEnabled(sdata is not None and m in sdata.tables)
@@ -373,6 +385,7 @@ class ExploreWidget(QWidget):
         if self.state.sdata is None or not rep:
             notify_error(ProjectError("no representation to predict from: build the spot tables or train a model"))
             return None
+        self._rep_chosen = rep
         return self.panel.start(iter_predict_annotations, self.state.sdata, rep, scheme=self.scheme_combo.currentText(),
                                 options=self.ensemble_options, on_done=lambda result: self._predicted(rep), what=f"predict annotations from {rep}")
 
