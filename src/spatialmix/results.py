@@ -733,9 +733,42 @@ def _spot_table(sdata, table: str | None):
     raise ProjectError(f"no spot table ({', '.join(MODALITY_TABLES)}) in this project; pass table=")
 
 
-def render_result(sdata, sample: str, values, *, resolution_um: float = 5.0, bounds=None,
+#: Largest map render_result draws by default (pixels); a larger slide gets coarser pixels.
+MAX_RENDER_PIXELS = 16_000_000
+
+
+def render_spot_values(sdata, sample: str, values, *, bounds=None, resolution_um: float | None = None):
+    """Rasterise values in the sample's ``spot_id`` order ((n,) or (n, C); NaN = nothing drawn) as its spots.
+
+    Returns ``(image, affine, resolution_um, bounds)``: ``affine`` (3x3) maps ``[row, col, 1]`` to
+    ``[y_um, x_um, 1]``; ``bounds`` are the grid's (square bins move its origin onto the bin edges).
+    The default pixel is 5 um (Visium's 55 um disks) or half a Visium HD bin when that is smaller, coarser
+    only where the map would exceed :data:`MAX_RENDER_PIXELS` (a 2 um-bin slide at 1 um: ~40 M pixels).
+    """
+    from spatialmix.plotting import render_spots, sample_bounds, spot_geometry, spot_xy
+
+    bounds = tuple(float(b) for b in (bounds or sample_bounds(sdata, sample)))
+    if len(bounds) != 4 or not (bounds[2] > bounds[0] and bounds[3] > bounds[1]):
+        raise ParameterError(f"bounds must be (xmin, ymin, xmax, ymax) with max > min, got {bounds}")
+    radius, square = spot_geometry(sdata, sample)
+    if resolution_um is None:
+        area = (bounds[2] - bounds[0]) * (bounds[3] - bounds[1])
+        resolution_um = max(min(5.0, radius), float(np.sqrt(area / MAX_RENDER_PIXELS)))
+    xy = spot_xy(sdata, sample)
+    if square and len(xy):  # pixel edges on the bins' edges, so pixels of half a bin tile each bin exactly
+        first = xy.min(axis=0) - radius + resolution_um / 2  # centre of the first pixel inside the first bin
+        x0, y0 = (first - np.ceil((first - np.array(bounds[:2])) / resolution_um) * resolution_um)
+        bounds = (float(x0), float(y0), bounds[2], bounds[3])
+    image = render_spots(values, xy, bounds=bounds, resolution_um=resolution_um, radius_um=radius, square=square)
+    # render_spots samples the grid x = xmin + col * res, y = ymin + row * res: that point is the pixel centre
+    affine = np.array([[resolution_um, 0.0, bounds[1]], [0.0, resolution_um, bounds[0]], [0.0, 0.0, 1.0]])
+    return image, affine, float(resolution_um), bounds
+
+
+def render_result(sdata, sample: str, values, *, resolution_um: float | None = None, bounds=None,
                   table: str | None = None) -> RenderedMap:
-    """Rasterise per-spot values of one sample as 55 um disks on a ``resolution_um`` grid of its frame.
+    """Rasterise per-spot values of one sample as its spots (Visium: 55 um disks; Visium HD: square bins, see
+    :func:`spatialmix.plotting.spot_geometry`) on a ``resolution_um`` grid of its frame.
 
     Parameters
     ----------
@@ -748,15 +781,16 @@ def render_result(sdata, sample: str, values, *, resolution_um: float = 5.0, bou
         ``obs_names`` (e.g. from :func:`spot_values`), or an array of length ``n_obs`` ((n,) or (n, C)).
         Categorical or text values are drawn as codes (``RenderedMap.categories`` names them).
     resolution_um
-        Pixel size in um.
+        Pixel size in um (default: 5 um, or half a Visium HD bin when that is smaller).
     bounds
         ``(xmin, ymin, xmax, ymax)`` in um (default: the sample's capture area, padded).
     table
         Table whose ``obs`` (``sample``, ``spot_id``) the values follow (default: ``rna``, else ``msi``, ...).
     """
-    from spatialmix.plotting import render_spots, sample_bounds
+    from spatialmix.plotting import sample_bounds
 
-    resolution_um = check_positive("resolution_um", resolution_um)
+    if resolution_um is not None:
+        resolution_um = check_positive("resolution_um", resolution_um)
     ad = _spot_table(sdata, table)
     obs = ad.obs
     if "sample" not in obs or "spot_id" not in obs:
@@ -800,17 +834,11 @@ def render_result(sdata, sample: str, values, *, resolution_um: float = 5.0, bou
     if (pos < 0).any():
         raise ProjectError(f"{int((pos < 0).sum())} spot_id(s) of sample {sample!r} are not in {shapes_name!r}; "
                            "the table and the spots do not match")
-    from spatialmix.plotting import spot_xy
-
-    xy = spot_xy(sdata, sample)
-    full = np.full((len(xy),) + vals.shape[1:], np.nan, np.float32)
+    full = np.full((len(shapes),) + vals.shape[1:], np.nan, np.float32)
     full[pos] = vals
     bounds = tuple(float(b) for b in (bounds or sample_bounds(sdata, sample)))
-    if len(bounds) != 4 or not (bounds[2] > bounds[0] and bounds[3] > bounds[1]):
-        raise ParameterError(f"bounds must be (xmin, ymin, xmax, ymax) with max > min, got {bounds}")
-    image = render_spots(full, xy, bounds=bounds, resolution_um=resolution_um)
-    # render_spots samples the grid x = xmin + col * res, y = ymin + row * res: that point is the pixel centre
-    affine = np.array([[resolution_um, 0.0, bounds[1]], [0.0, resolution_um, bounds[0]], [0.0, 0.0, 1.0]])
+    image, affine, resolution_um, bounds = render_spot_values(sdata, sample, full, bounds=bounds,
+                                                              resolution_um=resolution_um)
     return RenderedMap(image, bounds, resolution_um, affine, sample=sample, name=name, categories=categories)
 
 

@@ -321,8 +321,11 @@ def _rgb(image) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
-def read_visium(path: str | Path, *, sample: str, patient: str | None = None):
+def read_visium(path: str | Path, *, sample: str, patient: str | None = None, bin_size_um: int | None = None):
     """Read one sample's Space Ranger ``outs/`` folder as SpatialData in micrometres.
+
+    A Visium HD output (``binned_outputs/square_XXXum/``) is read by :func:`spatialmix.io.read_visium_hd`
+    with ``bin_size_um`` (default 16 um bins); ``bin_size_um`` is an error for a Visium (55 um spot) folder.
 
     Parameters
     ----------
@@ -358,6 +361,16 @@ def read_visium(path: str | Path, *, sample: str, patient: str | None = None):
     from spatialdata.transformations import Identity, Scale
     from spatialdata_io import visium as sdio_visium
 
+    from spatialmix.io.visium_hd import DEFAULT_BIN_UM, is_visium_hd, read_visium_hd
+
+    if is_visium_hd(path):
+        return read_visium_hd(path, sample=sample, patient=patient,
+                              bin_size_um=DEFAULT_BIN_UM if bin_size_um is None else bin_size_um)
+    if bin_size_um is not None:
+        from spatialmix.errors import ParameterError
+
+        raise ParameterError(f"bin_size_um={bin_size_um} is for Visium HD outputs, but {path} is a Visium (55 um "
+                             "spot) folder without binned_outputs/; leave bin_size_um out")
     sample = str(sample)
     patient = sample if patient is None or str(patient) == "" else str(patient)
     files = locate_visium_files(path)

@@ -16,6 +16,40 @@ from spatialmix.project import samples_of
 
 SPOT_DIAMETER_UM = 55.0
 SEP = " · "
+#: Above this many spots in one sample (a Visium HD slide), spots are drawn as an image layer of the same
+#: colours instead of a Points layer: napari's Points layer stalls the event loop for seconds at 10^5 points
+#: (benchmarks/napari_many_spots.py measures both).
+POINTS_LIMIT = 50_000
+
+
+def spots_as_image(sdata, sample: str) -> bool:
+    """Whether ``sample``'s spots are drawn as an image layer (more than :data:`POINTS_LIMIT` spots)."""
+    return len(sdata.shapes[f"{sample}_spots"]) > POINTS_LIMIT
+
+
+def _spot_image_layer(sdata, sample: str, values: np.ndarray, meta: dict, *, offset=(0.0, 0.0),
+                      colormap: str | None = None) -> tuple:
+    """Values ((n,) numbers or (n, 4) RGBA in ``spot_id`` order) rasterised as the sample's spots (disks or
+    Visium HD squares); an image layer tuple that keeps the Points layer's name, visibility and metadata."""
+    from spatialmix.results import render_spot_values
+
+    img, affine, res, _ = render_spot_values(sdata, sample, values)
+    affine = affine.copy()
+    affine[0, 2] += offset[1]
+    affine[1, 2] += offset[0]
+    out = {k: meta[k] for k in ("name", "visible", "opacity", "blending") if k in meta}
+    out["metadata"] = meta.get("metadata", {})
+    out["metadata"].setdefault("spatialmix", {}).update(drawn_as="image", resolution_um=res)
+    out["affine"] = affine
+    if img.ndim == 3:  # RGBA: nothing drawn (NaN) is transparent
+        img = np.nan_to_num(img, nan=0.0)
+        out["rgb"] = True
+    else:
+        finite = img[np.isfinite(img)]
+        lo, hi = (float(np.percentile(finite, 1)), float(np.percentile(finite, 99))) if finite.size else (0, 1)
+        out["colormap"] = colormap or "viridis"
+        out["contrast_limits"] = (lo, hi) if hi > lo else (lo, lo + 1.0)
+    return (img.astype(np.float32), out, "image")
 
 
 def sample_extent(sdata, sample: str) -> tuple[float, float, float, float]:
@@ -119,14 +153,23 @@ def spots_layer(sdata, sample: str, *, offset: tuple[float, float] = (0.0, 0.0),
         "opacity": 0.85,
         "metadata": {"spatialmix": {"sample": sample, "element": f"{sample}_spots"}},
     }
-    if color_by in features and pd.api.types.is_numeric_dtype(features[color_by]) \
-            and not isinstance(features[color_by].dtype, pd.CategoricalDtype):
+    numeric = color_by in features and pd.api.types.is_numeric_dtype(features[color_by]) \
+        and not isinstance(features[color_by].dtype, pd.CategoricalDtype)
+    if numeric:
         meta["face_color"] = color_by
         meta["face_colormap"] = "viridis"
     elif color_by in features:
         meta["face_color"], meta["metadata"]["spatialmix"]["legend"] = categorical_face_colors(
             features[color_by], _categories(sdata, color_by))
     meta.update(kwargs)
+    if spots_as_image(sdata, sample):
+        if numeric:
+            values = features[color_by].to_numpy(dtype=float)
+        elif color_by in features:
+            values = meta["face_color"]
+        else:  # no colouring asked for (category_spots_layer sets its own): the spots' outline in grey
+            values = np.tile(np.array([0.6, 0.6, 0.6, 1.0], np.float32), (len(points), 1))
+        return _spot_image_layer(sdata, sample, values, meta, offset=offset)
     return (points, meta, "points")
 
 
@@ -148,8 +191,12 @@ def categorical_face_colors(values, categories=None) -> tuple[np.ndarray, dict[s
     if categories is None:
         categories = sorted(str(v) for v in values.dropna().unique())
     palette = category_colors(categories)
-    colors = np.array([to_rgba(palette.get(str(v), UNLABELLED_COLOR)) if pd.notna(v) else to_rgba(UNLABELLED_COLOR)
-                       for v in values])
+    # one colour per distinct value, then a vectorised lookup (a Visium HD slide has 10^5-10^6 spots)
+    text = values.astype(object).where(values.notna(), None).map(lambda v: None if v is None else str(v))
+    codes, uniques = pd.factorize(text, use_na_sentinel=True)
+    lut = np.array([to_rgba(palette.get(u, UNLABELLED_COLOR)) for u in uniques] + [to_rgba(UNLABELLED_COLOR)],
+                   dtype=np.float64).reshape(-1, 4)
+    colors = lut[np.where(codes < 0, len(uniques), codes)]
     legend = {c: palette[c] for c in categories if (values.astype(str) == c).any()}
     legend["unlabelled"] = UNLABELLED_COLOR
     return colors, legend
@@ -236,6 +283,11 @@ def rgb_spots_layer(sdata, sample: str, obsm: str, *, table: str = "rna", offset
     face[missing, 3] = 0.0
     edge = np.zeros((len(xy), 4), np.float32)
     edge[missing] = (0.6, 0.6, 0.6, 1.0)
+    if spots_as_image(sdata, sample):  # a Visium HD slide: an RGBA image, spots without a value transparent
+        meta = {"name": layer_name or f"{sample}{SEP}{obsm.removeprefix('X_')}",
+                "metadata": {"spatialmix": {"sample": sample, "element": f"{sample}_spots", "obsm": obsm}}}
+        meta.update(kwargs)
+        return _spot_image_layer(sdata, sample, face, meta, offset=offset)
     points = np.column_stack([xy[:, 1] + offset[1], xy[:, 0] + offset[0]])
     meta = {
         "name": layer_name or f"{sample}{SEP}{obsm.removeprefix('X_')}",
@@ -256,19 +308,26 @@ def category_spots_layer(sdata, sample: str, column: str, *, offset=(0.0, 0.0), 
 
     from spatialmix.errors import ProjectError
 
-    layer = spots_layer(sdata, sample, offset=offset, color_by="__none__", layer_name=layer_name or
-                        f"{sample}{SEP}{column}", **kwargs)
-    feats = layer[1]["features"]
+    feats = spot_features(sdata, sample)
     if column not in feats:
         raise ProjectError(f"the spot tables have no column {column!r}; run the prediction first")
     values = feats[column]
     if column.startswith("agree_"):
-        colors = np.array([to_rgba(AGREEMENT_COLORS.get(str(v), "#ffffff")) if pd.notna(v) else (1, 1, 1, 0)
-                           for v in values])
         present = set(values.dropna().astype(str))
+        lut = {k: to_rgba(c) for k, c in AGREEMENT_COLORS.items()}
+        colors = np.array([lut.get(str(v), to_rgba("#ffffff")) if pd.notna(v) else (1, 1, 1, 0) for v in values],
+                          dtype=np.float32).reshape(-1, 4)
         legend = {k: c for k, c in AGREEMENT_COLORS.items() if k in present}
     else:
         colors, legend = categorical_face_colors(values, _categories(sdata, column))
+    name = layer_name or f"{sample}{SEP}{column}"
+    if spots_as_image(sdata, sample):
+        meta = {"name": name, "opacity": kwargs.pop("opacity", 1.0),
+                "metadata": {"spatialmix": {"sample": sample, "element": f"{sample}_spots", "legend": legend,
+                                            "column": column}}}
+        meta.update(kwargs)
+        return _spot_image_layer(sdata, sample, colors, meta, offset=offset)
+    layer = spots_layer(sdata, sample, offset=offset, color_by="__none__", layer_name=name, **kwargs)
     layer[1]["face_color"] = colors
     layer[1]["metadata"]["spatialmix"].update(legend=legend, column=column)
     layer[1]["opacity"] = kwargs.get("opacity", 1.0)

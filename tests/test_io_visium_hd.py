@@ -1,0 +1,141 @@
+"""Visium HD: a Space Ranger outs/ folder in the real layout (binned_outputs/square_XXXum/...) read through
+spatialdata-io into the project's conventions, drawn as square bins, and shown as an image layer above
+napari's Points limit."""
+
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+
+from spatialmix.errors import MissingVisiumFileError, ParameterError
+from spatialmix.io import is_visium_hd, read_visium, read_visium_hd
+from spatialmix.simulate.visium_hd import write_visium_hd
+
+
+@pytest.fixture(scope="module")
+def hd_outs(tmp_path_factory):
+    return write_visium_hd(tmp_path_factory.mktemp("hd") / "outs", n_rows=32, n_cols=32, n_genes=40, seed=3)
+
+
+def _h5_counts(path):
+    """The filtered matrix read with h5py alone: {barcode: total counts}."""
+    with h5py.File(path) as f:
+        g = f["matrix"]
+        bc = [b.decode() for b in g["barcodes"][:]]
+        indptr, data = g["indptr"][:], g["data"][:]
+    return dict(zip(bc, np.add.reduceat(data, indptr[:-1]) * (np.diff(indptr) > 0)))
+
+
+def test_hd_bins_become_spots_in_micrometres(hd_outs):
+    assert is_visium_hd(hd_outs) and is_visium_hd(hd_outs.parent)
+    sd = read_visium(hd_outs.parent, sample="hd1", patient="p1")  # the run folder; default 16 um bins
+    rna = sd.tables["rna"]
+    positions = pd.read_parquet(hd_outs / "binned_outputs/square_016um/spatial/tissue_positions.parquet")
+    in_tissue = positions[positions.in_tissue == 1].set_index("barcode")
+    assert rna.n_obs == len(in_tissue) and rna.n_vars == 40
+    # every bin's counts are the matrix's, and its centre is Space Ranger's pixel position x microns_per_pixel
+    totals = _h5_counts(hd_outs / "binned_outputs/square_016um/filtered_feature_bc_matrix.h5")
+    got = pd.Series(np.asarray(rna.layers["counts"].sum(axis=1)).ravel(), index=rna.obs["barcode"].to_numpy())
+    assert all(got[b] == pytest.approx(totals[b]) for b in got.index)
+    from spatialmix.plotting import spot_geometry, spot_xy
+
+    xy = pd.DataFrame(spot_xy(sd, "hd1"), columns=["x", "y"], index=rna.obs["barcode"].to_numpy())
+    mpp = json.loads((hd_outs / "binned_outputs/square_016um/spatial/scalefactors_json.json").read_text())[
+        "microns_per_pixel"]
+    np.testing.assert_allclose(xy["x"], in_tissue.loc[xy.index, "pxl_col_in_fullres"] * mpp)
+    np.testing.assert_allclose(xy["y"], in_tissue.loc[xy.index, "pxl_row_in_fullres"] * mpp)
+    assert np.allclose(np.diff(np.sort(np.unique(xy["x"]))), 16.0)  # bins 16 um apart
+    assert spot_geometry(sd, "hd1") == (8.0, True)
+    meta = sd.attrs["spatialmix"]["samples"]["hd1"]
+    assert meta["patient"] == "p1" and meta["visium"]["bin_size_um"] == 16 and meta["visium"]["platform"] == "visium_hd"
+    assert meta["visium"]["n_spots_listed"] == len(positions)
+    assert {"hd1_visium_hires", "hd1_visium_lowres"} <= set(sd.images)
+    assert list(rna.obs["sample"].unique()) == ["hd1"] and (rna.obs["region"] == "hd1_spots").all()
+
+
+def test_smaller_bins_hold_the_same_counts(hd_outs):
+    sd16 = read_visium_hd(hd_outs, sample="a")
+    sd8 = read_visium_hd(hd_outs, sample="a", bin_size_um=8)
+    assert sd8.tables["rna"].n_obs > 3 * sd16.tables["rna"].n_obs
+    np.testing.assert_allclose(np.asarray(sd8.tables["rna"].X.sum(axis=0)).ravel(),
+                               np.asarray(sd16.tables["rna"].X.sum(axis=0)).ravel())
+
+
+def test_hd_errors_name_the_problem(hd_outs, tmp_path):
+    from _fixtures import write_spaceranger
+
+    with pytest.raises(MissingVisiumFileError, match=r"No 5 um bins.*it has 8 um, 16 um"):
+        read_visium(hd_outs, sample="a", bin_size_um=5)
+    write_spaceranger(tmp_path / "visium" / "outs")
+    with pytest.raises(ParameterError, match="is for Visium HD outputs"):
+        read_visium(tmp_path / "visium" / "outs", sample="a", bin_size_um=16)  # a Visium (55 um) folder
+    import shutil
+
+    broken = tmp_path / "outs"
+    shutil.copytree(hd_outs, broken)
+    (broken / "binned_outputs/square_016um/spatial/tissue_positions.parquet").unlink()
+    with pytest.raises(MissingVisiumFileError, match=r"tissue_positions.parquet"):
+        read_visium(broken, sample="a")
+    (broken / "feature_slice.h5").unlink()
+    with pytest.raises(MissingVisiumFileError, match="feature_slice.h5"):
+        read_visium_hd(broken, sample="a", bin_size_um=8)
+
+
+def test_hd_maps_draw_square_bins_without_gaps(hd_outs):
+    from spatialmix.results import render_result
+
+    sd = read_visium_hd(hd_outs, sample="a", bin_size_um=8)
+    n = sd.tables["rna"].n_obs
+    m = render_result(sd, "a", np.ones(n))
+    assert m.resolution_um == 4.0  # half a bin
+    covered = np.isfinite(m.image).sum() * m.resolution_um ** 2
+    # squares tile the tissue: the covered area is n bins of 8 x 8 um (disks of the same width would cover 79 %)
+    assert covered == pytest.approx(n * 64.0, rel=0.03)
+    # each bin's own value at its centre
+    vals = np.arange(n, dtype=float)
+    m = render_result(sd, "a", vals)
+    from spatialmix.plotting import spot_xy
+
+    xy = spot_xy(sd, "a")
+    inv = np.linalg.inv(m.affine)
+    rc = (np.c_[xy[:, 1], xy[:, 0], np.ones(n)] @ inv.T)[:, :2]
+    got = m.image[np.round(rc[:, 0]).astype(int), np.round(rc[:, 1]).astype(int)]
+    assert (got == vals).mean() > 0.99
+
+
+def test_many_spots_become_an_image_layer(hd_outs, monkeypatch):
+    import spatialmix.napari._layers as L
+
+    sd = read_visium_hd(hd_outs, sample="a", bin_size_um=8)
+    n = sd.tables["rna"].n_obs
+    assert L.spots_layer(sd, "a")[2] == "points"  # below the limit: Points with the spot table
+    monkeypatch.setattr(L, "POINTS_LIMIT", n - 1)
+    data, meta, kind = L.spots_layer(sd, "a", offset=(100.0, 0.0))
+    assert kind == "image" and meta["metadata"]["spatialmix"]["drawn_as"] == "image"
+    plain = L.spots_layer(sd, "a")[1]["affine"]
+    assert meta["affine"][1, 2] - plain[1, 2] == pytest.approx(100.0)  # shifted by the sample's offset (x)
+    finite = data[np.isfinite(data)]
+    total = np.asarray(sd.tables["rna"].X.sum(axis=1)).ravel()
+    assert finite.min() >= total.min() and finite.max() <= total.max()  # total counts, as the Points layer
+    # categories: the same RGBA as the Points layer's face colours, nothing drawn off the bins
+    sd.tables["rna"].obs["region_label"] = pd.Categorical(np.where(np.arange(n) % 2, "cortex", "white matter"))
+    monkeypatch.setattr(L, "POINTS_LIMIT", 10 ** 9)
+    points = L.category_spots_layer(sd, "a", "region_label")
+    monkeypatch.setattr(L, "POINTS_LIMIT", n - 1)
+    img, meta, kind = L.category_spots_layer(sd, "a", "region_label")
+    assert kind == "image" and meta["rgb"] and img.shape[-1] == 4
+    assert meta["metadata"]["spatialmix"]["legend"] == points[1]["metadata"]["spatialmix"]["legend"]
+    drawn = img[img[..., 3] > 0]
+    palette = {tuple(np.round(c, 4)) for c in np.asarray(points[1]["face_color"], dtype=float)}
+    assert {tuple(np.round(c, 4)) for c in drawn.astype(float)} == palette
+    # an RGB colouring: spots without a value are transparent
+    rgb = np.random.default_rng(0).uniform(size=(n, 3))
+    rgb[:5] = np.nan
+    sd.tables["rna"].obsm["X_test_rgb"] = rgb
+    img, meta, kind = L.rgb_spots_layer(sd, "a", "X_test_rgb")
+    assert kind == "image" and img.shape[-1] == 4
+    assert 0 < (img[..., 3] == 0).mean() < 1
