@@ -129,9 +129,10 @@ def test_many_spots_become_an_image_layer(hd_outs, monkeypatch):
     img, meta, kind = L.category_spots_layer(sd, "a", "region_label")
     assert kind == "image" and meta["rgb"] and img.shape[-1] == 4
     assert meta["metadata"]["spatialmix"]["legend"] == points[1]["metadata"]["spatialmix"]["legend"]
+    assert img.dtype == np.uint8
     drawn = img[img[..., 3] > 0]
-    palette = {tuple(np.round(c, 4)) for c in np.asarray(points[1]["face_color"], dtype=float)}
-    assert {tuple(np.round(c, 4)) for c in drawn.astype(float)} == palette
+    palette = {tuple(c) for c in np.round(np.asarray(points[1]["face_color"], dtype=float) * 255).astype(int)}
+    assert {tuple(c) for c in drawn.astype(int)} == palette
     # an RGB colouring: spots without a value are transparent
     rgb = np.random.default_rng(0).uniform(size=(n, 3))
     rgb[:5] = np.nan

@@ -41,9 +41,10 @@ def _spot_image_layer(sdata, sample: str, values: np.ndarray, meta: dict, *, off
     out["metadata"] = meta.get("metadata", {})
     out["metadata"].setdefault("spatialmix", {}).update(drawn_as="image", resolution_um=res)
     out["affine"] = affine
-    if img.ndim == 3:  # RGBA: nothing drawn (NaN) is transparent
-        img = np.nan_to_num(img, nan=0.0)
+    if img.ndim == 3:  # RGBA as uint8 (a quarter of float32's texture upload); nothing drawn (NaN) is transparent
+        img = np.round(np.nan_to_num(img, nan=0.0) * 255.0).astype(np.uint8)
         out["rgb"] = True
+        return (img, out, "image")
     else:
         finite = img[np.isfinite(img)]
         lo, hi = (float(np.percentile(finite, 1)), float(np.percentile(finite, 99))) if finite.size else (0, 1)
