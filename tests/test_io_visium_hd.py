@@ -140,3 +140,34 @@ def test_many_spots_become_an_image_layer(hd_outs, monkeypatch):
     img, meta, kind = L.rgb_spots_layer(sd, "a", "X_test_rgb")
     assert kind == "image" and img.shape[-1] == 4
     assert 0 < (img[..., 3] == 0).mean() < 1
+
+
+def test_data_dock_draws_a_visium_hd_sample_in_a_worker(make_napari_viewer, hd_outs, monkeypatch):
+    """Above POINTS_LIMIT the Data dock rasterises the sample off the GUI thread; the layers arrive as images
+    with the bins' colours, and a sample below the limit is still added at once as Points."""
+    pytest.importorskip("napari")
+    import time
+
+    from qtpy.QtWidgets import QApplication
+
+    import spatialmix.napari._layers as L
+    from spatialmix.napari._data_widget import DataWidget
+
+    viewer = make_napari_viewer(show=True)
+    dock = DataWidget(viewer)
+    dock.state.sdata = read_visium_hd(hd_outs, sample="a", bin_size_um=8)
+    assert dock._show_sample("a") is None  # small: built here, Points
+    assert viewer.layers["a · spots"].__class__.__name__ == "Points"
+    n = dock.state.sdata.tables["rna"].n_obs
+    monkeypatch.setattr(L, "POINTS_LIMIT", n - 1)
+    viewer.layers.remove("a · spots")
+    worker = dock._show_sample("a")
+    assert worker is not None
+    t0 = time.perf_counter()
+    while "a · spots" not in viewer.layers:
+        QApplication.processEvents()
+        time.sleep(0.01)
+        assert time.perf_counter() - t0 < 60, "the worker never added the spots"
+    layer = viewer.layers["a · spots"]
+    assert layer.__class__.__name__ == "Image" and layer.metadata["spatialmix"]["drawn_as"] == "image"
+    assert np.isfinite(layer.data).sum() > 0 and np.isnan(layer.data).any()  # bins drawn, nothing around them

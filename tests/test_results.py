@@ -333,3 +333,22 @@ def test_a_stuck_umap_helper_is_replaced_and_then_reported(monkeypatch):
         assert res._in_helper(sum, [1, 2, 3]) == 6  # a fresh helper works
     finally:
         res.use_umap_process(False)
+
+
+def test_one_inference_pass_gives_every_output_of_the_single_output_methods(trained):
+    """MIMA.get_outputs encodes each chunk once for all outputs; every value equals the method that computes it
+    alone (NaN rows included), and the writer used it (its first progress event says so)."""
+    model, data = trained.model, trained.data
+    reqs = [("latent", None), ("private", "msi"), ("corrected", "msi"), ("denoised", "rna"),
+            ("expert_weights", None), ("translation", (("msi", "morphology"), "rna")), ("translation", (("rna",), "msi"))]
+    got = model.get_outputs(reqs)
+    np.testing.assert_array_equal(got[("latent", None)], model.get_latent_representation())
+    np.testing.assert_array_equal(got[("private", "msi")], model.get_latent_representation("private", "msi"))
+    np.testing.assert_array_equal(got[("corrected", "msi")], model.get_corrected("msi"))
+    assert np.isnan(got[("corrected", "msi")]).any()  # spots without MSI stay NaN
+    np.testing.assert_array_equal(got[("denoised", "rna")], model.get_denoised("rna"))
+    pd.testing.assert_frame_equal(got[("expert_weights", None)], model.get_expert_weights())
+    np.testing.assert_array_equal(got[("translation", (("msi", "morphology"), "rna"))],
+                                  model.translate(["msi", "morphology"], "rna"))
+    np.testing.assert_array_equal(got[("translation", (("rna",), "msi"))], model.translate("rna", "msi"))
+    assert "outputs in one inference pass" in trained.events[0].message

@@ -37,6 +37,7 @@ Writing again under the same key replaces everything the previous write of that 
 from __future__ import annotations
 
 import difflib
+import inspect
 import json
 import re
 import time
@@ -446,6 +447,29 @@ def iter_write_results(
     z = None
     label_result = None
     expert_columns: list[str] | None = None
+    # a model that computes several outputs from one encoding of each chunk (MIMA.get_outputs) gets them all in
+    # one pass: the demo's 11 model outputs cost one pass over the spots, not 11
+    one_pass: dict = {}
+    batched = [(w, (tuple(a[0]), a[1]) if w == "translation" else a) for w, a in steps
+               if w in ("latent", "private", "corrected", "denoised", "translation", "expert_weights")]
+    offset = 0
+    if hasattr(model, "get_outputs") and len(batched) > 1:
+        offset, total = 1, total + 1
+        yield Progress(stage, 0, total, f"{len(batched)} outputs in one inference pass")
+        one_pass = model.get_outputs(batched)
+
+    def computed(what, arg, single):
+        k = (what, (tuple(arg[0]), arg[1]) if what == "translation" else arg)
+        return one_pass.pop(k) if k in one_pass else single()
+
+    def measured(what, arg, single, mods):
+        """``computed`` with NaN where none of ``mods`` was measured; an array of the one pass is masked in place
+        (it is ours: no second copy of a layer)."""
+        k = (what, (tuple(arg[0]), arg[1]) if what == "translation" else arg)
+        if k in one_pass:
+            return measured_only(np.asarray(one_pass.pop(k), dtype=np.float32), data, mods, inplace=True)
+        return measured_only(single(), data, mods)
+
     for i, (what, arg) in enumerate(steps):
         if what == "latent":
             msg = "shared (PoE) embedding"
@@ -463,26 +487,34 @@ def iter_write_results(
             msg = "PCA of the corrected features (for annotation prediction)"
         else:
             msg = f"RGB of {arg[0]} {arg[1]} (3D UMAP)"
-        yield Progress(stage, i, total, msg)
+        yield Progress(stage, i + offset, total, msg)
         if what == "latent":
-            z = model.get_latent_representation()
+            z = computed("latent", None, model.get_latent_representation)
             if "latent" in outputs:
                 for m in modalities:
                     put(m, "obsm", f"X_{key}", z)
         elif what == "private":
-            put(arg, "obsm", f"X_{key}_private", model.get_latent_representation("private", arg))
+            put(arg, "obsm", f"X_{key}_private",
+                computed("private", arg, lambda: model.get_latent_representation("private", arg)))
         elif what == "corrected":
-            put(arg, "layers", f"{key}_corrected", measured_only(model.get_corrected(arg), data, [arg]))
+            put(arg, "layers", f"{key}_corrected",
+                measured("corrected", arg, lambda: model.get_corrected(arg), [arg]))
         elif what == "corrected_pca":
-            zc = model.get_corrected_pca()
+            have = {m: staged.get((m, "layers", f"{key}_corrected")) for m in modalities}
+            if all(v is not None for v in have.values()) and \
+                    "corrected" in inspect.signature(model.get_corrected_pca).parameters:
+                zc = model.get_corrected_pca(corrected=have)  # the corrected layers just computed, not again
+            else:
+                zc = model.get_corrected_pca()
             for m in modalities:
                 put(m, "obsm", f"X_{key}_corrected_pca", zc)
         elif what == "denoised":
-            put(arg, "layers", f"{key}_denoised", measured_only(model.get_denoised(arg), data, [arg]))
+            put(arg, "layers", f"{key}_denoised",
+                measured("denoised", arg, lambda: model.get_denoised(arg), [arg]))
         elif what == "translation":
             sources, target = arg
             put(target, "layers", translation_layer(key, sources),
-                measured_only(model.translate(sources, target), data, sources))
+                measured("translation", arg, lambda: model.translate(sources, target), sources))
         elif what == "labels":
             from spatialmix.evaluate.annotations import PAPER_EXCLUDED, score_predictions
 
@@ -496,7 +528,7 @@ def iter_write_results(
                 representation=key, index=data.obs.index,
                 exclude=model.params["exclude"] if model.params.get("exclude") is not None else PAPER_EXCLUDED)
         elif what == "expert_weights":
-            weights = model.get_expert_weights()
+            weights = computed("expert_weights", None, model.get_expert_weights)
             expert_columns = [str(c) for c in weights.columns]
             w = weights.to_numpy(np.float32)
             for m in modalities:
@@ -559,7 +591,7 @@ def iter_write_results(
         "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     })
     history = _history_frame(model)
-    yield Progress(stage, len(steps), total, "write into the tables")
+    yield Progress(stage, len(steps) + offset, total, "write into the tables")
 
     # write (only now: an error above leaves sdata untouched)
     _remove_previous(sdata, key)

@@ -81,25 +81,33 @@ class BaseModel:
 
     def _in_chunks(self, n: int, step, *, batch_size: int = 4096) -> np.ndarray:
         """The inference loop every model shares: ``step(rows, device)`` (a slice of ``range(n)`` and the
-        module's device; returns a tensor) over ``n`` rows in chunks of ``batch_size``, in eval mode without
-        gradients, the chunks concatenated as a float32 array. The module's training mode is restored after."""
+        module's device; returns a tensor, or a list of tensors for several outputs of one pass) over ``n`` rows
+        in chunks of ``batch_size``, in eval mode without gradients, the chunks written into one preallocated
+        float32 array per output (a list when ``step`` returns a list). The module's training mode is restored
+        after."""
         import torch
 
         module = self.module
         device = next(module.parameters()).device
         was_training = module.training
         module.eval()
-        out = None  # filled chunk by chunk: the output exists once in memory (no list of parts to concatenate)
+        outs = None  # filled chunk by chunk: each output exists once in memory (no list of parts to concatenate)
+        many = False
         try:
             with torch.no_grad():
                 for s in range(0, n, batch_size):
-                    part = step(slice(s, min(s + batch_size, n)), device).float().cpu().numpy()
-                    if out is None:
-                        out = np.empty((n, *part.shape[1:]), dtype=np.float32)
-                    out[s:s + len(part)] = part
+                    got = step(slice(s, min(s + batch_size, n)), device)
+                    many = isinstance(got, (list, tuple))
+                    parts = [t.float().cpu().numpy() for t in (got if many else [got])]
+                    if outs is None:
+                        outs = [np.empty((n, *p.shape[1:]), dtype=np.float32) for p in parts]
+                    for o, p in zip(outs, parts):
+                        o[s:s + len(p)] = p
         finally:
             module.train(was_training)
-        return out if out is not None else np.zeros((0, 0), np.float32)
+        if outs is None:
+            return np.zeros((0, 0), np.float32)
+        return outs if many else outs[0]
 
     def _reset_training_state(self) -> None:
         """An untrained model's training record (also used when a saved model is rebuilt)."""

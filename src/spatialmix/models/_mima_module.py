@@ -296,6 +296,8 @@ class MIMAModule(nn.Module):
         return total, terms
 
     # -- inference (means, no sampling) -------------------------------------------------------------------
+    # Each output is a function of one encoding of the chunk (``encode``): ``outputs`` computes any set of them
+    # from that encoding in one pass; the single-output methods below are the same functions on their own.
     @torch.no_grad()
     def latents(self, xs, masks, batch) -> dict[str, torch.Tensor]:
         enc, (poe_mu, _) = self.encode(xs, masks, batch)
@@ -306,35 +308,35 @@ class MIMAModule(nn.Module):
             out[f"batch_{name}"] = e["batch"][0]
         return out
 
-    @torch.no_grad()
-    def expert_weights(self, xs, masks, batch) -> torch.Tensor:
-        """Each expert's share of the PoE precision per spot, averaged over the latent dimensions:
-        (n, n_modalities + 1), the last column the prior's; rows sum to 1, a missing modality's share is 0."""
-        enc, _ = self.encode(xs, masks, batch)
+    @staticmethod
+    def _expert_shares(enc, masks) -> torch.Tensor:
         precisions = [torch.exp(-e["shared"][1]) * m.unsqueeze(1).to(e["shared"][1].dtype) for e, m in zip(enc, masks)]
         total = 1.0 + torch.stack(precisions).sum(dim=0)
         shares = [(p / total).mean(dim=1) for p in precisions] + [(1.0 / total).mean(dim=1)]
         return torch.stack(shares, dim=1)
 
     @torch.no_grad()
-    def reconstruct(self, xs, masks, batch, *, modality: int, with_batch: bool) -> torch.Tensor:
-        """Decode PoE + private (+ batch) of ``modality``: denoised (with batch) or batch-corrected."""
-        enc, (poe_mu, _) = self.encode(xs, masks, batch)
+    def expert_weights(self, xs, masks, batch) -> torch.Tensor:
+        """Each expert's share of the PoE precision per spot, averaged over the latent dimensions:
+        (n, n_modalities + 1), the last column the prior's; rows sum to 1, a missing modality's share is 0."""
+        enc, _ = self.encode(xs, masks, batch)
+        return self._expert_shares(enc, masks)
+
+    def _reconstruction(self, enc, poe_mu, modality: int, with_batch: bool) -> torch.Tensor:
         z = poe_mu + enc[modality]["private"][0]
         if with_batch:
             z = z + enc[modality]["batch"][0]
         return self.vaes[modality].decode(z)
 
     @torch.no_grad()
-    def translate(self, xs, masks, batch, *, sources: Sequence[int], target: int, with_batch: bool,
-                  batch_table: torch.Tensor | None = None) -> torch.Tensor:
-        """Decode the product of the ``sources``' shared experts (+ the target's batch latent) by ``target``.
+    def reconstruct(self, xs, masks, batch, *, modality: int, with_batch: bool) -> torch.Tensor:
+        """Decode PoE + private (+ batch) of ``modality``: denoised (with batch) or batch-corrected."""
+        enc, (poe_mu, _) = self.encode(xs, masks, batch)
+        return self._reconstruction(enc, poe_mu, modality, with_batch)
 
-        With ``batch_input='sample+features'`` the target's batch latent depends on its features, which a
-        translation does not have: ``batch_table`` (n_batches, n_latent) then gives each sample's mean batch
-        latent over the spots where the target was measured."""
-        onehot = self.onehot(batch, xs[sources[0]].dtype)
-        enc = {s: self.vaes[s].encode(xs[s], onehot) for s in sources}
+    def _translation(self, enc, masks, onehot, batch, sources: Sequence[int], target: int, with_batch: bool,
+                     batch_table: torch.Tensor | None) -> torch.Tensor:
+        """``enc``: {modality index: encoder output} holding at least the sources'."""
         mu, _ = product_of_experts([enc[s]["shared"][0] for s in sources], [enc[s]["shared"][1] for s in sources],
                                    [masks[s] for s in sources], prior=self.translation_poe)
         z = mu
@@ -348,6 +350,45 @@ class MIMAModule(nn.Module):
                 raise ValueError("translation with the target's batch latent needs batch_table when the batch "
                                  "latent reads the features (batch_input='sample+features')")
         return self.vaes[target].decode(z)
+
+    @torch.no_grad()
+    def translate(self, xs, masks, batch, *, sources: Sequence[int], target: int, with_batch: bool,
+                  batch_table: torch.Tensor | None = None) -> torch.Tensor:
+        """Decode the product of the ``sources``' shared experts (+ the target's batch latent) by ``target``.
+
+        With ``batch_input='sample+features'`` the target's batch latent depends on its features, which a
+        translation does not have: ``batch_table`` (n_batches, n_latent) then gives each sample's mean batch
+        latent over the spots where the target was measured."""
+        onehot = self.onehot(batch, xs[sources[0]].dtype)
+        enc = {s: self.vaes[s].encode(xs[s], onehot) for s in sources}
+        return self._translation(enc, masks, onehot, batch, sources, target, with_batch, batch_table)
+
+    @torch.no_grad()
+    def outputs(self, xs, masks, batch, requests: Sequence[tuple]) -> list[torch.Tensor]:
+        """Several outputs of one chunk from one encoding of it. ``requests``: ``("latent",)``,
+        ``("private", i)``, ``("corrected", i)``, ``("denoised", i)``, ``("expert_weights",)`` or
+        ``("translation", sources, target, with_batch, batch_table)``; each equals the single-output method's."""
+        onehot = self.onehot(batch, xs[0].dtype)
+        enc = [vae.encode(x, onehot) for vae, x in zip(self.vaes, xs)]
+        poe_mu, _ = product_of_experts([e["shared"][0] for e in enc], [e["shared"][1] for e in enc], masks)
+        out = []
+        for req in requests:
+            what = req[0]
+            if what == "latent":
+                out.append(poe_mu)
+            elif what == "private":
+                out.append(enc[req[1]]["private"][0])
+            elif what in ("corrected", "denoised"):
+                out.append(self._reconstruction(enc, poe_mu, req[1], with_batch=what == "denoised"))
+            elif what == "expert_weights":
+                out.append(self._expert_shares(enc, masks))
+            elif what == "translation":
+                _, sources, target, with_batch, table = req
+                out.append(self._translation(dict(enumerate(enc)), masks, onehot, batch, sources, target,
+                                             with_batch, table))
+            else:
+                raise ValueError(f"unknown output request {req!r}")
+        return out
 
 
 def n_parameters(module: nn.Module) -> int:

@@ -127,6 +127,36 @@ def add_or_replace(viewer, layer_data: tuple, *, row: int | None = None):
     return layer
 
 
+def add_layers_built_off_gui(viewer, build: Callable[[], list], *, in_worker: bool,
+                             on_added: Callable[[list], None] | None = None):
+    """Add the layer tuples ``build()`` returns. With ``in_worker`` (a Visium HD sample: rasterising 10^5-10^6
+    bins takes seconds) ``build`` runs in a worker thread and the layers are added when it returns, so the
+    event loop never waits for it; returns the worker (``None`` when built here)."""
+    if not in_worker:
+        layers = [add_or_replace(viewer, data) for data in build()]
+        if on_added is not None:
+            on_added(layers)
+        return None
+    from napari.qt.threading import create_worker
+
+    worker = create_worker(build, _start_thread=False, _ignore_errors=True)
+
+    def returned(tuples):
+        layers = [add_or_replace(viewer, data) for data in tuples]
+        if on_added is not None:
+            on_added(layers)
+
+    worker.returned.connect(returned)
+    worker.errored.connect(lambda err: notify_error(err, "draw the spots"))
+    _RUNNING.add(worker)  # keep a reference until it ends (superqt workers are not owned by a widget)
+    worker.finished.connect(lambda: _RUNNING.discard(worker))
+    worker.start()
+    return worker
+
+
+_RUNNING: set = set()
+
+
 def spatialmix_layers(viewer, sample: str | None = None) -> list:
     return [ly for ly in viewer.layers if "spatialmix" in ly.metadata
             and (sample is None or ly.metadata["spatialmix"].get("sample") == sample)]

@@ -24,7 +24,7 @@ from spatialmix.napari._common import (
     LAYOUTS,
     PathEdit,
     WorkerPanel,
-    add_or_replace,
+    add_layers_built_off_gui,
     fill_combo,
     notify_error,
     section,
@@ -210,12 +210,16 @@ class DataWidget(QWidget):
             self._show_sample(sample)
             self.state.changed.emit("samples")
 
-    def _show_sample(self, sample: str) -> None:
-        from spatialmix.napari._layers import sample_layers
+    def _show_sample(self, sample: str):
+        """Add the sample's layers; a sample above POINTS_LIMIT spots (Visium HD) is rasterised in a worker
+        (returned), so the event loop does not wait seconds for it."""
+        from spatialmix.napari._layers import sample_layers, spots_as_image
 
-        for data in sample_layers(self.state.sdata, sample, offset=self.state.offset(sample),
-                                  visible=self.state.visible(sample)):
-            add_or_replace(self.viewer, data)
+        sdata, offset, visible = self.state.sdata, self.state.offset(sample), self.state.visible(sample)
+        return add_layers_built_off_gui(
+            self.viewer, lambda: sample_layers(sdata, sample, offset=offset, visible=visible),
+            in_worker=f"{sample}_spots" in sdata.shapes and spots_as_image(sdata, sample),
+            on_added=lambda _layers: self.viewer.reset_view())
 
     def _set_project(self, sdata, *, specs=None, relayer: bool = True) -> None:
         if relayer:
