@@ -352,3 +352,30 @@ def test_one_inference_pass_gives_every_output_of_the_single_output_methods(trai
                                   model.translate(["msi", "morphology"], "rna"))
     np.testing.assert_array_equal(got[("translation", (("rna",), "msi"))], model.translate("rna", "msi"))
     assert "outputs in one inference pass" in trained.events[0].message
+
+
+def test_the_umap_helper_gets_the_pca_not_the_matrix_and_gives_the_same_colours(monkeypatch):
+    """With the helper process on, a wide matrix is reduced to its PCA here and only that is sent (nothing the
+    size of the data crosses processes); the colours equal the in-process ones."""
+    import spatialmix.results as res
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((300, 200)).astype(np.float32)
+    X[:7] = np.nan
+    here = res.rgb_embedding(X, n_pcs=20, seed=1)
+    sent = []
+    real = res._in_helper
+
+    def spy(fn, *args, **kwargs):
+        sent.append(args[0].shape)
+        return real(fn, *args, **kwargs)
+
+    monkeypatch.setattr(res, "_in_helper", spy)
+    res.use_umap_process()
+    try:
+        there = res.rgb_embedding(X, n_pcs=20, seed=1)
+    finally:
+        res.use_umap_process(False)
+    assert sent == [(300, 20)]
+    np.testing.assert_allclose(there, here, atol=1e-5, equal_nan=True)
+    assert np.isnan(there[:7]).all() and np.isfinite(there[7:]).all()

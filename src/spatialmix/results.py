@@ -116,8 +116,26 @@ def rgb_embedding(X, *, n_pcs: int = 50, seed: int = 0, n_neighbors: int = 15, m
     """
     kwargs = {"n_pcs": n_pcs, "seed": seed, "n_neighbors": n_neighbors, "min_dist": min_dist}
     if _UMAP_EXECUTOR is not None:
-        return _in_helper(_rgb_embedding, np.asarray(X), **kwargs)
+        # the helper gets the PCA (at most n_pcs columns), never the full matrix (e.g. 500 m/z bins per spot);
+        # _rgb_embedding does the same PCA itself otherwise, so the colours are the same either way
+        return _in_helper(_rgb_embedding, _reduced(np.asarray(X, dtype=np.float32), n_pcs, seed), **kwargs)
     return _rgb_embedding(X, **kwargs)
+
+
+def _reduced(X: np.ndarray, n_pcs: int, seed: int) -> np.ndarray:
+    """``X`` with more than ``n_pcs`` columns as its first principal components (fit on the rows without NaN;
+    NaN rows stay NaN), else ``X``: the first step of :func:`_rgb_embedding`."""
+    if X.ndim != 2 or X.shape[1] <= int(n_pcs) or int(n_pcs) < 3:
+        return X
+    ok = np.isfinite(X).all(axis=1)
+    n_ok = int(ok.sum())
+    if n_ok < 5:
+        return X  # _rgb_embedding says what is wrong
+    from sklearn.decomposition import PCA
+
+    out = np.full((X.shape[0], min(int(n_pcs), n_ok)), np.nan, np.float32)
+    out[ok] = PCA(n_components=out.shape[1], random_state=seed).fit_transform(X[ok]).astype(np.float32)
+    return out
 
 
 #: a helper process that uses no CPU for this long while a task waits is taken as stuck and replaced
@@ -208,11 +226,7 @@ def _rgb_embedding(X, *, n_pcs: int = 50, seed: int = 0, n_neighbors: int = 15, 
             f"rgb_embedding needs at least 5 spots with finite values, got {n_ok} of {X.shape[0]}; "
             "check that the values are not NaN for (almost) every spot"
         )
-    Z = X[ok]
-    if Z.shape[1] > int(n_pcs):
-        from sklearn.decomposition import PCA
-
-        Z = PCA(n_components=min(int(n_pcs), n_ok), random_state=seed).fit_transform(Z).astype(np.float32)
+    Z = _reduced(X, n_pcs, seed)[ok]
     import umap
 
     reducer = umap.UMAP(n_components=3, n_neighbors=min(int(n_neighbors), n_ok - 1), min_dist=float(min_dist),
