@@ -149,7 +149,9 @@ def main(out_dir: str = "/tmp/spatialmix-widget-shots") -> None:
     ex.table_combo.setCurrentText("MSI")
     for m, box in ex.source_boxes.items():
         box.setChecked(m != "msi")
-    shown = ex.show_imputed()
+    ex.show_imputed()
+    wait(ex.panel)
+    shown = ex.last_shown
     viewer.reset_view()
     zoom_on(viewer, shown)
     shot(viewer, "widget_explore_imputed.png")

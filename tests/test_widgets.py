@@ -328,20 +328,25 @@ def test_explore_widget_shows_every_output(trained_viewer, tmp_path):
     mz = float(ex.feature_edit.text())
     ex.feature_edit.setText(f"{mz * (1 + 5e-6):.5f}")  # 5 ppm off: still found within 20 ppm
     ex.values_combo.setCurrentText("MIMA corrected MSI")
-    maps = ex.show_feature()
+    assert ex.show_feature() is not None  # the values and the maps are made in the dock's worker
+    wait(ex.panel)
+    maps = ex.last_shown
     assert maps[0].name == f"P1_S1 · MIMA corrected MSI · m/z {mz:.2f}"
     img = maps[0].data
     assert type(maps[0]).__name__ == "Image" and img.ndim == 2 and np.isfinite(img).mean() > 0.05
     assert maps[0].colorbar.visible
     ex.ppm.setValue(1.0)
     ex.show_feature()  # now 5 ppm is too far: a notification names the nearest feature
+    wait(ex.panel)
     assert any("ppm" in m for m in notifications()[-2:])
 
     # imputed MSI from RNA + H&E, one row under the measured map of the same m/z
     ex.feature_edit.setText(f"{mz:.4f}")
     for m, box in ex.source_boxes.items():
         box.setChecked(m != "msi")
-    shown = ex.show_imputed()
+    ex.show_imputed()
+    wait(ex.panel)
+    shown = ex.last_shown
     measured = viewer.layers[f"P1_S1 · measured MSI (log1p) · m/z {mz:.2f}"]
     imputed = viewer.layers[f"P1_S1 · MIMA imputed MSI from RNA+H&E features · m/z {mz:.2f}"]
     assert len(shown) == 2 * len(state.samples)
@@ -349,7 +354,8 @@ def test_explore_widget_shows_every_output(trained_viewer, tmp_path):
     np.testing.assert_allclose(imputed.affine.affine_matrix[1, 2], measured.affine.affine_matrix[1, 2])
     # an imputation the project does not hold yet (MSI from RNA alone) is computed with the trained model
     ex.source_boxes["morphology"].setChecked(False)
-    ex.show_imputed()
+    ex.show_imputed()  # the imputation (model inference) runs in the worker
+    wait(ex.panel)
     assert "mima_from_rna" in state.sdata.tables["msi"].layers
     assert "P2_S2 · MIMA imputed MSI from RNA · m/z " + f"{mz:.2f}" in viewer.layers
 

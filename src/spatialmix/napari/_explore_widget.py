@@ -147,6 +147,7 @@ class ExploreWidget(QWidget):
         self.canvas = FigureCanvasQTAgg(self.figure)
         self.canvas.setMinimumHeight(300)
         self.panel = WorkerPanel()
+        self.last_shown: list = []  # the layers of the last feature / imputed map (added when its job is done)
 
         lay = QVBoxLayout(self)
         form = QFormLayout()
@@ -289,13 +290,17 @@ class ExploreWidget(QWidget):
         return layers
 
     # -- feature maps -----------------------------------------------------------------------------------------
-    def _values(self, table: str, layer: str | None):
-        from spatialmix.results import spot_values
+    # What a map needs (the values: a dense feature column, an imputation by the model; the rasterised spots)
+    # is computed in the dock's worker; only adding the finished layers runs on the GUI thread (issue 16). The
+    # buttons return the worker; the layers shown are in ``last_shown`` when it is done.
+    def _placements(self, row: int) -> dict[str, tuple[tuple[float, float], bool]]:
+        """{sample: (offset of ``row``, visible)}, read on the GUI thread before a job starts."""
+        return {s: (self.state.row_shift(s, row), self.state.visible(s)) for s in self.samples()}
 
-        return spot_values(self.state.sdata, table, layer=layer, feature=self.feature_edit.text().strip(),
-                           ppm=self.ppm.value())
-
-    def _map_layers(self, values, table: str, label: str, *, row: int, colormap: str = "viridis") -> list:
+    @staticmethod
+    def _map_tuples(sdata, values, table: str, label: str, placements: dict, *, row: int,
+                    colormap: str = "viridis") -> list[tuple]:
+        """Image layer tuples of ``values`` for each placed sample (no Qt: runs in the worker)."""
         from spatialmix.napari._layers import map_image_layer
         from spatialmix.results import render_result
 
@@ -304,63 +309,102 @@ class ExploreWidget(QWidget):
         limits = (float(np.percentile(finite, 1)), float(np.percentile(finite, 99))) if finite.size else (0.0, 1.0)
         if limits[1] <= limits[0]:
             limits = (limits[0], limits[0] + 1.0)
+        tuples = []
+        feat = feature_label(sdata, table, values.name)
+        for i, (s, (shift, visible)) in enumerate(placements.items()):
+            rendered = render_result(sdata, s, values, table=table)
+            data = map_image_layer(rendered, offset=shift, colormap=colormap, contrast_limits=limits,
+                                   layer_name=layer_name(s, label, feat), visible=visible)
+            # one colourbar per row (top right: measured row, bottom left: imputed row)
+            data[1]["metadata"]["spatialmix"].update(
+                row=row, colorbar=i == 0, colorbar_position=("top_right" if row == 0 else "bottom_left") if i == 0
+                else None)
+            tuples.append(data)
+        return tuples
+
+    def _add_maps(self, tuples: list[tuple]) -> list:
         layers = []
-        feat = feature_label(self.state.sdata, table, values.name)
-        for i, s in enumerate(self.samples()):
-            rendered = render_result(self.state.sdata, s, values, table=table)
-            data = map_image_layer(rendered, offset=self.state.row_shift(s, row), colormap=colormap,
-                                   contrast_limits=limits, layer_name=layer_name(s, label, feat),
-                                   visible=self.state.visible(s))
-            data[1]["metadata"]["spatialmix"].update(row=row, colorbar=i == 0)
+        for data in tuples:
             layer = add_or_replace(self.viewer, data)
-            if i == 0:  # one colourbar per row (top right: measured row, bottom left: imputed row)
-                layer.colorbar.position = "top_right" if row == 0 else "bottom_left"
+            position = data[1]["metadata"]["spatialmix"].get("colorbar_position")
+            if position:
+                layer.colorbar.position = position
             layers.append(layer)
         return layers
 
+    def _shown(self, layers: list) -> list:
+        self.last_shown = layers
+        return layers
+
     def show_feature(self):
+        """The chosen feature's map (measured, corrected or denoised), one image per sample; returns the worker."""
+        from spatialmix.progress import Progress
+        from spatialmix.results import spot_values
+
         try:
-            table = self.table
+            table, sdata, key = self.table, self.state.sdata, self.state.model_key
             label = self.values_combo.currentText()
             layer = None if label == "measured" else self._layer_of_label[label]
-            values = self._values(table, layer)
-            values = _measured(self.state.sdata, table, values) if layer is None else values
-            return self._map_layers(values, table, values_label(self.state.model_key, layer, table), row=0)
+            feature, ppm = self.feature_edit.text().strip(), self.ppm.value()
+            placements = self._placements(0)
         except Exception as err:  # noqa: BLE001
             notify_error(err, "feature map")
-            return []
+            return None
+
+        def job():
+            yield Progress("feature map", 0, None, f"{feature} of {TABLE_LABELS.get(table, table)}")
+            values = spot_values(sdata, table, layer=layer, feature=feature, ppm=ppm)
+            values = _measured(sdata, table, values) if layer is None else values
+            return self._map_tuples(sdata, values, table, values_label(key, layer, table), placements, row=0)
+
+        return self.panel.start(job, on_done=lambda tuples: self._shown(self._add_maps(tuples)), what="feature map")
 
     def show_imputed(self):
-        """The imputed map of the chosen feature from the ticked sources, one row under the measured map."""
+        """The imputed map of the chosen feature from the ticked sources, one row under the measured map (the
+        imputation is computed with the trained model when the project does not hold it); returns the worker."""
         from spatialmix.errors import ModelError, ParameterError
-        from spatialmix.results import translation_layer, write_translation
+        from spatialmix.progress import Progress
+        from spatialmix.results import spot_values, translation_layer, write_translation
 
         try:
-            table, key = self.table, self.state.model_key
+            table, key, sdata, model = self.table, self.state.model_key, self.state.sdata, self.state.model
             sources = [m for m, box in self.source_boxes.items() if box.isChecked() and box.isEnabled()
                        and m != table]
             if not sources:
                 raise ParameterError(f"tick at least one source modality other than the target "
                                      f"{TABLE_LABELS.get(table, table)}")
             layer = translation_layer(key, sources)
-            if layer not in self.state.sdata.tables[table].layers:
-                if self.state.model is None:
-                    raise ModelError(f"the project holds no imputation of {TABLE_LABELS[table]} from "
-                                     f"{'+'.join(TABLE_LABELS[s] for s in sources)} and no trained model is loaded; "
-                                     "train or load a model (Integrate)")
-                write_translation(self.state.sdata, self.state.model, sources, table, key=key)
-            measured = _measured(self.state.sdata, table, self._values(table, None))
-            imputed = self._values(table, layer)
-            shown = self._map_layers(measured, table, values_label(key, None, table), row=0)
-            shown += self._map_layers(imputed, table, values_label(key, layer, table), row=1, colormap="magma")
-            self._only_row_layers(shown)
-            feat = feature_label(self.state.sdata, table, imputed.name)
-            self._caption(f"{feat}\nTop row: {values_label(key, None, table)} (colour bar top right)\n"
-                          f"Bottom row: {values_label(key, layer, table)} (colour bar bottom left)")
-            return shown
+            if layer not in sdata.tables[table].layers and model is None:
+                raise ModelError(f"the project holds no imputation of {TABLE_LABELS[table]} from "
+                                 f"{'+'.join(TABLE_LABELS[s] for s in sources)} and no trained model is loaded; "
+                                 "train or load a model (Integrate)")
+            feature, ppm = self.feature_edit.text().strip(), self.ppm.value()
+            rows = self._placements(0), self._placements(1)
         except Exception as err:  # noqa: BLE001
             notify_error(err, "imputed map")
-            return []
+            return None
+
+        def job():
+            if layer not in sdata.tables[table].layers:
+                yield Progress("imputed map", 0, None, f"impute {TABLE_LABELS.get(table, table)} from "
+                               f"{'+'.join(TABLE_LABELS.get(s, s) for s in sources)}")
+                write_translation(sdata, model, sources, table, key=key)
+            yield Progress("imputed map", 0, None, "draw the maps")
+            measured = _measured(sdata, table, spot_values(sdata, table, feature=feature, ppm=ppm))
+            imputed = spot_values(sdata, table, layer=layer, feature=feature, ppm=ppm)
+            tuples = self._map_tuples(sdata, measured, table, values_label(key, None, table), rows[0], row=0)
+            tuples += self._map_tuples(sdata, imputed, table, values_label(key, layer, table), rows[1], row=1,
+                                       colormap="magma")
+            return tuples, feature_label(sdata, table, imputed.name)
+
+        def done(result):
+            tuples, feat = result
+            shown = self._shown(self._add_maps(tuples))
+            self._only_row_layers(shown)
+            self._caption(f"{feat}\nTop row: {values_label(key, None, table)} (colour bar top right)\n"
+                          f"Bottom row: {values_label(key, layer, table)} (colour bar bottom left)")
+
+        return self.panel.start(job, on_done=done, what="imputed map")
 
     def _caption(self, text: str) -> None:
         """Say on the canvas what the rows are."""
