@@ -171,3 +171,36 @@ def test_data_dock_draws_a_visium_hd_sample_in_a_worker(make_napari_viewer, hd_o
     layer = viewer.layers["a · spots"]
     assert layer.__class__.__name__ == "Image" and layer.metadata["spatialmix"]["drawn_as"] == "image"
     assert np.isfinite(layer.data).sum() > 0 and np.isnan(layer.data).any()  # bins drawn, nothing around them
+
+
+def test_explore_dock_colours_a_visium_hd_sample_in_a_worker(make_napari_viewer, hd_outs, monkeypatch):
+    """The Explore dock's RGB colouring of a sample above POINTS_LIMIT is rasterised off the GUI thread and
+    arrives as an RGBA image with the spots' colours."""
+    import time
+
+    from qtpy.QtWidgets import QApplication
+
+    import spatialmix.napari._layers as L
+    from spatialmix.napari._explore_widget import ExploreWidget
+
+    viewer = make_napari_viewer(show=True)
+    dock = ExploreWidget(viewer)
+    sd = read_visium_hd(hd_outs, sample="a", bin_size_um=8)
+    n = sd.tables["rna"].n_obs
+    rgb = np.zeros((n, 3))
+    rgb[:, 0] = 1.0  # every bin pure red
+    sd.tables["rna"].obsm["X_test_rgb"] = rgb
+    monkeypatch.setattr(L, "POINTS_LIMIT", n - 1)
+    dock.state.sdata = sd
+    dock.state.changed.emit("project")
+    dock.rgb_combo.setCurrentText("TEST shared embedding")
+    assert dock.show_rgb() == []  # built in a worker
+    name = "a · RGB of TEST shared embedding"
+    t0 = time.perf_counter()
+    while name not in viewer.layers:
+        QApplication.processEvents()
+        time.sleep(0.01)
+        assert time.perf_counter() - t0 < 60, "the worker never added the RGB layer"
+    img = viewer.layers[name].data
+    drawn = img[img[..., 3] > 0]
+    assert img.dtype == np.uint8 and len(drawn) and (drawn[:, :3] == [255, 0, 0]).all()

@@ -32,6 +32,7 @@ from qtpy.QtWidgets import (
 
 from spatialmix.napari._common import (
     WorkerPanel,
+    add_layers_built_off_gui,
     add_or_replace,
     fill_combo,
     layer_name,
@@ -260,7 +261,7 @@ class ExploreWidget(QWidget):
     # -- latent colouring -------------------------------------------------------------------------------------
     def show_rgb(self):
         from spatialmix.errors import ProjectError
-        from spatialmix.napari._layers import rgb_spots_layer
+        from spatialmix.napari._layers import rgb_spots_layer, spots_as_image
 
         choices = rgb_choices(self.state.sdata)
         label = self.rgb_combo.currentText()
@@ -268,11 +269,20 @@ class ExploreWidget(QWidget):
             if label not in choices:
                 raise ProjectError("no RGB colouring in this project yet: train a model (Integrate) first")
             table, obsm = choices[label]
-            layers = []
-            for s in self.samples():
-                layers.append(add_or_replace(self.viewer, rgb_spots_layer(
-                    self.state.sdata, s, obsm, table=table, offset=self.state.offset(s),
-                    layer_name=layer_name(s, f"RGB of {label}"), visible=self.state.visible(s))))
+            sdata = self.state.sdata
+            placed = {s: (self.state.offset(s), self.state.visible(s)) for s in self.samples()}
+
+            def build():
+                return [rgb_spots_layer(sdata, s, obsm, table=table, offset=off, layer_name=layer_name(
+                    s, f"RGB of {label}"), visible=vis) for s, (off, vis) in placed.items()]
+
+            # a Visium HD sample is rasterised in a worker (seconds at 10^5-10^6 bins); the layers come when done
+            big = any(spots_as_image(sdata, s) for s in placed)
+            if big:
+                add_layers_built_off_gui(self.viewer, build, in_worker=True)
+                layers = []
+            else:
+                layers = [add_or_replace(self.viewer, data) for data in build()]
             if label.endswith(" expert weights"):
                 from spatialmix.results import provenance
 
@@ -440,7 +450,7 @@ class ExploreWidget(QWidget):
 
     def show_stored(self):
         from spatialmix.evaluate.annotations import stored_predictions
-        from spatialmix.napari._layers import category_spots_layer
+        from spatialmix.napari._layers import category_spots_layer, spots_as_image
 
         rep = self.rep_combo.currentText()
         try:
@@ -450,24 +460,41 @@ class ExploreWidget(QWidget):
 
                 raise ProjectError(f"no predictions from {rep!r} yet: press Predict")
             scheme = stored["scores"].get("scheme", "")
-            ann = _annotation_key(self.state.sdata)
-            shown, legend = [], {}
-            for s in self.samples():
-                vis = self.state.visible(s)
-                for row, column, label in ((0, ann, "pathologist"),
-                                           (1, f"pred_{rep}", f"predicted from {rep} ({scheme.upper()})"),
-                                           (2, f"agree_{rep}", f"agreement of {rep} ({scheme.upper()})")):
-                    data = category_spots_layer(self.state.sdata, s, column, offset=self.state.row_shift(s, row),
-                                                layer_name=layer_name(s, label), visible=vis)
-                    data[1]["metadata"]["spatialmix"]["row"] = row
-                    shown.append(add_or_replace(self.viewer, data))
-                    for k, v in data[1]["metadata"]["spatialmix"]["legend"].items():
-                        legend.setdefault(("agreement" if row == 2 else "class", k), v)
-            self._only_row_layers(shown)
-            self._caption(f"Top row: the pathologist's labels\nMiddle: predicted from {rep} ({scheme.upper()}, "
-                          "same colours)\nBottom: agreement (green agree, red disagree, grey unlabelled)")
-            self._show_scores(stored, legend)
-            return shown
+            sdata = self.state.sdata
+            ann = _annotation_key(sdata)
+            rows = ((0, ann, "pathologist"), (1, f"pred_{rep}", f"predicted from {rep} ({scheme.upper()})"),
+                    (2, f"agree_{rep}", f"agreement of {rep} ({scheme.upper()})"))
+            placed = {(s, row): (self.state.row_shift(s, row), self.state.visible(s)) for s in self.samples()
+                      for row, _, _ in rows}
+
+            def build():
+                tuples = []
+                for s in dict.fromkeys(s for s, _ in placed):
+                    for row, column, label in rows:
+                        off, vis = placed[(s, row)]
+                        data = category_spots_layer(sdata, s, column, offset=off, layer_name=layer_name(s, label),
+                                                    visible=vis)
+                        data[1]["metadata"]["spatialmix"]["row"] = row
+                        tuples.append(data)
+                return tuples
+
+            def added(shown):
+                legend = {}
+                for layer in shown:
+                    meta = layer.metadata["spatialmix"]
+                    for k, v in meta["legend"].items():
+                        legend.setdefault(("agreement" if meta["row"] == 2 else "class", k), v)
+                self._only_row_layers(shown)
+                self._caption(f"Top row: the pathologist's labels\nMiddle: predicted from {rep} "
+                              f"({scheme.upper()}, same colours)\nBottom: agreement (green agree, red disagree, "
+                              "grey unlabelled)")
+                self._show_scores(stored, legend)
+                self.last_shown = shown
+
+            # a Visium HD sample is rasterised in a worker; the layers, legend and scores come when it is done
+            big = any(spots_as_image(sdata, s) for s, _ in placed)
+            add_layers_built_off_gui(self.viewer, build, in_worker=big, on_added=added)
+            return [] if big else self.last_shown
         except Exception as err:  # noqa: BLE001
             notify_error(err, "annotations")
             return []
