@@ -89,6 +89,8 @@ def main(argv=None) -> dict:
     if args.worker:
         train(args.worker, args.batch, args.epochs, work, args.seed)
         return {}
+    from train_speed import write_report
+
     n = args.processes
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1",
            "PYTHONPATH": os.pathsep.join([str(HERE.parent / "src"), os.environ.get("PYTHONPATH", "")])}
@@ -124,9 +126,7 @@ def main(argv=None) -> dict:
            "knn15_agreement_one_process_two_seeds": round(yardstick, 3),
            "final_loss_other_seed": other["loss"][-1],
            "threads_per_process": 1, "cpus": os.cpu_count()}
-    print(json.dumps(out, indent=1))
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=1))
+    write_report(out, args.out, indent=1)
     return out
 
 

@@ -60,21 +60,29 @@ def hd_sample(n_spots: int, *, bin_um: float = 8.0, sample: str = "hd1", seed: i
                        attrs={"spatialmix": {"samples": {sample: meta}}}), n, float(rng.uniform())
 
 
+def heartbeat(interval_ms: int = 5):
+    """A started QTimer appending the time of each tick to the returned list (gaps = event-loop stalls)."""
+    from qtpy.QtCore import QTimer
+    from qtpy.QtWidgets import QApplication
+
+    ticks: list[float] = []
+    timer = QTimer()
+    timer.setInterval(interval_ms)
+    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+    timer.start()
+    QApplication.processEvents()
+    return ticks, timer
+
+
 def measure(viewer, make_layer, label: str) -> dict:
     """Build the layer tuple, then add and draw it with a 5 ms heartbeat; the longest gap is the stall."""
     from napari.layers import Layer
-    from qtpy.QtCore import QTimer
     from qtpy.QtWidgets import QApplication
 
     t0 = time.perf_counter()
     data, meta, kind = make_layer()
     build_s = time.perf_counter() - t0
-    ticks: list[float] = []
-    timer = QTimer()
-    timer.setInterval(5)
-    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
-    timer.start()
-    QApplication.processEvents()
+    ticks, timer = heartbeat()
     t1 = time.perf_counter()
     layer = Layer.create(data, meta, kind)
     viewer.layers.append(layer)
@@ -102,15 +110,9 @@ def measure(viewer, make_layer, label: str) -> dict:
 
 def measure_dock(viewer, dock, sample: str, label: str) -> dict:
     """Heartbeat while the Data dock adds the sample's layers, until they are in the viewer."""
-    from qtpy.QtCore import QTimer
     from qtpy.QtWidgets import QApplication
 
-    ticks: list[float] = []
-    timer = QTimer()
-    timer.setInterval(5)
-    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
-    timer.start()
-    QApplication.processEvents()
+    ticks, timer = heartbeat()
     t1 = time.perf_counter()
     before = len(viewer.layers)
     worker = dock._show_sample(sample)

@@ -16,16 +16,14 @@ Run: ``PYTHONPATH=src python benchmarks/output_memory.py [--spots-per-sample 125
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from train_speed import add_shape_arguments  # noqa: E402
+from train_speed import add_shape_arguments, measured_call  # noqa: E402
 MB = 1024**2
 
 
@@ -42,16 +40,8 @@ def whole_matrix_infer(model, data, fn, batch_size: int = 4096):
 
 
 def measured(call, sampler):
-    import gc
-
-    gc.collect()
-    sampler.reset()
-    base = sampler.current()
-    t0 = time.perf_counter()
-    out = call()
-    seconds = time.perf_counter() - t0
-    time.sleep(0.05)
-    return out, {"seconds": round(seconds, 2), "peak_above_start_mb": round((sampler.peak - base) / MB, 1)}
+    out, fig = measured_call(call, sampler)
+    return out, {"seconds": fig["seconds"], "peak_above_start_mb": fig["peak_above_start_mb"]}
 
 
 def main(argv=None) -> dict:
@@ -64,7 +54,7 @@ def main(argv=None) -> dict:
 
     from spatialmix.data import measured_only
     from spatialmix.models import MIMA
-    from train_speed import RSSSampler, input_bytes, synthetic_data
+    from train_speed import RSSSampler, input_bytes, synthetic_data, write_report
 
     torch.set_num_threads(args.threads)
     data = synthetic_data(args.samples, args.spots_per_sample, args.genes, args.msi)
@@ -89,9 +79,7 @@ def main(argv=None) -> dict:
            "chunked": new, "whole_matrix": old, "identical_output": same,
            "peak_ratio_whole_to_chunked": round(old["peak_above_start_mb"] / max(new["peak_above_start_mb"], 1.0), 1),
            "time_ratio_whole_to_chunked": round(old["seconds"] / max(new["seconds"], 1e-3), 2)}
-    print(json.dumps(out, indent=2))
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=2))
+    write_report(out, args.out, indent=2)
     return out
 
 

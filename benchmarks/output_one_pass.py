@@ -14,10 +14,7 @@ Run: ``PYTHONPATH=src python benchmarks/output_one_pass.py [--bins 20000] [--gen
 from __future__ import annotations
 
 import argparse
-import gc
-import json
 import sys
-import time
 from pathlib import Path
 from unittest import mock
 
@@ -25,7 +22,6 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-MB = 1024**2
 OUTPUTS = ["latent", "private", "corrected", "corrected_pca", "denoised", "translations", "expert_weights"]
 
 
@@ -43,7 +39,7 @@ def main(argv=None) -> dict:
     from spatialmix.data import MultiModalData
     from spatialmix.models import MIMA
     from spatialmix.results import write_results
-    from train_speed import RSSSampler
+    from train_speed import RSSSampler, measured_call, write_report
     from visium_hd_scale import synthetic_hd_project
 
     torch.set_num_threads(args.threads)
@@ -55,18 +51,14 @@ def main(argv=None) -> dict:
     sampler.start()
 
     def timed(label):
-        gc.collect()
-        sampler.reset()
-        base = sampler.current()
         events = []
-        t0 = time.perf_counter()
-        write_results(sdata, model, outputs=OUTPUTS, progress=events.append)
-        secs = time.perf_counter() - t0
+        _, fig = measured_call(lambda: write_results(sdata, model, outputs=OUTPUTS, progress=events.append), sampler)
         snapshot = {(name, slot, k): np.array(getattr(t, slot)[k]) for name, t in sdata.tables.items()
                     for slot in ("obsm", "layers") for k in getattr(t, slot) if k.startswith(("X_mima", "mima"))}
-        row = {"seconds": round(secs, 2), "peak_above_start_mb": round((sampler.peak - base) / MB, 1),
+        row = {"seconds": fig["seconds"], "peak_above_start_mb": fig["peak_above_start_mb"],
                "progress_events": len(events)}
-        print(f"{label:<28} {secs:7.2f} s   peak {row['peak_above_start_mb']:8.1f} MB above start", flush=True)
+        print(f"{label:<28} {row['seconds']:7.2f} s   peak {row['peak_above_start_mb']:8.1f} MB above start",
+              flush=True)
         return row, snapshot
 
     def hidden(self):
@@ -84,9 +76,7 @@ def main(argv=None) -> dict:
            "features": {m: len(data.var_names[m]) for m in data.modalities}, "outputs": OUTPUTS,
            "arrays_written": len(vals_one), "threads": args.threads, "one_pass": one, "per_output": per,
            "identical_values": bool(same), "time_ratio_per_output_to_one_pass": round(per["seconds"] / one["seconds"], 2)}
-    print(json.dumps(out, indent=1))
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=1))
+    write_report(out, args.out, indent=1)
     return out
 
 

@@ -193,6 +193,30 @@ from spatialmix._resources import reset_peak as _reset_hwm  # noqa: E402  (Linux
 from spatialmix._resources import status_bytes as _status_bytes  # noqa: E402
 
 
+def measured_call(call, sampler: "RSSSampler") -> tuple:
+    """``(call(), figures)``: wall seconds and the peak RSS during the call (total and above its start, MB;
+    ``sampler`` is a started :class:`RSSSampler`), after a garbage collection."""
+    import gc
+
+    gc.collect()
+    sampler.reset()
+    base = sampler.current()
+    t0 = time.perf_counter()
+    out = call()
+    seconds = time.perf_counter() - t0
+    time.sleep(0.05)
+    mb = 1024**2
+    return out, {"seconds": round(seconds, 2), "peak_rss_mb": round(sampler.peak / mb, 1),
+                 "peak_above_start_mb": round((sampler.peak - base) / mb, 1)}
+
+
+def write_report(out: dict, path, *, indent: int = 1) -> None:
+    """Print a benchmark's result as JSON and write it to ``path`` (its folder made if needed)."""
+    print(json.dumps(out, indent=indent))
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(out, indent=indent))
+
+
 def _maxrss_bytes() -> int:
     import resource
 

@@ -18,10 +18,7 @@ Run: ``PYTHONPATH=src python benchmarks/visium_hd_scale.py [--bins 500000] [--ge
 from __future__ import annotations
 
 import argparse
-import gc
-import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -104,7 +101,7 @@ def main(argv=None) -> dict:
     import psutil
     import torch
 
-    from train_speed import RSSSampler
+    from train_speed import RSSSampler, measured_call, write_report
 
     torch.set_num_threads(args.threads)
     sampler = RSSSampler(interval=0.02)
@@ -113,17 +110,11 @@ def main(argv=None) -> dict:
     state: dict = {}
 
     def stage(name, call):
-        gc.collect()
-        sampler.reset()
-        base = sampler.current()
-        t0 = time.perf_counter()
-        out = call()
-        secs = time.perf_counter() - t0
-        time.sleep(0.05)
-        stages[name] = {"seconds": round(secs, 1), "peak_rss_mb": round(sampler.peak / MB),
-                        "peak_above_start_mb": round((sampler.peak - base) / MB)}
-        print(f"{name:<34} {secs:8.1f} s   peak RSS {sampler.peak / MB:8.0f} MB "
-              f"({(sampler.peak - base) / MB:+.0f} MB)", flush=True)
+        out, fig = measured_call(call, sampler)
+        stages[name] = {"seconds": round(fig["seconds"], 1), "peak_rss_mb": round(fig["peak_rss_mb"]),
+                        "peak_above_start_mb": round(fig["peak_above_start_mb"])}
+        print(f"{name:<34} {fig['seconds']:8.1f} s   peak RSS {fig['peak_rss_mb']:8.0f} MB "
+              f"({fig['peak_above_start_mb']:+.0f} MB)", flush=True)
         return out
 
     from spatialmix.data import MultiModalData
@@ -161,9 +152,7 @@ def main(argv=None) -> dict:
            "train_epochs": 1, "history_rows": None if steps is None else len(steps) if hasattr(steps, "__len__")
            else None, "machine": f"{psutil.cpu_count()} CPUs, {psutil.virtual_memory().total / 1024**3:.0f} GiB"}
     del history
-    print(json.dumps(out, indent=1))
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=1))
+    write_report(out, args.out, indent=1)
     return out
 
 

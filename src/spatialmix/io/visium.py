@@ -321,6 +321,47 @@ def _rgb(image) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
+def spot_table(table, *, sample: str, patient: str, coords_um: np.ndarray, copy_counts: bool = True):
+    """The ``rna`` table of one sample from spatialdata-io's Space Ranger table (Visium spots or Visium HD bins):
+    raw counts (CSR float32) in ``X`` and ``layers["counts"]``, obs ``sample``, ``patient``, ``batch``,
+    ``barcode``, ``in_tissue``, ``array_row``, ``array_col``, ``region`` = ``{sample}_spots``, ``spot_id``
+    (0..n-1), obsm ``spatial`` in um; obs names ``{sample}_{barcode}``. ``copy_counts=False`` shares one CSR
+    between ``X`` and the layer (a Visium HD slide's counts are not held twice)."""
+    import anndata as ad
+    import scipy.sparse as sp
+    from spatialdata.models import TableModel
+
+    n = table.n_obs
+    counts = table.X if sp.issparse(table.X) else sp.csr_matrix(table.X)
+    counts = sp.csr_matrix(counts, dtype=np.float32)
+    counts.sort_indices()
+    region = f"{sample}_spots"
+    bc = table.obs_names.astype(str).to_numpy()
+    obs = pd.DataFrame(
+        {
+            "sample": pd.Categorical([sample] * n),
+            "patient": pd.Categorical([patient] * n),
+            "batch": pd.Categorical([sample] * n),
+            "barcode": bc,
+            "in_tissue": table.obs["in_tissue"].to_numpy().astype(np.int64),
+            "array_row": table.obs["array_row"].to_numpy().astype(np.int64),
+            "array_col": table.obs["array_col"].to_numpy().astype(np.int64),
+            "region": pd.Categorical([region] * n),
+            "spot_id": np.arange(n, dtype=np.int64),
+        },
+        index=pd.Index([f"{sample}_{b}" for b in bc]),
+    )
+    var = table.var.copy()
+    if "gene_ids" not in var:
+        var["gene_ids"] = var.index.astype(str)
+    if "feature_types" not in var:
+        var["feature_types"] = "Gene Expression"
+    adata = ad.AnnData(X=counts, obs=obs, var=var, obsm={"spatial": coords_um})
+    adata.layers["counts"] = counts.copy() if copy_counts else counts
+    adata.var_names_make_unique()
+    return TableModel.parse(adata, region=region, region_key="region", instance_key="spot_id")
+
+
 def read_visium(path: str | Path, *, sample: str, patient: str | None = None, bin_size_um: int | None = None):
     """Read one sample's Space Ranger ``outs/`` folder as SpatialData in micrometres.
 
@@ -354,10 +395,8 @@ def read_visium(path: str | Path, *, sample: str, patient: str | None = None, bi
         without a position; every ``in_tissue`` 0; more than half of the matrix spots out of tissue or outside
         the image, which a warning reports above 1%).
     """
-    import anndata as ad
-    import scipy.sparse as sp
     from spatialdata import SpatialData
-    from spatialdata.models import Image2DModel, ShapesModel, TableModel
+    from spatialdata.models import Image2DModel, ShapesModel
     from spatialdata.transformations import Identity, Scale
     from spatialdata_io import visium as sdio_visium
 
@@ -405,35 +444,8 @@ def read_visium(path: str | Path, *, sample: str, patient: str | None = None, bi
     coords_px = np.asarray(table.obsm["spatial"], dtype=np.float64)  # (x, y) = (pxl_col, pxl_row) in full res
     coords_um = coords_px * mpp
     spot_id = np.arange(n, dtype=np.int64)
-    bc = table.obs_names.astype(str).to_numpy()
-
-    counts = table.X if sp.issparse(table.X) else sp.csr_matrix(table.X)
-    counts = sp.csr_matrix(counts, dtype=np.float32)
-    counts.sort_indices()
     region = f"{sample}_spots"
-    obs = pd.DataFrame(
-        {
-            "sample": pd.Categorical([sample] * n),
-            "patient": pd.Categorical([patient] * n),
-            "batch": pd.Categorical([sample] * n),
-            "barcode": bc,
-            "in_tissue": table.obs["in_tissue"].to_numpy().astype(np.int64),
-            "array_row": table.obs["array_row"].to_numpy().astype(np.int64),
-            "array_col": table.obs["array_col"].to_numpy().astype(np.int64),
-            "region": pd.Categorical([region] * n),
-            "spot_id": spot_id,
-        },
-        index=pd.Index([f"{sample}_{b}" for b in bc]),
-    )
-    var = table.var.copy()
-    if "gene_ids" not in var:
-        var["gene_ids"] = var.index.astype(str)
-    if "feature_types" not in var:
-        var["feature_types"] = "Gene Expression"
-    adata = ad.AnnData(X=counts, obs=obs, var=var, obsm={"spatial": coords_um})
-    adata.layers["counts"] = counts.copy()
-    adata.var_names_make_unique()
-    rna = TableModel.parse(adata, region=region, region_key="region", instance_key="spot_id")
+    rna = spot_table(table, sample=sample, patient=patient, coords_um=coords_um)
 
     spots = ShapesModel.parse(
         coords_um, geometry=0, radius=np.full(n, SPOT_RADIUS_UM), index=pd.Index(spot_id, name="spot_id"),

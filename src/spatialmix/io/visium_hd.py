@@ -120,14 +120,12 @@ def read_visium_hd(path: str | Path, *, sample: str, patient: str | None = None,
     ``array_row`` / ``array_col`` of the bin grid), images ``{sample}_visium_hires`` / ``_lowres``, coordinate
     system ``sample`` in um (Space Ranger's ``microns_per_pixel``).
     """
-    import anndata as ad
-    import scipy.sparse as sp
     from spatialdata import SpatialData
-    from spatialdata.models import Image2DModel, ShapesModel, TableModel
+    from spatialdata.models import Image2DModel, ShapesModel
     from spatialdata.transformations import Identity, Scale
     from spatialdata_io import visium_hd as sdio_visium_hd
 
-    from spatialmix.io.visium import _rgb
+    from spatialmix.io.visium import _rgb, spot_table
 
     if not np.isfinite(float(bin_size_um)) or float(bin_size_um) <= 0:
         raise ParameterError(f"bin_size_um must be a positive bin size in um (2, 8 or 16), got {bin_size_um!r}")
@@ -174,32 +172,8 @@ def read_visium_hd(path: str | Path, *, sample: str, patient: str | None = None,
         bad = int((~np.isfinite(coords_um).all(axis=1)).sum())
         raise VisiumFormatError(f"{bad} of {n} bins have no position in tissue_positions.parquet",
                                 files["positions"], fix="Use the positions file of the same Space Ranger run")
-    counts = table.X if sp.issparse(table.X) else sp.csr_matrix(table.X)
-    counts = sp.csr_matrix(counts, dtype=np.float32)
-    counts.sort_indices()
     region = f"{sample}_spots"
-    bc = table.obs_names.astype(str).to_numpy()
-    obs = pd.DataFrame(
-        {
-            "sample": pd.Categorical([sample] * n),
-            "patient": pd.Categorical([patient] * n),
-            "batch": pd.Categorical([sample] * n),
-            "barcode": bc,
-            "in_tissue": table.obs["in_tissue"].to_numpy().astype(np.int64),
-            "array_row": table.obs["array_row"].to_numpy().astype(np.int64),
-            "array_col": table.obs["array_col"].to_numpy().astype(np.int64),
-            "region": pd.Categorical([region] * n),
-            "spot_id": np.arange(n, dtype=np.int64),
-        },
-        index=pd.Index([f"{sample}_{b}" for b in bc]),
-    )
-    var = table.var.copy()
-    if "gene_ids" not in var:
-        var["gene_ids"] = var.index.astype(str)
-    adata = ad.AnnData(X=counts, obs=obs, var=var, obsm={"spatial": coords_um})
-    adata.layers["counts"] = counts  # the same CSR object: no second copy of a slide's counts
-    adata.var_names_make_unique()
-    rna = TableModel.parse(adata, region=region, region_key="region", instance_key="spot_id")
+    rna = spot_table(table, sample=sample, patient=patient, coords_um=coords_um, copy_counts=False)
     half = size / 2.0
     spots = ShapesModel.parse(coords_um, geometry=0, radius=np.full(n, half),
                               index=pd.Index(np.arange(n, dtype=np.int64), name="spot_id"),
