@@ -335,7 +335,8 @@ class MIMA(BaseModel):
         Measured with the benchmark's leave-one-sample-out ensemble, it keeps classes that one modality marks
         better than the shared PoE embedding does (a product of experts lets the other experts outvote a signal
         only one modality carries): LOOCV F1 0.704 vs the PoE's 0.522 on the bundled sample, 0.556 vs 0.485
-        on seed 7, 0.627 vs 0.623 on STARmap, each above the best raw single modality. Rows of spots where any
+        on seed 7, 0.627 vs 0.623 on STARmap, each above the best raw single modality; but on simulator seed 11
+        0.638 vs the PoE's 0.573, both below raw RNA's 0.769. Rows of spots where any
         modality was not measured are NaN (the corrected features are not defined there); the components are
         fit on the other spots of ``data``. ``corrected``: ``{modality: get_corrected(modality)}`` already
         computed (the results writer passes the layers it has just made), else computed here.
