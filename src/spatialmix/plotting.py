@@ -85,11 +85,9 @@ def render_spots(values, xy: np.ndarray, *, bounds, resolution_um: float = 5.0, 
         vals = vals[:, None]
     xmin, ymin, xmax, ymax = bounds
     gx, gy = np.meshgrid(np.arange(xmin, xmax, resolution_um), np.arange(ymin, ymax, resolution_um))
-    if square:  # max-norm distance; 5 % slack closes the seams of a grid not exactly parallel to the axes
-        dist, idx = cKDTree(xy).query(np.column_stack([gx.ravel(), gy.ravel()]), p=np.inf,
-                                      distance_upper_bound=radius_um * 1.05)
-    else:
-        dist, idx = cKDTree(xy).query(np.column_stack([gx.ravel(), gy.ravel()]), distance_upper_bound=radius_um)
+    # squares: max-norm distance, with 5 % slack that closes the seams of a grid not exactly parallel to the axes
+    dist, idx = cKDTree(xy).query(np.column_stack([gx.ravel(), gy.ravel()]), p=np.inf if square else 2,
+                                  distance_upper_bound=radius_um * 1.05 if square else radius_um)
     out = np.full((gx.size, vals.shape[1]), np.nan, np.float32)
     hit = np.isfinite(dist)
     out[hit] = vals[idx[hit]]

@@ -37,7 +37,6 @@ Writing again under the same key replaces everything the previous write of that 
 from __future__ import annotations
 
 import difflib
-import inspect
 import json
 import re
 import time
@@ -463,8 +462,11 @@ def iter_write_results(
     expert_columns: list[str] | None = None
     # a model that computes several outputs from one encoding of each chunk (MIMA.get_outputs) gets them all in
     # one pass: the demo's 11 model outputs cost one pass over the spots, not 11
+    def pass_key(what, arg):  # get_outputs' key of a step (a translation's sources as a tuple)
+        return (what, (tuple(arg[0]), arg[1]) if what == "translation" else arg)
+
     one_pass: dict = {}
-    batched = [(w, (tuple(a[0]), a[1]) if w == "translation" else a) for w, a in steps
+    batched = [pass_key(w, a) for w, a in steps
                if w in ("latent", "private", "corrected", "denoised", "translation", "expert_weights")]
     offset = 0
     if hasattr(model, "get_outputs") and len(batched) > 1:
@@ -472,17 +474,15 @@ def iter_write_results(
         yield Progress(stage, 0, total, f"{len(batched)} outputs in one inference pass")
         one_pass = model.get_outputs(batched)
 
-    def computed(what, arg, single):
-        k = (what, (tuple(arg[0]), arg[1]) if what == "translation" else arg)
-        return one_pass.pop(k) if k in one_pass else single()
-
-    def measured(what, arg, single, mods):
-        """``computed`` with NaN where none of ``mods`` was measured; an array of the one pass is masked in place
-        (it is ours: no second copy of a layer)."""
-        k = (what, (tuple(arg[0]), arg[1]) if what == "translation" else arg)
+    def computed(what, arg, single, mods=None):
+        """The step's value from the one pass, else ``single()``; with ``mods``, NaN where none of them was
+        measured (an array of the one pass is ours: masked in place, no second copy of a layer)."""
+        k = pass_key(what, arg)
         if k in one_pass:
-            return measured_only(np.asarray(one_pass.pop(k), dtype=np.float32), data, mods, inplace=True)
-        return measured_only(single(), data, mods)
+            value = one_pass.pop(k)
+            return value if mods is None else measured_only(np.asarray(value, dtype=np.float32), data, mods,
+                                                            inplace=True)
+        return single() if mods is None else measured_only(single(), data, mods)
 
     for i, (what, arg) in enumerate(steps):
         if what == "latent":
@@ -512,23 +512,21 @@ def iter_write_results(
                 computed("private", arg, lambda: model.get_latent_representation("private", arg)))
         elif what == "corrected":
             put(arg, "layers", f"{key}_corrected",
-                measured("corrected", arg, lambda: model.get_corrected(arg), [arg]))
+                computed("corrected", arg, lambda: model.get_corrected(arg), [arg]))
         elif what == "corrected_pca":
-            have = {m: staged.get((m, "layers", f"{key}_corrected")) for m in modalities}
-            if all(v is not None for v in have.values()) and \
-                    "corrected" in inspect.signature(model.get_corrected_pca).parameters:
-                zc = model.get_corrected_pca(corrected=have)  # the corrected layers just computed, not again
-            else:
-                zc = model.get_corrected_pca()
+            # the corrected layers just computed are not decoded again (None: computed by the model)
+            have = {m: staged[(m, "layers", f"{key}_corrected")] for m in modalities
+                    if (m, "layers", f"{key}_corrected") in staged}
+            zc = model.get_corrected_pca(corrected=have or None)
             for m in modalities:
                 put(m, "obsm", f"X_{key}_corrected_pca", zc)
         elif what == "denoised":
             put(arg, "layers", f"{key}_denoised",
-                measured("denoised", arg, lambda: model.get_denoised(arg), [arg]))
+                computed("denoised", arg, lambda: model.get_denoised(arg), [arg]))
         elif what == "translation":
             sources, target = arg
             put(target, "layers", translation_layer(key, sources),
-                measured("translation", arg, lambda: model.translate(sources, target), sources))
+                computed("translation", arg, lambda: model.translate(sources, target), sources))
         elif what == "labels":
             from spatialmix.evaluate.annotations import PAPER_EXCLUDED, score_predictions
 

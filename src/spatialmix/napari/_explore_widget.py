@@ -277,12 +277,9 @@ class ExploreWidget(QWidget):
                     s, f"RGB of {label}"), visible=vis) for s, (off, vis) in placed.items()]
 
             # a Visium HD sample is rasterised in a worker (seconds at 10^5-10^6 bins); the layers come when done
-            big = any(spots_as_image(sdata, s) for s in placed)
-            if big:
-                add_layers_built_off_gui(self.viewer, build, in_worker=True)
-                layers = []
-            else:
-                layers = [add_or_replace(self.viewer, data) for data in build()]
+            layers: list = []
+            add_layers_built_off_gui(self.viewer, build, in_worker=any(spots_as_image(sdata, s) for s in placed),
+                                     on_added=layers.extend)
             if label.endswith(" expert weights"):
                 from spatialmix.results import provenance
 
@@ -311,14 +308,10 @@ class ExploreWidget(QWidget):
     def _map_tuples(sdata, values, table: str, label: str, placements: dict, *, row: int,
                     colormap: str = "viridis") -> list[tuple]:
         """Image layer tuples of ``values`` for each placed sample (no Qt: runs in the worker)."""
-        from spatialmix.napari._layers import map_image_layer
+        from spatialmix.napari._layers import map_image_layer, percentile_limits
         from spatialmix.results import render_result
 
-        finite = values.to_numpy(dtype=float)
-        finite = finite[np.isfinite(finite)]
-        limits = (float(np.percentile(finite, 1)), float(np.percentile(finite, 99))) if finite.size else (0.0, 1.0)
-        if limits[1] <= limits[0]:
-            limits = (limits[0], limits[0] + 1.0)
+        limits = percentile_limits(values.to_numpy(dtype=float))
         tuples = []
         feat = feature_label(sdata, table, values.name)
         for i, (s, (shift, visible)) in enumerate(placements.items()):

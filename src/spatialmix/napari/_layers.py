@@ -27,14 +27,23 @@ def spots_as_image(sdata, sample: str) -> bool:
     return len(sdata.shapes[f"{sample}_spots"]) > POINTS_LIMIT
 
 
-def _spot_image_layer(sdata, sample: str, values: np.ndarray, meta: dict, *, offset=(0.0, 0.0),
-                      colormap: str | None = None) -> tuple:
+def percentile_limits(values) -> tuple[float, float]:
+    """Contrast limits of a map: its 1st to 99th percentile over the finite values ((0, 1) with none, a unit
+    range above a constant map)."""
+    finite = np.asarray(values, dtype=float)
+    finite = finite[np.isfinite(finite)]
+    if not finite.size:
+        return (0.0, 1.0)
+    lo, hi = float(np.percentile(finite, 1)), float(np.percentile(finite, 99))
+    return (lo, hi) if hi > lo else (lo, lo + 1.0)
+
+
+def _spot_image_layer(sdata, sample: str, values: np.ndarray, meta: dict, *, offset=(0.0, 0.0)) -> tuple:
     """Values ((n,) numbers or (n, 4) RGBA in ``spot_id`` order) rasterised as the sample's spots (disks or
     Visium HD squares); an image layer tuple that keeps the Points layer's name, visibility and metadata."""
     from spatialmix.results import render_spot_values
 
     img, affine, res, _ = render_spot_values(sdata, sample, values)
-    affine = affine.copy()
     affine[0, 2] += offset[1]
     affine[1, 2] += offset[0]
     out = {k: meta[k] for k in ("name", "visible", "opacity", "blending") if k in meta}
@@ -45,11 +54,8 @@ def _spot_image_layer(sdata, sample: str, values: np.ndarray, meta: dict, *, off
         img = np.round(np.nan_to_num(img, nan=0.0) * 255.0).astype(np.uint8)
         out["rgb"] = True
         return (img, out, "image")
-    else:
-        finite = img[np.isfinite(img)]
-        lo, hi = (float(np.percentile(finite, 1)), float(np.percentile(finite, 99))) if finite.size else (0, 1)
-        out["colormap"] = colormap or "viridis"
-        out["contrast_limits"] = (lo, hi) if hi > lo else (lo, lo + 1.0)
+    out["colormap"] = "viridis"
+    out["contrast_limits"] = percentile_limits(img)
     return (img.astype(np.float32), out, "image")
 
 
@@ -193,8 +199,7 @@ def categorical_face_colors(values, categories=None) -> tuple[np.ndarray, dict[s
         categories = sorted(str(v) for v in values.dropna().unique())
     palette = category_colors(categories)
     # one colour per distinct value, then a vectorised lookup (a Visium HD slide has 10^5-10^6 spots)
-    text = values.astype(object).where(values.notna(), None).map(lambda v: None if v is None else str(v))
-    codes, uniques = pd.factorize(text, use_na_sentinel=True)
+    codes, uniques = pd.factorize(values.astype(str).where(values.notna()))  # missing: code -1
     lut = np.array([to_rgba(palette.get(u, UNLABELLED_COLOR)) for u in uniques] + [to_rgba(UNLABELLED_COLOR)],
                    dtype=np.float64).reshape(-1, 4)
     colors = lut[np.where(codes < 0, len(uniques), codes)]
@@ -340,13 +345,8 @@ def map_image_layer(rendered, *, offset=(0.0, 0.0), layer_name: str | None = Non
     """An image layer tuple for a :class:`spatialmix.results.RenderedMap` (per-spot values as 55 um disks in
     the sample's frame), shifted by the sample's ``offset``; NaN (no spot) is transparent."""
     img = np.asarray(rendered.image, dtype=np.float32)
-    finite = img[np.isfinite(img)]
     if contrast_limits is None:
-        if finite.size:
-            lo, hi = float(np.percentile(finite, 1)), float(np.percentile(finite, 99))
-            contrast_limits = (lo, hi) if hi > lo else (lo, lo + 1.0)
-        else:
-            contrast_limits = (0.0, 1.0)
+        contrast_limits = percentile_limits(img)
     affine = np.array(rendered.affine, dtype=float)
     affine[0, 2] += offset[1]
     affine[1, 2] += offset[0]
