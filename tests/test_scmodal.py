@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -81,7 +79,7 @@ def test_aligns_unpaired_modalities_better_than_pca_of_the_linked_features(train
     assert set(model.split_) == {"train/d0", "validation/d0", "train/d1", "validation/d1"}
     za, zb = model.get_latent_representation("rna"), model.get_latent_representation("msi")
     assert za.shape == zb.shape == (data.n_obs, 20)
-    np.testing.assert_allclose(np.linalg.norm(za, axis=1), 1, atol=1e-5)  # latents on the unit sphere
+    assert np.linalg.norm(za, axis=1).std() > 0.01  # the paper's unconstrained latent (sphere=False)
     n, k = data.n_obs, len(links)
     la, lb = _standardise(data.dense("rna")[:, :k]), _standardise(data.dense("msi")[:, :k])
     from sklearn.decomposition import PCA
@@ -144,38 +142,55 @@ def test_save_load_gives_identical_outputs(trained, tmp_path):
     assert torch.equal(again.module.mean_1, model.module.mean_1)
 
 
-def test_geometry_loss_matches_a_naive_implementation():
+def test_geometry_loss_is_eq_6_by_hand():
+    """Eqs. 4-6 computed cell by cell with Python loops: K_ij = exp(-|x_i - x_j|^2 / 2p) (inputs, p features) and
+    exp(-|z_i - z_j|^2 / 2q) (latents, q dimensions); loss = -(1/n) sum_i min(cos(K^x_i, K^z_i), cap)."""
     g = torch.Generator().manual_seed(0)
     base = torch.randn(4, 7, generator=g)
-    x = base.repeat_interleave(3, 0) + 0.15 * torch.randn(12, 7, generator=g)  # near-duplicates -> kept pairs
+    x = base.repeat_interleave(3, 0) + 0.15 * torch.randn(12, 7, generator=g)
     z = torch.randn(12, 3, generator=g)
-    z[1] = z[0] + 0.01  # a pair very similar in the latent space only
     z.requires_grad_(True)
 
-    def naive(x, z, t):
-        n = x.shape[0]
-        total = 0.0
-        for i, j in itertools.product(range(n), range(n)):
-            if i == j:
-                continue
-            sims = []
-            for v in (x, z):
-                cos = float((v[i] * v[j]).sum() / (v[i].norm() * v[j].norm()))
-                s = np.exp(-((1 - cos) ** 2) / 2)
-                sims.append(s if s > t else 0.0)
-            total += (sims[0] - sims[1]) ** 2
-        return total / (n * (n - 1))
+    def by_hand(x, z, cap):
+        x, z = x.double().numpy(), z.double().numpy()
+        n = len(x)
+        kx = np.array([[np.exp(-sum((x[i] - x[j]) ** 2) / (2 * x.shape[1])) for j in range(n)] for i in range(n)])
+        kz = np.array([[np.exp(-sum((z[i] - z[j]) ** 2) / (2 * z.shape[1])) for j in range(n)] for i in range(n)])
+        cos = [kx[i] @ kz[i] / np.sqrt((kx[i] @ kx[i]) * (kz[i] @ kz[i])) for i in range(n)]
+        return -np.mean(np.minimum(cos, cap))
 
-    for t in (0.975, 0.9):
-        kept = (kernel_similarity(x) > t).sum().item() - 12
-        assert kept > 0  # the case exercises the threshold
-        got = geometry_loss(x, z, t)
-        assert got.item() == pytest.approx(naive(x, z.detach(), t), rel=1e-5, abs=1e-7)
+    assert kernel_similarity(x)[0, 0].item() == pytest.approx(1.0)
+    assert kernel_similarity(x)[0, 1].item() == pytest.approx(
+        np.exp(-((x[0] - x[1]) ** 2).sum().item() / 14), rel=1e-5)
+    for cap in (0.975, 0.9, 0.5):
+        got = geometry_loss(x, z, cap)
+        assert got.item() == pytest.approx(by_hand(x, z.detach(), cap), rel=1e-5, abs=1e-7)
+    # the cap binds for some cells at 0.5 (they get no gradient) but not at 0.975 for these random latents
+    assert geometry_loss(x, z, 0.5).item() == pytest.approx(-0.5)
+    got = geometry_loss(x, z, 0.975)
+    assert got.item() > -0.975
     got.backward()
     assert torch.isfinite(z.grad).all() and z.grad.abs().sum() > 0
-    # identical geometry -> 0; latents collapsed onto one direction -> penalised
-    assert geometry_loss(x, x.clone()).item() == pytest.approx(0, abs=1e-7)
-    assert geometry_loss(x, torch.ones(12, 3)).item() > 0.5
+    # the same geometry (latent = input up to the bandwidth's scale) reaches the cap; latents collapsed to one
+    # point make every kernel row constant, which loses against the input's structure
+    xq = x[:, :3].clone()
+    assert geometry_loss(xq, xq.clone()).item() == pytest.approx(-0.975)
+    assert geometry_loss(x, torch.ones(12, 3)).item() > geometry_loss(x, x.clone()).item()
+
+
+def test_anchor_and_cycle_terms_are_eqs_2_and_3_by_hand():
+    """Eq. 3: (1/|A|) sum over anchors of (1/q)|z_i - z_j|^2; eq. 2's cycle: (1/B) sum_i (1/q)|z'_i - z_i|^2."""
+    from spatialmix.models._scmodal_module import anchor_loss, cycle_loss
+
+    g = torch.Generator().manual_seed(1)
+    za, zb = torch.randn(5, 4, generator=g), torch.randn(6, 4, generator=g)
+    pairs = torch.tensor([[0, 1], [2, 2], [4, 5]])
+    hand = np.mean([sum((za[i] - zb[j]).numpy() ** 2) / 4 for i, j in pairs.tolist()])
+    assert anchor_loss(za, zb, pairs).item() == pytest.approx(hand, rel=1e-6)
+    assert anchor_loss(za, zb, pairs[:0]).item() == 0.0
+    zc = torch.randn(5, 4, generator=g)
+    hand = np.mean([sum((zc[i] - za[i]).numpy() ** 2) / 4 for i in range(5)])
+    assert cycle_loss(za, zc).item() == pytest.approx(hand, rel=1e-6)
 
 
 class _Sizes(TorchDispatchMode):
@@ -320,9 +335,11 @@ def test_options_reach_the_networks_and_loss_weights_switch_terms_off():
     torch.manual_seed(0)
     mod.eval()
     total, t = mod(batch)
-    expected = 10 * (t["recon"] + t["cycle"]) + t["anchor"] + t["geo"] + t["gan"]
+    # defaults: lambda_ae 10 (paper), lambda_anchor 10 (ours), lambda_geo 10 (the authors' code), lambda_gan 1
+    expected = 10 * (t["recon"] + t["cycle"]) + 10 * t["anchor"] + 10 * t["geo"] + t["gan"]
     assert total.item() == pytest.approx(expected.item(), rel=1e-5)
     assert all(t[k].item() > 0 for k in ("recon", "cycle", "anchor", "gan"))
+    assert -0.975 <= t["geo"].item() < 0  # eq. 6: minus the mean capped cosine
     # the discriminator phase only computes the discriminator loss, without gradients into the encoders
     disc_total, disc_terms = mod(batch, phase="disc")
     assert set(disc_terms) == {"disc"} and not any(p.grad is not None for p in mod.encoders.parameters())
@@ -365,3 +382,41 @@ def test_per_modality_sample_subsets_and_missing_spots():
     print(f"S2 FOSCTTM {score:.3f}, label transfer {acc:.3f}")
     _claims.check("test_scmodal::sample_subsets/foscttm_S2", score, "<", 0.3)
     _claims.check("test_scmodal::sample_subsets/label_transfer_S2", acc, ">", 0.5)
+
+
+def test_training_keeps_the_weights_with_the_best_unsupervised_score_and_stops_when_it_stops_improving():
+    """The engine scores scMODAL every ``selection_every_steps`` with its anchor criterion, keeps the best weights
+    and stops after ``selection_patience`` scores without improvement; ``early_stopping=False`` keeps the last."""
+    _claims.set_torch_threads()
+    data, links = unpaired_data(n=300)
+    model = SCMODAL(data, links={"rna|msi": links}, **SMALL)
+    model.selection_every_steps = 20
+    model.train(**{**TRAIN, "max_steps": 200, "batch_size": 100}, seed=0)  # 3 steps per epoch: a score every 7 epochs
+    scored = [h for h in model.history if "selection" in h]
+    assert [h["epoch"] for h in scored][:3] == [7, 14, 21] and scored[-1]["epoch"] == 67  # and the last epoch
+    best = min(scored, key=lambda h: h["selection"])
+    # the weights kept are those of the best-scoring epoch, whatever the last epoch scored
+    assert model.selection_criterion() == pytest.approx(best["selection"], rel=1e-6)
+    assert 0 < best["selection"] < 1  # anchors closer than random pairs
+    assert model.train_config["schedule"]["best_epoch"] in (best["epoch"], None)
+
+    # a criterion that improves twice and then worsens: stops after `selection_patience` worse scores, keeps the 2nd
+    seq = iter([3.0, 2.0, 2.5, 2.6, 2.7, 2.8, 2.9, 3.0, 3.1, 3.2, 3.3, 3.4])
+    states = []
+    stopper = SCMODAL(data, links={"rna|msi": links}, **SMALL)
+    stopper.selection_every_steps, stopper.selection_patience = 3, 3
+
+    def fake():
+        states.append({k: v.clone() for k, v in stopper.module.state_dict().items()})
+        return next(seq)
+
+    stopper.selection_criterion = fake
+    stopper.train(**{**TRAIN, "max_steps": 200, "batch_size": 100}, seed=0)
+    assert len(states) == 5  # scores 3, 2 (best), then three without improvement
+    assert any(h.get("early_stopped") for h in stopper.history)
+    kept = stopper.module.state_dict()
+    assert all(torch.equal(kept[k], states[1][k]) for k in kept)
+
+    last = SCMODAL(data, links={"rna|msi": links}, **SMALL)
+    last.train(**{**TRAIN, "max_steps": 60, "batch_size": 100, "early_stopping": False}, seed=0)
+    assert not any("selection" in h for h in last.history)

@@ -28,6 +28,13 @@ shuffled on its own, every step draws ``batch_size`` rows from every group (smal
 module receives ``{"<group>/<name>": tensor}``. ``max_steps`` (optional) counts optimiser steps instead of
 epochs, for models whose papers do (scMODAL: 10,000 steps).
 
+A model whose loss says little about the quality of the result (unsupervised alignment: scMODAL's GAN) may
+define ``selection_criterion() -> float`` (lower is better; it must leave the module in training mode) and
+``selection_every_steps`` / ``selection_patience``: the engine then scores the model every
+``selection_every_steps`` optimiser steps instead of reading a validation loss, keeps the best-scoring weights,
+stops after ``selection_patience`` scores without improvement and restores the best (``early_stopping=False``
+switches this off and keeps the last weights). The scores are in the history (``selection``).
+
 A module whose layers need several rows per mini-batch in training mode (BatchNorm: two) sets
 ``min_batch_rows``: a last mini-batch smaller than that is merged into the one before it (the epoch has one
 step fewer, its last step a few rows more), and a training split smaller than that is refused.
@@ -412,10 +419,18 @@ def iter_train(model, *, stop: threading.Event | None = None, **options):
         epochs = math.ceil(cfg.max_steps / steps_per_epoch)
     else:
         epochs = auto_epochs if auto else int(cfg.epochs)
-    # early stopping: on by default with epochs="auto" (needs a validation split), else as asked
+    # early stopping: on by default with epochs="auto" (needs a validation split) or a model's own selection
+    # criterion, else as asked
     has_val = any(len(v) for v in val_idx.values())
-    early_stopping = bool(cfg.early_stopping) if cfg.early_stopping is not None else (auto and has_val)
-    patience = int(cfg.patience) if cfg.patience is not None else (auto_patience if auto else 10)
+    select = getattr(model, "selection_criterion", None)
+    if cfg.early_stopping is False:
+        select = None
+    early_stopping = bool(cfg.early_stopping) if cfg.early_stopping is not None else (
+        (auto and has_val) or select is not None)
+    select_every = max(1, math.ceil(int(getattr(model, "selection_every_steps", 1)) / steps_per_epoch))
+    default_patience = int(getattr(model, "selection_patience", 10)) if select is not None else (
+        auto_patience if auto else 10)
+    patience = int(cfg.patience) if cfg.patience is not None else default_patience
     model.schedule_ = {"epochs": epochs, "steps_per_epoch": steps_per_epoch, "auto": auto,
                        "early_stopping": early_stopping, "patience": patience, "lr": cfg.lr,
                        "batch_size": cfg.batch_size}
@@ -527,11 +542,19 @@ def iter_train(model, *, stop: threading.Event | None = None, **options):
             history.append(record)
             last_good = _cpu_state(module)
             eta = float(np.mean(epoch_seconds[-5:])) * (epochs - epoch)
-            improved = val_loss is not None and val_loss < best["val"] - cfg.min_delta
-            if improved:
-                best.update(val=val_loss, epoch=epoch, bad=0, state=last_good if early_stopping else None)
-            else:
-                best["bad"] += 1
+            score, scored = val_loss, True
+            if select is not None:  # the model's own criterion replaces the validation loss, every few epochs
+                last_epoch = epoch == epochs or epoch * steps_per_epoch >= total_steps
+                scored = epoch % select_every == 0 or last_epoch
+                if scored:
+                    score = float(select())
+                    record["selection"] = score
+            if scored:
+                improved = score is not None and score < best["val"] - cfg.min_delta
+                if improved:
+                    best.update(val=score, epoch=epoch, bad=0, state=last_good if early_stopping else None)
+                else:
+                    best["bad"] += 1
             if ckpt_dir is not None:
                 snapshot = _checkpoint_state(last_good, optimizers, epoch, history, best, shuffle, model, cfg)
             msg = f"epoch {epoch}/{epochs} loss {record['loss']:.4g}" + (
@@ -541,15 +564,16 @@ def iter_train(model, *, stop: threading.Event | None = None, **options):
                             "steps_per_epoch": steps_per_epoch, "loss": record["loss"],
                             "terms": {k: v / max(count, 1) for k, v in sums.items()}, "val_loss": val_loss,
                             "val_terms": val_terms, "seconds_per_epoch": seconds, "eta_s": eta,
-                            "early_stopping": bool(early_stopping and val_loss is not None),
+                            "early_stopping": bool(early_stopping and (val_loss is not None or select is not None)),
                             "patience_left": max(patience - best["bad"], 0)})
             if cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0:
                 write_snapshot()
-            if early_stopping and val_loss is not None and best["bad"] >= patience:
+            if early_stopping and (val_loss is not None or select is not None) and best["bad"] >= patience:
                 restore(best["state"] if best["state"] is not None else last_good)
                 history.append({"epoch": epoch, "early_stopped": True, "best_epoch": best["epoch"]})
                 yield Progress(stage, total_steps, total_steps,
-                               f"early stop at epoch {epoch}; best epoch {best['epoch']} (val {best['val']:.4g})",
+                               f"early stop at epoch {epoch}; best epoch {best['epoch']} "
+                               f"({'selection score' if select is not None else 'val'} {best['val']:.4g})",
                                {"event": "early_stop", "epoch": epoch, "epochs": epochs,
                                 "best_epoch": best["epoch"]})
                 break

@@ -9,8 +9,8 @@ scMODAL (Wang et al., Nat Commun 2025) aligns K unpaired datasets (one per modal
   latent cycle ``E_j(G_j(E_k(x_k))) ~ E_k(x_k)`` for every consecutive pair in both directions,
 - the anchor loss (eq. 3): mutual nearest neighbours (MNN) between the two datasets of a pair, found in every
   mini-batch on the *linked features* by angular (cosine) distance, pulled together in the latent space,
-- geometry preservation (eqs. 4-6): the Gaussian-kernel similarity of very similar pairs (above a threshold) in
-  the input space of a dataset is matched by the same similarity of their latents.
+- geometry preservation (eqs. 4-6): each cell's row of Gaussian-kernel similarities to the other cells of its
+  mini-batch points the same way in the latent space as in the input space (cosine, capped at 0.975).
 
 Everything is computed on the module's device with B x B matrices (matrix products of row-normalised
 vectors); no B x B x D tensor is ever built. ``docs/models.md`` documents how each equation was read.
@@ -24,37 +24,65 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-#: the input-space similarity above which a pair counts as "very similar" in the geometry loss (paper: 0.975)
+#: the cap on each cell's cosine between its input and latent kernel vectors in the geometry loss (paper: 0.975)
 GEO_THRESHOLD = 0.975
 
 
-def kernel_similarity(x: torch.Tensor) -> torch.Tensor:
-    """Gaussian kernel (bandwidth 1) of the cosine distance between rows: ``exp(-(1 - cos_ij)^2 / 2)``.
+def gaussian_kernel(x: torch.Tensor) -> torch.Tensor:
+    """Eqs. 4-5: ``K_ij = exp(-||x_i - x_j||^2 / (2 d))`` with ``d`` the number of columns of ``x`` (``p`` input
+    features or ``q`` latent dimensions), i.e. the squared distance averaged over the coordinates.
 
-    1 for identical directions, e^-2 for opposite ones; ``> 0.975`` means ``cos_ij > 0.775``. Computed from
-    one ``B x B`` matrix product of the row-normalised inputs.
-    """
+    Built from one ``B x B`` Gram matrix (``|x_i|^2 + |x_j|^2 - 2 x_i.x_j``, clamped at 0 against rounding);
+    no ``B x B x d`` tensor of differences is formed."""
+    sq = (x * x).sum(dim=1)
+    d2 = (sq[:, None] + sq[None, :] - 2.0 * (x @ x.T)).clamp_min(0.0)
+    return torch.exp(-d2 / (2.0 * x.shape[1]))
+
+
+def kernel_similarity(x: torch.Tensor) -> torch.Tensor:
+    """Alias of :func:`gaussian_kernel` (the name used before issue 17)."""
+    return gaussian_kernel(x)
+
+
+def geometry_loss(x: torch.Tensor, z: torch.Tensor, threshold: float = GEO_THRESHOLD) -> torch.Tensor:
+    """Eq. 6, geometry preservation within one dataset's mini-batch:
+    ``-(1/B) sum_i min(cos(K^x_i, K^z_i), threshold)``, where ``K^x_i`` / ``K^z_i`` are row ``i`` of the input's
+    and the latent's Gaussian kernel matrices (:func:`gaussian_kernel`, bandwidths ``2p`` and ``2q``).
+
+    Each cell's vector of kernel similarities to the other cells of the batch should point the same way in the
+    latent space as in the input space; the cap stops the gradient once a cell's cosine exceeds ``threshold``,
+    so the latent space need not copy the input geometry exactly. Lowest value ``-threshold``. Only ``B x B``
+    matrices are formed. (Until issue 17 this was our reading: thresholded kernel values of the cosine
+    distance and a squared difference.)"""
+    kx = gaussian_kernel(x)
+    kz = gaussian_kernel(z)
+    cos = F.cosine_similarity(kx, kz, dim=1, eps=1e-6)
+    return -cos.clamp(max=threshold).mean()
+
+
+def cosine_kernel(x: torch.Tensor) -> torch.Tensor:
+    """``exp(-(1 - cos_ij)^2 / 2)`` of the rows' cosine similarity (the kernel of our earlier reading, kept as
+    ``geometry="thresholded"``); one ``B x B`` matrix product of the row-normalised inputs."""
     u = F.normalize(x, dim=1, eps=1e-8)
     cos = (u @ u.T).clamp(-1.0, 1.0)
     return torch.exp(-((1.0 - cos) ** 2) / 2.0)
 
 
-def geometry_loss(x: torch.Tensor, z: torch.Tensor, threshold: float = GEO_THRESHOLD) -> torch.Tensor:
-    """Geometry preservation (eqs. 4-6) within one dataset's mini-batch.
-
-    The kernel similarities of the inputs and of the latents are both thresholded (values at or below
-    ``threshold`` become 0: only very similar pairs count), and the loss is the mean squared difference over
-    all pairs ``i != j``. Inputs that are very similar keep their similarity in the latent space, and latents
-    may not be very similar unless their inputs are (which also keeps the latent space from collapsing under
-    the anchor loss). Only ``B x B`` matrices are formed."""
-    sx = kernel_similarity(x)
-    sz = kernel_similarity(z)
+def thresholded_geometry_loss(x: torch.Tensor, z: torch.Tensor, threshold: float = GEO_THRESHOLD) -> torch.Tensor:
+    """OURS (``geometry="thresholded"``, the form used before issue 17): the cosine kernels
+    (:func:`cosine_kernel`) of the inputs and of the latents, each thresholded (values at or below ``threshold``
+    become 0), and the mean squared difference over the pairs ``i != j``. Very similar inputs keep their
+    similarity and latents may not be very similar unless their inputs are."""
+    sx, sz = cosine_kernel(x), cosine_kernel(z)
     wx = torch.where(sx > threshold, sx, torch.zeros_like(sx))
     wz = torch.where(sz > threshold, sz, torch.zeros_like(sz))
     n = x.shape[0]
     diff = (wx - wz) ** 2
     diff = diff - torch.diag_embed(torch.diagonal(diff))
     return diff.sum() / max(n * (n - 1), 1)
+
+
+GEOMETRY_LOSSES = {"paper": geometry_loss, "thresholded": thresholded_geometry_loss}
 
 
 def mnn_pairs(a: torch.Tensor, b: torch.Tensor, k: int = 30) -> torch.Tensor:
@@ -74,10 +102,17 @@ def mnn_pairs(a: torch.Tensor, b: torch.Tensor, k: int = 30) -> torch.Tensor:
 
 
 def anchor_loss(za: torch.Tensor, zb: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
-    """Eq. 3: mean squared Euclidean distance between the latents of the anchor pairs (0 without anchors)."""
+    """Eq. 3: ``(1 / |A|) sum over anchors (i, j) of (1/q) ||z_i - z_j||^2`` (q latent dimensions), 0 without
+    anchors. The normalisation by the number of anchors ``|A|`` is the authors' code's (``sum(S * D) / sum(S)``),
+    so the term does not grow with the batch size."""
     if pairs.shape[0] == 0:
         return za.sum() * 0.0
-    return ((za[pairs[:, 0]] - zb[pairs[:, 1]]) ** 2).sum(dim=1).mean()
+    return ((za[pairs[:, 0]] - zb[pairs[:, 1]]) ** 2).mean()
+
+
+def cycle_loss(z: torch.Tensor, z_cycled: torch.Tensor) -> torch.Tensor:
+    """Eq. 2's cross-domain term: ``(1/B) sum_i (1/q) ||E_j(G_j(z_i)) - z_i||^2``."""
+    return ((z_cycled - z) ** 2).mean()
 
 
 def _mlp(n_in: int, n_hidden: int, n_out: int) -> nn.Sequential:
@@ -86,14 +121,16 @@ def _mlp(n_in: int, n_hidden: int, n_out: int) -> nn.Sequential:
 
 
 class Encoder(nn.Module):
-    """Features -> hidden (BatchNorm, LeakyReLU) -> latent on the unit sphere."""
+    """Features -> hidden (BatchNorm, LeakyReLU) -> latent, on the unit sphere when ``sphere`` (ours)."""
 
-    def __init__(self, n_features: int, n_latent: int, n_hidden: int):
+    def __init__(self, n_features: int, n_latent: int, n_hidden: int, sphere: bool = True):
         super().__init__()
         self.net = _mlp(n_features, n_hidden, n_latent)
+        self.sphere = bool(sphere)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.net(x), dim=1, eps=1e-8)
+        z = self.net(x)
+        return F.normalize(z, dim=1, eps=1e-8) if self.sphere else z
 
 
 class Discriminator(nn.Module):
@@ -118,9 +155,10 @@ class SCMODALModule(nn.Module):
     """
 
     def __init__(self, n_features: Sequence[int], *, n_latent: int = 20, n_hidden: int = 512,
-                 n_hidden_disc: int = 256, lambda_ae: float = 10.0, lambda_anchor: float = 1.0,
-                 lambda_geo: float = 1.0, lambda_gan: float = 1.0, mnn_k: int = 30,
-                 geo_threshold: float = GEO_THRESHOLD, clip: float = 10.0):
+                 n_hidden_disc: int = 256, lambda_ae: float = 10.0, lambda_anchor: float = 10.0,
+                 lambda_geo: float = 10.0, lambda_gan: float = 1.0, mnn_k: int = 30,
+                 geo_threshold: float = GEO_THRESHOLD, clip: float = 10.0, sphere: bool = False,
+                 geometry: str = "paper"):
         super().__init__()
         self.n_datasets = len(n_features)
         self.n_latent = n_latent
@@ -128,8 +166,9 @@ class SCMODALModule(nn.Module):
                         "gan": float(lambda_gan)}
         self.mnn_k = int(mnn_k)
         self.geo_threshold = float(geo_threshold)
+        self.geometry = GEOMETRY_LOSSES[geometry]
         self.clip = float(clip)
-        self.encoders = nn.ModuleList([Encoder(d, n_latent, n_hidden) for d in n_features])
+        self.encoders = nn.ModuleList([Encoder(d, n_latent, n_hidden, sphere) for d in n_features])
         self.decoders = nn.ModuleList([_mlp(n_latent, n_hidden, d) for d in n_features])
         self.discriminators = nn.ModuleList([Discriminator(n_latent, n_hidden_disc)
                                              for _ in range(self.n_datasets - 1)])
@@ -191,12 +230,12 @@ class SCMODALModule(nn.Module):
         cycle, anchor = [], []
         for k in range(self.n_datasets - 1):
             for a, b in ((k, k + 1), (k + 1, k)):  # E_b(G_b(E_a(x_a))) ~ E_a(x_a)
-                cycle.append(((self.encoders[b](self.decoders[b](zs[a])) - zs[a]) ** 2).sum(dim=1).mean())
+                cycle.append(cycle_loss(zs[a], self.encoders[b](self.decoders[b](zs[a]))))
             pairs = mnn_pairs(batch[f"d{k}/link_next"], batch[f"d{k + 1}/link_prev"], self.mnn_k)
             anchor.append(anchor_loss(zs[k], zs[k + 1], pairs))
         cycle_l = torch.stack(cycle).mean()
         anchor_l = torch.stack(anchor).mean()
-        geo = torch.stack([geometry_loss(x, z, self.geo_threshold) for x, z in zip(xs, zs)]).mean()
+        geo = torch.stack([self.geometry(x, z, self.geo_threshold) for x, z in zip(xs, zs)]).mean()
         gan = self._gan_terms(zs, fool=True)
         lam = self.lambdas
         total = lam["ae"] * (recon + cycle_l) + lam["anchor"] * anchor_l + lam["geo"] * geo + lam["gan"] * gan

@@ -26,18 +26,20 @@ import pandas as pd
 from spatialmix.errors import ModelError, ParameterError
 
 from ._base import BaseModel
-from ._scmodal_module import GEO_THRESHOLD, SCMODALModule, n_parameters
+from ._scmodal_module import GEO_THRESHOLD, GEOMETRY_LOSSES, SCMODALModule, n_parameters
 
 DEFAULTS: dict[str, Any] = {
     "n_latent": 20,
     "n_hidden": 512,
     "n_hidden_disc": 256,
     "lambda_ae": 10.0,
-    "lambda_anchor": 1.0,
-    "lambda_geo": 1.0,
+    "lambda_anchor": 10.0,
+    "lambda_geo": 10.0,
     "lambda_gan": 1.0,
     "mnn_k": 30,
     "geo_threshold": GEO_THRESHOLD,
+    "sphere": False,
+    "geometry": "paper",
     "link_reference": "",
     "link_top": 100,
     "seed": 0,
@@ -184,12 +186,21 @@ class SCMODAL(BaseModel):
     n_hidden, n_hidden_disc
         Width of the encoder / decoder hidden layer (512) and of the discriminators' two hidden layers (256).
     lambda_ae, lambda_anchor, lambda_geo, lambda_gan
-        Loss weights: autoencoder + cross-domain consistency (10), MNN anchors (1), geometry (1; the paper's
-        value, the reference code used 10), adversarial (1). 0 switches a term off.
+        Loss weights: autoencoder + cross-domain consistency (10, the paper's), MNN anchors (10, ours: the paper
+        uses 1; measured in ``docs/models.md``), geometry (10, the authors' code's; the paper's text gives 1),
+        adversarial (1). 0 switches a term off.
     mnn_k
         Neighbours searched in each direction for mutual nearest neighbours (30).
     geo_threshold
-        Input-space kernel similarity above which a pair is preserved by the geometry loss (0.975).
+        Cap of each cell's cosine between its input and latent kernel rows in the geometry loss (eq. 6; 0.975,
+        the paper's): above it a cell's geometry counts as preserved and gets no gradient.
+    sphere
+        Put the latents on the unit sphere (ours, used before issue 17); False (default) gives the paper's
+        unconstrained latent (``docs/models.md`` has the measurement).
+    geometry
+        ``"paper"`` (eqs. 4-6: Gaussian kernels of the Euclidean distances, bandwidths 2p / 2q, each cell's cosine
+        between its input and latent kernel rows capped at ``geo_threshold``) or ``"thresholded"`` (ours, used
+        before issue 17: thresholded cosine kernels, squared difference).
     link_reference, link_top
         When ``links`` is not given: a sample (or comma-separated samples) with paired spots from which
         :func:`correlation_links` derives the ``link_top`` (100) most correlated feature pairs of every consecutive
@@ -228,6 +239,11 @@ class SCMODAL(BaseModel):
         if not 0 < float(p["geo_threshold"]) < 1:
             raise ParameterError(f"geo_threshold must be in (0, 1), got {p['geo_threshold']!r}")
         p["geo_threshold"] = float(p["geo_threshold"])
+        if not isinstance(p["sphere"], (bool, np.bool_)):
+            raise ParameterError(f"sphere must be true or false, got {p['sphere']!r}")
+        p["sphere"] = bool(p["sphere"])
+        if p["geometry"] not in GEOMETRY_LOSSES:
+            raise ParameterError(f"geometry must be one of {sorted(GEOMETRY_LOSSES)}, got {p['geometry']!r}")
         if len(mods) < 2:
             raise ParameterError(f"SCMODAL aligns at least two different modalities, got {mods}")
         p["modalities"] = mods
@@ -332,7 +348,8 @@ class SCMODAL(BaseModel):
             [len(self.var_names[m]) for m in self.modalities], n_latent=p["n_latent"], n_hidden=p["n_hidden"],
             n_hidden_disc=p["n_hidden_disc"], lambda_ae=p["lambda_ae"], lambda_anchor=p["lambda_anchor"],
             lambda_geo=p["lambda_geo"], lambda_gan=p["lambda_gan"], mnn_k=p["mnn_k"],
-            geo_threshold=p["geo_threshold"], clip=CLIP)
+            geo_threshold=p["geo_threshold"], clip=CLIP, sphere=p.get("sphere", True),
+            geometry=p.get("geometry", "thresholded"))
 
     # -- datasets ------------------------------------------------------------------------------------------
     def _dataset_rows(self, data) -> dict[str, np.ndarray]:
@@ -380,7 +397,66 @@ class SCMODAL(BaseModel):
                 lx = (lx - lx.mean(dim=0)) / torch.where(sd > 0, sd, torch.ones_like(sd))
                 g[name] = lx.clamp(-CLIP, CLIP).float()
             groups[f"d{k}"] = g
+        self._selection_set = self._selection_subsample(groups)
         return groups
+
+    # -- checkpoint selection (ours; docs/models.md "Training length") ------------------------------------------
+    #: spots per dataset the selection criterion is computed on, steps between two scores, scores without
+    #: improvement before training stops
+    SELECTION_SPOTS = 2000
+    selection_every_steps = 250
+    selection_patience = 8
+
+    def _selection_subsample(self, groups) -> list[dict]:
+        """Per consecutive dataset pair: a fixed subsample of each dataset's standardised features, the mutual
+        nearest neighbours of their linked features (the anchors, as training finds them) and random pairs."""
+        import torch
+
+        from ._scmodal_module import mnn_pairs
+
+        gen = torch.Generator().manual_seed(0)
+        sub = {}
+        for g, t in groups.items():
+            n = t["x"].shape[0]
+            sub[g] = torch.randperm(n, generator=gen)[: self.SELECTION_SPOTS]
+        out = []
+        for k in range(len(self.modalities) - 1):
+            a, b = f"d{k}", f"d{k + 1}"
+            ia, ib = sub[a], sub[b]
+            anchors = mnn_pairs(groups[a]["link_next"][ia], groups[b]["link_prev"][ib], self.params["mnn_k"])
+            rand = torch.stack([torch.randint(len(ia), (20000,), generator=gen),
+                                torch.randint(len(ib), (20000,), generator=gen)], dim=1)
+            out.append({"k": k, "xa": groups[a]["x"][ia], "xb": groups[b]["x"][ib], "anchors": anchors, "random": rand})
+        return out
+
+    def selection_criterion(self) -> float:
+        """Unsupervised score of the current alignment (lower is better), used by the training engine to keep the
+        best weights: per linked dataset pair, the mean squared latent distance of the anchor pairs (mutual nearest
+        neighbours of the linked features on a fixed subsample of up to 2,000 spots per dataset) over that of
+        random cross-dataset pairs, averaged over the pairs. 1 means the anchors are no closer than chance.
+        Needs neither labels nor paired spots."""
+        import torch
+
+        sets = getattr(self, "_selection_set", None)
+        if not sets:
+            return float("nan")
+        module = self.module
+        device = next(module.parameters()).device
+        was_training = module.training
+        module.eval()
+        ratios = []
+        with torch.no_grad():
+            for s in sets:
+                if len(s["anchors"]) == 0:
+                    continue
+                za = module.encoders[s["k"]](s["xa"].to(device))
+                zb = module.encoders[s["k"] + 1](s["xb"].to(device))
+                anc, rnd = s["anchors"].to(device), s["random"].to(device)
+                d_anchor = ((za[anc[:, 0]] - zb[anc[:, 1]]) ** 2).sum(dim=1).mean()
+                d_random = ((za[rnd[:, 0]] - zb[rnd[:, 1]]) ** 2).sum(dim=1).mean()
+                ratios.append(float(d_anchor / d_random.clamp_min(1e-12)))
+        module.train(was_training)
+        return float(np.mean(ratios)) if ratios else float("nan")
 
     # -- outputs -------------------------------------------------------------------------------------------
     def _index(self, modality: str) -> int:
