@@ -53,6 +53,34 @@ def calib_data(n_per_batch=150, n_batches=4, n_classes=4, n_sources=2, seed=0, m
     return MultiModalData(["rna", "msi"], X, mask, var, obs, None, "batch", "cell_type")
 
 
+def shift_data(source_composition, target_composition, n_per_batch=150, n_batches=4, n_sources=2, seed=0):
+    """:func:`calib_data`'s batch effects with label shift: the class of each spot of a source batch is drawn from
+    ``source_composition``, of a target batch from ``target_composition`` (a 0 leaves the class out of the
+    targets)."""
+    rng = np.random.default_rng(seed)
+    n_classes = len(source_composition)
+    n = n_per_batch * n_batches
+    batch = np.repeat(np.arange(n_batches), n_per_batch)
+    comp = [np.asarray(source_composition if b < n_sources else target_composition, float) for b in range(n_batches)]
+    cls = np.concatenate([rng.choice(n_classes, n_per_batch, p=c / c.sum()) for c in comp])
+    X, mask, var = {}, {}, {}
+    for m, d in (("rna", 30), ("msi", 12)):
+        centres = rng.normal(0, 1.0, (n_classes, d))
+        base = centres[cls] + rng.normal(0, 0.6, (n, d))
+        pairs = [rng.permutation(n_classes)[:2] for _ in range(n_batches)]
+        offsets = np.stack([1.2 * (centres[a] - centres[b]) for a, b in pairs]) + rng.normal(0, 1.5, (n_batches, d))
+        mult = rng.uniform(0.5, 2.0, (n_batches, d))
+        X[m] = (base * mult[batch] + offsets[batch] + 5).astype(np.float32)
+        mask[m] = np.ones(n, bool)
+        var[m] = pd.Index([f"{m}{i}" for i in range(d)])
+    truth = np.array([f"class{c}" for c in range(n_classes)])[cls]
+    annotation = pd.Series(truth, dtype=object)
+    annotation[batch >= n_sources] = np.nan
+    obs = pd.DataFrame({"sample": [f"B{b}" for b in batch], "batch": [f"B{b}" for b in batch], "truth": truth,
+                        "cell_type": annotation.to_numpy()}, index=[f"spot{i}" for i in range(n)])
+    return MultiModalData(["rna", "msi"], X, mask, var, obs, None, "batch", "cell_type")
+
+
 def knn_batch_accuracy(z, batches) -> float:
     """5-fold accuracy of a 15-NN classifier predicting the batch: 1 = batches apart, 1/n_batches = mixed."""
     return float(cross_val_score(KNeighborsClassifier(15), z, batches, cv=5).mean())
@@ -549,3 +577,84 @@ def test_parameter_count_is_estimated_and_too_large_networks_are_refused_before_
         Calibration(data, max_parameters=10_000)
     with pytest.raises(ParameterError, match="max_parameters must be a whole number >= 1"):
         Calibration(data, max_parameters=0)
+
+
+def _np_weighted_mmd2(x, y, wx, wy, bandwidths=(0.25, 0.5, 1.0, 2.0, 4.0)):
+    z = np.concatenate([x, y]).astype(np.float64)
+    d2 = ((z[:, None, :] - z[None, :, :]) ** 2).sum(-1)
+    n = len(z)
+    k = sum(np.exp(-d2 / (b * d2.sum() / (n * n - n))) for b in bandwidths)
+    a, b = np.asarray(wx, float) / np.sum(wx), np.asarray(wy, float) / np.sum(wy)
+    nx = len(x)
+    return a @ k[:nx, :nx] @ a + b @ k[nx:, nx:] @ b - 2 * a @ k[:nx, nx:] @ b
+
+
+def test_label_shift_weights_source_spots_by_the_estimated_target_composition_as_computed_by_hand():
+    """label_shift=True (ours): source spots weigh target_prior / source_prior of their class in the MMD; the
+    target prior moves by one EM step (Saerens et al. 2002) per step A, with momentum."""
+    from spatialmix.models._calibration_module import mmd2
+
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=(5, 3)), rng.normal(size=(4, 3)) + 0.7
+    wx, wy = np.array([1.0, 0.5, 0.5, 2.0, 0.0]), np.ones(4)
+    got = float(mmd2(torch.as_tensor(x), torch.as_tensor(y), wx=torch.as_tensor(wx), wy=torch.as_tensor(wy)))
+    assert np.isclose(got, _np_weighted_mmd2(x, y, wx, wy), rtol=1e-6)
+    # equal weights give the unweighted (paper's) MMD
+    assert np.isclose(float(mmd2(torch.as_tensor(x), torch.as_tensor(y), wx=torch.ones(5), wy=torch.ones(4))),
+                      _np_mmd2(x, y), rtol=1e-6)
+
+    data = calib_data(n_per_batch=20, seed=1)
+    module = Calibration(data, label_shift=True).module
+    assert module.label_shift and "target_prior" in module.state_dict()
+    paper = Calibration(data).module  # the default, the paper's form: no prior, no weights
+    assert "target_prior" not in paper.state_dict() and paper.mmd_weights(torch.tensor([0, 1, -1])) is None
+    module.set_source_prior([30.0, 10.0, 10.0, 10.0])
+    module.target_prior.copy_(torch.tensor([0.1, 0.2, 0.3, 0.4]))
+    label = torch.tensor([0, 1, 3, -1, -1])  # -1: unlabelled or target
+    ratio = np.array([0.1, 0.2, 0.3, 0.4]) / np.array([0.5, 1 / 6, 1 / 6, 1 / 6])
+    np.testing.assert_allclose(module.mmd_weights(label).numpy(), [ratio[0], ratio[1], ratio[3], 1, 1], rtol=1e-5)
+    # one EM step: p(c|x) * target / source, renormalised per spot, averaged, mixed in with momentum 0.02
+    z = torch.randn(6, module.calibrator.net[1].in_features)
+    module.eval()
+    p = module.class_probabilities(z).detach().numpy()
+    q = p * ratio
+    q /= q.sum(1, keepdims=True)
+    is_target = torch.tensor([True, True, False, True, False, True])
+    expect = 0.98 * np.array([0.1, 0.2, 0.3, 0.4]) + 0.02 * q[is_target.numpy()].mean(0)
+    module.train()
+    module.update_target_prior(z, is_target)
+    np.testing.assert_allclose(module.target_prior.numpy(), expect, rtol=1e-5)
+    assert module.discriminator.training  # D is back in training mode; its BatchNorm statistics did not move
+
+
+def test_label_shift_keeps_target_spots_out_of_a_class_only_the_sources_have():
+    """Sources B0, B1 hold class3 (30 %), the targets none. Unweighted, the MMD pulls target spots into class3;
+    with label_shift the estimated target share of class3 falls towards 0 and the target F1 rises (3 seeds)."""
+    _claims.set_torch_threads()
+    f1 = {"weighted": [], "paper": [], "lr": []}
+    into_class3, prior3 = [], []
+    for seed in range(3):
+        data = shift_data([0.25, 0.25, 0.2, 0.3], [0.34, 0.33, 0.33, 0.0], seed=seed)
+        b, truth = data.obs["batch"].to_numpy(), data.obs["truth"].to_numpy()
+        src = np.isin(b, ["B0", "B1"])
+        present = sorted(set(truth[~src]))
+        raw = StandardScaler().fit_transform(raw_features(data))
+        lr = LogisticRegression(max_iter=2000).fit(raw[src], truth[src]).predict(raw[~src])
+        f1["lr"].append(f1_score(truth[~src], lr, labels=present, average="macro"))
+        for key, params in (("weighted", {"label_shift": True}), ("paper", {})):  # default: the paper's MMD
+            m = Calibration(data, seed=_claims.seed(seed), **params)
+            m.train(epochs=60, step_events=False, seed=_claims.seed(seed))
+            pred = m.predict_labels()["label"].astype(str).to_numpy()[~src]
+            f1[key].append(f1_score(truth[~src], pred, labels=present, average="macro"))
+            if key == "weighted":
+                into_class3.append(float(np.mean(pred == "class3")))
+                prior3.append(float(m.module.target_prior[3]))
+    print({k: np.round(v, 3) for k, v in f1.items()}, "target spots called class3", np.round(into_class3, 3),
+          "estimated target share of class3", np.round(prior3, 3))
+    C = "test_calibration::label_shift"
+    _claims.check(f"{C}/median_target_f1_minus_logistic_regression",
+                  _claims.median(f1["weighted"]) - _claims.median(f1["lr"]), ">", 0.2)
+    _claims.check(f"{C}/median_target_f1_minus_unweighted",
+                  _claims.median(f1["weighted"]) - _claims.median(f1["paper"]), ">", 0.0)
+    _claims.check(f"{C}/median_share_of_targets_called_class3", _claims.median(into_class3), "<", 0.1)
+    _claims.check(f"{C}/median_estimated_target_share_class3", _claims.median(prior3), "<", 0.1)

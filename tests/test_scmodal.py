@@ -390,7 +390,7 @@ def test_training_keeps_the_weights_with_the_best_unsupervised_score_and_stops_w
     _claims.set_torch_threads()
     data, links = unpaired_data(n=300)
     model = SCMODAL(data, links={"rna|msi": links}, **SMALL)
-    model.selection_every_steps = 20
+    model.selection_every_steps, model.selection_start_steps = 20, 0
     model.train(**{**TRAIN, "max_steps": 200, "batch_size": 100}, seed=0)  # 3 steps per epoch: a score every 7 epochs
     scored = [h for h in model.history if "selection" in h]
     assert [h["epoch"] for h in scored][:3] == [7, 14, 21] and scored[-1]["epoch"] == 67  # and the last epoch
@@ -404,7 +404,7 @@ def test_training_keeps_the_weights_with_the_best_unsupervised_score_and_stops_w
     seq = iter([3.0, 2.0, 2.5, 2.6, 2.7, 2.8, 2.9, 3.0, 3.1, 3.2, 3.3, 3.4])
     states = []
     stopper = SCMODAL(data, links={"rna|msi": links}, **SMALL)
-    stopper.selection_every_steps, stopper.selection_patience = 3, 3
+    stopper.selection_every_steps, stopper.selection_patience, stopper.selection_start_steps = 3, 3, 0
 
     def fake():
         states.append({k: v.clone() for k, v in stopper.module.state_dict().items()})
@@ -416,6 +416,13 @@ def test_training_keeps_the_weights_with_the_best_unsupervised_score_and_stops_w
     assert any(h.get("early_stopped") for h in stopper.history)
     kept = stopper.module.state_dict()
     assert all(torch.equal(kept[k], states[1][k]) for k in kept)
+
+    # scores start after selection_start_steps (default 1,000: the anchor ratio is lowest in the first few hundred
+    # steps, before the GAN and the geometry term have shaped the space) and always include the last epoch
+    late = SCMODAL(data, links={"rna|msi": links}, **SMALL)
+    late.selection_every_steps, late.selection_start_steps = 20, 150
+    late.train(**{**TRAIN, "max_steps": 200, "batch_size": 100}, seed=0)
+    assert [h["epoch"] for h in late.history if "selection" in h] == [56, 63, 67]
 
     last = SCMODAL(data, links={"rna|msi": links}, **SMALL)
     last.train(**{**TRAIN, "max_steps": 60, "batch_size": 100, "early_stopping": False}, seed=0)

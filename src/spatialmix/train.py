@@ -30,8 +30,9 @@ epochs, for models whose papers do (scMODAL: 10,000 steps).
 
 A model whose loss says little about the quality of the result (unsupervised alignment: scMODAL's GAN) may
 define ``selection_criterion() -> float`` (lower is better; it must leave the module in training mode) and
-``selection_every_steps`` / ``selection_patience``: the engine then scores the model every
-``selection_every_steps`` optimiser steps instead of reading a validation loss, keeps the best-scoring weights,
+``selection_every_steps`` / ``selection_start_steps`` / ``selection_patience``: the engine then scores the model
+every ``selection_every_steps`` optimiser steps from ``selection_start_steps`` on (and at the last epoch) instead
+of reading a validation loss, keeps the best-scoring weights,
 stops after ``selection_patience`` scores without improvement and restores the best (``early_stopping=False``
 switches this off and keeps the last weights). The scores are in the history (``selection``).
 
@@ -428,6 +429,7 @@ def iter_train(model, *, stop: threading.Event | None = None, **options):
     early_stopping = bool(cfg.early_stopping) if cfg.early_stopping is not None else (
         (auto and has_val) or select is not None)
     select_every = max(1, math.ceil(int(getattr(model, "selection_every_steps", 1)) / steps_per_epoch))
+    select_start = int(getattr(model, "selection_start_steps", 0))
     default_patience = int(getattr(model, "selection_patience", 10)) if select is not None else (
         auto_patience if auto else 10)
     patience = int(cfg.patience) if cfg.patience is not None else default_patience
@@ -545,7 +547,8 @@ def iter_train(model, *, stop: threading.Event | None = None, **options):
             score, scored = val_loss, True
             if select is not None:  # the model's own criterion replaces the validation loss, every few epochs
                 last_epoch = epoch == epochs or epoch * steps_per_epoch >= total_steps
-                scored = epoch % select_every == 0 or last_epoch
+                started = epoch * steps_per_epoch >= select_start
+                scored = (started and epoch % select_every == 0) or last_epoch
                 if scored:
                     score = float(select())
                     record["selection"] = score

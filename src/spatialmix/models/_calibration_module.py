@@ -75,7 +75,8 @@ class Reconstructor(nn.Module):
 
 
 def mmd2(x: torch.Tensor, y: torch.Tensor, bandwidths: Sequence[float] = MMD_BANDWIDTHS, *,
-         detach_bandwidth: bool = False) -> torch.Tensor:
+         detach_bandwidth: bool = False, wx: torch.Tensor | None = None,
+         wy: torch.Tensor | None = None) -> torch.Tensor:
     """Biased squared MMD between samples ``x`` and ``y`` with a sum of Gaussian kernels (eq. 1's distance):
 
     ``k(a, b) = sum_j exp(-|a - b|^2 / (b_j * s))``, ``s`` = mean squared distance between the distinct rows of
@@ -92,18 +93,28 @@ def mmd2(x: torch.Tensor, y: torch.Tensor, bandwidths: Sequence[float] = MMD_BAN
     k = sum(torch.exp(-d2 / (base * b)) for b in bandwidths)
     nx = x.shape[0]
     kxx, kyy, kxy = k[:nx, :nx], k[nx:, nx:], k[:nx, nx:]
-    return kxx.mean() + kyy.mean() - 2 * kxy.mean()
+    if wx is None and wy is None:
+        return kxx.mean() + kyy.mean() - 2 * kxy.mean()
+    # weighted (label shift, ours): the rows of x and y carry weights that sum to 1 within each sample
+    a = (wx if wx is not None else torch.ones(nx, device=z.device)).to(k.dtype)
+    b = (wy if wy is not None else torch.ones(y.shape[0], device=z.device)).to(k.dtype)
+    a, b = a / a.sum(), b / b.sum()
+    return a @ kxx @ a + b @ kyy @ b - 2 * (a @ kxy @ b)
 
 
 def pairwise_mmd(z: torch.Tensor, batch: torch.Tensor, n_batches: int, min_spots: int = 2, *,
-                 detach_bandwidth: bool = False) -> torch.Tensor:
+                 detach_bandwidth: bool = False, weights: torch.Tensor | None = None) -> torch.Tensor:
     """Eq. 1: the mean of MMD^2 over the pairs of batches that have at least ``min_spots`` spots in the minibatch
-    (zero when fewer than two batches are present)."""
+    (zero when fewer than two batches are present). ``weights`` (one per row, ours): each batch's rows weighted
+    (normalised within the batch) in the MMD, e.g. source spots by ``target prior / source prior`` of their class."""
     present = [b for b in range(n_batches) if int((batch == b).sum()) >= min_spots]
     total, n_pairs = z.new_zeros(()), 0
     for i, a in enumerate(present):
         for b in present[i + 1:]:
-            total = total + mmd2(z[batch == a], z[batch == b], detach_bandwidth=detach_bandwidth)
+            sa, sb = batch == a, batch == b
+            total = total + mmd2(z[sa], z[sb], detach_bandwidth=detach_bandwidth,
+                                 wx=None if weights is None else weights[sa],
+                                 wy=None if weights is None else weights[sb])
             n_pairs += 1
     return total / max(n_pairs, 1)
 
@@ -138,7 +149,7 @@ class CalibrationModule(nn.Module):
 
     def __init__(self, n_features: int, n_batches: int, n_sources: int, n_classes: int, *, alpha1: float,
                  alpha2: float, beta: float, gamma: float, lambda1: int, lambda2: int, dropout: float,
-                 detach_bandwidth: bool = False):
+                 detach_bandwidth: bool = False, label_shift: bool = False, prior_momentum: float = 0.02):
         super().__init__()
         if n_classes < 2:
             raise ValueError("the label discriminator needs at least two classes")
@@ -147,6 +158,14 @@ class CalibrationModule(nn.Module):
         self.weights = {"alpha1": float(alpha1), "alpha2": float(alpha2), "beta": float(beta), "gamma": float(gamma)}
         self.lambda1, self.lambda2 = int(lambda1), int(lambda2)
         self.detach_bandwidth = bool(detach_bandwidth)
+        self.label_shift = bool(label_shift)
+        self.prior_momentum = float(prior_momentum)
+        # label shift (ours): the sources' class composition and the targets' estimated one; source spots are
+        # weighted by target_prior / source_prior of their class in the MMD
+        # (registered only with label_shift, so that models saved without it load unchanged)
+        if self.label_shift:
+            self.register_buffer("source_prior", torch.full((n_classes,), 1.0 / n_classes))
+            self.register_buffer("target_prior", torch.full((n_classes,), 1.0 / n_classes))
         self.calibrator = Calibrator(n_features, dropout)
         self.discriminator = LabelDiscriminator(n_features, n_classes)
         self.reconstructors = nn.ModuleList([Reconstructor(n_features, dropout) for _ in range(n_sources)])
@@ -176,10 +195,43 @@ class CalibrationModule(nn.Module):
     def reconstruct(self, z: torch.Tensor, source: int) -> torch.Tensor:
         return self.reconstructors[source](z)
 
+    def set_source_prior(self, prior) -> None:
+        """The labelled source spots' class composition; the target estimate starts from it."""
+        p = torch.as_tensor(prior, dtype=torch.float32, device=self.source_prior.device)
+        self.source_prior.copy_(p / p.sum())
+        self.target_prior.copy_(self.source_prior)
+
+    def update_target_prior(self, z: torch.Tensor, is_target: torch.Tensor) -> None:
+        """One EM step of the target class composition (Saerens et al. 2002) on this minibatch's target spots,
+        averaged into ``target_prior`` with momentum ``prior_momentum``: D's probabilities re-weighted by
+        target_prior / source_prior, normalised, averaged over the spots. D runs in eval mode without gradients
+        (its BatchNorm statistics do not move)."""
+        if not bool(is_target.any()):
+            return
+        with torch.no_grad():
+            was = self.discriminator.training
+            self.discriminator.eval()
+            p = self.class_probabilities(z[is_target].detach())
+            self.discriminator.train(was)
+            q = p * (self.target_prior / self.source_prior.clamp_min(1e-8))
+            q = q / q.sum(dim=1, keepdim=True).clamp_min(1e-12)
+            self.target_prior.mul_(1 - self.prior_momentum).add_(self.prior_momentum * q.mean(dim=0))
+
+    def mmd_weights(self, label: torch.Tensor) -> torch.Tensor | None:
+        """Per-row MMD weights under label shift: target_prior / source_prior of a labelled spot's class, 1 for
+        unlabelled and target spots; None (unweighted, the paper's) without ``label_shift``."""
+        if not self.label_shift:
+            return None
+        w = torch.ones(label.shape[0], device=label.device)
+        keep = label >= 0
+        ratio = self.target_prior / self.source_prior.clamp_min(1e-8)
+        w[keep] = ratio[label[keep]]
+        return w
+
     # -- losses --------------------------------------------------------------------------------------------
-    def loss_mmd(self, z: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
+    def loss_mmd(self, z: torch.Tensor, batch: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
         """Eq. 1 (``L_C``): MMD^2 averaged over the batch pairs present in the minibatch."""
-        return pairwise_mmd(z, batch, self.n_batches, detach_bandwidth=self.detach_bandwidth)
+        return pairwise_mmd(z, batch, self.n_batches, detach_bandwidth=self.detach_bandwidth, weights=weights)
 
     def loss_label(self, z: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
         keep = label >= 0
@@ -207,7 +259,9 @@ class CalibrationModule(nn.Module):
         x = batch["x"]
         z = self.calibrate(x)
         w = self.weights
-        l_c = self.loss_mmd(z, batch["batch"])
+        if self.label_shift and phase == "A" and self.training:
+            self.update_target_prior(z, batch["source"] < 0)
+        l_c = self.loss_mmd(z, batch["batch"], self.mmd_weights(batch["label"]))
         if phase == "A":
             l_d = self.loss_label(z, batch["label"])
             return w["alpha1"] * l_c + w["beta"] * l_d, {"mmd_a": l_c, "label": l_d}

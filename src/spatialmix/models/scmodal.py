@@ -401,9 +401,10 @@ class SCMODAL(BaseModel):
         return groups
 
     # -- checkpoint selection (ours; docs/models.md "Training length") ------------------------------------------
-    #: spots per dataset the selection criterion is computed on, steps between two scores, scores without
-    #: improvement before training stops
+    #: spots per dataset the selection criterion is computed on, steps before the first score and between two
+    #: scores, scores without improvement before training stops
     SELECTION_SPOTS = 2000
+    selection_start_steps = 1000
     selection_every_steps = 250
     selection_patience = 8
 
