@@ -83,18 +83,11 @@ def main(argv=None) -> int:
                 f"label_transfer_{b}_to_{a}": round(label_transfer_accuracy(Zb[ev], lab[ev], Za[ev], lab[ev]), 4)}
 
     # the baseline: Harmony on PCA of the row-stacked, standardised linked features (modality = Harmony's batch)
-    def std(X):
-        X = X - X.mean(axis=0)
-        sd = X.std(axis=0)
-        return X / np.where(sd > 0, sd, 1.0)
-
-    la = std(mmd.dense(a)[:, mmd.var_names[a].get_indexer([x[0] for x in links])][ev])
-    lb = std(mmd.dense(b)[:, mmd.var_names[b].get_indexer([x[1] for x in links])][ev])
-    st = np.vstack([la, lb])
+    st = np.vstack([la0, lb0])
     Z = pca(st, n_components=min(50, st.shape[1] - 1), seed=args.seed)
-    Zh = harmony(Z, np.array([a] * len(la) + [b] * len(lb)), seed=args.seed)
+    Zh = harmony(Z, np.array([a] * len(la0) + [b] * len(lb0)), seed=args.seed)
     full = [np.full((len(ev), Zh.shape[1]), np.nan, np.float32) for _ in range(2)]
-    full[0][ev], full[1][ev] = Zh[: len(la)], Zh[len(la):]
+    full[0][ev], full[1][ev] = Zh[: len(la0)], Zh[len(la0):]
     base = scores(*full)
     print(f"{args.case}: {a} vs {b}, {len(links)} links from section {ref}, {int(ev.sum())} cells scored")
     print("Harmony on linked-feature PCA:", base, flush=True)

@@ -22,16 +22,22 @@ import _claims
 
 
 
-def calib_data(n_per_batch=150, n_batches=4, n_classes=4, n_sources=2, seed=0, missing_msi=0.0) -> MultiModalData:
+def calib_data(n_per_batch=150, n_batches=4, n_classes=4, n_sources=2, seed=0, missing_msi=0.0,
+               compositions=None) -> MultiModalData:
     """Two modalities ('rna' 30, 'msi' 12 features) driven by ``n_classes`` classes, ``n_batches`` batches with
     strong multiplicative (x0.5-x2) and additive per-batch effects; the additive shifts run along differences
     between class centres, so that a classifier trained on the raw source batches confuses classes in the
     targets. The annotation column 'cell_type' is filled on the first ``n_sources`` batches only; 'truth' has
-    every spot's class (for scoring)."""
+    every spot's class (for scoring). ``compositions=(source, target)``: class shares of the source and of the
+    target batches (label shift; default: every class equally likely everywhere)."""
     rng = np.random.default_rng(seed)
     n = n_per_batch * n_batches
     batch = np.repeat(np.arange(n_batches), n_per_batch)
-    cls = rng.integers(0, n_classes, n)
+    if compositions is None:
+        cls = rng.integers(0, n_classes, n)
+    else:
+        comp = [np.asarray(compositions[0] if b < n_sources else compositions[1], float) for b in range(n_batches)]
+        cls = np.concatenate([rng.choice(n_classes, n_per_batch, p=c / c.sum()) for c in comp])
     X, mask, var = {}, {}, {}
     for m, d in (("rna", 30), ("msi", 12)):
         centres = rng.normal(0, 1.0, (n_classes, d))
@@ -53,32 +59,11 @@ def calib_data(n_per_batch=150, n_batches=4, n_classes=4, n_sources=2, seed=0, m
     return MultiModalData(["rna", "msi"], X, mask, var, obs, None, "batch", "cell_type")
 
 
-def shift_data(source_composition, target_composition, n_per_batch=150, n_batches=4, n_sources=2, seed=0):
-    """:func:`calib_data`'s batch effects with label shift: the class of each spot of a source batch is drawn from
-    ``source_composition``, of a target batch from ``target_composition`` (a 0 leaves the class out of the
-    targets)."""
-    rng = np.random.default_rng(seed)
-    n_classes = len(source_composition)
-    n = n_per_batch * n_batches
-    batch = np.repeat(np.arange(n_batches), n_per_batch)
-    comp = [np.asarray(source_composition if b < n_sources else target_composition, float) for b in range(n_batches)]
-    cls = np.concatenate([rng.choice(n_classes, n_per_batch, p=c / c.sum()) for c in comp])
-    X, mask, var = {}, {}, {}
-    for m, d in (("rna", 30), ("msi", 12)):
-        centres = rng.normal(0, 1.0, (n_classes, d))
-        base = centres[cls] + rng.normal(0, 0.6, (n, d))
-        pairs = [rng.permutation(n_classes)[:2] for _ in range(n_batches)]
-        offsets = np.stack([1.2 * (centres[a] - centres[b]) for a, b in pairs]) + rng.normal(0, 1.5, (n_batches, d))
-        mult = rng.uniform(0.5, 2.0, (n_batches, d))
-        X[m] = (base * mult[batch] + offsets[batch] + 5).astype(np.float32)
-        mask[m] = np.ones(n, bool)
-        var[m] = pd.Index([f"{m}{i}" for i in range(d)])
-    truth = np.array([f"class{c}" for c in range(n_classes)])[cls]
-    annotation = pd.Series(truth, dtype=object)
-    annotation[batch >= n_sources] = np.nan
-    obs = pd.DataFrame({"sample": [f"B{b}" for b in batch], "batch": [f"B{b}" for b in batch], "truth": truth,
-                        "cell_type": annotation.to_numpy()}, index=[f"spot{i}" for i in range(n)])
-    return MultiModalData(["rna", "msi"], X, mask, var, obs, None, "batch", "cell_type")
+def shift_data(source_composition, target_composition, seed=0, **kwargs) -> MultiModalData:
+    """:func:`calib_data` with label shift: source batches draw their classes from ``source_composition``, target
+    batches from ``target_composition`` (a 0 leaves the class out of the targets)."""
+    return calib_data(n_classes=len(source_composition), seed=seed,
+                      compositions=(source_composition, target_composition), **kwargs)
 
 
 def knn_batch_accuracy(z, batches) -> float:

@@ -92,8 +92,8 @@ class Calibration(BaseModel):
         in the MMD, with the targets' class composition estimated during training (EM on D's predictions), so that
         a class only the sources have need not pull target spots in. ``False`` (default): the paper's unweighted
         MMD (every batch assumed to have the same composition). Measured in ``docs/models.md`` ("Label shift"):
-        better on synthetic label shift and on the bundled sample, worse on simulator seed 7, where the estimate
-        locks onto a class only the sources have.
+        better on synthetic data with label shift, worse on both simulated spatial splits (bundled sample, seed 7),
+        where the estimate locks onto a class only the sources have.
     max_parameters
         Refuse to build networks with more parameters than this (default 250 M, about 1 GB of float32 weights
         and 4-5 GB while training). C and every R_i are d x d layers (d = total input width), so the count grows
