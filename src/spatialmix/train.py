@@ -464,6 +464,7 @@ def iter_train(model, *, stop: threading.Event | None = None, **options):
             return None
         return str(_write_checkpoint(ckpt_dir, {**snapshot, **extra}))
 
+    last_event = -math.inf  # step events at most every step_event_interval seconds, across epochs too
     try:
         for epoch in range(start_epoch + 1 if not resumed_finished else epochs + 1, epochs + 1):
             t0 = time.perf_counter()
@@ -474,7 +475,6 @@ def iter_train(model, *, stop: threading.Event | None = None, **options):
                 orders[g] = idx_g[perm][rank::world]
             sums_dev = _EpochSums(device)
             count = 0
-            last_event = -math.inf
             for step in range(steps_per_epoch):
                 global_step = (epoch - 1) * steps_per_epoch + step + 1
                 if global_step > total_steps:
