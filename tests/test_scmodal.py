@@ -11,7 +11,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from spatialmix.data import MultiModalData
 from spatialmix.errors import ModelError, ParameterError
 from spatialmix.evaluate.metrics import foscttm, label_transfer_accuracy
-from spatialmix.models._scmodal_module import geometry_loss, kernel_similarity, mnn_pairs
+from spatialmix.models._scmodal_module import gaussian_kernel, geometry_loss, mnn_pairs
 from spatialmix.models.scmodal import SCMODAL, correlation_links, same_name_links
 
 import _claims
@@ -159,8 +159,8 @@ def test_geometry_loss_is_eq_6_by_hand():
         cos = [kx[i] @ kz[i] / np.sqrt((kx[i] @ kx[i]) * (kz[i] @ kz[i])) for i in range(n)]
         return -np.mean(np.minimum(cos, cap))
 
-    assert kernel_similarity(x)[0, 0].item() == pytest.approx(1.0)
-    assert kernel_similarity(x)[0, 1].item() == pytest.approx(
+    assert gaussian_kernel(x)[0, 0].item() == pytest.approx(1.0)
+    assert gaussian_kernel(x)[0, 1].item() == pytest.approx(
         np.exp(-((x[0] - x[1]) ** 2).sum().item() / 14), rel=1e-5)
     for cap in (0.975, 0.9, 0.5):
         got = geometry_loss(x, z, cap)

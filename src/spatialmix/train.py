@@ -558,6 +558,7 @@ def iter_train(model, *, stop: threading.Event | None = None, **options):
                     best.update(val=score, epoch=epoch, bad=0, state=last_good if early_stopping else None)
                 else:
                     best["bad"] += 1
+            monitored = early_stopping and (val_loss is not None or select is not None)
             if ckpt_dir is not None:
                 snapshot = _checkpoint_state(last_good, optimizers, epoch, history, best, shuffle, model, cfg)
             msg = f"epoch {epoch}/{epochs} loss {record['loss']:.4g}" + (
@@ -567,11 +568,11 @@ def iter_train(model, *, stop: threading.Event | None = None, **options):
                             "steps_per_epoch": steps_per_epoch, "loss": record["loss"],
                             "terms": {k: v / max(count, 1) for k, v in sums.items()}, "val_loss": val_loss,
                             "val_terms": val_terms, "seconds_per_epoch": seconds, "eta_s": eta,
-                            "early_stopping": bool(early_stopping and (val_loss is not None or select is not None)),
+                            "early_stopping": monitored,
                             "patience_left": max(patience - best["bad"], 0)})
             if cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0:
                 write_snapshot()
-            if early_stopping and (val_loss is not None or select is not None) and best["bad"] >= patience:
+            if monitored and best["bad"] >= patience:
                 restore(best["state"] if best["state"] is not None else last_good)
                 history.append({"epoch": epoch, "early_stopped": True, "best_epoch": best["epoch"]})
                 yield Progress(stage, total_steps, total_steps,

@@ -39,11 +39,6 @@ def gaussian_kernel(x: torch.Tensor) -> torch.Tensor:
     return torch.exp(-d2 / (2.0 * x.shape[1]))
 
 
-def kernel_similarity(x: torch.Tensor) -> torch.Tensor:
-    """Alias of :func:`gaussian_kernel` (the name used before issue 17)."""
-    return gaussian_kernel(x)
-
-
 def geometry_loss(x: torch.Tensor, z: torch.Tensor, threshold: float = GEO_THRESHOLD) -> torch.Tensor:
     """Eq. 6, geometry preservation within one dataset's mini-batch:
     ``-(1/B) sum_i min(cos(K^x_i, K^z_i), threshold)``, where ``K^x_i`` / ``K^z_i`` are row ``i`` of the input's

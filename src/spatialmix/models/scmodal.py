@@ -348,8 +348,10 @@ class SCMODAL(BaseModel):
             [len(self.var_names[m]) for m in self.modalities], n_latent=p["n_latent"], n_hidden=p["n_hidden"],
             n_hidden_disc=p["n_hidden_disc"], lambda_ae=p["lambda_ae"], lambda_anchor=p["lambda_anchor"],
             lambda_geo=p["lambda_geo"], lambda_gan=p["lambda_gan"], mnn_k=p["mnn_k"],
-            geo_threshold=p["geo_threshold"], clip=CLIP, sphere=p.get("sphere", True),
-            geometry=p.get("geometry", "thresholded"))
+            geo_threshold=p["geo_threshold"], clip=CLIP,
+            # models saved before issue 17 have neither key: they were trained with latents on the sphere and the
+            # thresholded geometry loss, so they are rebuilt that way (not with today's defaults)
+            sphere=p.get("sphere", True), geometry=p.get("geometry", "thresholded"))
 
     # -- datasets ------------------------------------------------------------------------------------------
     def _dataset_rows(self, data) -> dict[str, np.ndarray]:
