@@ -15,6 +15,7 @@ from torch import nn
 from torch.nn import functional as F
 
 LOGVAR_MIN, LOGVAR_MAX = -12.0, 8.0  # exp(-12) ~ 6e-6: keeps the product of experts' precisions finite
+NB_TARGET_SUM = 1e4  # the counts' normalisation (spatialmix.data: normalize_total(1e4) + log1p)
 
 
 def mlp(sizes: Sequence[int], dropout: float) -> nn.Sequential:
@@ -53,8 +54,11 @@ class ModalityVAE(nn.Module):
 
     def __init__(self, n_features: int, n_batches: int, *, n_latent: int, hidden: Sequence[int],
                  dropout: float, latent_dropout: float, batch_input: str = "sample",
-                 encode_covariate: bool = True, latent_dropout_at: str = "heads"):
+                 encode_covariate: bool = True, latent_dropout_at: str = "heads", likelihood: str = "mse"):
         super().__init__()
+        if likelihood not in ("mse", "nb"):
+            raise ValueError(f"likelihood must be 'mse' or 'nb', got {likelihood!r}")
+        self.likelihood = likelihood
         self.n_features = n_features
         self.n_batches = n_batches
         self.batch_input = batch_input
@@ -72,6 +76,8 @@ class ModalityVAE(nn.Module):
         dec_hidden = list(reversed(hidden))
         self.decoder_body = mlp([n_latent, *dec_hidden], dropout)
         self.decoder_out = nn.Linear(dec_hidden[-1] if dec_hidden else n_latent, n_features)
+        if likelihood == "nb":  # per-feature inverse dispersion theta = exp(log_theta), as scVI's gene dispersion
+            self.log_theta = nn.Parameter(torch.zeros(n_features))
 
     def encode(self, x: torch.Tensor, onehot: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         h = self.body(x)
@@ -86,7 +92,27 @@ class ModalityVAE(nn.Module):
         return self.batch(onehot)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """The decoder's raw output: the features themselves (``mse``) or per-feature logits of the expression
+        proportions (``nb``; :meth:`expression` turns them into the input's units)."""
         return self.decoder_out(self.decoder_body(self.z_drop(z)))
+
+    def expression(self, out: torch.Tensor) -> torch.Tensor:
+        """A decoder output in the units of the model's input: as is (``mse``); ``log1p(1e4 * softmax)`` for
+        ``nb``, the same ``normalize_total(1e4) + log1p`` scale as the encoder's input (``spatialmix.data``)."""
+        if self.likelihood == "mse":
+            return out
+        return torch.log1p(NB_TARGET_SUM * torch.softmax(out.float(), dim=1)).to(out.dtype)
+
+    def reconstruction_loss(self, x: torch.Tensor, out: torch.Tensor, mask: torch.Tensor,
+                            counts: torch.Tensor | None) -> torch.Tensor:
+        """``mse``: mean squared error per feature of ``x``; ``nb``: negative-binomial negative log-likelihood
+        per feature of the raw ``counts`` with mean library size x softmax(out) (each averaged over the spots
+        where ``mask`` is True)."""
+        if self.likelihood == "mse":
+            return masked_mse(x, out, mask)
+        if counts is None:
+            raise ValueError("the negative-binomial likelihood needs the modality's raw counts")
+        return masked_mean(nb_nll(counts, out, self.log_theta), mask)
 
 
 class _GradReverse(torch.autograd.Function):
@@ -133,6 +159,27 @@ def masked_mse(x: torch.Tensor, x_hat: torch.Tensor, mask: torch.Tensor) -> torc
     return (per_spot * m).sum() / m.sum().clamp_min(1.0)
 
 
+def nb_nll(counts: torch.Tensor, logits: torch.Tensor, log_theta: torch.Tensor) -> torch.Tensor:
+    """Negative-binomial negative log-likelihood per spot, averaged over the features.
+
+    Mean mu = l * softmax(logits) with l the spot's observed library size (the sum of its counts, as scVI's
+    ``use_observed_lib_size``), inverse dispersion theta = exp(log_theta) per feature:
+    -log NB(x; mu, theta) = -[lgamma(x + theta) - lgamma(theta) - lgamma(x + 1)
+                              + theta log(theta / (theta + mu)) + x log(mu / (theta + mu))].
+    Written out rather than taken from ``torch.distributions.NegativeBinomial`` (whose logits parametrisation
+    would need log mu - log theta and gives the same value) so the hand-checked test reads like this formula;
+    the mean over features (not scVI's sum) keeps the term on the scale of the MSE terms and of the KL weight
+    0.01 they were tuned with."""
+    x = counts.float()
+    lib = x.sum(dim=1, keepdim=True).clamp_min(1.0)
+    log_rho = torch.log_softmax(logits.float(), dim=1)
+    theta = log_theta.float().exp()
+    log_theta_mu = torch.logaddexp(log_theta.float(), torch.log(lib) + log_rho)  # log(theta + mu)
+    ll = (torch.lgamma(x + theta) - torch.lgamma(theta) - torch.lgamma(x + 1.0)
+          + theta * (log_theta.float() - log_theta_mu) + x * (torch.log(lib) + log_rho - log_theta_mu))
+    return -ll.mean(dim=1)
+
+
 def masked_mean(v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     m = mask.to(v.dtype)
     return (v * m).sum() / m.sum().clamp_min(1.0)
@@ -162,8 +209,10 @@ class MIMAModule(nn.Module):
                  beta: dict[str, float], translation: bool = True, batch_input: str = "sample",
                  encode_covariate: bool = True, adversarial: float = 0.0, latent_dropout_at: str = "heads",
                  adversarial_on: Sequence[str] = ("shared", "private"), names: Sequence[str] | None = None,
-                 translation_detach: bool = False, translation_poe: bool = False, translation_weight: float = 1.0):
+                 translation_detach: bool = False, translation_poe: bool = False, translation_weight: float = 1.0,
+                 likelihoods: Sequence[str] | None = None):
         super().__init__()
+        likelihoods = list(likelihoods) if likelihoods is not None else ["mse"] * len(n_features)
         self.translation_weight = float(translation_weight)
         self.translation_detach = bool(translation_detach)
         self.translation_poe = bool(translation_poe)
@@ -177,8 +226,8 @@ class MIMAModule(nn.Module):
         self.vaes = nn.ModuleList(
             ModalityVAE(n, n_batches, n_latent=n_latent, hidden=h, dropout=dropout,
                         latent_dropout=latent_dropout, batch_input=batch_input, encode_covariate=encode_covariate,
-                        latent_dropout_at=latent_dropout_at)
-            for n, h in zip(n_features, hidden)
+                        latent_dropout_at=latent_dropout_at, likelihood=lik)
+            for n, h, lik in zip(n_features, hidden, likelihoods)
         )
         # batch classifiers on each modality's shared and private latent means, trained through a gradient
         # reversal so the encoders learn to hide the sample from them (only when adversarial > 0)
@@ -232,12 +281,15 @@ class MIMAModule(nn.Module):
         """The training engine's entry point: ``batch`` holds ``x_<name>``, ``mask_<name>`` and ``batch``."""
         xs = [batch[f"x_{n}"] for n in self.names]
         masks = [batch[f"mask_{n}"] for n in self.names]
-        return self.loss(xs, masks, batch["batch"])
+        counts = [batch.get(f"counts_{n}") for n in self.names]
+        return self.loss(xs, masks, batch["batch"], counts)
 
     # -- loss ---------------------------------------------------------------------------------------------
-    def loss(self, xs: Sequence[torch.Tensor], masks: Sequence[torch.Tensor], batch: torch.Tensor
-             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Total loss and its named terms for one mini-batch (sampled latents in training mode)."""
+    def loss(self, xs: Sequence[torch.Tensor], masks: Sequence[torch.Tensor], batch: torch.Tensor,
+             counts: Sequence[torch.Tensor | None] | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Total loss and its named terms for one mini-batch (sampled latents in training mode). ``counts``:
+        each modality's raw counts (needed by the ``nb`` likelihood only; None elsewhere)."""
+        counts = list(counts) if counts is not None else [None] * len(xs)
         stochastic = self.training
         enc, (poe_mu, poe_lv) = self.encode(xs, masks, batch)
         z_poe = self.sample(poe_mu, poe_lv, stochastic)
@@ -248,7 +300,7 @@ class MIMAModule(nn.Module):
         for i, (vae, x, mask) in enumerate(zip(self.vaes, xs, masks)):
             name = self.names[i]
             rec = vae.decode(z_poe + z[i]["private"] + z[i]["batch"])
-            terms[f"recon_poe_{name}"] = masked_mse(x, rec, mask)
+            terms[f"recon_poe_{name}"] = vae.reconstruction_loss(x, rec, mask, counts[i])
             shared = shared + terms[f"recon_poe_{name}"]
         if self.translation:
             for sources, t in self.translation_pairs():
@@ -265,7 +317,7 @@ class MIMAModule(nn.Module):
                     zs = z[sources[0]]["shared"]
                 rec = self.vaes[t].decode(zs + zb)
                 key = f"translate_{'+'.join(self.names[i] for i in sources)}_to_{self.names[t]}"
-                terms[key] = masked_mse(xs[t], rec, both)
+                terms[key] = self.vaes[t].reconstruction_loss(xs[t], rec, both, counts[t])
                 shared = shared + self.translation_weight * terms[key]
         any_mod = torch.stack(list(masks)).any(dim=0)
         terms["kl_poe"] = masked_mean(kl_normal(poe_mu, poe_lv), any_mod)
@@ -274,7 +326,7 @@ class MIMAModule(nn.Module):
         for i, (vae, x, mask) in enumerate(zip(self.vaes, xs, masks)):
             name = self.names[i]
             rec = vae.decode(z[i]["shared"] + z[i]["private"] + z[i]["batch"])
-            terms[f"recon_{name}"] = masked_mse(x, rec, mask)
+            terms[f"recon_{name}"] = vae.reconstruction_loss(x, rec, mask, counts[i])
             for k in ("shared", "private", "batch"):
                 terms[f"kl_{k}_{name}"] = masked_mean(kl_normal(*enc[i][k]), mask)
             private = private + terms[f"recon_{name}"] + sum(
@@ -326,7 +378,8 @@ class MIMAModule(nn.Module):
         z = poe_mu + enc[modality]["private"][0]
         if with_batch:
             z = z + enc[modality]["batch"][0]
-        return self.vaes[modality].decode(z)
+        vae = self.vaes[modality]
+        return vae.expression(vae.decode(z))
 
     @torch.no_grad()
     def reconstruct(self, xs, masks, batch, *, modality: int, with_batch: bool) -> torch.Tensor:
@@ -349,7 +402,7 @@ class MIMAModule(nn.Module):
             else:
                 raise ValueError("translation with the target's batch latent needs batch_table when the batch "
                                  "latent reads the features (batch_input='sample+features')")
-        return self.vaes[target].decode(z)
+        return self.vaes[target].expression(self.vaes[target].decode(z))
 
     @torch.no_grad()
     def translate(self, xs, masks, batch, *, sources: Sequence[int], target: int, with_batch: bool,

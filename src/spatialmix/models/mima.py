@@ -50,6 +50,7 @@ DEFAULTS: dict[str, Any] = {
     "translation_detach": False,
     "translation_poe": True,
     "translation_weight": 1.0,
+    "count_likelihood": "mse",
     "preset": "spatialmix",
     "seed": 0,
 }
@@ -117,6 +118,12 @@ class MIMA(BaseModel):
         paper's terms, the source's own shared latent, and :meth:`translate` then leaves the prior out.
     translation_weight
         Weight of the translation terms (ours; 1 = the paper's).
+    count_likelihood
+        How modalities of raw counts (preprocessing kind ``"counts"``, e.g. RNA, with their counts kept) are
+        reconstructed: ``"mse"`` (default, the paper's: squared error of the log-normalised values) or ``"nb"``
+        (ours, scVI's: negative-binomial likelihood of the raw counts with the spot's observed library size and
+        a dispersion per feature; the decoder gives expression proportions, and the outputs are
+        ``log1p(1e4 x proportion)``, the units of the input). Other modalities keep the squared error.
     preset
         ``"spatialmix"`` (default, ours: batch adversary 0.1, ``beta_batch`` 0, the batch latent from the sample
         alone, ``translation_poe``, and training with ``epochs="auto"`` at lr 1e-3; see ``docs/models.md`` for
@@ -163,6 +170,7 @@ class MIMA(BaseModel):
                 raise ParameterError(f"{key} must be in [0, 1), got {p[key]!r}")
         p["modalities"] = mods
         p["hidden"] = self._hidden_layers(mods, {m: data.n_vars(m) for m in mods}, p, hidden)
+        p["likelihoods"] = self._likelihoods(data, mods, p["count_likelihood"])
         super().__init__(data, **p)
         self._build()
 
@@ -181,6 +189,23 @@ class MIMA(BaseModel):
             else:
                 out[m] = [int(p["n_hidden"])] * int(p["n_layers"])
         return out
+
+    @staticmethod
+    def _likelihoods(data, mods, choice) -> dict[str, str]:
+        """``{modality: "mse" | "nb"}``: ``"nb"`` for the modalities of raw counts when ``choice`` is "nb"."""
+        if choice not in ("mse", "nb"):
+            raise ParameterError(f"count_likelihood must be 'mse' or 'nb', got {choice!r}")
+        if choice == "mse":
+            return {m: "mse" for m in mods}
+        kinds = data.preprocessing or {}
+        raw = data.raw or {}
+        nb = [m for m in mods if kinds.get(m) == "counts" and raw.get(m) is not None]
+        if not nb:
+            raise ParameterError(
+                "count_likelihood='nb' needs a modality of raw counts (preprocessing kind 'counts' with its counts "
+                f"kept), but the modalities {mods} are of kinds { {m: kinds.get(m) for m in mods} }; load the counts "
+                "with preprocessing={'rna': 'counts'} or use count_likelihood='mse'")
+        return {m: ("nb" if m in nb else "mse") for m in mods}
 
     def _betas(self) -> dict[str, float]:
         p = self.params
@@ -206,6 +231,7 @@ class MIMA(BaseModel):
             names=self.modalities, translation_detach=bool(p.get("translation_detach", False)),
             translation_poe=bool(p.get("translation_poe", False)),
             translation_weight=float(p.get("translation_weight", 1.0)),
+            likelihoods=[p.get("likelihoods", {}).get(m, "mse") for m in self.modalities],
         )
 
     # -- tensors -------------------------------------------------------------------------------------------
@@ -239,11 +265,26 @@ class MIMA(BaseModel):
             X = data.X[m]
             out[f"x_{m}"] = SparseRows(X) if sp.issparse(X) else torch.as_tensor(data.dense(m))
             out[f"mask_{m}"] = torch.as_tensor(np.asarray(data.mask[m], bool))
+            if self.params.get("likelihoods", {}).get(m) == "nb":  # the raw counts the NB likelihood scores
+                out[f"counts_{m}"] = self._counts_tensor(data, m)
         codes = self._batch_codes(data)
         if (codes < 0).any():
             raise ModelError("some spots have no batch")  # cannot happen for the training data
         out["batch"] = torch.as_tensor(codes)
         return out
+
+    @staticmethod
+    def _counts_tensor(data, m):
+        import scipy.sparse as sp
+        import torch
+
+        from spatialmix.train import SparseRows
+
+        raw = (data.raw or {}).get(m)
+        if raw is None or raw.shape != data.X[m].shape:
+            raise ModelError(f"count_likelihood='nb' needs the raw counts of {m!r} for every spot "
+                             f"(got {None if raw is None else raw.shape}, expected {data.X[m].shape})")
+        return SparseRows(raw) if sp.issparse(raw) else torch.as_tensor(np.asarray(raw, np.float32))
 
     def _infer(self, data, fn, *, batch_size: int = 4096) -> np.ndarray:
         """Run ``fn(xs, masks, batch)`` over ``data`` in chunks, eval mode, on the module's device.
