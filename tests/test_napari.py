@@ -123,7 +123,7 @@ def test_sample_data_opens_the_demo(make_napari_viewer, tmp_path, monkeypatch):
 
 
 def test_cached_demo_reopens_identically(tmp_path):
-    from spatialmix.pipeline import iter_demo_project
+    from spatialmix.jobs import iter_demo_project
     from spatialmix.progress import run
 
     events = []

@@ -10,8 +10,13 @@ The headless API is grouped by purpose (submodules are imported lazily, so ``imp
 - :mod:`spatialmix.models` – MIMA and the baselines; :mod:`spatialmix.train` – the one training engine.
 - :mod:`spatialmix.results` – model outputs written into the SpatialData.
 - :mod:`spatialmix.evaluate` – annotation prediction, scIB metrics, translation fidelity.
-- :mod:`spatialmix.pipeline` – the end-to-end jobs (``prepare``, ``demo``) used by the CLI and the widgets;
+- :mod:`spatialmix.conventions` – names every layer shares; :mod:`spatialmix.samples` – ``samples.csv`` and
+  :class:`~spatialmix.samples.SampleSpec`.
+- :mod:`spatialmix.pipeline` – read, register and merge samples into per-spot tables (``prepare``).
+- :mod:`spatialmix.jobs` – the main jobs (``demo``, ``spatialmix run``) used by the CLI and the widgets;
   :mod:`spatialmix.benchmark` – every model and baseline measured on one dataset.
+
+The modules form layers (every import goes downward; ``tests/test_architecture.py``): docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -27,7 +32,10 @@ _SUBMODULES = {
     "registration",
     "features",
     "data",
+    "conventions",
+    "samples",
     "pipeline",
+    "jobs",
     "plotting",
     "project",
     "progress",

@@ -49,7 +49,7 @@ def _train_overrides(args) -> dict:
 
 
 def _cmd_demo(args) -> int:
-    from spatialmix.pipeline import format_report, iter_demo
+    from spatialmix.jobs import format_report, iter_demo
     from spatialmix.progress import run
 
     report = run(iter_demo(args.out, data=args.data, integrate=not args.no_train, train=_train_overrides(args),
@@ -62,7 +62,7 @@ def _cmd_demo(args) -> int:
 def _cmd_run(args) -> int:
     from spatialmix.config import load_config
     from spatialmix.errors import ParameterError
-    from spatialmix.pipeline import format_report, iter_run
+    from spatialmix.jobs import format_report, iter_run
     from spatialmix.progress import run
 
     if (args.config is None) == (args.data is None):
@@ -323,7 +323,7 @@ def _stopped(args, argv: list[str], err: KeyboardInterrupt) -> int:
     how = "Ctrl-C (SIGINT)" if err.signal_name == "SIGINT" else err.signal_name
     command = "spatialmix " + shlex.join(argv)
     if args.command == "demo" or (args.command == "run" and args.data is None):  # the main job (iter_job)
-        from spatialmix.pipeline import job_state
+        from spatialmix.jobs import job_state
 
         state = job_state(args.out, getattr(args, "train_options", None))
         resume = "spatialmix " + shlex.join([a for a in argv if a not in ("--overwrite", "--resume")] + ["--resume"])

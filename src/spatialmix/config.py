@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from spatialmix.errors import ConfigError, MissingFileError, SpatialMixError
-from spatialmix.pipeline import ANNOTATION_KEY, MODALITY_TABLES, SampleSpec, read_samples_csv
+from spatialmix.conventions import ANNOTATION_KEY, MODALITY_TABLES
+from spatialmix.samples import SampleSpec, read_samples_csv
 
 try:  # Python >= 3.11
     import tomllib

@@ -213,7 +213,7 @@ def seurat_visium_he(*, cache: str | Path | None = None) -> Path:
 def simulated(seed: int, *, cache: str | Path | None = None, n_samples: int = 4, size: str = "small") -> Path:
     """A simulated dataset folder (``spatialmix simulate``) at ``seed``; seed 0 with 4 samples is the bundled
     sample data."""
-    from spatialmix.pipeline import bundled_sample_data
+    from spatialmix.samples import bundled_sample_data
     from spatialmix.progress import run
     from spatialmix.simulate import iter_simulate
 

@@ -15,13 +15,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from spatialmix.conventions import DEMO_TRAIN  # noqa: F401 - re-exported (defined low, the models use it)
 from spatialmix.progress import Progress, forward
 
-#: Training used by the demo. The paper's defaults (lr 1e-4, 50 epochs) are the model's defaults, but with the
-#: bundled sample's 1,290 spots they make only 400 optimiser steps and the loss is still falling steeply at
-#: the end (docs/models.md, "Training on small data"); 200 epochs at lr 1e-3 separate the regions better than
-#: 100 (label ASW 0.529 vs 0.498) and mix the samples better.
-DEMO_TRAIN: dict[str, Any] = {"epochs": 200, "lr": 1e-3, "seed": 0}
 
 
 def _truth_regions(truth_dir, obs: pd.DataFrame):

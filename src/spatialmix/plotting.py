@@ -338,7 +338,7 @@ def plot_results(sdata, sample: str, *, key: str = "mima", gene: str | None = No
 
     rna = sdata.tables.get("rna")
     if rna is not None and gene is not None:
-        from spatialmix.results import translation_layer
+        from spatialmix.conventions import translation_layer
 
         pair(axes[1, 0], axes[1, 1], "rna", translation_layer(key, ["msi", "morphology"]), gene, "log1p normalised expression",
              "MSI + H&E")
@@ -346,7 +346,7 @@ def plot_results(sdata, sample: str, *, key: str = "mima", gene: str | None = No
         axes[1, 0].set_visible(False)
         axes[1, 1].set_visible(False)
     if msi is not None and mz is not None:
-        from spatialmix.results import translation_layer
+        from spatialmix.conventions import translation_layer
 
         pair(axes[1, 2], axes[1, 3], "msi", translation_layer(key, ["rna", "morphology"]), mz, "log1p intensity", "RNA + H&E")
     else:

@@ -50,7 +50,7 @@ import pandas as pd
 
 from spatialmix.data import measured_only
 from spatialmix.errors import ModelError, ParameterError, ProjectError, check_positive
-from spatialmix.pipeline import MODALITY_TABLES
+from spatialmix.conventions import MODALITY_TABLES, translation_layer  # noqa: F401 - re-exported
 from spatialmix.progress import Progress, run
 
 #: characters SpatialData's zarr writer accepts in element and layer names
@@ -244,12 +244,6 @@ def _rgb_embedding(X, *, n_pcs: int = 50, seed: int = 0, n_neighbors: int = 15, 
 # ---------------------------------------------------------------------------------------------------------------
 # writing a model's outputs
 # ---------------------------------------------------------------------------------------------------------------
-def translation_layer(key: str, sources: str | Sequence[str]) -> str:
-    """Layer name of a translation written under ``key``: ``"mima_from_msi_and_morphology"``."""
-    sources = [sources] if isinstance(sources, str) else list(sources)
-    return f"{key}_from_{'_and_'.join(map(str, sources))}"
-
-
 def _default_translations(modalities: list[str], single_source: bool = False) -> list[tuple[list[str], str]]:
     """Every modality from all the others; models that translate from one source only (scMODAL): every
     ordered pair."""

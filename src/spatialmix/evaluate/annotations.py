@@ -21,7 +21,6 @@ still predicted so that a map shows every spot.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,25 +28,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from spatialmix.conventions import PAPER_EXCLUDED, excluded_classes  # noqa: F401 - re-exported
 from spatialmix.errors import ParameterError
 from spatialmix.progress import Progress
 
 #: Classes the MIMA paper leaves out of training and scoring (rare or without meaning as a tissue class).
 #: Matched case-insensitively, ignoring spaces, "_" and "-" ("ISUP 2" == "isup2").
-PAPER_EXCLUDED: tuple[str, ...] = ("Nerve", "Necrosis", "ISUP2", "ISUP4", "Other", "Unlabelled")
 SCHEMES = ("loocv", "4cv")  # plus "transfer": source samples -> target samples (score_predictions)
 METRICS = ("accuracy", "precision", "recall", "f1")
 AGREEMENT = ("agree", "disagree", "unlabelled", "excluded")
-
-
-def _norm(name) -> str:
-    return re.sub(r"[\s_\-]+", "", str(name)).lower()
-
-
-def excluded_classes(classes: Sequence[str], exclude: Sequence[str] | None) -> list[str]:
-    """The members of ``classes`` that ``exclude`` names (case / space / '_' / '-' insensitive)."""
-    wanted = {_norm(c) for c in (exclude or ())}
-    return [c for c in classes if _norm(c) in wanted]
 
 
 @dataclass

@@ -125,7 +125,7 @@ def read_visium_hd(path: str | Path, *, sample: str, patient: str | None = None,
     from spatialdata.transformations import Identity, Scale
     from spatialdata_io import visium_hd as sdio_visium_hd
 
-    from spatialmix.io.visium import _rgb, spot_table
+    from spatialmix.io._spots import _rgb, spot_table
 
     if not np.isfinite(float(bin_size_um)) or float(bin_size_um) <= 0:
         raise ParameterError(f"bin_size_um must be a positive bin size in um (2, 8 or 16), got {bin_size_um!r}")

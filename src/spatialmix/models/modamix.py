@@ -199,7 +199,7 @@ class MoDAmix(BaseModel):
 
     @classmethod
     def _classes(cls, data, source: list[str], exclude) -> tuple[list[str], list[str]]:
-        from spatialmix.evaluate.annotations import PAPER_EXCLUDED, excluded_classes
+        from spatialmix.conventions import PAPER_EXCLUDED, excluded_classes
 
         labels = data.labels
         if labels is None:

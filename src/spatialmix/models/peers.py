@@ -749,7 +749,7 @@ MIMA_UNIMODAL_DEFAULTS = {"train": None, "modalities": None, "params": None}
 
 
 def _plan_mima_unimodal(data, seed: int, options: dict) -> dict[str, Any]:
-    from spatialmix.integrate import DEMO_TRAIN
+    from spatialmix.conventions import DEMO_TRAIN
 
     from .mima import DEFAULTS
 

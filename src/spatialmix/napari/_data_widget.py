@@ -62,7 +62,7 @@ def iter_open_project(path):
 
 
 def iter_demo():
-    from spatialmix.pipeline import iter_demo_project
+    from spatialmix.jobs import iter_demo_project
 
     return (yield from iter_demo_project())
 

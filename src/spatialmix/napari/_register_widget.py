@@ -3,7 +3,8 @@ linked Points layers with the live RMS error; overlay preview, apply, undo; then
 
 Every action is one headless call: :func:`spatialmix.registration.iter_auto_register`,
 :func:`~spatialmix.registration.fit_landmarks` / :func:`~spatialmix.registration.register_landmarks`,
-:func:`~spatialmix.registration.restore_registration`, :func:`spatialmix.pipeline.iter_build_tables`.
+:func:`~spatialmix.registration.restore_registration`, :func:`~spatialmix.registration.iter_auto_register_all`,
+:func:`spatialmix.pipeline.iter_build_tables`.
 """
 
 from __future__ import annotations
@@ -40,24 +41,6 @@ def _swap(m: np.ndarray) -> np.ndarray:
     """An (x, y) 3x3 affine as a (y, x) one (napari's axis order)."""
     p = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
     return p @ m @ p
-
-
-def iter_register_all(sdata, samples, kind: str = "similarity"):
-    """Automatic registration of every sample's H&E, then MSI (the MSI is then aligned to the registered H&E)."""
-    from spatialmix.registration import iter_auto_register
-
-    results = {}
-    for s in samples:
-        for modality, element in (("he", f"{s}_he"), ("msi", f"{s}_msi_tic")):
-            if element in sdata.images:
-                results[(s, modality)] = yield from iter_auto_register(sdata, s, modality, kind=kind)
-    return results
-
-
-def iter_tables(sdata):
-    from spatialmix.pipeline import iter_build_tables
-
-    return (yield from iter_build_tables(sdata))
 
 
 class RegisterWidget(QWidget):
@@ -249,8 +232,10 @@ class RegisterWidget(QWidget):
                 self._refresh_moving(s, m)
             self._registered()
 
-        return self.panel.start(iter_register_all, self.state.sdata, self.state.samples,
-                                self.kind_combo.currentText(), on_done=done, what="auto-register all samples")
+        from spatialmix.registration import iter_auto_register_all
+
+        return self.panel.start(iter_auto_register_all, self.state.sdata, self.state.samples,
+                                kind=self.kind_combo.currentText(), on_done=done, what="auto-register all samples")
 
     def _registered(self) -> None:
         self._show_record()
@@ -376,5 +361,7 @@ class RegisterWidget(QWidget):
     def build_tables(self):
         if not self._require_project():
             return None
-        return self.panel.start(iter_tables, self.state.sdata, on_done=lambda _: self.state.changed.emit("tables"),
+        from spatialmix.pipeline import iter_build_tables
+
+        return self.panel.start(iter_build_tables, self.state.sdata, on_done=lambda _: self.state.changed.emit("tables"),
                                 what="build spot tables")

@@ -247,6 +247,24 @@ def iter_auto_register(
     return result
 
 
+def iter_auto_register_all(sdata, samples, *, kind: str = "similarity", timings: dict | None = None):
+    """Automatic registration of every sample's H&E, then its MSI (generator; returns ``{(sample, modality):
+    RegistrationResult}``). H&E first: with ``reference="auto"`` the MSI is then aligned to the registered H&E,
+    which shows the whole section (the Visium image may cut the tissue, leaving its shape ambiguous). Elements
+    a sample lacks are skipped; ``timings`` (a dict) receives ``"register {sample} {modality}"`` seconds."""
+    import time
+
+    results = {}
+    for s in samples:
+        for modality, element in (("he", f"{s}_he"), ("msi", f"{s}_msi_tic")):
+            if element in sdata.images:
+                t = time.perf_counter()
+                results[(s, modality)] = yield from iter_auto_register(sdata, s, modality, kind=kind)
+                if timings is not None:
+                    timings[f"register {s} {modality}"] = time.perf_counter() - t
+    return results
+
+
 def auto_register(sdata, sample: str, modality: str, *, kind: str = "similarity",
                   progress: bool | Callable[[Progress], None] = False, **options) -> RegistrationResult:
     """Plain-function form of :func:`iter_auto_register` (same parameters).
