@@ -15,7 +15,7 @@ from scipy import stats
 from spatialmix.data import MultiModalData
 from spatialmix.errors import ParameterError
 from spatialmix.models import MIMA
-from spatialmix.models._mima_module import nb_nll
+from spatialmix.models._mima_module import nb_nll, product_of_experts
 
 
 def _counts_data(n: int = 120, seed: int = 0, truth: bool = False):
@@ -70,7 +70,7 @@ def test_nb_loss_terms_match_a_hand_computation_and_outputs_are_in_the_inputs_un
     onehot = torch.nn.functional.one_hot(batch["batch"], 2).float()
     with torch.no_grad():
         enc = [vae.encode(x, onehot) for vae, x in zip(mod.vaes, xs)]
-        poe_mu = mod.encode(xs, masks, batch["batch"])[1][0]
+        poe_mu = product_of_experts([e["shared"][0] for e in enc], [e["shared"][1] for e in enc], masks)[0]
         z = poe_mu + enc[0]["private"][0] + enc[0]["batch"][0]
         logits = mod.vaes[0].decode(z).numpy().astype(np.float64)
         log_theta = mod.vaes[0].log_theta.detach().numpy().astype(np.float64)

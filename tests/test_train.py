@@ -489,6 +489,40 @@ def test_translation_terms_decode_what_translate_decodes():
         np.testing.assert_allclose(got.numpy(), pm.vaes[1].decode(e0["shared"][0]).numpy(), rtol=1e-5, atol=1e-6)
 
 
+def test_loss_and_every_output_decode_through_the_one_generative_path(monkeypatch):
+    """Issue 18: the loss terms, corrected / denoised outputs and translations all decode through
+    MIMAModule.generative (as scvi-tools' inference / generative split), so no output can decode a latent that
+    training never decoded; a second decode path written elsewhere fails here."""
+    import inspect
+
+    from spatialmix.models._mima_module import ModalityVAE
+
+    data = toy_data(n=40)
+    model = MIMA(data, n_latent=4, n_hidden=8, direct_max_features=30)
+    mod = model.module
+    callers = []
+    original = ModalityVAE.decode
+
+    def recording(self, z):
+        callers.append(inspect.stack()[1].function)
+        return original(self, z)
+
+    monkeypatch.setattr(ModalityVAE, "decode", recording)
+    t = model._tensors(data)
+    t.pop("_known_batch")
+    xs, masks, batch = [t[f"x_{m}"] for m in "abc"], [t[f"mask_{m}"] for m in "abc"], t["batch"]
+    mod.train()
+    _, terms = mod.loss(xs, masks, batch)
+    n_loss = len(callers)  # one decode per reconstruction and translation term
+    assert n_loss == sum(k.startswith(("recon_", "translate_")) for k in terms) == 3 + 9 + 3
+    mod.eval()
+    mod.outputs(xs, masks, batch, [("corrected", 0), ("denoised", 1), ("translation", [0, 2], 1, True, None)])
+    mod.translate(xs, masks, batch, sources=[2], target=0, with_batch=False)
+    mod.reconstruct(xs, masks, batch, modality=2, with_batch=True)
+    assert len(callers) == n_loss + 5
+    assert set(callers) == {"generative"}, callers
+
+
 def test_auto_schedule_fits_the_data_size_and_early_stopping_keeps_the_best_epoch(monkeypatch):
     from spatialmix import train as train_mod
 

@@ -271,11 +271,66 @@ class MIMAModule(nn.Module):
             return mu
         return mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
 
-    def encode(self, xs: Sequence[torch.Tensor], masks: Sequence[torch.Tensor], batch: torch.Tensor):
-        onehot = self.onehot(batch, xs[0].dtype)
-        enc = [vae.encode(x, onehot) for vae, x in zip(self.vaes, xs)]
-        poe = product_of_experts([e["shared"][0] for e in enc], [e["shared"][1] for e in enc], masks)
-        return enc, poe
+    # -- the one inference and generative path --------------------------------------------------------------
+    # As scvi-tools separates ``inference`` (encoders) from ``generative`` (decoders): the loss terms and every
+    # output go through these four methods, so an output cannot decode something training never decoded.
+    def inference(self, xs: Sequence[torch.Tensor], masks: Sequence[torch.Tensor], batch: torch.Tensor, *,
+                  stochastic: bool, modalities: Sequence[int] | None = None) -> dict:
+        """Encode ``modalities`` (default all) and, when all are encoded, form the product of experts.
+
+        Returns ``onehot``, ``enc`` ({index: {"shared" | "private" | "batch": (mean, log-variance)}}), ``z``
+        ({index: {kind: latent}}, samples when ``stochastic`` else the means) and, for all modalities,
+        ``poe`` (mean, log-variance) and ``z_poe``. Sampling order (PoE first, then each modality's shared,
+        private, batch) is fixed, so a seeded training run is reproducible."""
+        which = range(len(self.vaes)) if modalities is None else modalities
+        onehot = self.onehot(batch, xs[next(iter(which))].dtype)
+        enc = {i: self.vaes[i].encode(xs[i], onehot) for i in which}
+        out = {"onehot": onehot, "enc": enc}
+        if modalities is None:
+            out["poe"] = product_of_experts([e["shared"][0] for e in enc.values()],
+                                            [e["shared"][1] for e in enc.values()], masks)
+            out["z_poe"] = self.sample(*out["poe"], stochastic)
+        out["z"] = {i: {k: self.sample(*e[k], stochastic) for k in e} for i, e in enc.items()}
+        return out
+
+    def translation_latent(self, inf: dict, masks: Sequence[torch.Tensor], sources: Sequence[int], *,
+                           stochastic: bool) -> torch.Tensor:
+        """The shared latent a translation from ``sources`` decodes: with ``translation_poe`` (ours) the
+        product of the sources' experts and the prior expert; otherwise (the paper's term) the source's own
+        shared latent, and for several sources their product without the prior."""
+        enc = inf["enc"]
+        if self.translation_poe or len(sources) > 1:
+            mu, lv = product_of_experts([enc[s]["shared"][0] for s in sources], [enc[s]["shared"][1] for s in sources],
+                                        [masks[s] for s in sources], prior=self.translation_poe)
+            return self.sample(mu, lv, stochastic)
+        return inf["z"][sources[0]]["shared"]
+
+    def target_batch_latent(self, inf: dict, target: int, batch: torch.Tensor, *, encoded: bool,
+                            batch_table: torch.Tensor | None = None) -> torch.Tensor:
+        """The target's batch latent for a translation: ``encoded`` (the loss, where the target was measured)
+        its encoding's latent; otherwise from the sample alone, or with ``batch_input='sample+features'`` (a
+        translation does not have the target's features) each sample's mean batch latent from ``batch_table``."""
+        if encoded:
+            return inf["z"][target]["batch"]
+        vae = self.vaes[target]
+        if vae.batch_input == "sample":
+            return vae.encode_batch(inf["onehot"])[0]
+        if batch_table is None:
+            raise ValueError("translation with the target's batch latent needs batch_table when the batch "
+                             "latent reads the features (batch_input='sample+features')")
+        dtype = inf["onehot"].dtype
+        return batch_table.to(batch.device, dtype)[batch]
+
+    def generative(self, modality: int, shared: torch.Tensor, private: torch.Tensor | None = None,
+                   batch_latent: torch.Tensor | None = None) -> torch.Tensor:
+        """Decode shared (+ private) (+ batch) by ``modality``'s decoder: its raw output (the features for
+        ``mse``, logits of the expression proportions for ``nb``; :meth:`ModalityVAE.expression` converts)."""
+        z = shared
+        if private is not None:
+            z = z + private
+        if batch_latent is not None:
+            z = z + batch_latent
+        return self.vaes[modality].decode(z)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The training engine's entry point: ``batch`` holds ``x_<name>``, ``mask_<name>`` and ``batch``."""
@@ -291,15 +346,14 @@ class MIMAModule(nn.Module):
         each modality's raw counts (needed by the ``nb`` likelihood only; None elsewhere)."""
         counts = list(counts) if counts is not None else [None] * len(xs)
         stochastic = self.training
-        enc, (poe_mu, poe_lv) = self.encode(xs, masks, batch)
-        z_poe = self.sample(poe_mu, poe_lv, stochastic)
-        z = [{k: self.sample(*e[k], stochastic) for k in e} for e in enc]
+        inf = self.inference(xs, masks, batch, stochastic=stochastic)
+        enc, (poe_mu, poe_lv), z_poe, z = inf["enc"], inf["poe"], inf["z_poe"], inf["z"]
         terms: dict[str, torch.Tensor] = {}
         b = self.beta
         shared = 0.0
         for i, (vae, x, mask) in enumerate(zip(self.vaes, xs, masks)):
             name = self.names[i]
-            rec = vae.decode(z_poe + z[i]["private"] + z[i]["batch"])
+            rec = self.generative(i, z_poe, z[i]["private"], z[i]["batch"])
             terms[f"recon_poe_{name}"] = vae.reconstruction_loss(x, rec, mask, counts[i])
             shared = shared + terms[f"recon_poe_{name}"]
         if self.translation:
@@ -307,15 +361,9 @@ class MIMAModule(nn.Module):
                 both = masks[t] & torch.stack([masks[i] for i in sources]).any(dim=0)
                 # translation_detach (the paper's preset): the term trains the source's shared encoder and
                 # the target's decoder, not the target's batch latent
-                zb = z[t]["batch"].detach() if self.translation_detach else z[t]["batch"]
-                if self.translation_poe:
-                    # what translate() decodes: the product of the sources' experts and the prior expert
-                    mu, lv = product_of_experts([enc[i]["shared"][0] for i in sources],
-                                                [enc[i]["shared"][1] for i in sources], [masks[i] for i in sources])
-                    zs = self.sample(mu, lv, stochastic)
-                else:  # the paper's term: the source's own shared latent (one source)
-                    zs = z[sources[0]]["shared"]
-                rec = self.vaes[t].decode(zs + zb)
+                zb = self.target_batch_latent(inf, t, batch, encoded=True)
+                rec = self.generative(t, self.translation_latent(inf, masks, sources, stochastic=stochastic),
+                                      batch_latent=zb.detach() if self.translation_detach else zb)
                 key = f"translate_{'+'.join(self.names[i] for i in sources)}_to_{self.names[t]}"
                 terms[key] = self.vaes[t].reconstruction_loss(xs[t], rec, both, counts[t])
                 shared = shared + self.translation_weight * terms[key]
@@ -325,7 +373,7 @@ class MIMAModule(nn.Module):
         private = 0.0
         for i, (vae, x, mask) in enumerate(zip(self.vaes, xs, masks)):
             name = self.names[i]
-            rec = vae.decode(z[i]["shared"] + z[i]["private"] + z[i]["batch"])
+            rec = self.generative(i, z[i]["shared"], z[i]["private"], z[i]["batch"])
             terms[f"recon_{name}"] = vae.reconstruction_loss(x, rec, mask, counts[i])
             for k in ("shared", "private", "batch"):
                 terms[f"kl_{k}_{name}"] = masked_mean(kl_normal(*enc[i][k]), mask)
@@ -347,22 +395,22 @@ class MIMAModule(nn.Module):
                     total = total + self.adversarial * terms[f"adv_{kind}_{name}"]
         return total, terms
 
-    # -- inference (means, no sampling) -------------------------------------------------------------------
-    # Each output is a function of one encoding of the chunk (``encode``): ``outputs`` computes any set of them
-    # from that encoding in one pass; the single-output methods below are the same functions on their own.
+    # -- inference outputs (means, no sampling) ------------------------------------------------------------
+    # Every output is computed by ``outputs`` from one ``inference`` of the chunk, decoded by ``generative``
+    # exactly as the loss decodes it; the single-output methods below are ``outputs`` with one request.
     @torch.no_grad()
     def latents(self, xs, masks, batch) -> dict[str, torch.Tensor]:
-        enc, (poe_mu, _) = self.encode(xs, masks, batch)
-        out = {"poe": poe_mu}
-        for name, e in zip(self.names, enc):
-            out[f"shared_{name}"] = e["shared"][0]
-            out[f"private_{name}"] = e["private"][0]
-            out[f"batch_{name}"] = e["batch"][0]
+        inf = self.inference(xs, masks, batch, stochastic=False)
+        out = {"poe": inf["poe"][0]}
+        for i, name in enumerate(self.names):
+            for kind in ("shared", "private", "batch"):
+                out[f"{kind}_{name}"] = inf["enc"][i][kind][0]
         return out
 
     @staticmethod
     def _expert_shares(enc, masks) -> torch.Tensor:
-        precisions = [torch.exp(-e["shared"][1]) * m.unsqueeze(1).to(e["shared"][1].dtype) for e, m in zip(enc, masks)]
+        precisions = [torch.exp(-enc[i]["shared"][1]) * m.unsqueeze(1).to(enc[i]["shared"][1].dtype)
+                      for i, m in enumerate(masks)]
         total = 1.0 + torch.stack(precisions).sum(dim=0)
         shares = [(p / total).mean(dim=1) for p in precisions] + [(1.0 / total).mean(dim=1)]
         return torch.stack(shares, dim=1)
@@ -371,59 +419,39 @@ class MIMAModule(nn.Module):
     def expert_weights(self, xs, masks, batch) -> torch.Tensor:
         """Each expert's share of the PoE precision per spot, averaged over the latent dimensions:
         (n, n_modalities + 1), the last column the prior's; rows sum to 1, a missing modality's share is 0."""
-        enc, _ = self.encode(xs, masks, batch)
-        return self._expert_shares(enc, masks)
-
-    def _reconstruction(self, enc, poe_mu, modality: int, with_batch: bool) -> torch.Tensor:
-        z = poe_mu + enc[modality]["private"][0]
-        if with_batch:
-            z = z + enc[modality]["batch"][0]
-        vae = self.vaes[modality]
-        return vae.expression(vae.decode(z))
+        return self.outputs(xs, masks, batch, [("expert_weights",)])[0]
 
     @torch.no_grad()
     def reconstruct(self, xs, masks, batch, *, modality: int, with_batch: bool) -> torch.Tensor:
         """Decode PoE + private (+ batch) of ``modality``: denoised (with batch) or batch-corrected."""
-        enc, (poe_mu, _) = self.encode(xs, masks, batch)
-        return self._reconstruction(enc, poe_mu, modality, with_batch)
-
-    def _translation(self, enc, masks, onehot, batch, sources: Sequence[int], target: int, with_batch: bool,
-                     batch_table: torch.Tensor | None) -> torch.Tensor:
-        """``enc``: {modality index: encoder output} holding at least the sources'."""
-        mu, _ = product_of_experts([enc[s]["shared"][0] for s in sources], [enc[s]["shared"][1] for s in sources],
-                                   [masks[s] for s in sources], prior=self.translation_poe)
-        z = mu
-        if with_batch:
-            vae = self.vaes[target]
-            if vae.batch_input == "sample":
-                z = z + vae.encode_batch(onehot)[0]
-            elif batch_table is not None:
-                z = z + batch_table.to(z.device, z.dtype)[batch]
-            else:
-                raise ValueError("translation with the target's batch latent needs batch_table when the batch "
-                                 "latent reads the features (batch_input='sample+features')")
-        return self.vaes[target].expression(self.vaes[target].decode(z))
+        return self.outputs(xs, masks, batch, [("denoised" if with_batch else "corrected", modality)])[0]
 
     @torch.no_grad()
     def translate(self, xs, masks, batch, *, sources: Sequence[int], target: int, with_batch: bool,
                   batch_table: torch.Tensor | None = None) -> torch.Tensor:
-        """Decode the product of the ``sources``' shared experts (+ the target's batch latent) by ``target``.
+        """Decode the sources' shared latent (:meth:`translation_latent`) + the target's batch latent by
+        ``target``; only the sources are encoded.
 
         With ``batch_input='sample+features'`` the target's batch latent depends on its features, which a
         translation does not have: ``batch_table`` (n_batches, n_latent) then gives each sample's mean batch
         latent over the spots where the target was measured."""
-        onehot = self.onehot(batch, xs[sources[0]].dtype)
-        enc = {s: self.vaes[s].encode(xs[s], onehot) for s in sources}
-        return self._translation(enc, masks, onehot, batch, sources, target, with_batch, batch_table)
+        inf = self.inference(xs, masks, batch, stochastic=False, modalities=sorted(set(sources)))
+        return self._translation(inf, masks, batch, sources, target, with_batch, batch_table)
+
+    def _translation(self, inf, masks, batch, sources, target, with_batch, batch_table) -> torch.Tensor:
+        zb = None
+        if with_batch:  # the target's batch latent from the sample (never from the target's features)
+            zb = self.target_batch_latent(inf, target, batch, encoded=False, batch_table=batch_table)
+        out = self.generative(target, self.translation_latent(inf, masks, sources, stochastic=False), batch_latent=zb)
+        return self.vaes[target].expression(out)
 
     @torch.no_grad()
     def outputs(self, xs, masks, batch, requests: Sequence[tuple]) -> list[torch.Tensor]:
         """Several outputs of one chunk from one encoding of it. ``requests``: ``("latent",)``,
         ``("private", i)``, ``("corrected", i)``, ``("denoised", i)``, ``("expert_weights",)`` or
-        ``("translation", sources, target, with_batch, batch_table)``; each equals the single-output method's."""
-        onehot = self.onehot(batch, xs[0].dtype)
-        enc = [vae.encode(x, onehot) for vae, x in zip(self.vaes, xs)]
-        poe_mu, _ = product_of_experts([e["shared"][0] for e in enc], [e["shared"][1] for e in enc], masks)
+        ``("translation", sources, target, with_batch, batch_table)``."""
+        inf = self.inference(xs, masks, batch, stochastic=False)
+        enc, poe_mu = inf["enc"], inf["poe"][0]
         out = []
         for req in requests:
             what = req[0]
@@ -432,13 +460,14 @@ class MIMAModule(nn.Module):
             elif what == "private":
                 out.append(enc[req[1]]["private"][0])
             elif what in ("corrected", "denoised"):
-                out.append(self._reconstruction(enc, poe_mu, req[1], with_batch=what == "denoised"))
+                i = req[1]
+                dec = self.generative(i, poe_mu, enc[i]["private"][0], enc[i]["batch"][0] if what == "denoised" else None)
+                out.append(self.vaes[i].expression(dec))
             elif what == "expert_weights":
                 out.append(self._expert_shares(enc, masks))
             elif what == "translation":
                 _, sources, target, with_batch, table = req
-                out.append(self._translation(dict(enumerate(enc)), masks, onehot, batch, sources, target,
-                                             with_batch, table))
+                out.append(self._translation(inf, masks, batch, sources, target, with_batch, table))
             else:
                 raise ValueError(f"unknown output request {req!r}")
         return out
@@ -446,4 +475,3 @@ class MIMAModule(nn.Module):
 
 def n_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
-
