@@ -319,7 +319,7 @@ def test_a_stuck_umap_helper_is_replaced_and_then_reported(monkeypatch):
     the caller gets a clear error instead of waiting forever. ``time.sleep`` stands in for a stuck task."""
     import time as _time
 
-    import spatialmix.results as res
+    import spatialmix.results.rgb as res
     from spatialmix.errors import SpatialMixError
 
     monkeypatch.setattr(res, "HELPER_IDLE_S", 2.0)
@@ -357,7 +357,7 @@ def test_one_inference_pass_gives_every_output_of_the_single_output_methods(trai
 def test_the_umap_helper_gets_the_pca_not_the_matrix_and_gives_the_same_colours(monkeypatch):
     """With the helper process on, a wide matrix is reduced to its PCA here and only that is sent (nothing the
     size of the data crosses processes); the colours equal the in-process ones."""
-    import spatialmix.results as res
+    import spatialmix.results.rgb as res
 
     rng = np.random.default_rng(0)
     X = rng.standard_normal((300, 200)).astype(np.float32)
