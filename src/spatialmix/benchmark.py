@@ -387,6 +387,253 @@ def _check_models(models, mmd, labels, skipped: dict[str, str] | None = None) ->
     return expanded
 
 
+@dataclass
+class _Run:
+    """What the stages of one benchmark run share (built by :func:`iter_benchmark`, filled stage by stage)."""
+
+    mmd: Any
+    sdata: Any
+    spatial: bool
+    annotation_key: str | None
+    models: list[str]
+    sources: list[str]
+    exclude: tuple
+    options: Any  # EnsembleOptions
+    seed: int
+    cv_folds: int
+    train: dict | None
+    model_params: dict | None
+    reps: list = field(default_factory=list)
+    trained: dict = field(default_factory=dict)
+    peer_records: dict = field(default_factory=dict)
+    results: dict = field(default_factory=dict)  # representation -> scheme -> AnnotationResult
+    translations: dict = field(default_factory=dict)
+    scmodal_run: bool = False
+    first: Any = None  # the first AnnotationResult (its excluded classes and classes)
+
+    @property
+    def labels(self):
+        return self.mmd.labels
+
+    @property
+    def samples(self) -> np.ndarray:
+        return self.mmd.obs["sample"].astype(str).to_numpy()
+
+    @property
+    def batches(self) -> np.ndarray:
+        return self.mmd.obs[self.mmd.batch_key].astype(str).to_numpy()
+
+    def train_for(self, name) -> dict:
+        """MIMA's default training for MIMA (and MIMA-Unimodal); the other models train with their papers'
+        defaults (plus the seed); ``train`` given by the caller applies to every model."""
+        from spatialmix.models import MODELS
+        from spatialmix.models.peers import PEERS
+
+        base = {"seed": self.seed}
+        if name in ("mima", "mima_unimodal"):  # MIMA's defaults for both (MIMA-Unimodal's own default is the demo's)
+            base.update({k: MODELS["mima"].train_defaults[k] for k in ("epochs", "lr")})
+        given = dict(self.train or {})
+        if any(k in MODELS or k in PEERS for k in given):  # {model name: {option: value}}
+            return {**base, **dict(given.get(name) or {})}
+        return {**base, **given}
+
+
+def _iter_representations(run: _Run):
+    """Stage 2: the raw inputs, every baseline and peer, and every trained model's embedding (scMODAL is only
+    marked: its section runs last)."""
+    from spatialmix._resources import measure
+    from spatialmix.models import MODELS
+    from spatialmix.models.baselines import BASELINES
+    from spatialmix.models.peers import PEERS
+
+    mmd, seed = run.mmd, run.seed
+    run.reps = _raw(mmd)
+    for name in run.models:
+        if name in BASELINES or name in PEERS:
+            yield Progress(f"{'baseline' if name in BASELINES else 'peer'} {name}", 0, 1)
+            with measure() as res:
+                if name in BASELINES:
+                    embs = BASELINES[name](mmd, seed=seed)
+                else:
+                    opts = _model_params(run.model_params, name)
+                    if name == "mima_unimodal":
+                        opts.setdefault("train", {k: v for k, v in run.train_for(name).items() if k != "seed"})
+                    elif name in SCVI_TOOLS_PEERS and "epochs" in run.train_for(name):  # --epochs given by the user
+                        opts.setdefault("max_epochs", int(run.train_for(name)["epochs"]))
+                    run.peer_records[name] = PEERS[name].info(mmd, seed=seed, **opts)
+                    embs = PEERS[name](mmd, seed=seed, **opts)
+            for rep, X in embs.items():
+                if any(r.name == rep for r in run.reps):
+                    continue
+                run.reps.append(Representation(rep, "baseline" if name in BASELINES else "peer", X, dict(res),
+                                               source=name))
+            yield Progress(f"{'baseline' if name in BASELINES else 'peer'} {name}", 1, 1)
+        elif name == "scmodal":
+            run.scmodal_run = True  # after the other representations: its section compares with Harmony itself
+        else:
+            cls = MODELS[name]
+            params = _model_params(run.model_params, name)
+            if cls.needs_labels:
+                batches_of = mmd.obs.groupby(mmd.obs["sample"].astype(str), observed=True)[mmd.batch_key].first()
+                params.setdefault("source_samples" if name == "modamix" else "source_batches",
+                                  list(run.sources) if name == "modamix" else [str(batches_of[x]) for x in run.sources])
+            mdl = cls(mmd, **params)
+            with measure() as res:
+                yield from forward(mdl.iter_train(**run.train_for(name)), f"train {name}: ")
+            run.trained[name] = mdl
+            run.reps.append(Representation(name, "model", mdl.get_latent_representation(), dict(res), source=name))
+            if "corrected_pca" in cls.supports:  # MIMA's representation for annotation prediction (issue 14, item 6)
+                run.reps.append(Representation(f"{name}_corrected_pca", "model", mdl.get_corrected_pca(seed=seed),
+                                               dict(res), source=name))
+
+
+def _iter_annotation_cv(run: _Run, metrics: dict):
+    """Stage 3: every representation's annotation prediction (leave-one-sample-out and 4-fold)."""
+    from spatialmix.evaluate import annotations as ann_mod
+    from spatialmix.models import MODELS
+    from spatialmix.models.baselines import common_spots
+
+    samples, labels = run.samples, run.labels
+    evaluated = common_spots(run.mmd)
+    schemes = ()
+    if labels is None:
+        metrics["not_scored"]["annotation"] = "no label column"
+    else:
+        schemes = ("loocv", "4cv") if len(set(samples)) > 1 else ("4cv",)
+        if len(set(samples)) < 2:
+            metrics["not_scored"]["loocv"] = "one sample only: nothing to leave out"
+    for i, rep in enumerate(run.reps):
+        entry = {"kind": rep.kind, "source": rep.source, "dims": int(rep.X.shape[1]), **rep.resources}
+        run.results[rep.name] = {}
+        supervised = rep.kind == "model" and MODELS[rep.source].needs_labels
+        if supervised:
+            entry["note"] = ("trained on the source samples' labels: scored on its target-sample predictions "
+                             "(domain_adaptation), not by the leave-one-sample-out classifier")
+        for scheme in (() if supervised else schemes):
+            r = yield from forward(ann_mod.iter_cross_validate(
+                rep.X, labels, samples, representation=rep.name, scheme=scheme, exclude=run.exclude,
+                mask=evaluated, n_folds=run.cv_folds, options=run.options), f"annotations {i + 1}/{len(run.reps)} ")
+            run.results[rep.name][scheme] = r
+            run.first = run.first or r
+            entry[scheme] = {k: v for k, v in r.to_dict().items() if k not in ("representation", "options")}
+            entry[scheme]["confusion"] = json.loads(r.confusion.to_json(orient="split"))
+        metrics["representations"][rep.name] = entry
+    if run.first is not None:
+        metrics["classifier"]["excluded_classes"] = run.first.excluded
+        metrics["classifier"]["classes"] = run.first.classes
+
+
+def _iter_scib(run: _Run, metrics: dict):
+    """Stage 4: scIB bio-conservation and batch-correction scores of every representation."""
+    from spatialmix.evaluate.metrics import representation, scib_benchmark
+    from spatialmix.models.baselines import common_spots
+
+    labels, batches, seed = run.labels, run.batches, run.seed
+    if labels is None or len(set(batches)) < 2:
+        metrics["not_scored"]["scib"] = "no label column" if labels is None else "one batch only"
+        return
+    evaluated = common_spots(run.mmd)
+    yield Progress("scIB metrics (scib-metrics Benchmarker)", 0, 1)
+    excluded = run.first.excluded if run.first is not None else []
+    scib_labels = labels.astype(object).where(~labels.astype(str).isin(excluded))
+    # scIB evaluates feature matrices (the raw inputs) on their PCA, as scIB does for unintegrated data
+    embs = {r.name: (representation(r.X[evaluated], seed=seed) if r.kind == "raw" else r.X[evaluated])
+            for r in run.reps}
+    pre = "pca_concat" if "pca_concat" in embs else None
+    table = scib_benchmark(embs, batches[evaluated], scib_labels.to_numpy()[evaluated], pre_integrated=pre,
+                           seed=seed)
+    for name, row in table.iterrows():
+        metrics["representations"][name]["scib"] = {k: float(v) for k, v in row.items()}
+    metrics["scib"] = {"pre_integrated": pre or f"PCA of {next(iter(embs))}", "labels": run.annotation_key,
+                       "batches": run.mmd.batch_key}
+    yield Progress("scIB metrics (scib-metrics Benchmarker)", 1, 1)
+
+
+def _iter_domain_adaptation(run: _Run, metrics: dict):
+    """Stage 5: the label-supervised models' target-sample predictions against source-trained ensembles."""
+    from spatialmix.models import MODELS
+    from spatialmix.models.baselines import common_spots
+
+    transfer_cache: dict = {}
+    for name, mdl in run.trained.items():
+        if MODELS[name].needs_labels:
+            yield Progress(f"{name}: target-sample predictions vs the source-trained ensembles", 0, 1)
+            da, da_results = _domain_adaptation(name, mdl, run.mmd, run.reps, run.labels, run.samples,
+                                                common_spots(run.mmd), run.sources, run.exclude, run.options,
+                                                transfer_cache)
+            metrics["representations"][name]["domain_adaptation"] = da
+            for rep_name, r in da_results.items():
+                run.results.setdefault(rep_name, {})["transfer"] = r
+
+
+def _iter_translation_cv(run: _Run, metrics: dict, translation: bool):
+    """Stage 6: for models with a latent per modality, matching as if unpaired and cross-validated translation."""
+    from spatialmix.models import MODELS
+
+    for name, mdl in run.trained.items():
+        if "private" in MODELS[name].supports and len(run.mmd.modalities) > 1:
+            metrics["representations"][name]["unpaired"] = _unpaired(mdl, run.mmd, run.labels)
+            if translation:
+                from spatialmix.evaluate.translation import iter_translation_cv
+
+                tr = yield from forward(iter_translation_cv(
+                    run.mmd, model=name, model_params=_model_params(run.model_params, name),
+                    train=run.train_for(name), annotation_key=run.annotation_key, n_folds=run.cv_folds,
+                    seed=run.seed), f"{name} ")
+                run.translations[name] = tr
+                metrics["representations"][name]["translation"] = tr.to_dict()
+                metrics["representations"][name]["translation_fold_train_seconds"] = tr.train_seconds
+
+
+def _iter_scmodal(run: _Run, metrics: dict):
+    """Stage 7 (when scMODAL is listed): RNA of the sources against MSI of the targets, never paired."""
+    yield Progress("scMODAL: RNA of the sources against MSI of the targets", 0, 1)
+    section, _ = _unpaired_alignment(run.mmd, run.labels, run.samples, run.sources, seed=run.seed,
+                                     train={k: v for k, v in run.train_for("scmodal").items() if k != "seed"},
+                                     params=_model_params(run.model_params, "scmodal"))
+    metrics["unpaired_alignment"] = section
+    yield Progress("scMODAL: RNA of the sources against MSI of the targets", 1, 1)
+
+
+def _iter_write(run: _Run, metrics: dict, out: Path, *, figures: bool, save: bool, map_representation,
+                t_start: float):
+    """Stage 8: metrics.json / .csv, per-class scores, figures, report.md and (spatial) the project."""
+    from spatialmix.project import jsonable, save_project
+
+    yield Progress("write outputs", 0, 1)
+    written = ["metrics.json", "metrics.csv"]
+    if run.spatial:
+        yield from _write_spatial_outputs(run.sdata, run.reps, run.trained, run.results, run.annotation_key)
+    else:
+        written.append(_write_cell_outputs(run.mmd, run.reps, run.results, out / "embeddings.h5ad",
+                                           run.annotation_key))
+    metrics["seconds_total"] = round(time.perf_counter() - t_start, 1)
+    (out / "metrics.json").write_text(json.dumps(jsonable(metrics), indent=2))
+    metrics_table(metrics).to_csv(out / "metrics.csv")
+    results = run.results
+    if results and any(results.values()):
+        per_class = pd.concat([r.per_class.assign(representation=name, scheme=scheme).reset_index(names="class")
+                               for name, by_scheme in results.items() for scheme, r in by_scheme.items()])
+        per_class[["representation", "scheme", "class", "n_folds", "n_spots", "accuracy", "precision", "recall",
+                   "f1"]].to_csv(out / "annotation_per_class.csv", index=False)
+        written.append("annotation_per_class.csv")
+    if figures:
+        from spatialmix.evaluate import plots
+
+        yield Progress("figures", 0, 1)
+        written += [p.name for p in plots.save_benchmark_figures(
+            metrics, results, run.translations, run.sdata, out, annotation_key=run.annotation_key,
+            map_representation=map_representation or next(iter(run.trained), "harmony"))]
+        yield Progress("figures", 1, 1)
+    (out / "report.md").write_text(format_benchmark(metrics))
+    written.append("report.md")
+    if save and run.spatial:
+        yield Progress("save project", 0, 1)
+        save_project(run.sdata, out / "project.zarr", overwrite=True)
+        written.append("project.zarr")
+    metrics["files"] = written
+
+
 def iter_benchmark(data, out, *, models: Sequence[str] = DEFAULT_MODELS, annotation_key: str = "pathologist",
                    label_key: str | None = None, batch_key: str | None = None,
                    preprocessing: dict[str, str] | str | None = None, zscore: bool | dict[str, bool] = False,
@@ -433,15 +680,12 @@ def iter_benchmark(data, out, *, models: Sequence[str] = DEFAULT_MODELS, annotat
     map_representation
         Whose predictions the per-sample maps show (default: the first trained model, else ``harmony``).
     """
-    from spatialmix._resources import measure
     from spatialmix.data import MultiModalData
     from spatialmix.evaluate import annotations as ann_mod
-    from spatialmix.evaluate.metrics import scib_benchmark
     from spatialmix.models import MODELS
-    from spatialmix.models.baselines import BASELINES, common_spots
-    from spatialmix.models.peers import PEERS
-    from spatialmix.project import jsonable, save_project
+    from spatialmix.models.baselines import common_spots
 
+    # stage 1: check the request and open the data (nothing long runs before these checks)
     exclude = ann_mod.PAPER_EXCLUDED if exclude is None else tuple(exclude)
     out = Path(out)
     if (out / "metrics.json").exists() and not overwrite:
@@ -465,79 +709,26 @@ def iter_benchmark(data, out, *, models: Sequence[str] = DEFAULT_MODELS, annotat
             raise ProjectError(f"annotation column {annotation_key!r} not in the project (columns: "
                                f"{list(sdata.tables['rna'].obs.columns)}); pass --annotation-key")
         mmd = MultiModalData.from_spatialdata(sdata, annotation_key=annotation_key, batch_key=batch_key or "batch")
-    annotation_key = mmd.annotation_key
-    labels = mmd.labels
     skipped_models: dict[str, str] = {}
-    models = _check_models(models, mmd, labels, skipped_models)
+    models = _check_models(models, mmd, mmd.labels, skipped_models)
     out.mkdir(parents=True, exist_ok=True)
     samples = mmd.obs["sample"].astype(str).to_numpy()
-    batches = mmd.obs[mmd.batch_key].astype(str).to_numpy()
+    run = _Run(mmd=mmd, sdata=sdata, spatial=spatial, annotation_key=mmd.annotation_key, models=models,
+               sources=list(source_samples) if source_samples else default_sources(samples), exclude=exclude,
+               options=options, seed=seed, cv_folds=cv_folds, train=train, model_params=model_params)
+
+    yield from _iter_representations(run)  # stage 2
+
     evaluated = common_spots(mmd)
     rows = "spots" if spatial else getattr(mmd, "row_kind", "cells")
-
-    reps = _raw(mmd)
-    trained = {}
-    scmodal_run = False
-    sources = list(source_samples) if source_samples else default_sources(samples)
-    peer_records: dict[str, dict] = {}
-
-    def train_for(name):
-        """MIMA's default training for MIMA (and MIMA-Unimodal); the other models train with their papers'
-        defaults (plus the seed); ``train`` given by the caller applies to every model."""
-        base = {"seed": seed}
-        if name in ("mima", "mima_unimodal"):  # MIMA's defaults for both (MIMA-Unimodal's own default is the demo's)
-            base.update({k: MODELS["mima"].train_defaults[k] for k in ("epochs", "lr")})
-        given = dict(train or {})
-        if any(k in MODELS or k in PEERS for k in given):  # {model name: {option: value}}
-            return {**base, **dict(given.get(name) or {})}
-        return {**base, **given}
-
-    for name in models:
-        if name in BASELINES or name in PEERS:
-            yield Progress(f"{'baseline' if name in BASELINES else 'peer'} {name}", 0, 1)
-            with measure() as res:
-                if name in BASELINES:
-                    embs = BASELINES[name](mmd, seed=seed)
-                else:
-                    opts = _model_params(model_params, name)
-                    if name == "mima_unimodal":
-                        opts.setdefault("train", {k: v for k, v in train_for(name).items() if k != "seed"})
-                    elif name in SCVI_TOOLS_PEERS and "epochs" in train_for(name):  # --epochs given by the user
-                        opts.setdefault("max_epochs", int(train_for(name)["epochs"]))
-                    peer_records[name] = PEERS[name].info(mmd, seed=seed, **opts)
-                    embs = PEERS[name](mmd, seed=seed, **opts)
-            for rep, X in embs.items():
-                if any(r.name == rep for r in reps):
-                    continue
-                reps.append(Representation(rep, "baseline" if name in BASELINES else "peer", X, dict(res),
-                                           source=name))
-            yield Progress(f"{'baseline' if name in BASELINES else 'peer'} {name}", 1, 1)
-        elif name == "scmodal":
-            scmodal_run = True  # after the other representations: its section compares with Harmony itself
-        else:
-            cls = MODELS[name]
-            params = _model_params(model_params, name)
-            if cls.needs_labels:
-                batches_of = mmd.obs.groupby(mmd.obs["sample"].astype(str), observed=True)[mmd.batch_key].first()
-                params.setdefault("source_samples" if name == "modamix" else "source_batches",
-                                  list(sources) if name == "modamix" else [str(batches_of[x]) for x in sources])
-            mdl = cls(mmd, **params)
-            with measure() as res:
-                yield from forward(mdl.iter_train(**train_for(name)), f"train {name}: ")
-            trained[name] = mdl
-            reps.append(Representation(name, "model", mdl.get_latent_representation(), dict(res), source=name))
-            if "corrected_pca" in cls.supports:  # MIMA's representation for annotation prediction (issue 14, item 6)
-                reps.append(Representation(f"{name}_corrected_pca", "model", mdl.get_corrected_pca(seed=seed),
-                                           dict(res), source=name))
-
     metrics: dict[str, Any] = {
         "data": str(data) if not isinstance(data, MultiModalData) else repr(data), "spatial": spatial,
-        "input": repr(mmd), "preprocessing": dict(mmd.preprocessing), "annotation_key": annotation_key,
+        "input": repr(mmd), "preprocessing": dict(mmd.preprocessing), "annotation_key": run.annotation_key,
         "batch_key": batch_key if (batch_key and not spatial) else mmd.batch_key, "models": models,
-        "train": {name: train_for(name) for name in models if name in MODELS or name == "mima_unimodal"},
-        "peers": peer_records,
-        "source_samples": sources,
-        "samples": sorted(set(samples)), "n_batches": int(len(set(batches))),
+        "train": {name: run.train_for(name) for name in models if name in MODELS or name == "mima_unimodal"},
+        "peers": run.peer_records,
+        "source_samples": run.sources,
+        "samples": sorted(set(samples)), "n_batches": int(len(set(run.batches))),
         "n_spots": int(mmd.n_obs), "n_evaluated_spots": int(evaluated.sum()), "rows": rows,
         "evaluated_spots": f"{rows} with every modality measured (" + ", ".join(mmd.modalities) + ")",
         "classifier": {"n_bags": options.n_bags, "n_trees": options.n_trees, "min_instances": 3,
@@ -546,129 +737,19 @@ def iter_benchmark(data, out, *, models: Sequence[str] = DEFAULT_MODELS, annotat
         "not_scored": {},
         "not_run": dict(skipped_models),
         "representations": {}}
-    results: dict[str, dict[str, ann_mod.AnnotationResult]] = {}
     stage = metrics["stage_seconds"] = {"prepare_and_train": round(time.perf_counter() - t_start, 1)}
-    t0 = time.perf_counter()
-    schemes = ()
-    if labels is None:
-        metrics["not_scored"]["annotation"] = "no label column"
-    else:
-        schemes = ("loocv", "4cv") if len(set(samples)) > 1 else ("4cv",)
-        if len(set(samples)) < 2:
-            metrics["not_scored"]["loocv"] = "one sample only: nothing to leave out"
-    first = None
-    for i, rep in enumerate(reps):
-        entry = {"kind": rep.kind, "source": rep.source, "dims": int(rep.X.shape[1]), **rep.resources}
-        results[rep.name] = {}
-        supervised = rep.kind == "model" and MODELS[rep.source].needs_labels
-        if supervised:
-            entry["note"] = ("trained on the source samples' labels: scored on its target-sample predictions "
-                             "(domain_adaptation), not by the leave-one-sample-out classifier")
-        for scheme in (() if supervised else schemes):
-            r = yield from forward(ann_mod.iter_cross_validate(
-                rep.X, labels, samples, representation=rep.name, scheme=scheme, exclude=exclude,
-                mask=evaluated, n_folds=cv_folds, options=options), f"annotations {i + 1}/{len(reps)} ")
-            results[rep.name][scheme] = r
-            first = first or r
-            entry[scheme] = {k: v for k, v in r.to_dict().items() if k not in ("representation", "options")}
-            entry[scheme]["confusion"] = json.loads(r.confusion.to_json(orient="split"))
-        metrics["representations"][rep.name] = entry
-    if first is not None:
-        metrics["classifier"]["excluded_classes"] = first.excluded
-        metrics["classifier"]["classes"] = first.classes
-
-    stage["annotation_cv"] = round(time.perf_counter() - t0, 1)
-    t0 = time.perf_counter()
-    if labels is not None and len(set(batches)) > 1:
-        yield Progress("scIB metrics (scib-metrics Benchmarker)", 0, 1)
-        excluded = first.excluded if first is not None else []
-        scib_labels = labels.astype(object).where(~labels.astype(str).isin(excluded))
-        # scIB evaluates feature matrices (the raw inputs) on their PCA, as scIB does for unintegrated data
-        from spatialmix.evaluate.metrics import representation
-
-        embs = {r.name: (representation(r.X[evaluated], seed=seed) if r.kind == "raw" else r.X[evaluated])
-                for r in reps}
-        pre = "pca_concat" if "pca_concat" in embs else None
-        table = scib_benchmark(embs, batches[evaluated], scib_labels.to_numpy()[evaluated], pre_integrated=pre,
-                               seed=seed)
-        for name, row in table.iterrows():
-            metrics["representations"][name]["scib"] = {k: float(v) for k, v in row.items()}
-        metrics["scib"] = {"pre_integrated": pre or f"PCA of {next(iter(embs))}", "labels": annotation_key,
-                           "batches": mmd.batch_key}
-        yield Progress("scIB metrics (scib-metrics Benchmarker)", 1, 1)
-    else:
-        metrics["not_scored"]["scib"] = "no label column" if labels is None else "one batch only"
-    stage["scib"] = round(time.perf_counter() - t0, 1)
-    t0 = time.perf_counter()
-
-    translations = {}
-    transfer_cache: dict = {}
-    for name, mdl in trained.items():
-        if MODELS[name].needs_labels:
-            yield Progress(f"{name}: target-sample predictions vs the source-trained ensembles", 0, 1)
-            da, da_results = _domain_adaptation(name, mdl, mmd, reps, labels, samples, evaluated, sources, exclude,
-                                                options, transfer_cache)
-            metrics["representations"][name]["domain_adaptation"] = da
-            for rep_name, r in da_results.items():
-                results.setdefault(rep_name, {})["transfer"] = r
-    stage["domain_adaptation"] = round(time.perf_counter() - t0, 1)
-    t0 = time.perf_counter()
-    for name, mdl in trained.items():
-        if "private" in MODELS[name].supports and len(mmd.modalities) > 1:
-            metrics["representations"][name]["unpaired"] = _unpaired(mdl, mmd, labels)
-            if translation:
-                from spatialmix.evaluate.translation import iter_translation_cv
-
-                tr = yield from forward(iter_translation_cv(
-                    mmd, model=name, model_params=_model_params(model_params, name), train=train_for(name),
-                    annotation_key=annotation_key, n_folds=cv_folds, seed=seed), f"{name} ")
-                translations[name] = tr
-                metrics["representations"][name]["translation"] = tr.to_dict()
-                metrics["representations"][name]["translation_fold_train_seconds"] = tr.train_seconds
-    stage["translation_cv"] = round(time.perf_counter() - t0, 1)
-    if scmodal_run:
+    for name, step in (("annotation_cv", _iter_annotation_cv(run, metrics)), ("scib", _iter_scib(run, metrics)),
+                       ("domain_adaptation", _iter_domain_adaptation(run, metrics)),
+                       ("translation_cv", _iter_translation_cv(run, metrics, translation)),
+                       *((("scmodal", _iter_scmodal(run, metrics)),) if run.scmodal_run else ())):
         t0 = time.perf_counter()
-        yield Progress("scMODAL: RNA of the sources against MSI of the targets", 0, 1)
-        section, mdl = _unpaired_alignment(mmd, labels, samples, sources, seed=seed,
-                                           train={k: v for k, v in train_for("scmodal").items() if k != "seed"},
-                                           params=_model_params(model_params, "scmodal"))
-        metrics["unpaired_alignment"] = section
-        yield Progress("scMODAL: RNA of the sources against MSI of the targets", 1, 1)
-        stage["scmodal"] = round(time.perf_counter() - t0, 1)
+        yield from step
+        stage[name] = round(time.perf_counter() - t0, 1)
     metrics["claims"] = _claims(metrics, "mima")  # the MIMA paper's claims (empty when MIMA is not benchmarked)
     metrics["claims"].update(_other_claims(metrics))
     metrics["ranking"] = _ranking(metrics)
-
-    yield Progress("write outputs", 0, 1)
-    written = ["metrics.json", "metrics.csv"]
-    if spatial:
-        yield from _write_spatial_outputs(sdata, reps, trained, results, annotation_key)
-    else:
-        written.append(_write_cell_outputs(mmd, reps, results, out / "embeddings.h5ad", annotation_key))
-    metrics["seconds_total"] = round(time.perf_counter() - t_start, 1)
-    (out / "metrics.json").write_text(json.dumps(jsonable(metrics), indent=2))
-    metrics_table(metrics).to_csv(out / "metrics.csv")
-    if results and any(results.values()):
-        per_class = pd.concat([r.per_class.assign(representation=name, scheme=scheme).reset_index(names="class")
-                               for name, by_scheme in results.items() for scheme, r in by_scheme.items()])
-        per_class[["representation", "scheme", "class", "n_folds", "n_spots", "accuracy", "precision", "recall",
-                   "f1"]].to_csv(out / "annotation_per_class.csv", index=False)
-        written.append("annotation_per_class.csv")
-    if figures:
-        from spatialmix.evaluate import plots
-
-        yield Progress("figures", 0, 1)
-        written += [p.name for p in plots.save_benchmark_figures(
-            metrics, results, translations, sdata, out, annotation_key=annotation_key,
-            map_representation=map_representation or next(iter(trained), "harmony"))]
-        yield Progress("figures", 1, 1)
-    (out / "report.md").write_text(format_benchmark(metrics))
-    written.append("report.md")
-    if save and spatial:
-        yield Progress("save project", 0, 1)
-        save_project(sdata, out / "project.zarr", overwrite=True)
-        written.append("project.zarr")
-    metrics["files"] = written
+    yield from _iter_write(run, metrics, out, figures=figures, save=save, map_representation=map_representation,
+                           t_start=t_start)
     return metrics
 
 
