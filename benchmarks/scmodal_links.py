@@ -27,7 +27,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from spatialmix.benchmark import _unpaired_alignment
+    from spatialmix.benchmark.sections import _unpaired_alignment
     from spatialmix.data import MultiModalData
     from spatialmix.project import jsonable, load_project
 

@@ -162,7 +162,7 @@ def test_all_takes_what_the_data_supports_and_says_what_it_left_out(h5mu):
     in the report as 'not run'), never silently; named explicitly, the same method is an error."""
     import mudata as md
 
-    from spatialmix.benchmark import _check_models
+    from spatialmix.benchmark.inputs import _check_models
     from spatialmix.data import MultiModalData
 
     mdata = md.read_h5mu(h5mu)
