@@ -6,6 +6,7 @@ import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -49,13 +50,21 @@ class _Run:
     def labels(self):
         return self.mmd.labels
 
-    @property
+    # derived once from the data, read by several stages
+    @cached_property
     def samples(self) -> np.ndarray:
         return self.mmd.obs["sample"].astype(str).to_numpy()
 
-    @property
+    @cached_property
     def batches(self) -> np.ndarray:
         return self.mmd.obs[self.mmd.batch_key].astype(str).to_numpy()
+
+    @cached_property
+    def evaluated(self) -> np.ndarray:
+        """The spots every representation is scored on: those with every modality measured."""
+        from spatialmix.models.baselines import common_spots
+
+        return common_spots(self.mmd)
 
     def train_for(self, name) -> dict:
         """MIMA's default training for MIMA (and MIMA-Unimodal); the other models train with their papers'
@@ -125,10 +134,7 @@ def _iter_annotation_cv(run: _Run, metrics: dict):
     """Stage 3: every representation's annotation prediction (leave-one-sample-out and 4-fold)."""
     from spatialmix.evaluate import annotations as ann_mod
     from spatialmix.models import MODELS
-    from spatialmix.models.baselines import common_spots
-
-    samples, labels = run.samples, run.labels
-    evaluated = common_spots(run.mmd)
+    samples, labels, evaluated = run.samples, run.labels, run.evaluated
     schemes = ()
     if labels is None:
         metrics["not_scored"]["annotation"] = "no label column"
@@ -160,13 +166,11 @@ def _iter_annotation_cv(run: _Run, metrics: dict):
 def _iter_scib(run: _Run, metrics: dict):
     """Stage 4: scIB bio-conservation and batch-correction scores of every representation."""
     from spatialmix.evaluate.metrics import representation, scib_benchmark
-    from spatialmix.models.baselines import common_spots
-
     labels, batches, seed = run.labels, run.batches, run.seed
     if labels is None or len(set(batches)) < 2:
         metrics["not_scored"]["scib"] = "no label column" if labels is None else "one batch only"
         return
-    evaluated = common_spots(run.mmd)
+    evaluated = run.evaluated
     yield Progress("scIB metrics (scib-metrics Benchmarker)", 0, 1)
     excluded = run.first.excluded if run.first is not None else []
     scib_labels = labels.astype(object).where(~labels.astype(str).isin(excluded))
@@ -186,14 +190,13 @@ def _iter_scib(run: _Run, metrics: dict):
 def _iter_domain_adaptation(run: _Run, metrics: dict):
     """Stage 5: the label-supervised models' target-sample predictions against source-trained ensembles."""
     from spatialmix.models import MODELS
-    from spatialmix.models.baselines import common_spots
 
     transfer_cache: dict = {}
     for name, mdl in run.trained.items():
         if MODELS[name].needs_labels:
             yield Progress(f"{name}: target-sample predictions vs the source-trained ensembles", 0, 1)
             da, da_results = _domain_adaptation(name, mdl, run.mmd, run.reps, run.labels, run.samples,
-                                                common_spots(run.mmd), run.sources, run.exclude, run.options,
+                                                run.evaluated, run.sources, run.exclude, run.options,
                                                 transfer_cache)
             metrics["representations"][name]["domain_adaptation"] = da
             for rep_name, r in da_results.items():
@@ -317,7 +320,6 @@ def iter_benchmark(data, out, *, models: Sequence[str] = DEFAULT_MODELS, annotat
     from spatialmix.data import MultiModalData
     from spatialmix.evaluate import annotations as ann_mod
     from spatialmix.models import MODELS
-    from spatialmix.models.baselines import common_spots
 
     # stage 1: check the request and open the data (nothing long runs before these checks)
     exclude = ann_mod.PAPER_EXCLUDED if exclude is None else tuple(exclude)
@@ -346,14 +348,13 @@ def iter_benchmark(data, out, *, models: Sequence[str] = DEFAULT_MODELS, annotat
     skipped_models: dict[str, str] = {}
     models = _check_models(models, mmd, mmd.labels, skipped_models)
     out.mkdir(parents=True, exist_ok=True)
-    samples = mmd.obs["sample"].astype(str).to_numpy()
     run = _Run(mmd=mmd, sdata=sdata, spatial=spatial, annotation_key=mmd.annotation_key, models=models,
-               sources=list(source_samples) if source_samples else default_sources(samples), exclude=exclude,
-               options=options, seed=seed, cv_folds=cv_folds, train=train, model_params=model_params)
+               sources=list(source_samples or []), exclude=exclude, options=options, seed=seed, cv_folds=cv_folds,
+               train=train, model_params=model_params)
+    run.sources = run.sources or default_sources(run.samples)
 
     yield from _iter_representations(run)  # stage 2
 
-    evaluated = common_spots(mmd)
     rows = "spots" if spatial else getattr(mmd, "row_kind", "cells")
     metrics: dict[str, Any] = {
         "data": str(data) if not isinstance(data, MultiModalData) else repr(data), "spatial": spatial,
@@ -362,8 +363,8 @@ def iter_benchmark(data, out, *, models: Sequence[str] = DEFAULT_MODELS, annotat
         "train": {name: run.train_for(name) for name in models if name in MODELS or name == "mima_unimodal"},
         "peers": run.peer_records,
         "source_samples": run.sources,
-        "samples": sorted(set(samples)), "n_batches": int(len(set(run.batches))),
-        "n_spots": int(mmd.n_obs), "n_evaluated_spots": int(evaluated.sum()), "rows": rows,
+        "samples": sorted(set(run.samples)), "n_batches": int(len(set(run.batches))),
+        "n_spots": int(mmd.n_obs), "n_evaluated_spots": int(run.evaluated.sum()), "rows": rows,
         "evaluated_spots": f"{rows} with every modality measured (" + ", ".join(mmd.modalities) + ")",
         "classifier": {"n_bags": options.n_bags, "n_trees": options.n_trees, "min_instances": 3,
                        "excluded_requested": list(exclude)},
