@@ -14,7 +14,7 @@ OMP_NUM_THREADS ?= 1
 XVFB_DEBS := xvfb xauth libxcb-icccm4 libxcb-keysyms1 libxcb-xinerama0 libxcb-image0 libxcb-render-util0 \
 	libxcb-randr0 libxcb-shape0 libxcb-xfixes0 libxcb-xkb1 libxkbcommon-x11-0 libgl1 libegl1 libfontconfig1 libdbus-1-3
 
-.PHONY: install demo test xvfb lock clean
+.PHONY: install demo test xvfb lock docs-config clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV) || { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
@@ -54,6 +54,11 @@ lock:
 	  $(LOCK_VENV)/bin/python -m pip freeze --exclude-editable | sed 's/^torch==\([0-9.]*\)+cpu$$/torch==\1/'; \
 	} > constraints.txt
 	rm -rf $(LOCK_VENV)
+
+# Regenerate docs/config.md's parameter tables from the declarations (spatialmix.params; tests/test_params.py
+# fails while they differ).
+docs-config:
+	$(PY) -c "from spatialmix.config import write_param_docs; print('changed' if write_param_docs('docs/config.md') else 'already current')"
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache $(LOCK_VENV)

@@ -78,7 +78,26 @@ for name, v in variants.items():
             C = np.hstack([StandardScaler().fit_transform(m.get_corrected(mm)) for mm in m.modalities])
             ok = np.isfinite(C).all(axis=1); P = np.full((len(C), 50), np.nan, np.float32)
             P[ok] = PCA(50, random_state=0).fit_transform(C[ok]); allz["corrected_pca"] = P
-        parts = {"corrected_pca": ["corrected_pca"], "poe+corrected_pca": ["poe", "corrected_pca"], "poe": ["poe"], "poe+private": ["poe"] + [f"private_{mm}" for mm in m.modalities],
+        if rep.startswith("residual") and "residual_pca" not in allz:
+            # residual correction (candidate, ours): the measured input minus the decoder's batch effect,
+            # x + decoder(without batch) - decoder(with batch); keeps what the bottleneck does not reconstruct
+            blocks = []
+            for mm in m.modalities:
+                R = mmd.dense(mm) + m.get_corrected(mm) - m.get_denoised(mm)
+                allz[f"residual_{mm}"] = R
+                blocks.append(StandardScaler().fit_transform(R))
+            C = np.hstack(blocks); ok = np.isfinite(C).all(axis=1); P = np.full((len(C), 50), np.nan, np.float32)
+            P[ok] = PCA(50, random_state=0).fit_transform(C[ok]); allz["residual_pca"] = P
+        if "raw_pca" in rep and "raw_pca" not in allz:  # PCA-50 of the measured inputs, each feature z-scored
+            C = np.hstack([StandardScaler().fit_transform(np.where(mmd.mask[mm][:, None], mmd.dense(mm), np.nan))
+                           for mm in m.modalities])
+            ok = np.isfinite(C).all(axis=1); P = np.full((len(C), 50), np.nan, np.float32)
+            P[ok] = PCA(50, random_state=0).fit_transform(C[ok]); allz["raw_pca"] = P
+        if rep == "corrected_pca+raw_pca" and "corrected_pca" not in allz:
+            C = np.hstack([StandardScaler().fit_transform(m.get_corrected(mm)) for mm in m.modalities])
+            ok = np.isfinite(C).all(axis=1); P = np.full((len(C), 50), np.nan, np.float32)
+            P[ok] = PCA(50, random_state=0).fit_transform(C[ok]); allz["corrected_pca"] = P
+        parts = {"corrected_pca+raw_pca": ["corrected_pca", "raw_pca"], "corrected_pca": ["corrected_pca"], "poe+corrected_pca": ["poe", "corrected_pca"], "poe": ["poe"], "poe+private": ["poe"] + [f"private_{mm}" for mm in m.modalities],
                  "shared_cat": [f"shared_{mm}" for mm in m.modalities],
                  "poe+shared": ["poe"] + [f"shared_{mm}" for mm in m.modalities]}.get(rep, [rep])
         Zr = np.hstack([allz[k] for k in parts])

@@ -3,7 +3,6 @@ make gives a ConfigError that names the file, the line, the section and key, and
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import json
 import shutil
@@ -111,7 +110,7 @@ def test_every_model_parameter_and_training_option_is_accepted(tmp_path, example
     from spatialmix.config import _toml
 
     model = {k: (0.02 if v is None else v) for k, v in DEFAULTS.items()}
-    train = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    train = TrainConfig.defaults()
     train.update(checkpoint_dir="ckpt", resume=True, epochs=3, max_steps=500, early_stopping=True,
                  patience=10)  # TOML has no None
     text = example.split("[model]")[0] + "[model]\nname = \"mima\"\n" + "".join(

@@ -443,7 +443,7 @@ def test_integrate_widget_trains_a_supervised_model_and_explore_compares_its_pre
     for i in range(integ.sources.count()):
         integ.sources.item(i).setCheckState(Qt.Unchecked)
     integ.train()
-    assert any("needs labelled source samples" in m for m in notifications())
+    assert any("needs labelled source samples" in m for m in notifications()), notifications()[-3:]
     assert integ.train_button.isEnabled()
     for i in (0, 2):
         integ.sources.item(i).setCheckState(Qt.Checked)

@@ -232,19 +232,37 @@ def _multiomics_args(s) -> None:
     g.add_argument("--modalities", default=None, help="comma-separated modalities to use (default: all)")
 
 
-def _epochs(value: str):
-    """--epochs: a whole number >= 1 or 'auto' (checked before any data is read)."""
+def _train_option(name: str):
+    """An argparse type for the training option ``name``, parsed and checked by its declaration
+    (``spatialmix.train.TrainConfig``: the same rule as ``model.train(**)`` and ``[train]``), before any data
+    is read."""
     import argparse
 
-    if value == "auto":
-        return value
-    try:
-        n = int(value)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 1 or 'auto', got {value!r}")
-    return n
+    from spatialmix.params import field_info
+    from spatialmix.train import TrainConfig
+
+    info = field_info(TrainConfig, name)
+
+    def check(value: str):
+        v: object = value.strip()
+        try:
+            if info.kind == "int" and v != "auto":
+                v = int(v)
+            elif info.kind == "float":
+                v = float(v)
+        except ValueError:
+            pass
+        if name == "epochs" and v != "auto" and isinstance(v, str):
+            try:
+                v = int(v)
+            except ValueError:
+                pass
+        out, problems = TrainConfig.problems({name: v})
+        if problems:
+            raise argparse.ArgumentTypeError(f"must be {TrainConfig.describe(name, 'cli')}, got {value!r}")
+        return out[name]
+    check.__name__ = name
+    return check
 
 
 def _positive(value: str) -> float:
@@ -277,16 +295,6 @@ def _whole(low: int):
     return check
 
 
-def _device(value: str) -> str:
-    """--device: auto, cpu, cuda or cuda:N (checked before any data is read)."""
-    import argparse
-    import re
-
-    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value.strip().lower()):
-        raise argparse.ArgumentTypeError(f"must be auto, cpu, cuda or cuda:N (N = GPU number), got {value!r}")
-    return value.strip().lower()
-
-
 def _resume_arg(s) -> None:
     s.add_argument("--resume", action="store_true",
                    help="continue a job that was stopped (Ctrl-C, SIGTERM): open the project saved in --out and "
@@ -296,14 +304,12 @@ def _resume_arg(s) -> None:
 
 def _train_args(s) -> None:
     g = s.add_argument_group("training (override the configuration / demo defaults)")
-    g.add_argument("--epochs", type=_epochs, default=None,
-                   help="passes over the data, or 'auto': about 13,000 optimiser steps whatever the data size, "
-                        "with early stopping on the validation loss (the best epoch is kept)")
-    g.add_argument("--max-steps", dest="max_steps", type=_whole(1), default=None,
-                   help="optimiser steps instead of epochs (scMODAL counts steps: 10,000 by default)")
-    g.add_argument("--lr", type=_positive, default=None)
-    g.add_argument("--device", type=_device, default=None, help="auto | cpu | cuda | cuda:N")
-    g.add_argument("--seed", type=_whole(0), default=None)
+    from spatialmix.train import TrainConfig
+
+    for flag, name in (("--epochs", "epochs"), ("--max-steps", "max_steps"), ("--lr", "lr"),
+                       ("--device", "device"), ("--seed", "seed")):  # type, check and help from the declaration
+        g.add_argument(flag, dest=name, type=_train_option(name), default=None,
+                       help=f"{TrainConfig.doc(name)} ({TrainConfig.describe(name, 'cli')})".replace("`", "").replace("%", "%%"))
 
 
 def _raise_interrupted(signum, frame):

@@ -40,7 +40,7 @@ try:  # Python >= 3.11
 except ModuleNotFoundError:  # pragma: no cover - Python 3.10 with tomli installed
     import tomli as tomllib  # type: ignore[no-redef]
 
-__all__ = ["RunConfig", "load_config", "example_config", "ConfigFileNotFoundError", "SECTIONS"]
+__all__ = ["RunConfig", "load_config", "example_config", "ConfigFileNotFoundError", "SECTIONS", "write_param_docs"]
 
 
 class ConfigFileNotFoundError(ConfigError, MissingFileError):
@@ -53,7 +53,6 @@ SAMPLE_KEYS = ("name", "patient", "visium", "imzml", "msi_pixel_size_um", "he", 
 DATA_KEYS = ("samples_csv", "annotation_key")
 OUTPUT_DEFAULTS: dict[str, Any] = {"translations": [], "corrected": True, "rgb": True, "figures": True,
                                    "metrics": True}
-DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 SAMPLE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -214,22 +213,6 @@ def text(k: _Key, v):
     return v.strip()
 
 
-def choice(*allowed: str) -> Callable:
-    def check(k: _Key, v):
-        if not isinstance(v, str) or v not in allowed:
-            listed = ", ".join(repr(a) for a in allowed)
-            raise k.fail(f"must be one of {listed}, got {_got(v)}" + (_suggest(v, allowed) if isinstance(v, str) else ""))
-        return v
-    return check
-
-
-def device(k: _Key, v):
-    if not isinstance(v, str) or not DEVICE_RE.match(v.strip().lower()):
-        raise k.fail(f"must be \"auto\", \"cpu\", \"cuda\" or \"cuda:N\" (N = GPU number), got {_got(v)}",
-                     "\"auto\" uses the GPU when torch sees one, else the CPU")
-    return v.strip().lower()
-
-
 def modality_list(k: _Key, v):
     if not isinstance(v, list) or not v:
         raise k.fail(f"must be a non-empty list of modality names (from {list(MODALITY_TABLES)}), got {_got(v)}")
@@ -290,22 +273,6 @@ def _apply(check: Callable, k: _Key, value, base: Path):
     return check(k, value, base) if getattr(check, "needs_base", False) else check(k, value)
 
 
-def _like_default(default: Any) -> Callable:
-    """Check for a parameter only known by its default value: the same TOML type."""
-    if isinstance(default, bool):
-        return boolean
-    if isinstance(default, int):
-        return whole(0)
-    if isinstance(default, float):
-        return number(0.0)
-    if isinstance(default, str):
-        return text
-
-    def anything(k: _Key, v):
-        return v
-    return anything
-
-
 # ============================================================================================================
 # What each section accepts
 # ============================================================================================================
@@ -320,49 +287,30 @@ PREPARE_CHECKS: dict[str, Callable] = {
     "min_feature_fraction": number(0.0, 1.0),
 }
 
-MIMA_CHECKS: dict[str, Callable] = {
-    "n_latent": whole(1),
-    "n_hidden": whole(1),
-    "n_layers": whole(0),
-    "direct_max_features": whole(0),
-    "dropout": number(0.0, 1.0, high_open=True),
-    "latent_dropout": number(0.0, 1.0, high_open=True),
-    "beta": number(0.0),
-    "beta_poe": number(0.0),
-    "beta_shared": number(0.0),
-    "beta_private": number(0.0),
-    "beta_batch": number(0.0),
-    "translation_loss": boolean,
-    "batch_input": choice("sample", "sample+features"),
-    "encode_covariate": boolean,
-    "adversarial": number(0.0),
-    "translation_weight": number(0.0),
-    "seed": whole(0),
-}
+def declared(decl, overrides: dict[str, Callable] | None = None) -> dict[str, Callable]:
+    """Checks of every parameter of a declaration (``spatialmix.params.Params``: a model's ``Params`` or the
+    engine's ``TrainConfig``), each raising a :class:`ConfigError` at the key's line with the declaration's own
+    description of the allowed values. ``overrides``: what a configuration file adds to a key (a path relative
+    to the file that must exist, ...), applied after the declared check."""
 
-TRAIN_CHECKS: dict[str, Callable] = {
-    "epochs": lambda k, v: v if v == "auto" else whole(
-        1, 'Give the number of passes over the data, e.g. epochs = 50, or epochs = "auto" (fits the data size)')(k, v),
-    "max_steps": whole(1, "Give the number of optimiser steps, e.g. max_steps = 10000 (scMODAL counts steps)"),
-    "batch_size": whole(1),
-    "lr": positive,
-    "weight_decay": number(0.0),
-    "train_fraction": number(0.0, 1.0, low_open=True),
-    "early_stopping": boolean,
-    "patience": whole(1),
-    "min_delta": number(0.0),
-    "checkpoint_every": whole(0),
-    "checkpoint_dir": output_path,
-    "resume": resume,
-    "device": device,
-    "devices": whole(1),
-    "num_nodes": whole(1),
-    "strategy": text,
-    "precision": choice("32-true", "32", "16-mixed", "bf16-mixed", "64-true"),
-    "seed": whole(0),
-    "step_events": boolean,
-    "step_event_interval": number(0.0),
-}
+    def check_for(key: str) -> Callable:
+        extra = (overrides or {}).get(key)
+
+        def check(k: _Key, v, base: Path):
+            out, problems = decl.problems({key: v}, style="toml")
+            if problems:
+                raise k.fail(problems[0].message, problems[0].fix)
+            return _apply(extra, k, v, base) if extra else out[key]
+        check.needs_base = True  # type: ignore[attr-defined]
+        return check
+    return {key: check_for(key) for key in decl.model_fields}
+
+
+def _train_checks() -> dict[str, Callable]:
+    from spatialmix.train import TrainConfig
+
+    return declared(TrainConfig, {"checkpoint_dir": output_path, "resume": resume})
+
 
 OUTPUT_CHECKS: dict[str, Callable] = {
     "translations": lambda k, v: v,  # checked with the model's modalities, see _check_translations
@@ -374,12 +322,10 @@ OUTPUT_CHECKS: dict[str, Callable] = {
 
 
 def _model_checks(name: str) -> dict[str, Callable]:
-    """Parameters ``[model]`` accepts for model ``name`` (besides ``name`` and ``modalities``)."""
+    """Parameters ``[model]`` accepts for model ``name`` (besides ``name`` and ``modalities``): its declaration."""
     from spatialmix.models import MODELS
 
-    defaults = MODELS[name].defaults
-    known = MIMA_CHECKS if name == "mima" else {}
-    checks = {key: known.get(key) or _like_default(value) for key, value in defaults.items()}
+    checks = declared(MODELS[name].Params)
     if name == "mima":
         checks["hidden"] = _hidden
     return checks
@@ -547,7 +493,7 @@ def _section_keys() -> dict[str, tuple]:
 
     model_keys = {k for cls in MODELS.values() for k in cls.defaults}
     return {"data": DATA_KEYS, "samples": SAMPLE_KEYS, "prepare": tuple(PREPARE_CHECKS),
-            "model": ("name", "modalities", "hidden", *sorted(model_keys)), "train": tuple(TRAIN_CHECKS),
+            "model": ("name", "modalities", "hidden", *sorted(model_keys)), "train": tuple(_train_checks()),
             "outputs": tuple(OUTPUT_CHECKS)}
 
 
@@ -785,7 +731,7 @@ def load_config(path: str | Path) -> RunConfig:
             + ("" if model_set else f": {'; '.join(absent[m] for m in extra if m in absent)}"))
 
     # -- [train] -----------------------------------------------------------------------------------------
-    train = _check_section(ctx, _section(ctx, doc, "train"), "train", TRAIN_CHECKS, base)
+    train = _check_section(ctx, _section(ctx, doc, "train"), "train", _train_checks(), base)
     if train.get("resume") is True and "checkpoint_dir" not in train:
         raise _Key(ctx, "train", "resume").fail("= true needs checkpoint_dir (the folder holding last.ckpt)",
                                                 "Add checkpoint_dir, or give the checkpoint's path as resume")
@@ -852,7 +798,6 @@ def example_config(data_dir: str | Path, *, relative_to: str | Path | None = Non
     example leaves at their defaults are shown commented out with the default value.
     """
     import inspect
-    from dataclasses import fields
 
     from spatialmix.models import MODELS
     from spatialmix.models.mima import DEFAULTS
@@ -900,7 +845,7 @@ def example_config(data_dir: str | Path, *, relative_to: str | Path | None = Non
         else:
             lines.append(_line("model", key, value, commented=key not in ("n_latent", "beta")))
     lines.append(_line("model", "hidden", {"rna": [300, 300], "msi": []}, commented=True))
-    train_defaults = {f.name: f.default for f in fields(TrainConfig)}
+    train_defaults = TrainConfig.defaults()
     train_defaults.update(MODELS["mima"].train_defaults)
     lines += ["", "[train]"]
     shown_first = ("epochs", "lr", "batch_size", "device", "seed")
@@ -921,3 +866,28 @@ def example_config(data_dir: str | Path, *, relative_to: str | Path | None = Non
         if key != "translations":
             lines.append(_line("outputs", key, value))
     return "\n".join(lines) + "\n"
+
+
+# ============================================================================================================
+# docs/config.md's parameter tables, generated from the declarations
+# ============================================================================================================
+def documented_params() -> dict:
+    """The declarations whose tables ``docs/config.md`` holds, by the name in its ``<!-- params:NAME -->``
+    markers: ``model.<name>`` for each model's ``Params``, ``train`` for the engine's ``TrainConfig``."""
+    from spatialmix.models import MODELS
+    from spatialmix.train import TrainConfig
+
+    return {**{f"model.{name}": cls.Params for name, cls in MODELS.items()}, "train": TrainConfig}
+
+
+def write_param_docs(path: str | Path = "docs/config.md") -> bool:
+    """Regenerate the parameter tables of ``path`` from the declarations (``make docs-config``); True when the
+    file changed."""
+    from spatialmix.params import render_docs
+
+    path = Path(path)
+    text = path.read_text()
+    new = render_docs(text, documented_params())
+    if new != text:
+        path.write_text(new)
+    return new != text

@@ -49,16 +49,20 @@ from __future__ import annotations
 import math
 import threading
 import time
-from dataclasses import asdict, dataclass, fields
+import re
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
+from pydantic import AfterValidator, Field
 
 from spatialmix.errors import ParameterError, TrainingError
+from spatialmix.params import Params, param
 from spatialmix.progress import Progress, run
 
 CHECKPOINT_NAME = "last.ckpt"
+#: the devices ``device=`` accepts
+DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 #: ``epochs="auto"``: train for about this many optimiser steps, whatever the data size: the MIMA paper's 50
 #: epochs over its ~33,600 training spots at batch 128 are ~13,000 steps, so the paper's size gets the paper's
@@ -79,72 +83,76 @@ def auto_schedule(steps_per_epoch: int, *, steps: int | None = None, patience_st
     return max(1, math.ceil(steps / spe)), max(10, math.ceil(patience_steps / spe))
 
 
-@dataclass
-class TrainConfig:
-    """Training options shared by every model (each model supplies its paper's defaults)."""
+_PRECISIONS = Literal["32-true", "32", "16-mixed", "bf16-mixed", "64-true"]
 
-    epochs: int | str = 50
-    batch_size: int = 128
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    train_fraction: float = 0.8
-    early_stopping: bool | None = None
-    patience: int | None = None
-    min_delta: float = 0.0
-    checkpoint_every: int = 0
-    checkpoint_dir: str | None = None
-    resume: str | bool | None = None
-    device: str = "auto"
-    devices: int = 1
-    num_nodes: int = 1
-    strategy: str = "auto"
-    precision: str = "32-true"
-    seed: int = 0
-    step_events: bool = True
-    step_event_interval: float = 0.1
-    max_steps: int | None = None
+
+def _device_name(v: str) -> str:
+    if not DEVICE_RE.match(v.strip().lower()):
+        raise ValueError('must be "auto", "cpu", "cuda" or "cuda:N" (N = GPU number)')
+    return v.strip().lower()
+
+
+class TrainConfig(Params):
+    """Training options shared by every model, declared once (``spatialmix.params``): ``model.train(**)``,
+    ``[train]`` of a run configuration, the CLI's training flags and ``docs/config.md`` read this. The defaults
+    here are the engine's; each model supplies its own (``train_defaults``: its paper's or ours)."""
+
+    epochs: Literal["auto"] | Annotated[int, Field(ge=1)] = param(
+        50, "passes over the data; `\"auto\"`: about 13,000 optimiser steps whatever the data size "
+        "(`ceil(13000 / steps per epoch)` epochs), with early stopping on by default",
+        default_text="the model's (MIMA: `\"auto\"`)",
+        fix="Give the number of passes over the data, e.g. epochs = 50, or epochs = \"auto\" (fits the data size)")
+    max_steps: int | None = param(None, "optimiser steps instead of epochs (scMODAL's default: 10,000)", ge=1,
+                                  fix="Give the number of optimiser steps, e.g. max_steps = 10000")
+    batch_size: int = param(128, "spots per optimiser step", ge=1)
+    lr: float = param(1e-4, "learning rate", gt=0, default_text="the model's (MIMA: `1e-3`)")
+    weight_decay: float = param(0.0, "weight decay", ge=0)
+    train_fraction: float = param(0.8, "fraction of spots trained on; the rest is the validation set", gt=0, le=1)
+    early_stopping: bool | None = param(None, "stop when the validation loss stops improving; the best epoch is "
+                                        "kept", default_text="on with `epochs = \"auto\"`, else `false`")
+    patience: int | None = param(None, "epochs without improvement before early stopping", ge=1,
+                                 default_text="`10`; with `\"auto\"` 10 epochs or 500 steps, whichever is more")
+    min_delta: float = param(0.0, "smallest improvement that counts", ge=0)
+    checkpoint_every: int = param(0, "write a checkpoint every N epochs (0 = never; needs `checkpoint_dir`)", ge=0)
+    checkpoint_dir: str | None = param(
+        None, "folder for checkpoints (in a configuration relative to its folder; need not exist). `last.ckpt` "
+        "there always holds a completed epoch: written every `checkpoint_every` epochs, when the run is stopped "
+        "(Ctrl-C, SIGTERM) and at the end", kind="path", default_text="`OUT/checkpoints` (`spatialmix run`)")
+    resume: bool | str | None = param(
+        None, "`true`: resume from `checkpoint_dir`'s last checkpoint (needs `checkpoint_dir`); a path: that "
+        "checkpoint (must exist)", kind="bool or path")
+    device: Annotated[str, AfterValidator(_device_name)] = param(
+        "auto", "where to train (`auto`: the GPU when torch sees one). Whether the GPU is there is checked when "
+        "training starts", kind="auto, cpu, cuda or cuda:N",
+        fix='"auto" uses the GPU when torch sees one, else the CPU')
+    devices: int = param(1, "GPUs per node (Lightning Fabric)", ge=1)
+    num_nodes: int = param(1, "nodes (Lightning Fabric)", ge=1)
+    strategy: str = param("auto", "Lightning Fabric strategy (`\"ddp\"`, ...)", min_length=1)
+    precision: _PRECISIONS = param("32-true", "numeric precision")
+    seed: int = param(0, "seeds the split and the mini-batches: same seed + same device = same result", ge=0)
+    step_events: bool = param(True, "progress events during an epoch (not only per epoch)")
+    step_event_interval: float = param(
+        0.1, "at least this many seconds between two step events (0: one per optimiser step); each event reads "
+        "the loss from the device, so per-step events would sync every step", ge=0)
 
     @classmethod
     def build(cls, defaults: dict[str, Any], overrides: dict[str, Any]) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
+        """The options of one training run: the model's ``defaults`` under the caller's ``overrides``, checked
+        against the declaration (:class:`~spatialmix.errors.ParameterError` naming the option)."""
+        known = set(cls.model_fields)
         unknown = sorted(set(overrides) - known)
         if unknown:
             raise ParameterError(f"unknown training option(s) {unknown}; allowed: {sorted(known)}")
-        cfg = cls(**{**{k: v for k, v in defaults.items() if k in known}, **overrides})
+        values = {**{k: v for k, v in defaults.items() if k in known}, **overrides}
+        cfg = cls(**cls.check(values, owner="training option"))
         cfg.validate()
         return cfg
 
     def validate(self) -> None:
-        def positive_int(name):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-                raise ParameterError(f"training option {name} must be a whole number >= 1, got {v!r}")
-
-        if not (isinstance(self.epochs, str) and self.epochs == "auto"):
-            if isinstance(self.epochs, str):
-                raise ParameterError(f"training option epochs must be a whole number >= 1 or 'auto', got {self.epochs!r}")
-            positive_int("epochs")
-        for name in ("batch_size", "devices", "num_nodes"):
-            positive_int(name)
-        if self.patience is not None:
-            positive_int("patience")
-        if self.max_steps is not None:
-            positive_int("max_steps")
-        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
-            raise ParameterError(f"training option lr must be a positive number, got {self.lr!r}")
-        if not 0 < float(self.train_fraction) <= 1:
-            raise ParameterError(f"train_fraction must be in (0, 1], got {self.train_fraction!r}")
-        if self.checkpoint_every < 0:
-            raise ParameterError(f"checkpoint_every must be >= 0 (0 = never), got {self.checkpoint_every!r}")
+        """What no single option can tell: the options that need each other."""
+        self.check(self.model_dump(), owner="training option")
         if self.checkpoint_every and not self.checkpoint_dir:
             raise ParameterError("checkpoint_every needs checkpoint_dir (the folder to write checkpoints into)")
-        iv = self.step_event_interval
-        if isinstance(iv, bool) or not isinstance(iv, (int, float)) or not math.isfinite(iv) or iv < 0:
-            raise ParameterError(f"training option step_event_interval must be a number of seconds >= 0 "
-                                 f"(0 = an event every step), got {iv!r}")
-        allowed = ("32-true", "32", "16-mixed", "bf16-mixed", "64-true")
-        if str(self.precision) not in allowed:
-            raise ParameterError(f"precision must be one of {allowed}, got {self.precision!r}")
 
 
 def resolve_device(device: str) -> tuple[str, list[int] | int | str]:
@@ -660,7 +668,7 @@ def _checkpoint_state(module_state, optimizers, epoch, history, best, shuffle, m
         "epoch": epoch,
         "history": list(history), "best": {k: v for k, v in best.items() if k != "state"},
         "shuffle_rng": shuffle.get_state(), "torch_rng": torch.get_rng_state(),
-        "split": model.split_, "fingerprint": model._fingerprint(), "config": asdict(cfg), "model": model.name,
+        "split": model.split_, "fingerprint": model._fingerprint(), "config": cfg.model_dump(), "model": model.name,
     }
 
 

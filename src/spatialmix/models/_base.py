@@ -11,7 +11,6 @@ import json
 import shutil
 import tempfile
 import threading
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +47,11 @@ class BaseModel:
     supports: frozenset[str] = frozenset({"latent"})
     #: whether the model needs the annotation column (labelled training samples)
     needs_labels: bool = False
-    #: the model's parameters and their defaults (the keys its constructor, ``[model]`` and the widget accept)
+    #: the declaration of the model's parameters (a :class:`spatialmix.params.Params`: type, default, range,
+    #: meaning); the constructor, ``[model]`` of a run configuration, the widget and docs/config.md read it
+    Params: type | None = None
+    #: the model's parameters and their defaults (the keys its constructor, ``[model]`` and the widget accept;
+    #: ``Params.defaults()`` when the model declares them)
     defaults: dict[str, Any] = {}
     #: keyword arguments the constructor takes besides :attr:`defaults` (listed in the unknown-parameter error)
     extra_arguments: tuple[str, ...] = ("modalities",)
@@ -77,7 +80,10 @@ class BaseModel:
             raise ParameterError(f"modalities {missing} are not in the data (it has {data.modalities})")
         if len(set(mods)) != len(mods):
             raise ParameterError(f"modalities {mods} name a modality twice")
-        return {**cls.defaults, **params}, mods
+        merged = {**cls.defaults, **params}
+        if cls.Params is not None:  # the declared types and ranges (spatialmix.params): checked here, once
+            merged = {**merged, **cls.Params.check(merged, owner=f"{cls.__name__} parameter")}
+        return merged, mods
 
     def _in_chunks(self, n: int, step, *, batch_size: int = 4096) -> np.ndarray:
         """The inference loop every model shares: ``step(rows, device)`` (a slice of ``range(n)`` and the
@@ -135,7 +141,7 @@ class BaseModel:
 
     def _after_training(self, history, cfg, stopped: bool = False) -> None:
         self.history = list(history)
-        self.train_config = asdict(cfg)
+        self.train_config = cfg.model_dump()
         done = [h for h in history if "loss" in h]
         schedule = getattr(self, "schedule_", None)
         if schedule:  # what "auto" and the early-stopping defaults resolved to, and where training ended

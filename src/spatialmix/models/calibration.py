@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from spatialmix.errors import ModelError, ParameterError
+from spatialmix.params import Params, param
 
 from ._base import BaseModel
 from ._calibration_module import CalibrationModule, estimate_parameters, n_parameters
@@ -34,21 +35,39 @@ from ._calibration_module import CalibrationModule, estimate_parameters, n_param
 #: batches and 3,700 with 8; the bundled sample's 2,093 features and 2 sources take 26.5 M.
 MAX_PARAMETERS = 250_000_000
 
-DEFAULTS: dict[str, Any] = {
-    "alpha1": 10.0,
-    "alpha2": 10.0,
-    "beta": 10.0,
-    "gamma": 0.01,
-    "lambda1": 1,
-    "lambda2": 1,
-    "dropout": 0.1,
-    "detach_bandwidth": False,
-    "label_shift": False,
-    "max_parameters": MAX_PARAMETERS,
-    "source_batches": None,
-    "exclude": None,
-    "seed": 0,
-}
+#: how the loss weights are described (a weight multiplies a loss term: it must be finite)
+_WEIGHT = "a finite number >= 0"
+
+
+class CalibrationParams(Params):
+    """Multi-batch calibration's parameters, declared once (``spatialmix.params``)."""
+
+    alpha1: float = param(10.0, "the paper's loss weight alpha1 (step A)", ge=0, kind=_WEIGHT)
+    alpha2: float = param(10.0, "the paper's loss weight alpha2 (step A)", ge=0, kind=_WEIGHT)
+    beta: float = param(10.0, "the paper's loss weight beta (step B)", ge=0, kind=_WEIGHT)
+    gamma: float = param(0.01, "the paper's loss weight gamma (step B)", ge=0, kind=_WEIGHT)
+    lambda1: int = param(1, "repeats of step A per training step", ge=1)
+    lambda2: int = param(1, "repeats of step B per training step", ge=1)
+    dropout: float = param(0.1, "calibrator dropout", ge=0, lt=1)
+    detach_bandwidth: bool = param(False, "`true`: the MMD kernel bandwidth is a constant of the batch (the "
+                                   "paper's form); `false` (ours): it stays in the graph, measured better "
+                                   "(docs/models.md)")
+    label_shift: bool = param(False, "weight the source spots in the MMD by the estimated target / source share of "
+                              "their class, so that classes only the sources have need not pull target spots in "
+                              "(ours, an option; docs/models.md)")
+    max_parameters: int = param(MAX_PARAMETERS, "refuse before building a model larger than this (the networks "
+                                "grow with the square of the feature count): select features or reduce "
+                                "dimensionality first, or raise it", ge=1)
+    source_batches: Any = param(None, "labelled source batches (in a configuration, `source_samples` is not "
+                                "accepted: name the batches)", kind="list of batch names",
+                                default_text="every batch with labels")
+    exclude: Any = param(None, "classes the label discriminator does not learn", kind="list of classes",
+                         default_text="none")
+    seed: int = param(0, "seeds the weight initialisation", ge=0)
+
+
+#: multi-batch calibration's parameter defaults, from :class:`CalibrationParams`
+DEFAULTS: dict[str, Any] = CalibrationParams.defaults()
 #: parameters the model fills in itself (saved so that a loaded model rebuilds the same networks)
 DERIVED = ("classes", "modalities")
 
@@ -107,38 +126,11 @@ class Calibration(BaseModel):
     supports = frozenset({"latent", "corrected", "labels"})
     needs_labels = True
     train_defaults = {"epochs": 100, "batch_size": 128, "lr": 1e-3, "weight_decay": 0.0, "train_fraction": 0.8}
+    Params = CalibrationParams
     defaults = DEFAULTS
 
     def __init__(self, data, *, modalities: Sequence[str] | None = None, **params):
         p, mods = self._resolve_params(data, params, modalities)
-        for key in ("alpha1", "alpha2", "beta", "gamma"):
-            try:
-                v = float(p[key])
-            except (TypeError, ValueError):
-                raise ParameterError(f"{key} must be a number >= 0, got {p[key]!r}") from None
-            if not np.isfinite(v) or v < 0:
-                raise ParameterError(f"{key} must be a finite number >= 0, got {p[key]!r}")
-            p[key] = v
-        for key in ("lambda1", "lambda2"):
-            v = p[key]
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-                raise ParameterError(f"{key} (repeats of step {'A' if key == 'lambda1' else 'B'} per training step) "
-                                     f"must be a whole number >= 1, got {v!r}")
-            p[key] = int(v)
-        if not 0 <= float(p["dropout"]) < 1:
-            raise ParameterError(f"dropout must be in [0, 1), got {p['dropout']!r}")
-        p["dropout"] = float(p["dropout"])
-        if not isinstance(p["detach_bandwidth"], (bool, np.bool_)):
-            raise ParameterError(f"detach_bandwidth must be True or False, got {p['detach_bandwidth']!r}")
-        p["detach_bandwidth"] = bool(p["detach_bandwidth"])
-        if not isinstance(p["label_shift"], (bool, np.bool_)):
-            raise ParameterError(f"label_shift must be True or False, got {p['label_shift']!r}")
-        p["label_shift"] = bool(p["label_shift"])
-        mp = p["max_parameters"]
-        if isinstance(mp, bool) or not isinstance(mp, (int, np.integer)) or mp < 1:
-            raise ParameterError(f"max_parameters must be a whole number >= 1, got {mp!r}")
-        p["max_parameters"] = int(mp)
-        p["seed"] = int(p["seed"])
 
         labels = self._labels(data)
         batch_of = data.obs[data.batch_key].astype(str)

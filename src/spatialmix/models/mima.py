@@ -15,13 +15,15 @@ default and each choice the paper leaves open.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import pandas as pd
+from pydantic import AfterValidator
 
 from spatialmix.data import measured_only
 from spatialmix.errors import ModelError, ParameterError
+from spatialmix.params import Params, param
 
 from ._base import BaseModel
 from ._mima_module import MIMAModule, n_parameters
@@ -29,31 +31,60 @@ from ._mima_module import MIMAModule, n_parameters
 #: a modality with at most this many features is projected to the latents directly (the paper's rule)
 DIRECT_MAX_FEATURES = 1000
 
-DEFAULTS: dict[str, Any] = {
-    "n_latent": 100,
-    "n_hidden": 300,
-    "n_layers": 2,
-    "direct_max_features": DIRECT_MAX_FEATURES,
-    "dropout": 0.1,
-    "latent_dropout": 0.3,
-    "latent_dropout_at": "heads",
-    "beta": 0.01,
-    "beta_poe": None,
-    "beta_shared": None,
-    "beta_private": None,
-    "beta_batch": 0.0,
-    "translation_loss": True,
-    "batch_input": "sample",
-    "encode_covariate": False,
-    "adversarial": 0.1,
-    "adversarial_on": "shared+private",
-    "translation_detach": False,
-    "translation_poe": True,
-    "translation_weight": 1.0,
-    "count_likelihood": "mse",
-    "preset": "spatialmix",
-    "seed": 0,
-}
+def _latent_names(v: str) -> str:
+    if not v or not set(v.split("+")) <= {"shared", "private", "poe"}:
+        raise ValueError("must be '+'-joined latents among 'shared', 'private' and 'poe' (e.g. 'shared+private')")
+    return v
+
+
+class MIMAParams(Params):
+    """MIMA's parameters, declared once: the constructor, ``[model]`` of a run configuration, the Integrate dock
+    and ``docs/config.md`` all read this (``spatialmix.params``). Defaults are ours (``preset="spatialmix"``);
+    :data:`PRESETS` lists what ``preset="paper"`` changes."""
+
+    n_latent: int = param(100, "size of the shared, private and batch latents", ge=1)
+    n_hidden: int = param(300, "width of the hidden layers of high-dimensional modalities", ge=1)
+    n_layers: int = param(2, "number of hidden layers", ge=0)
+    direct_max_features: int = param(DIRECT_MAX_FEATURES, "modalities with at most this many features are "
+                                     "projected to the latents directly", ge=0)
+    dropout: float = param(0.1, "dropout in encoder / decoder layers", ge=0, lt=1)
+    latent_dropout: float = param(0.3, "dropout before the latent layers", ge=0, lt=1)
+    latent_dropout_at: Literal["heads", "z"] = param(
+        "heads", "where the latent dropout acts: the latent heads' input, or the latent sample before decoding "
+        "(ablation)")
+    beta: float = param(0.01, "KL weight", ge=0)
+    beta_poe: float | None = param(None, "KL weight of the PoE latent", ge=0, default_text="`beta`")
+    beta_shared: float | None = param(None, "KL weight of the shared latents", ge=0, default_text="`beta`")
+    beta_private: float | None = param(None, "KL weight of the private latents", ge=0, default_text="`beta`")
+    beta_batch: float | None = param(0.0, "KL weight of the batch latent (ours: 0; the paper's preset: `beta`)",
+                                     ge=0)
+    translation_loss: bool = param(True, "cross-modal translation terms in the loss")
+    batch_input: Literal["sample", "sample+features"] = param("sample", "what the batch latent is read from")
+    encode_covariate: bool = param(False, "also feed the sample one-hot to the shared / private heads (ablation)")
+    adversarial: float = param(0.1, "weight of the batch-adversarial term (0 = the paper's loss only)", ge=0)
+    adversarial_on: Annotated[str, AfterValidator(_latent_names)] = param(
+        "shared+private", "which latents the batch classifiers read (ablation; `\"poe\"`: the shared embedding "
+        "itself)", kind="`\"+\"`-joined among `\"shared\"`, `\"private\"`, `\"poe\"`")
+    translation_detach: bool = param(False, "the translation terms do not train the target's batch latent (the "
+                                     "paper's)")
+    translation_poe: bool = param(
+        True, "the translation terms decode the sources' product of experts with the prior, as `translate` does "
+        "(ours); `false`: the paper's source-own shared latent, and `translate` then leaves the prior out")
+    translation_weight: float = param(1.0, "weight of the translation terms in the loss (ours; the paper's is 1)",
+                                      ge=0)
+    count_likelihood: Literal["mse", "nb"] = param(
+        "mse", "`\"nb\"` (ours): a negative-binomial likelihood of the raw counts (observed library size, one "
+        "dispersion per feature) for modalities prepared with kind `\"counts\"`, MSE for the others; outputs in "
+        "log1p(10,000 x proportion), the input's units")
+    preset: Literal["spatialmix", "paper"] = param(
+        "spatialmix", "`\"paper\"`: the preprint's loss (no adversary, every KL weight 0.01, `batch_input = "
+        "\"sample+features\"`, `translation_detach = true`, `translation_poe = false`, training 50 epochs at lr "
+        "1e-4); keys given explicitly win")
+    seed: int = param(0, "seeds the weight initialisation", ge=0)
+
+
+#: MIMA's parameter defaults (ours, preset "spatialmix"), from :class:`MIMAParams`
+DEFAULTS: dict[str, Any] = MIMAParams.defaults()
 
 #: What each preset changes from :data:`DEFAULTS` (explicit parameters override a preset).
 #: ``"paper"``: the preprint's loss: no batch adversary, beta 0.01 for every KL term (the batch latent's
@@ -143,6 +174,7 @@ class MIMA(BaseModel):
     train_defaults = {"epochs": "auto", "batch_size": 128, "lr": 1e-3, "train_fraction": 0.8}
     #: the preprint's schedule (preset "paper"): 50 epochs, lr 1e-4, batch 128, 80/20 split
     paper_train_defaults = {"epochs": 50, "batch_size": 128, "lr": 1e-4, "train_fraction": 0.8}
+    Params = MIMAParams
     defaults = DEFAULTS
     extra_arguments = ("hidden", "modalities")
 
@@ -153,21 +185,6 @@ class MIMA(BaseModel):
             raise ParameterError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
         params = {**PRESETS[preset], **params}
         p, mods = self._resolve_params(data, params, modalities)
-        if not set(str(p["adversarial_on"]).split("+")) <= {"shared", "private", "poe"} or not p["adversarial_on"]:
-            raise ParameterError("adversarial_on must be '+'-joined latents among 'shared', 'private' and 'poe' "
-                                 f"(e.g. 'shared+private'), got {p['adversarial_on']!r}")
-        if p["latent_dropout_at"] not in ("z", "heads"):
-            raise ParameterError(f"latent_dropout_at must be 'z' or 'heads', got {p['latent_dropout_at']!r}")
-        if p["batch_input"] not in ("sample", "sample+features"):
-            raise ParameterError(f"batch_input must be 'sample' or 'sample+features', got {p['batch_input']!r}")
-        for key in ("n_latent", "n_hidden"):
-            if not isinstance(p[key], (int, np.integer)) or p[key] < 1:
-                raise ParameterError(f"{key} must be a whole number >= 1, got {p[key]!r}")
-        if not (isinstance(p["translation_weight"], (int, float)) and float(p["translation_weight"]) >= 0):
-            raise ParameterError(f"translation_weight must be a number >= 0, got {p['translation_weight']!r}")
-        for key in ("dropout", "latent_dropout"):
-            if not 0 <= float(p[key]) < 1:
-                raise ParameterError(f"{key} must be in [0, 1), got {p[key]!r}")
         p["modalities"] = mods
         p["hidden"] = self._hidden_layers(mods, {m: data.n_vars(m) for m in mods}, p, hidden)
         p["likelihoods"] = self._likelihoods(data, mods, p["count_likelihood"])
@@ -193,8 +210,6 @@ class MIMA(BaseModel):
     @staticmethod
     def _likelihoods(data, mods, choice) -> dict[str, str]:
         """``{modality: "mse" | "nb"}``: ``"nb"`` for the modalities of raw counts when ``choice`` is "nb"."""
-        if choice not in ("mse", "nb"):
-            raise ParameterError(f"count_likelihood must be 'mse' or 'nb', got {choice!r}")
         if choice == "mse":
             return {m: "mse" for m in mods}
         kinds = data.preprocessing or {}

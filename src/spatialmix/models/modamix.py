@@ -17,35 +17,55 @@ default (which are ours where the paper gives none) and the deviations from the 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import pandas as pd
+from pydantic import AfterValidator, Field
 
 from spatialmix.errors import ModelError, ParameterError
+from spatialmix.params import Params, param
 
 from ._base import BaseModel
 from ._modamix_module import MoDAmixModule, n_parameters
 
-DEFAULTS: dict[str, Any] = {
-    "source_samples": None,
-    "target_samples": None,
-    "exclude": None,  # None = the MIMA paper's excluded classes (spatialmix.evaluate.annotations.PAPER_EXCLUDED)
-    "stage_epochs": [30, 30, 30, 30],
-    "adversarial": "both",
-    "hidden": [256],
-    "n_omics": 64,
-    "joint_hidden": [128],
-    "n_latent": 64,
-    "disc_hidden": 64,
-    "dropout": 0.2,
-    "adv_weight": 0.1,
-    "pseudo_weight": 1.0,
-    "center_weight": 1.0,
-    "threshold": 0.9,
-    "class_balance": True,
-    "seed": 0,
-}
+def _stages(v: list[int]) -> list[int]:
+    if len(v) != 4 or v[0] < 1 or min(v) < 0:
+        raise ValueError("must be 4 whole numbers (epochs of pre-training, per-omics adversarial, joint "
+                         "adversarial, pseudo-label stages), the first >= 1 and the others >= 0, e.g. [30, 30, 30, 30]")
+    return v
+
+
+class MoDAmixParams(Params):
+    """MoDAmix's parameters, declared once (``spatialmix.params``)."""
+
+    source_samples: Any = param(None, "the labelled source samples (one of `source_samples` / `target_samples` is "
+                                "required, the other is the rest)", kind="list of sample names")
+    target_samples: Any = param(None, "the target samples (their labels are never used for training)",
+                                kind="list of sample names")
+    exclude: Any = param(None, "classes without classification loss", kind="list of classes",
+                         default_text="the MIMA paper's")
+    stage_epochs: Annotated[list[int], AfterValidator(_stages)] = param(
+        [30, 30, 30, 30], "epochs of the four stages (`[train] epochs` defaults to their sum)",
+        kind="4 whole numbers, the first >= 1")
+    adversarial: Literal["both", "omics", "none"] = param(
+        "both", "adversarial levels (the paper's ablations: both = per-omics + joint)")
+    hidden: list[Annotated[int, Field(ge=1)]] = param([256], "hidden layers of the per-omics extractors")
+    n_omics: int = param(64, "output size of each per-omics extractor", ge=1)
+    joint_hidden: list[Annotated[int, Field(ge=1)]] = param([128], "hidden layers of the fusion")
+    n_latent: int = param(64, "size of the joint embedding", ge=1)
+    disc_hidden: int = param(64, "hidden size of every domain discriminator", ge=1)
+    dropout: float = param(0.2, "dropout after hidden layers of extractors and fusion", ge=0, lt=1)
+    adv_weight: float = param(0.1, "weight of every domain-confusion term", ge=0)
+    pseudo_weight: float = param(1.0, "weight of the target pseudo-label cross-entropy (stage 4)", ge=0)
+    center_weight: float = param(1.0, "weight of the centre loss (stage 4)", ge=0)
+    threshold: float = param(0.9, "softmax confidence above which target spots get pseudo-labels", gt=0, le=1)
+    class_balance: bool = param(True, "class-balanced classification loss")
+    seed: int = param(0, "seeds the weight initialisation", ge=0)
+
+
+#: MoDAmix's parameter defaults, from :class:`MoDAmixParams`
+DEFAULTS: dict[str, Any] = MoDAmixParams.defaults()
 ADVERSARIAL = ("both", "omics", "none")
 _UNLABELLED = {"", "nan", "none", "<na>"}
 
@@ -100,11 +120,11 @@ class MoDAmix(BaseModel):
     needs_labels = True
     train_defaults = {"epochs": sum(DEFAULTS["stage_epochs"]), "batch_size": 128, "lr": 1e-3,
                       "weight_decay": 0.0, "train_fraction": 0.9}
+    Params = MoDAmixParams
     defaults = DEFAULTS
 
     def __init__(self, data, *, modalities: Sequence[str] | None = None, **params):
         p, mods = self._resolve_params(data, params, modalities)
-        self._validate(p)
         p["stage_epochs"] = [int(e) for e in p["stage_epochs"]]
         p["hidden"] = [int(h) for h in p["hidden"]]
         p["joint_hidden"] = [int(h) for h in p["joint_hidden"]]
@@ -117,35 +137,6 @@ class MoDAmix(BaseModel):
         self.train_defaults = {**type(self).train_defaults, "epochs": sum(p["stage_epochs"])}
         super().__init__(data, **p)
         self._build()
-
-    # -- checks --------------------------------------------------------------------------------------------
-    @staticmethod
-    def _validate(p: dict) -> None:
-        if p["adversarial"] not in ADVERSARIAL:
-            raise ParameterError(f"adversarial must be one of {ADVERSARIAL} (both = per-omics + joint), "
-                                 f"got {p['adversarial']!r}")
-        stages = p["stage_epochs"]
-        if (isinstance(stages, (str, bytes)) or not hasattr(stages, "__len__") or len(stages) != 4
-                or not all(isinstance(e, (int, np.integer)) and not isinstance(e, bool) and e >= 0 for e in stages)
-                or stages[0] < 1):
-            raise ParameterError("stage_epochs must be 4 whole numbers (epochs of pre-training, per-omics "
-                                 "adversarial, joint adversarial, pseudo-label stages), the first >= 1 and the "
-                                 f"others >= 0, e.g. (30, 30, 30, 30); got {stages!r}")
-        for key in ("n_omics", "n_latent", "disc_hidden"):
-            if isinstance(p[key], bool) or not isinstance(p[key], (int, np.integer)) or p[key] < 1:
-                raise ParameterError(f"{key} must be a whole number >= 1, got {p[key]!r}")
-        for key in ("hidden", "joint_hidden"):
-            v = p[key]
-            if isinstance(v, (str, bytes)) or not hasattr(v, "__iter__") or not all(
-                    isinstance(h, (int, np.integer)) and not isinstance(h, bool) and h >= 1 for h in v):
-                raise ParameterError(f"{key} must be a list of layer sizes >= 1 (may be empty), got {v!r}")
-        if not 0 <= float(p["dropout"]) < 1:
-            raise ParameterError(f"dropout must be in [0, 1), got {p['dropout']!r}")
-        if not 0 < float(p["threshold"]) <= 1:
-            raise ParameterError(f"threshold (pseudo-label confidence) must be in (0, 1], got {p['threshold']!r}")
-        for key in ("adv_weight", "pseudo_weight", "center_weight"):
-            if not float(p[key]) >= 0:
-                raise ParameterError(f"{key} must be >= 0, got {p[key]!r}")
 
     @staticmethod
     def _samples(data) -> pd.Series:

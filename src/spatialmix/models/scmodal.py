@@ -18,32 +18,44 @@ equations were read.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 
 from spatialmix.errors import ModelError, ParameterError
+from spatialmix.params import Params, param
 
 from ._base import BaseModel
 from ._scmodal_module import GEO_THRESHOLD, GEOMETRY_LOSSES, SCMODALModule, n_parameters
 
-DEFAULTS: dict[str, Any] = {
-    "n_latent": 20,
-    "n_hidden": 512,
-    "n_hidden_disc": 256,
-    "lambda_ae": 10.0,
-    "lambda_anchor": 10.0,
-    "lambda_geo": 10.0,
-    "lambda_gan": 1.0,
-    "mnn_k": 30,
-    "geo_threshold": GEO_THRESHOLD,
-    "sphere": False,
-    "geometry": "paper",
-    "link_reference": "",
-    "link_top": 100,
-    "seed": 0,
-}
+class SCMODALParams(Params):
+    """scMODAL's parameters, declared once (``spatialmix.params``)."""
+
+    n_latent: int = param(20, "latent size", ge=1)
+    n_hidden: int = param(512, "encoder / decoder width", ge=1)
+    n_hidden_disc: int = param(256, "discriminator width", ge=1)
+    lambda_ae: float = param(10.0, "weight of the autoencoder term (the paper's; 0 switches the term off)", ge=0)
+    lambda_anchor: float = param(10.0, "weight of the MNN-anchor term (ours: 10; the paper uses 1)", ge=0)
+    lambda_geo: float = param(10.0, "weight of the geometry term (the authors' code's; the paper's text gives 1)",
+                              ge=0)
+    lambda_gan: float = param(1.0, "weight of the adversarial term (the paper's)", ge=0)
+    mnn_k: int = param(30, "neighbours of the MNN anchor search", ge=1)
+    geo_threshold: float = param(GEO_THRESHOLD, "cap of each cell's cosine between its input and latent kernel "
+                                 "rows in the geometry loss (eq. 6)", gt=0, lt=1)
+    sphere: bool = param(False, "put the latents on the unit sphere (ours, the form before issue 17); `false` is "
+                         "the paper's unconstrained latent")
+    geometry: Literal[tuple(GEOMETRY_LOSSES)] = param(  # type: ignore[valid-type]
+        "paper", "the geometry loss: the paper's eqs. 4-6, or our earlier reading (thresholded cosine kernels, "
+        "squared difference)")
+    link_reference: Any = param("", "derive the feature links from the correlation on this sample's paired spots "
+                                "(empty: features with the same name)", kind="sample name(s), comma-separated")
+    link_top: int = param(100, "links kept per modality pair", ge=1)
+    seed: int = param(0, "seeds the weight initialisation", ge=0)
+
+
+#: scMODAL's parameter defaults, from :class:`SCMODALParams`
+DEFAULTS: dict[str, Any] = SCMODALParams.defaults()
 #: the column of ``data.obs`` that ``samples=`` refers to
 SAMPLE_KEY = "sample"
 #: inputs are standardised per feature and clipped to +- this many standard deviations
@@ -216,6 +228,7 @@ class SCMODAL(BaseModel):
     single_source_translation = True
     train_defaults = {"max_steps": 10000, "batch_size": 500, "lr": 1e-3, "weight_decay": 1e-3,
                       "train_fraction": 1.0}
+    Params = SCMODALParams
     defaults = DEFAULTS
     extra_arguments = ("links", "modalities", "samples")
 
@@ -223,27 +236,6 @@ class SCMODAL(BaseModel):
                  links: dict[str, Sequence[Sequence[str]]] | None = None,
                  samples: dict[str, Sequence[str]] | None = None, **params):
         p, mods = self._resolve_params(data, params, modalities)
-        for key in ("n_latent", "n_hidden", "n_hidden_disc", "mnn_k"):
-            v = p[key]
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-                raise ParameterError(f"{key} must be a whole number >= 1, got {v!r}")
-            p[key] = int(v)
-        for key in ("lambda_ae", "lambda_anchor", "lambda_geo", "lambda_gan"):
-            try:
-                v = float(p[key])
-            except (TypeError, ValueError):
-                v = float("nan")
-            if not (v >= 0 and np.isfinite(v)):
-                raise ParameterError(f"{key} must be a number >= 0 (0 switches the term off), got {p[key]!r}")
-            p[key] = v
-        if not 0 < float(p["geo_threshold"]) < 1:
-            raise ParameterError(f"geo_threshold must be in (0, 1), got {p['geo_threshold']!r}")
-        p["geo_threshold"] = float(p["geo_threshold"])
-        if not isinstance(p["sphere"], (bool, np.bool_)):
-            raise ParameterError(f"sphere must be true or false, got {p['sphere']!r}")
-        p["sphere"] = bool(p["sphere"])
-        if p["geometry"] not in GEOMETRY_LOSSES:
-            raise ParameterError(f"geometry must be one of {sorted(GEOMETRY_LOSSES)}, got {p['geometry']!r}")
         if len(mods) < 2:
             raise ParameterError(f"SCMODAL aligns at least two different modalities, got {mods}")
         p["modalities"] = mods

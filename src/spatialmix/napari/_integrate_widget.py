@@ -55,13 +55,25 @@ def model_defaults(name: str) -> dict:
     return dict(MODELS[name].defaults)
 
 
+def model_declaration(name: str):
+    """The declaration of model ``name``'s parameters (``spatialmix.params``): ranges, choices, meanings."""
+    from spatialmix.models import MODELS
+
+    return MODELS[name].Params
+
+
 class ParamPage(QWidget):
-    """One form row per scalar parameter of a model (numbers, switches, choices as text), from its defaults."""
+    """One form row per scalar parameter of a model, generated from its declaration (``Model.Params``): the
+    spin boxes hold the declared range, each tooltip is the declared meaning and allowed values, and
+    :meth:`values` checks the form against the declaration before anything trains."""
 
     def __init__(self, name: str, rows: dict[str, str] | None = None) -> None:
+        from spatialmix.params import field_info
+
         super().__init__()
         self.name = name
         self.widgets: dict[str, QWidget] = {}
+        decl = model_declaration(name)
         defaults = model_defaults(name)
         form = QFormLayout(self)
         form.setContentsMargins(0, 0, 0, 0)
@@ -69,24 +81,34 @@ class ParamPage(QWidget):
             isinstance(v, (bool, int, float, str)) or _int_list(v))]
         self.lists: set[str] = set()
         for key in keys:
+            info = field_info(decl, key)
             value = defaults[key]
             if isinstance(value, bool):
                 w = QCheckBox()
                 w.setChecked(value)
-            elif isinstance(value, int):
-                w = _spin(0, 2**31 - 1, value)  # Qt's int range: large defaults (max_parameters) keep their value
+            elif isinstance(value, int):  # Qt's int range caps large defaults (max_parameters): they keep their value
+                lo = int(info.low) if info.low is not None else 0
+                w = _spin(lo, min(int(info.high), 2**31 - 1) if info.high is not None else 2**31 - 1, value)
             elif isinstance(value, float):
-                w = _dspin(0, 1e4, value, 4 if 0 < abs(value) < 0.1 else 3)
+                decimals = 4 if 0 < abs(value) < 0.1 else 3
+                lo = float(info.low) if info.low is not None else 0.0
+                hi = float(info.high) if info.high is not None else 1e4
+                if info.high_open:  # [0, 1): the largest value the box can show below 1
+                    hi -= 10 ** -decimals
+                w = _dspin(lo, hi, value, decimals)
             elif _int_list(value):  # e.g. MoDAmix's stage_epochs, hidden layer sizes: "30, 30, 30, 30"
                 w = QLineEdit(", ".join(str(v) for v in value))
                 self.lists.add(key)
             else:
                 w = QLineEdit(str(value))
-            w.setToolTip(f"{key} (default {value!r})")
+            w.setToolTip(f"{key}: {info.doc} ({decl.describe(key)}; default {value!r})")
             self.widgets[key] = w
             form.addRow((rows or {}).get(key) or key.replace("_", " "), w)
 
     def values(self) -> dict:
+        """The form's values, checked against the model's declaration (a ``ParameterError`` naming the row)."""
+        from spatialmix.errors import ParameterError
+
         out = {}
         for key, w in self.widgets.items():
             if isinstance(w, QCheckBox):
@@ -94,8 +116,6 @@ class ParamPage(QWidget):
             elif isinstance(w, (QSpinBox, QDoubleSpinBox)):
                 out[key] = w.value()
             elif key in self.lists:
-                from spatialmix.errors import ParameterError
-
                 try:
                     out[key] = [int(v) for v in w.text().replace(";", ",").split(",") if v.strip()]
                 except ValueError:
@@ -104,6 +124,10 @@ class ParamPage(QWidget):
                                          f"{w.text()!r}") from None
             else:
                 out[key] = w.text().strip()
+        _, problems = model_declaration(self.name).problems(out)
+        if problems:
+            p = problems[0]
+            raise ParameterError(f"{p.key.replace('_', ' ')} ({p.key}) {p.message}" + (f". {p.fix}" if p.fix else ""))
         return out
 
 
