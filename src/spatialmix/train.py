@@ -316,61 +316,89 @@ def iter_train(model, *, stop: threading.Event | None = None, **options):
     :class:`spatialmix.errors.Interrupted`) or closed mid-epoch (the last completed epoch), and when it ends (the
     weights kept, marked finished: resuming with the same ``epochs`` / ``max_steps`` trains no further).
     """
-    import torch
-    from lightning_fabric import Fabric
-
     cfg = TrainConfig.build(model.train_defaults, options)
-    stop = stop if stop is not None else model._stop_event
-    stop.clear()
-    accelerator, devices = resolve_device(cfg.device)
-    if cfg.devices > 1:
-        devices = cfg.devices
-    precision = "32-true" if cfg.precision == "32" else cfg.precision
-    if accelerator == "cpu" and precision in ("16-mixed",):
-        raise ParameterError("precision '16-mixed' needs a GPU; use '32-true' (or 'bf16-mixed') on CPU")
-    fabric = Fabric(accelerator=accelerator, devices=devices, num_nodes=cfg.num_nodes, strategy=cfg.strategy,
-                    precision=precision)
-    if fabric.world_size > 1:
-        fabric.launch()
-    torch.manual_seed(cfg.seed)
-    shuffle = torch.Generator().manual_seed(cfg.seed)
+    run = _Training(model, cfg, stop)   # 1. devices, seeds, the data on the device, the split, the optimisers
+    run.resume()                        # 2. a checkpoint's weights, optimiser state, history and RNG states
+    run.plan()                          # 3. steps per epoch, epochs ("auto"), early stopping and its patience
+    return (yield from run.epochs())    # 4. the epochs: steps, validation, events, checkpoints, early stop
 
-    grouped = hasattr(model, "_training_groups")
-    groups = model._training_groups() if grouped else {"": model._training_tensors()}
-    sizes, splits = {}, {}
-    for g, tensors in groups.items():
-        n_rows = {k: v.shape[0] for k, v in tensors.items()}
-        if len(set(n_rows.values())) != 1:
-            raise TrainingError(f"training tensors of {model.name}{' group ' + repr(g) if g else ''} have different "
-                                f"row counts {n_rows}; every tensor needs one row per observation")
-        sizes[g] = next(iter(n_rows.values()))
-        splits[g] = split_indices(sizes[g], cfg.train_fraction, cfg.seed)
-    model.split_ = ({"train": splits[""][0], "validation": splits[""][1]} if not grouped else
-                    {f"{kind}/{g}": splits[g][i] for g in groups for i, kind in enumerate(("train", "validation"))})
-    # moved to the device once; mini-batches are index slices
-    data = {(f"{g}/{k}" if grouped else k): fabric.to_device(v) for g, tensors in groups.items() for k, v in tensors.items()}
-    keys_of = {g: [(f"{g}/{k}" if grouped else k) for k in tensors] for g, tensors in groups.items()}
-    del groups  # on a GPU, do not keep a host copy of the dense inputs alive for the whole training
-    device = next(iter(data.values())).device
-    train_idx = {g: splits[g][0] for g in splits}
-    val_idx = {g: splits[g][1] for g in splits}
 
-    module = model.module
-    if hasattr(module, "configure_optimizers"):
-        optimizers = dict(module.configure_optimizers(lr=cfg.lr, weight_decay=cfg.weight_decay))
-    else:
-        optimizers = {"main": torch.optim.Adam(module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)}
-    opt_names = list(optimizers)
-    fmodule, *fopts = fabric.setup(module, *optimizers.values())
-    optimizers = dict(zip(opt_names, fopts))
-    phases = getattr(module, "phases", None)
+class _Training:
+    """One run of :func:`iter_train`, broken at its stages (each a method, sharing this state)."""
 
-    history: list[dict[str, Any]] = []
-    start_epoch = 0
-    resumed_finished = False
-    best = {"val": math.inf, "epoch": 0, "state": None, "bad": 0}
-    ckpt_dir = Path(cfg.checkpoint_dir) if cfg.checkpoint_dir else None
-    if cfg.resume:
+    # -- 1. set-up ---------------------------------------------------------------------------------------
+    def __init__(self, model, cfg: TrainConfig, stop: threading.Event | None):
+        import torch
+        from lightning_fabric import Fabric
+
+        self.model, self.cfg = model, cfg
+        self.stop = stop if stop is not None else model._stop_event
+        self.stop.clear()
+        accelerator, devices = resolve_device(cfg.device)
+        if cfg.devices > 1:
+            devices = cfg.devices
+        precision = "32-true" if cfg.precision == "32" else cfg.precision
+        if accelerator == "cpu" and precision in ("16-mixed",):
+            raise ParameterError("precision '16-mixed' needs a GPU; use '32-true' (or 'bf16-mixed') on CPU")
+        fabric = Fabric(accelerator=accelerator, devices=devices, num_nodes=cfg.num_nodes, strategy=cfg.strategy,
+                        precision=precision)
+        if fabric.world_size > 1:
+            fabric.launch()
+        self.fabric = fabric
+        torch.manual_seed(cfg.seed)
+        self.shuffle = torch.Generator().manual_seed(cfg.seed)
+        self._data_on_device()
+        self._optimizers()
+        self.history: list[dict[str, Any]] = []
+        self.start_epoch = 0
+        self.resumed_finished = False
+        self.best = {"val": math.inf, "epoch": 0, "state": None, "bad": 0}
+        self.ckpt_dir = Path(cfg.checkpoint_dir) if cfg.checkpoint_dir else None
+
+    def _data_on_device(self) -> None:
+        """The training tensors moved to the device once (mini-batches are index slices) and the split."""
+        model, cfg, fabric = self.model, self.cfg, self.fabric
+        grouped = hasattr(model, "_training_groups")
+        groups = model._training_groups() if grouped else {"": model._training_tensors()}
+        sizes, splits = {}, {}
+        for g, tensors in groups.items():
+            n_rows = {k: v.shape[0] for k, v in tensors.items()}
+            if len(set(n_rows.values())) != 1:
+                raise TrainingError(f"training tensors of {model.name}{' group ' + repr(g) if g else ''} have "
+                                    f"different row counts {n_rows}; every tensor needs one row per observation")
+            sizes[g] = next(iter(n_rows.values()))
+            splits[g] = split_indices(sizes[g], cfg.train_fraction, cfg.seed)
+        model.split_ = ({"train": splits[""][0], "validation": splits[""][1]} if not grouped else
+                        {f"{kind}/{g}": splits[g][i] for g in groups for i, kind in enumerate(("train", "validation"))})
+        self.data = {(f"{g}/{k}" if grouped else k): fabric.to_device(v)
+                     for g, tensors in groups.items() for k, v in tensors.items()}
+        self.keys_of = {g: [(f"{g}/{k}" if grouped else k) for k in tensors] for g, tensors in groups.items()}
+        del groups  # on a GPU, do not keep a host copy of the dense inputs alive for the whole training
+        self.device = next(iter(self.data.values())).device
+        self.train_idx = {g: splits[g][0] for g in splits}
+        self.val_idx = {g: splits[g][1] for g in splits}
+
+    def _optimizers(self) -> None:
+        import torch
+
+        module, cfg = self.model.module, self.cfg
+        if hasattr(module, "configure_optimizers"):
+            optimizers = dict(module.configure_optimizers(lr=cfg.lr, weight_decay=cfg.weight_decay))
+        else:
+            optimizers = {"main": torch.optim.Adam(module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)}
+        self.opt_names = list(optimizers)
+        self.fmodule, *fopts = self.fabric.setup(module, *optimizers.values())
+        self.optimizers = dict(zip(self.opt_names, fopts))
+        self.phases = getattr(module, "phases", None)
+
+    # -- 2. resume -----------------------------------------------------------------------------------------
+    def resume(self) -> None:
+        import torch
+
+        cfg, model = self.cfg, self.model
+        if not cfg.resume:
+            return
+        ckpt_dir = self.ckpt_dir
         path = Path(cfg.resume) if not isinstance(cfg.resume, bool) else (ckpt_dir / CHECKPOINT_NAME if ckpt_dir else None)
         if path is None:
             raise ParameterError("resume=True needs checkpoint_dir; or pass the checkpoint path as resume=")
@@ -384,232 +412,271 @@ def iter_train(model, *, stop: threading.Event | None = None, **options):
             raise TrainingError(
                 f"checkpoint {path} was written for a different model or dataset "
                 f"({ckpt.get('fingerprint')}) than this one ({model._fingerprint()}); start a new training")
-        module.load_state_dict(ckpt["module"])
+        model.module.load_state_dict(ckpt["module"])
         saved_opts = ckpt["optimizer"] if isinstance(ckpt["optimizer"], dict) and "state" not in ckpt["optimizer"] \
             else {"main": ckpt["optimizer"]}
-        for name, opt in optimizers.items():
+        for name, opt in self.optimizers.items():
             opt.load_state_dict(saved_opts[name])
-        history = list(ckpt["history"])
-        start_epoch = int(ckpt["epoch"])
+        self.history = list(ckpt["history"])
+        self.start_epoch = int(ckpt["epoch"])
         # a checkpoint written when training ended, resumed with the same schedule: nothing is left to train
-        resumed_finished = bool(ckpt.get("finished")) and all(
+        self.resumed_finished = bool(ckpt.get("finished")) and all(
             ckpt.get("config", {}).get(k) == getattr(cfg, k) for k in ("epochs", "max_steps"))
-        best.update(ckpt.get("best", {}))
-        shuffle.set_state(ckpt["shuffle_rng"])
+        self.best.update(ckpt.get("best", {}))
+        self.shuffle.set_state(ckpt["shuffle_rng"])
         torch.set_rng_state(ckpt["torch_rng"])
         if any(not np.array_equal(ckpt["split"][k], v) for k, v in model.split_.items() if k.startswith("train")):
             raise TrainingError(f"checkpoint {path} used another train/validation split (seed or "
                                 "train_fraction changed); resume with the same options")
 
-    train_dev = {g: torch.as_tensor(v, device=device) for g, v in train_idx.items()}
-    world, rank = fabric.world_size, fabric.global_rank
-    n_local = {g: len(range(rank, len(v), world)) for g, v in train_idx.items()}
-    if min(n_local.values()) < 1:
-        raise TrainingError(f"{model.name}: a group of the training data has no training rows "
-                            f"({ {g: len(v) for g, v in train_idx.items()} }); give it more observations")
-    min_rows = int(getattr(module, "min_batch_rows", 1) or 1)
-    if cfg.batch_size < min_rows:
-        raise ParameterError(f"{model.name} needs at least {min_rows} rows per mini-batch (BatchNorm); "
-                             f"batch_size={cfg.batch_size} is too small")
-    if min(n_local.values()) < min_rows:
-        raise TrainingError(f"{model.name} needs at least {min_rows} training rows per mini-batch (BatchNorm), but "
-                            f"the training split has {min(n_local.values())}; give it more observations or a larger "
-                            "train_fraction")
-    steps_per_epoch = max(1, max(math.ceil(n / cfg.batch_size) for n in n_local.values()))
-    # a last mini-batch of fewer than min_rows rows joins the one before it (single group; with several groups
-    # every step draws min(batch_size, group size) rows)
-    tail = {g: n - (math.ceil(n / cfg.batch_size) - 1) * cfg.batch_size for g, n in n_local.items()}
-    merge_tail = (len(n_local) == 1 and steps_per_epoch > 1 and next(iter(tail.values())) < min_rows)
-    if merge_tail:
-        steps_per_epoch -= 1
-    auto = cfg.epochs == "auto" and cfg.max_steps is None
-    auto_epochs, auto_patience = auto_schedule(steps_per_epoch)
-    if cfg.max_steps is not None:
-        epochs = math.ceil(cfg.max_steps / steps_per_epoch)
-    else:
-        epochs = auto_epochs if auto else int(cfg.epochs)
-    # early stopping: on by default with epochs="auto" (needs a validation split) or a model's own selection
-    # criterion, else as asked
-    has_val = any(len(v) for v in val_idx.values())
-    select = getattr(model, "selection_criterion", None)
-    if cfg.early_stopping is False:
-        select = None
-    early_stopping = bool(cfg.early_stopping) if cfg.early_stopping is not None else (
-        (auto and has_val) or select is not None)
-    select_every = max(1, math.ceil(int(getattr(model, "selection_every_steps", 1)) / steps_per_epoch))
-    select_start = int(getattr(model, "selection_start_steps", 0))
-    default_patience = int(getattr(model, "selection_patience", 10)) if select is not None else (
-        auto_patience if auto else 10)
-    patience = int(cfg.patience) if cfg.patience is not None else default_patience
-    model.schedule_ = {"epochs": epochs, "steps_per_epoch": steps_per_epoch, "auto": auto,
-                       "early_stopping": early_stopping, "patience": patience, "lr": cfg.lr,
-                       "batch_size": cfg.batch_size}
-    total_steps = epochs * steps_per_epoch if cfg.max_steps is None else cfg.max_steps
-    stage = f"train {model.name}"
-    last_good = _cpu_state(module)
-    # what a checkpoint of the last completed epoch holds, kept in memory (when there is a checkpoint_dir) so that
-    # a stop, Ctrl-C or SIGTERM in the middle of an epoch still writes exactly that epoch's checkpoint
-    snapshot: dict[str, Any] | None = None
-    completed = False
-    epoch_seconds: list[float] = []
+    # -- 3. the schedule -----------------------------------------------------------------------------------
+    def plan(self) -> None:
+        import torch
 
-    def restore(state):
-        module.load_state_dict(state)
+        model, cfg, module = self.model, self.cfg, self.model.module
+        self.train_dev = {g: torch.as_tensor(v, device=self.device) for g, v in self.train_idx.items()}
+        self.world, self.rank = self.fabric.world_size, self.fabric.global_rank
+        n_local = {g: len(range(self.rank, len(v), self.world)) for g, v in self.train_idx.items()}
+        if min(n_local.values()) < 1:
+            raise TrainingError(f"{model.name}: a group of the training data has no training rows "
+                                f"({ {g: len(v) for g, v in self.train_idx.items()} }); give it more observations")
+        min_rows = int(getattr(module, "min_batch_rows", 1) or 1)
+        if cfg.batch_size < min_rows:
+            raise ParameterError(f"{model.name} needs at least {min_rows} rows per mini-batch (BatchNorm); "
+                                 f"batch_size={cfg.batch_size} is too small")
+        if min(n_local.values()) < min_rows:
+            raise TrainingError(f"{model.name} needs at least {min_rows} training rows per mini-batch (BatchNorm), "
+                                f"but the training split has {min(n_local.values())}; give it more observations or a "
+                                "larger train_fraction")
+        steps_per_epoch = max(1, max(math.ceil(n / cfg.batch_size) for n in n_local.values()))
+        # a last mini-batch of fewer than min_rows rows joins the one before it (single group; with several
+        # groups every step draws min(batch_size, group size) rows)
+        tail = {g: n - (math.ceil(n / cfg.batch_size) - 1) * cfg.batch_size for g, n in n_local.items()}
+        self.merge_tail = (len(n_local) == 1 and steps_per_epoch > 1 and next(iter(tail.values())) < min_rows)
+        if self.merge_tail:
+            steps_per_epoch -= 1
+        auto = cfg.epochs == "auto" and cfg.max_steps is None
+        auto_epochs, auto_patience = auto_schedule(steps_per_epoch)
+        if cfg.max_steps is not None:
+            epochs = math.ceil(cfg.max_steps / steps_per_epoch)
+        else:
+            epochs = auto_epochs if auto else int(cfg.epochs)
+        # early stopping: on by default with epochs="auto" (needs a validation split) or a model's own selection
+        # criterion, else as asked
+        has_val = any(len(v) for v in self.val_idx.values())
+        select = getattr(model, "selection_criterion", None)
+        if cfg.early_stopping is False:
+            select = None
+        self.early_stopping = bool(cfg.early_stopping) if cfg.early_stopping is not None else (
+            (auto and has_val) or select is not None)
+        self.select = select
+        self.select_every = max(1, math.ceil(int(getattr(model, "selection_every_steps", 1)) / steps_per_epoch))
+        self.select_start = int(getattr(model, "selection_start_steps", 0))
+        default_patience = int(getattr(model, "selection_patience", 10)) if select is not None else (
+            auto_patience if auto else 10)
+        self.patience = int(cfg.patience) if cfg.patience is not None else default_patience
+        self.steps_per_epoch, self.n_epochs = steps_per_epoch, epochs
+        model.schedule_ = {"epochs": epochs, "steps_per_epoch": steps_per_epoch, "auto": auto,
+                           "early_stopping": self.early_stopping, "patience": self.patience, "lr": cfg.lr,
+                           "batch_size": cfg.batch_size}
+        self.total_steps = epochs * steps_per_epoch if cfg.max_steps is None else cfg.max_steps
+        self.stage = f"train {model.name}"
 
-    def non_finite(epoch, found):
+    # -- 4. the epochs -------------------------------------------------------------------------------------
+    def restore(self, state) -> None:
+        self.model.module.load_state_dict(state)
+
+    def non_finite(self, epoch, found) -> TrainingError:
         step, bad = found
-        restore(last_good)
-        model._after_training(history, cfg)
+        self.restore(self.last_good)
+        self.model._after_training(self.history, self.cfg)
         return TrainingError(
             f"training loss became non-finite at epoch {epoch}, step {step}: non-finite term(s) {bad}. "
             f"The model keeps the weights of epoch {epoch - 1}. Check the inputs for NaN/Inf, or lower the "
             "learning rate (lr)"
         )
 
-    def write_snapshot(**extra) -> str | None:
+    def write_snapshot(self, **extra) -> str | None:
         """Write the last completed epoch's checkpoint (rank 0, when there is a checkpoint_dir); its path."""
-        if snapshot is None or rank != 0:
+        if self.snapshot is None or self.rank != 0:
             return None
-        return str(_write_checkpoint(ckpt_dir, {**snapshot, **extra}))
+        return str(_write_checkpoint(self.ckpt_dir, {**self.snapshot, **extra}))
 
-    last_event = -math.inf  # step events at most every step_event_interval seconds, across epochs too
-    try:
-        for epoch in range(start_epoch + 1 if not resumed_finished else epochs + 1, epochs + 1):
-            t0 = time.perf_counter()
-            fmodule.train()
-            orders = {}
-            for g, idx_g in train_dev.items():
-                perm = torch.randperm(len(idx_g), generator=shuffle).to(device)
-                orders[g] = idx_g[perm][rank::world]
-            sums_dev = _EpochSums(device)
-            count = 0
-            for step in range(steps_per_epoch):
-                global_step = (epoch - 1) * steps_per_epoch + step + 1
-                if global_step > total_steps:
-                    break
-                batch = {}
-                for g, order in orders.items():
-                    if len(orders) == 1:
-                        end = None if merge_tail and step == steps_per_epoch - 1 else (step + 1) * cfg.batch_size
-                        idx = order[step * cfg.batch_size:end]
-                    else:  # every group gives batch_size rows per step; smaller groups cycle
-                        take = min(cfg.batch_size, len(order))
-                        idx = order[(step * take + torch.arange(take, device=device)) % len(order)]
-                    batch.update({k: data[k][idx] for k in keys_of[g]})
-                if len(idx) == 0:
-                    break
-                plan = phases(epoch, step + 1) if phases is not None else [(None, opt_names[0])]
-                step_total = None
-                step_values: dict[tuple, Any] = {}
-                for phase, opt_name in plan:
-                    total, terms = fmodule(batch, phase=phase) if phase is not None else fmodule(batch)
-                    names = tuple(terms)
-                    # stays on the device: read once per epoch (and at throttled step events), not per step
-                    values = torch.stack([total.detach().float(), *[terms[k].detach().float() for k in names]])
-                    opt = optimizers[opt_name]
-                    opt.zero_grad(set_to_none=True)
-                    fabric.backward(total)
-                    opt.step()
-                    step_total = values[0] if step_total is None else step_total + values[0]
-                    step_values[(phase, names)] = values
-                w = len(idx)
-                sums_dev.add(step_total, step_values, w, step + 1)
-                count += w
-                if stop.is_set():
-                    restore(last_good)
-                    saved = write_snapshot()
-                    yield Progress(stage, global_step, total_steps, f"stopped in epoch {epoch}; kept epoch {epoch - 1}"
-                                   + (f" (checkpoint {saved})" if saved else ""),
-                                   {"event": "stopped", "epoch": epoch - 1, "epochs": epochs, "checkpoint": saved})
+    def epochs(self):
+        """The training loop: yields step / epoch events; returns the model (the best or last completed epoch
+        kept, also when stopped, interrupted or closed)."""
+        model, cfg = self.model, self.cfg
+        self.last_good = _cpu_state(model.module)
+        # what a checkpoint of the last completed epoch holds, kept in memory (when there is a checkpoint_dir) so
+        # that a stop, Ctrl-C or SIGTERM in the middle of an epoch still writes exactly that epoch's checkpoint
+        self.snapshot: dict[str, Any] | None = None
+        self.epoch_seconds: list[float] = []
+        self.last_event = -math.inf  # step events at most every step_event_interval seconds, across epochs too
+        completed = False
+        epochs = self.n_epochs
+        try:
+            first = self.start_epoch + 1 if not self.resumed_finished else epochs + 1
+            for epoch in range(first, epochs + 1):
+                t0 = time.perf_counter()
+                sums_dev, count = yield from self._steps(epoch)
+                if sums_dev is None:  # stopped
                     completed = True
-                    model._after_training(history, cfg, stopped=True)
+                    model._after_training(self.history, cfg, stopped=True)
                     return model
-                # throttled (default: at most 10 per second): a progress bar shows no more, and each event syncs
-                if cfg.step_events and time.perf_counter() - last_event >= cfg.step_event_interval:
-                    last_event = time.perf_counter()
-                    found = sums_dev.first_bad()  # this event syncs anyway: check for NaN / Inf here too
-                    if found:
-                        raise non_finite(epoch, found)
-                    yield Progress(stage, global_step, total_steps, f"epoch {epoch}/{epochs}",
-                                   {"event": "step", "epoch": epoch, "epochs": epochs, "step": step + 1,
-                                    "steps_per_epoch": steps_per_epoch, "loss": float(step_total)})
-            found = sums_dev.first_bad()
-            if found:
-                raise non_finite(epoch, found)
-            loss_sum, sums = sums_dev.read()
-            val_loss, val_terms = _validate(fmodule, data, keys_of, val_idx, cfg.batch_size, device)
-            if val_loss is not None and not math.isfinite(val_loss):
-                bad = [k for k, v in val_terms.items() if not math.isfinite(v)]
-                restore(last_good)
-                model._after_training(history, cfg)
-                raise TrainingError(f"validation loss became {val_loss} at epoch {epoch}: non-finite term(s) {bad}. "
-                                    f"The model keeps the weights of epoch {epoch - 1}. Lower the learning rate (lr)")
-            seconds = time.perf_counter() - t0
-            epoch_seconds.append(seconds)
-            record = {"epoch": epoch, "loss": loss_sum / max(count, 1), "val_loss": val_loss, "seconds": seconds,
-                      **{k: v / max(count, 1) for k, v in sums.items()},
-                      **{f"val_{k}": v for k, v in val_terms.items()}}
-            history.append(record)
-            last_good = _cpu_state(module)
-            eta = float(np.mean(epoch_seconds[-5:])) * (epochs - epoch)
-            score, scored = val_loss, True
-            if select is not None:  # the model's own criterion replaces the validation loss, every few epochs
-                last_epoch = epoch == epochs or epoch * steps_per_epoch >= total_steps
-                started = epoch * steps_per_epoch >= select_start
-                scored = (started and epoch % select_every == 0) or last_epoch
-                if scored:
-                    score = float(select())
-                    record["selection"] = score
-            if scored:
-                improved = score is not None and score < best["val"] - cfg.min_delta
-                if improved:
-                    best.update(val=score, epoch=epoch, bad=0, state=last_good if early_stopping else None)
-                else:
-                    best["bad"] += 1
-            monitored = early_stopping and (val_loss is not None or select is not None)
-            if ckpt_dir is not None:
-                snapshot = _checkpoint_state(last_good, optimizers, epoch, history, best, shuffle, model, cfg)
-            msg = f"epoch {epoch}/{epochs} loss {record['loss']:.4g}" + (
-                f" val {val_loss:.4g}" if val_loss is not None else "")
-            yield Progress(stage, min(epoch * steps_per_epoch, total_steps), total_steps, msg,
-                           {"event": "epoch", "epoch": epoch, "epochs": epochs, "step": steps_per_epoch,
-                            "steps_per_epoch": steps_per_epoch, "loss": record["loss"],
-                            "terms": {k: v / max(count, 1) for k, v in sums.items()}, "val_loss": val_loss,
-                            "val_terms": val_terms, "seconds_per_epoch": seconds, "eta_s": eta,
-                            "early_stopping": monitored,
-                            "patience_left": max(patience - best["bad"], 0)})
-            if cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0:
-                write_snapshot()
-            if monitored and best["bad"] >= patience:
-                restore(best["state"] if best["state"] is not None else last_good)
-                history.append({"epoch": epoch, "early_stopped": True, "best_epoch": best["epoch"]})
-                yield Progress(stage, total_steps, total_steps,
-                               f"early stop at epoch {epoch}; best epoch {best['epoch']} "
-                               f"({'selection score' if select is not None else 'val'} {best['val']:.4g})",
-                               {"event": "early_stop", "epoch": epoch, "epochs": epochs,
-                                "best_epoch": best["epoch"]})
+                if (yield from self._end_epoch(epoch, t0, sums_dev, count)):
+                    break
+            else:
+                best = self.best
+                if self.early_stopping and best["state"] is not None and best["epoch"] != epochs:
+                    # the schedule ran out before the patience did: keep the best epoch, as an early stop would
+                    self.restore(best["state"])
+                    self.history.append({"epoch": epochs, "early_stopped": False, "best_epoch": best["epoch"]})
+            completed = True
+            # the trained weights (after an early stop: the best epoch's), marked finished: resuming with the same
+            # schedule (e.g. a job stopped while writing its outputs) trains no further
+            self.write_snapshot(module=_cpu_state(model.module), history=list(self.history), finished=True)
+            model._after_training(self.history, cfg)
+            return model
+        except (KeyboardInterrupt, GeneratorExit):
+            # Ctrl-C, SIGTERM (spatialmix.errors.Interrupted) or the caller closing the generator: the last
+            # completed epoch is kept in the model (below) and on disk
+            self.write_snapshot()
+            raise
+        finally:
+            if not completed:  # closed mid-epoch (GeneratorExit) or an error: keep the last completed epoch
+                self.restore(self.last_good)
+                if self.history:
+                    model._after_training(self.history, cfg, stopped=True)
+
+    def _steps(self, epoch: int):
+        """One epoch's optimiser steps (yielding throttled step events); returns ``(sums, rows)``, or
+        ``(None, 0)`` when stopped (the last completed epoch restored and checkpointed)."""
+        import torch
+
+        cfg, fabric, device = self.cfg, self.fabric, self.device
+        steps_per_epoch, epochs = self.steps_per_epoch, self.n_epochs
+        self.fmodule.train()
+        orders = {}
+        for g, idx_g in self.train_dev.items():
+            perm = torch.randperm(len(idx_g), generator=self.shuffle).to(device)
+            orders[g] = idx_g[perm][self.rank::self.world]
+        sums_dev = _EpochSums(device)
+        count = 0
+        for step in range(steps_per_epoch):
+            global_step = (epoch - 1) * steps_per_epoch + step + 1
+            if global_step > self.total_steps:
                 break
-        else:
-            if early_stopping and best["state"] is not None and best["epoch"] != epochs:
-                # the schedule ran out before the patience did: keep the best epoch, as an early stop would
-                restore(best["state"])
-                history.append({"epoch": epochs, "early_stopped": False, "best_epoch": best["epoch"]})
-        completed = True
-        # the trained weights (after an early stop: the best epoch's), marked finished: resuming with the same
-        # schedule (e.g. a job stopped while writing its outputs) trains no further
-        write_snapshot(module=_cpu_state(module), history=list(history), finished=True)
-        model._after_training(history, cfg)
-        return model
-    except (KeyboardInterrupt, GeneratorExit):
-        # Ctrl-C, SIGTERM (spatialmix.errors.Interrupted) or the caller closing the generator: the last completed
-        # epoch is kept in the model (below) and on disk
-        write_snapshot()
-        raise
-    finally:
-        if not completed:  # closed mid-epoch (GeneratorExit) or an error: keep the last completed epoch
-            restore(last_good)
-            if history:
-                model._after_training(history, cfg, stopped=True)
+            batch = {}
+            for g, order in orders.items():
+                if len(orders) == 1:
+                    end = None if self.merge_tail and step == steps_per_epoch - 1 else (step + 1) * cfg.batch_size
+                    idx = order[step * cfg.batch_size:end]
+                else:  # every group gives batch_size rows per step; smaller groups cycle
+                    take = min(cfg.batch_size, len(order))
+                    idx = order[(step * take + torch.arange(take, device=device)) % len(order)]
+                batch.update({k: self.data[k][idx] for k in self.keys_of[g]})
+            if len(idx) == 0:
+                break
+            plan = self.phases(epoch, step + 1) if self.phases is not None else [(None, self.opt_names[0])]
+            step_total = None
+            step_values: dict[tuple, Any] = {}
+            for phase, opt_name in plan:
+                total, terms = self.fmodule(batch, phase=phase) if phase is not None else self.fmodule(batch)
+                names = tuple(terms)
+                # stays on the device: read once per epoch (and at throttled step events), not per step
+                values = torch.stack([total.detach().float(), *[terms[k].detach().float() for k in names]])
+                opt = self.optimizers[opt_name]
+                opt.zero_grad(set_to_none=True)
+                fabric.backward(total)
+                opt.step()
+                step_total = values[0] if step_total is None else step_total + values[0]
+                step_values[(phase, names)] = values
+            w = len(idx)
+            sums_dev.add(step_total, step_values, w, step + 1)
+            count += w
+            if self.stop.is_set():
+                self.restore(self.last_good)
+                saved = self.write_snapshot()
+                yield Progress(self.stage, global_step, self.total_steps,
+                               f"stopped in epoch {epoch}; kept epoch {epoch - 1}"
+                               + (f" (checkpoint {saved})" if saved else ""),
+                               {"event": "stopped", "epoch": epoch - 1, "epochs": epochs, "checkpoint": saved})
+                return None, 0
+            # throttled (default: at most 10 per second): a progress bar shows no more, and each event syncs
+            if cfg.step_events and time.perf_counter() - self.last_event >= cfg.step_event_interval:
+                self.last_event = time.perf_counter()
+                found = sums_dev.first_bad()  # this event syncs anyway: check for NaN / Inf here too
+                if found:
+                    raise self.non_finite(epoch, found)
+                yield Progress(self.stage, global_step, self.total_steps, f"epoch {epoch}/{epochs}",
+                               {"event": "step", "epoch": epoch, "epochs": epochs, "step": step + 1,
+                                "steps_per_epoch": steps_per_epoch, "loss": float(step_total)})
+        return sums_dev, count
+
+    def _end_epoch(self, epoch: int, t0: float, sums_dev, count: int):
+        """Validation, the history record, the model's selection score, the epoch event, checkpoints and the
+        early-stopping decision; returns True when training stops here."""
+        model, cfg, best = self.model, self.cfg, self.best
+        epochs, steps_per_epoch, total_steps = self.n_epochs, self.steps_per_epoch, self.total_steps
+        found = sums_dev.first_bad()
+        if found:
+            raise self.non_finite(epoch, found)
+        loss_sum, sums = sums_dev.read()
+        val_loss, val_terms = _validate(self.fmodule, self.data, self.keys_of, self.val_idx, cfg.batch_size,
+                                        self.device)
+        if val_loss is not None and not math.isfinite(val_loss):
+            bad = [k for k, v in val_terms.items() if not math.isfinite(v)]
+            self.restore(self.last_good)
+            model._after_training(self.history, cfg)
+            raise TrainingError(f"validation loss became {val_loss} at epoch {epoch}: non-finite term(s) {bad}. "
+                                f"The model keeps the weights of epoch {epoch - 1}. Lower the learning rate (lr)")
+        seconds = time.perf_counter() - t0
+        self.epoch_seconds.append(seconds)
+        record = {"epoch": epoch, "loss": loss_sum / max(count, 1), "val_loss": val_loss, "seconds": seconds,
+                  **{k: v / max(count, 1) for k, v in sums.items()},
+                  **{f"val_{k}": v for k, v in val_terms.items()}}
+        self.history.append(record)
+        self.last_good = _cpu_state(model.module)
+        eta = float(np.mean(self.epoch_seconds[-5:])) * (epochs - epoch)
+        score, scored = val_loss, True
+        select = self.select
+        if select is not None:  # the model's own criterion replaces the validation loss, every few epochs
+            last_epoch = epoch == epochs or epoch * steps_per_epoch >= total_steps
+            started = epoch * steps_per_epoch >= self.select_start
+            scored = (started and epoch % self.select_every == 0) or last_epoch
+            if scored:
+                score = float(select())
+                record["selection"] = score
+        if scored:
+            improved = score is not None and score < best["val"] - cfg.min_delta
+            if improved:
+                best.update(val=score, epoch=epoch, bad=0, state=self.last_good if self.early_stopping else None)
+            else:
+                best["bad"] += 1
+        monitored = self.early_stopping and (val_loss is not None or select is not None)
+        if self.ckpt_dir is not None:
+            self.snapshot = _checkpoint_state(self.last_good, self.optimizers, epoch, self.history, best,
+                                              self.shuffle, model, cfg)
+        msg = f"epoch {epoch}/{epochs} loss {record['loss']:.4g}" + (
+            f" val {val_loss:.4g}" if val_loss is not None else "")
+        yield Progress(self.stage, min(epoch * steps_per_epoch, total_steps), total_steps, msg,
+                       {"event": "epoch", "epoch": epoch, "epochs": epochs, "step": steps_per_epoch,
+                        "steps_per_epoch": steps_per_epoch, "loss": record["loss"],
+                        "terms": {k: v / max(count, 1) for k, v in sums.items()}, "val_loss": val_loss,
+                        "val_terms": val_terms, "seconds_per_epoch": seconds, "eta_s": eta,
+                        "early_stopping": monitored,
+                        "patience_left": max(self.patience - best["bad"], 0)})
+        if cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0:
+            self.write_snapshot()
+        if monitored and best["bad"] >= self.patience:
+            self.restore(best["state"] if best["state"] is not None else self.last_good)
+            self.history.append({"epoch": epoch, "early_stopped": True, "best_epoch": best["epoch"]})
+            yield Progress(self.stage, total_steps, total_steps,
+                           f"early stop at epoch {epoch}; best epoch {best['epoch']} "
+                           f"({'selection score' if select is not None else 'val'} {best['val']:.4g})",
+                           {"event": "early_stop", "epoch": epoch, "epochs": epochs, "best_epoch": best["epoch"]})
+            return True
+        return False
 
 
 def _validate(fmodule, data, keys_of, val_idx, batch_size, device):
