@@ -14,6 +14,11 @@ count modalities). Counts stay sparse until a model asks for dense tensors. It i
   (:func:`read_multimodal`: one ``.h5mu``, or ``.h5ad`` files). Rows are matched by ``obs_names`` and each
   modality's preprocessing is declared (``"counts"``, ``"protein"`` or ``"normalized"``), never guessed from
   its name.
+
+Debt: about 920 lines, half of them the AnnData / MuData path. Its checks, ``_match_rows``, ``_obs_column``,
+``_preprocess`` and ``read_multimodal`` (~380 lines of plain functions that hold none of the class's state) could
+move to a ``_multiomics_input`` module called by ``from_anndata`` / ``from_mudata``, leaving
+:class:`MultiModalData`, its spatial constructor, the preprocessing kinds and ``measured_only`` here.
 """
 
 from __future__ import annotations

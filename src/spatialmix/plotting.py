@@ -1,4 +1,10 @@
-"""Figures of a project in each sample's micrometre frame (overlays used by the demo report and docs)."""
+"""Figures of a project in each sample's micrometre frame (overlays used by the demo report and docs).
+
+Debt: about 440 lines mixing two things. The sample-frame helpers (``sample_bounds``, ``spot_xy``,
+``spot_geometry``, ``render_spots``, ``category_colors``), which ``napari._layers`` and ``results.render`` import
+without drawing a figure, could move to a module of their own, and the private drawing helpers that
+``evaluate.plots`` imports (``_draw_he``, ``_figure_extent``, ``_panel_axes``, ``_spot_patches``) be made public.
+"""
 
 from __future__ import annotations
 

@@ -42,6 +42,11 @@ step fewer, its last step a few rows more), and a training split smaller than th
 
 Lightning Fabric runs the loop on CPU, one GPU, or several GPUs / nodes (``devices``, ``num_nodes``,
 ``strategy``; launch several processes with ``torchrun`` or ``fabric run``), with optional mixed precision.
+
+Why one file of about 760 lines: it is one engine. ``_Training`` holds the state of one run (Fabric, tensors and
+split, optimisers, history, best weights, checkpoint folder) that its stage methods share, and the rest is what
+drives it or what it slices and records: :class:`TrainConfig` (its options), :class:`SparseRows` (mini-batch
+rows), ``_EpochSums``, ``_validate`` and the checkpoint helpers.
 """
 
 from __future__ import annotations

@@ -1,4 +1,9 @@
-"""The benchmark run, stage by stage (:func:`iter_benchmark`), and its outputs in the project or an AnnData."""
+"""The benchmark run, stage by stage (:func:`iter_benchmark`), and its outputs in the project or an AnnData.
+
+Why one file of about 450 lines: it is one run. The eight stages of :func:`iter_benchmark` (``_iter_*``) read and
+fill the one ``_Run`` defined here, and the two output writers take what the stages filled; opening the inputs,
+the extra sections and the report are already apart (``inputs``, ``sections``, ``report``).
+"""
 
 from __future__ import annotations
 

@@ -16,6 +16,10 @@ Scores follow the paper: for each test fold and class, accuracy, precision, reca
 that class, then averaged. Classes can be excluded (the paper drops nerve, necrosis, ISUP 2, ISUP 4, other
 and unlabelled spots, :data:`PAPER_EXCLUDED`); their spots are neither trained on nor scored, but they are
 still predicted so that a map shows every spot.
+
+Why one file of about 520 lines: it is one evaluation protocol. The ensemble, the two cross-validation schemes
+and :func:`transfer` all end in one ``_result`` (an :class:`AnnotationResult`), and the writers and readers at
+the end share the layout it is stored in (``pred_<name>``, ``agree_<name>``, ``uns["spatialmix"]["annotations"]``).
 """
 
 from __future__ import annotations

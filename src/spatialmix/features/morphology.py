@@ -10,6 +10,11 @@ scikit-image once per spot, which takes minutes for thousands of spots. Here the
 are sampled at once and the scikit-image / scipy building blocks (``rgb2hed``,
 ``graycoprops``, ``local_binary_pattern``, ``threshold_otsu``, ``ndimage.label``) run on whole stacks of
 patches, so thousands of spots take seconds.
+
+Why one file of about 670 lines: it is one feature extractor. Every feature family (colour, GLCM, LBP, nuclei,
+encoder) runs on the same batches of patches from ``_PatchSampler`` with the same spot mask, and
+:func:`iter_morphology_features` lays their outputs side by side in the column order that the constants at the
+top define (it builds the 67 names and groups from them).
 """
 
 from __future__ import annotations

@@ -5,6 +5,11 @@ The XML metadata (spectrum offsets, lengths, pixel coordinates, data types, UUID
 MALDIquantForeign does, or zlib-compressed arrays) by :func:`_parse_metadata_xml`. The spectra are then streamed from the ``.ibd`` in chunks and
 binned onto the anchored ppm m/z grid of docs/conventions.md; only the binned values (a growing CSR buffer) and
 one chunk of raw spectra are ever in memory.
+
+Why one file of about 840 lines: it is one reader. Every step after the parse works on one parsed header,
+``_ImzMLInfo`` (offsets, lengths, data types, pixel coordinates), and bins onto the one m/z grid defined at the
+top; the two metadata parsers exist only to fill ``_ImzMLInfo``, and the child process of ``_parse_metadata``
+imports ``_parse_metadata_here`` from this module by name.
 """
 
 from __future__ import annotations

@@ -3,6 +3,10 @@
 The actual parsing is done by :func:`spatialdata_io.visium`; this module finds the files (also the variants
 found in the wild: ``tissue_positions_list.csv`` without header, gzip-compressed files, a library-id prefix on
 the count matrix), checks that they are consistent, and renames / rescales the result to micrometres.
+
+Why one file of about 430 lines: it is one reader. :func:`read_visium` runs the steps above it in order on the
+same located ``files``, positions table and scale factors (find, check consistency, stage for spatialdata-io,
+check the spots, rescale to micrometres); the spot table shared with Visium HD is already in ``_spots``.
 """
 
 from __future__ import annotations

@@ -4,6 +4,10 @@ One :class:`ModalityVAE` per modality: an encoder to three Gaussian latents (sha
 decoder of their sum. :class:`MIMAModule` combines the shared latents of all modalities by a product of
 experts (with a standard-normal prior expert and a per-spot availability mask) and computes the paper's loss.
 ``docs/models.md`` explains every choice where the paper leaves room.
+
+Why one file of about 480 lines: it is the networks and loss of one model. :class:`MIMAModule` (~290 lines) owns
+one :class:`ModalityVAE` per modality, and the functions above it (``product_of_experts``, ``kl_normal``,
+``masked_mse``, ``nb_nll``, ``grad_reverse``) are the pieces of its inference and loss, used by no other model.
 """
 
 from __future__ import annotations

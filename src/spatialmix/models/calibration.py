@@ -14,6 +14,10 @@ one reconstructor ``R_i`` per source batch keeps ``C`` information-preserving. T
 
 The networks and losses live in :mod:`spatialmix.models._calibration_module`; ``docs/models.md`` documents
 every default and each choice the paper leaves open.
+
+Why one file of about 410 lines: it is one model class. :class:`Calibration`'s methods share the source batches
+and classes chosen in ``__init__``, the per-feature scaling fitted in ``_build`` and the concatenated inputs
+(``_inputs``) that training and every output use; the networks are already apart in ``_calibration_module``.
 """
 
 from __future__ import annotations

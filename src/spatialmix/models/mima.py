@@ -10,6 +10,10 @@ bioRxiv 2025.10.21.683449), the user-facing model.
 
 The networks and the loss live in :mod:`spatialmix.models._mima_module`; ``docs/models.md`` documents every
 default and each choice the paper leaves open.
+
+Why one file of about 550 lines: it is one model class. Every output of :class:`MIMA` goes through the same
+fitted module, the same chunked inference (``_infer``, ``get_outputs``) and the same masks of ``data``;
+:class:`MIMAParams` is its parameter declaration, and the networks and loss are already apart in ``_mima_module``.
 """
 
 from __future__ import annotations

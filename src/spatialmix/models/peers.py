@@ -55,6 +55,11 @@ The peers read :attr:`MultiModalData.preprocessing` and :attr:`MultiModalData.ra
 
 Library progress bars, banners and INFO logging are silenced while a peer runs. Torch's thread count is left as
 the caller set it (nothing here sets ``scvi.settings.num_threads``).
+
+Debt: about 830 lines of six wrappers around different libraries that share only the helpers at the top and
+:data:`PEERS` at the bottom. It could become a ``peers/`` package: ``_common`` (the helpers, :class:`Peer`),
+``scvi_tools`` (scVI, totalVI, MultiVI, which also share ``_scvi_common``, ``_anndata``, ``_train_kwargs``),
+``scanorama``, ``mofa``, ``mima_unimodal``, its ``__init__`` keeping today's names (tests use ``peers._scatter``).
 """
 
 from __future__ import annotations

@@ -13,6 +13,11 @@ Every modality is one dataset: the spots where it is measured (optionally only t
 its own mini-batch from each dataset. The networks and losses are in
 :mod:`spatialmix.models._scmodal_module`; ``docs/models.md`` documents the defaults and how the paper's
 equations were read.
+
+Why one file of about 520 lines: it is one model class and the links it needs. :class:`SCMODAL`'s methods share
+its datasets (``_dataset_rows``), its checked links and their standardisation; its constructor calls
+:func:`correlation_links` itself for ``link_reference``, and both key links with ``_pair_key``. The networks and
+losses are already apart in ``_scmodal_module``.
 """
 
 from __future__ import annotations

@@ -7,6 +7,11 @@ render_result`, :func:`~spatialmix.results.write_translation`,
 :func:`spatialmix.evaluate.annotations.iter_predict_annotations`); the layer conversion is in ``_layers``.
 Comparison layers (imputed, predicted, agreement) are placed in rows under their sample: row 0 is the
 measured map or the pathologist's labels.
+
+Why one file of about 550 lines: it is one dock widget. Its four sections (RGB colouring, feature maps,
+imputation, annotations) share the sample and table choices, one ``WorkerPanel`` running one job at a time and
+the placement of comparison rows (``_placements``, ``_only_row_layers``); the layer conversion is already apart
+in ``_layers``.
 """
 
 from __future__ import annotations

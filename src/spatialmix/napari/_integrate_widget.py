@@ -3,6 +3,10 @@ worker with a live loss plot per term, epoch time and time left; stop keeping th
 save / load the trained model.
 
 Training is one headless call, :func:`spatialmix.integrate.iter_fit` (tables if needed, train, write results).
+
+Why one file of about 660 lines: it is one dock widget. :class:`IntegrateWidget` (~350 lines) and two parts that
+exist only for it: :class:`ParamPage`, the form generated from the chosen model's declaration, and
+:class:`LossPlot`, the curve its training events feed; the training itself is the headless ``iter_fit``.
 """
 
 from __future__ import annotations

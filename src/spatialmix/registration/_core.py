@@ -7,6 +7,11 @@ scales. scikit-image offers translation-only phase correlation and a log-polar t
 that breaks down when the two sections only partly overlap (MSI covering tissue outside the capture area),
 which is why the search is written here; all the image operations (masks, morphology, resampling, FFT,
 optimisation) are scikit-image / SciPy calls.
+
+Why one file of about 830 lines: it is one algorithm. Every stage of :func:`iter_register_to_reference` (coarse
+search, refinement level by level, the Dice and boundary-RMS scores) takes the same two private ``_Raster`` maps
+and common ``domain`` and hands on the same 3x3 pixel -> um matrix; the mask and landmark code is already apart
+(``_masks``, ``_landmarks``), as is reading and writing the project (``_sdata``).
 """
 
 from __future__ import annotations

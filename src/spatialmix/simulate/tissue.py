@@ -1,6 +1,10 @@
 """Tissue geometry of one simulated section: the Visium spot lattice, the tissue outline, the regions
 (noise-warped Voronoi cells carrying tissue classes) and the smooth latent fields, all in the sample's
-micrometre frame (the frame of its Visium spots)."""
+micrometre frame (the frame of its Visium spots).
+
+Why one file of about 410 lines: it is one construction. :func:`make_tissue` builds a :class:`Tissue` from the
+lattice, outline, world grid and class assignment defined above it, all in the one micrometre frame, and
+:func:`make_labels` reads the class map of the world it returns."""
 
 from __future__ import annotations
 
