@@ -1,9 +1,8 @@
 """Figures of a project in each sample's micrometre frame (overlays used by the demo report and docs).
 
-Debt: about 440 lines mixing two things. The sample-frame helpers (``sample_bounds``, ``spot_xy``,
-``spot_geometry``, ``render_spots``, ``category_colors``), which ``napari._layers`` and ``results.render`` import
-without drawing a figure, could move to a module of their own, and the private drawing helpers that
-``evaluate.plots`` imports (``_draw_he``, ``_figure_extent``, ``_panel_axes``, ``_spot_patches``) be made public.
+The sample-frame helpers (bounds, spot centres and geometry, rendering on a grid, class colours) live in
+:mod:`spatialmix.frames` and are re-exported here; the drawing helpers ``draw_he``, ``figure_extent``,
+``panel_axes`` and ``spot_patches`` are shared with ``evaluate.plots``.
 """
 
 from __future__ import annotations
@@ -12,92 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
-from spatialmix._elements import element_affine, image_levels, level_affine, pick_level, resample_to_grid
+from spatialmix.frames import (  # noqa: F401 - re-exported: figures and callers import them from here too
+    PALETTE, UNLABELLED_COLOR, category_colors, render_image, render_spots, sample_bounds, spot_geometry, spot_xy,
+    square_panel,
+)
 from spatialmix.data import COVERED_KEYS
 from spatialmix.project import samples_of
-
-
-#: Categorical palette (tab10 without its grey, then tab20's light tones); grey is reserved for "unlabelled".
-PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf",
-           "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2", "#dbdb8d", "#9edae5"]
-UNLABELLED_COLOR = "#a0a0a0"
-
-
-def category_colors(categories) -> dict[str, str]:
-    """The same colour for the same class everywhere (figures and napari layers)."""
-    return {str(c): PALETTE[i % len(PALETTE)] for i, c in enumerate(categories)}
-
-
-def sample_bounds(sdata, sample: str, *, pad_um: float = 100.0) -> tuple[float, float, float, float]:
-    """(xmin, ymin, xmax, ymax) in um of a sample: its Visium capture area, else its spots, padded."""
-    meta = sdata.attrs.get("spatialmix", {}).get("samples", {}).get(sample, {})
-    area = meta.get("visium", {}).get("capture_area_um")
-    if area is not None:
-        xmin, ymin, xmax, ymax = map(float, area)
-    else:
-        xy = spot_xy(sdata, sample)
-        xmin, ymin = xy.min(axis=0)
-        xmax, ymax = xy.max(axis=0)
-    return xmin - pad_um, ymin - pad_um, xmax + pad_um, ymax + pad_um
-
-
-def spot_xy(sdata, sample: str) -> np.ndarray:
-    """(n, 2) spot centres (x, y) in um in the sample frame, in ``spot_id`` order."""
-    from spatialdata.transformations import get_transformation
-
-    shapes = sdata.shapes[f"{sample}_spots"]
-    xy = np.column_stack([shapes.geometry.x.to_numpy(), shapes.geometry.y.to_numpy()])
-    m = np.asarray(get_transformation(shapes, to_coordinate_system=sample).to_affine_matrix(("x", "y"), ("x", "y")))
-    return xy @ m[:2, :2].T + m[:2, 2]
-
-
-def render_image(sdata, element: str, sample: str, *, bounds=None, resolution_um: float = 5.0) -> np.ndarray:
-    """Resample an image element into the sample frame: (H, W, C) float32 on a ``resolution_um`` grid."""
-    el = sdata.images[element]
-    bounds = bounds or sample_bounds(sdata, sample)
-    level = pick_level(el, element_affine(el, sample), resolution_um)
-    arr = np.asarray(image_levels(el)[level])
-    out = resample_to_grid(arr, level_affine(el, level, sample), bounds, resolution_um, cval=np.nan)
-    return np.moveaxis(out, 0, -1)
-
-
-def spot_geometry(sdata, sample: str) -> tuple[float, bool]:
-    """(radius in um, square?) of a sample's spots: Visium's 55 um disks, or Visium HD's square bins
-    (``attrs["spatialmix"]["samples"][sample]["visium"]["spot_shape"] == "square"``, radius = half the side)."""
-    meta = sdata.attrs.get("spatialmix", {}).get("samples", {}).get(sample, {}).get("visium", {}) or {}
-    square = meta.get("spot_shape") == "square"
-    shapes = sdata.shapes.get(f"{sample}_spots") if hasattr(sdata, "shapes") else None
-    radius = 27.5
-    if meta.get("bin_size_um"):
-        radius = float(meta["bin_size_um"]) / 2
-    elif shapes is not None and "radius" in shapes and len(shapes):
-        from spatialdata.transformations import get_transformation
-
-        m = np.asarray(get_transformation(shapes, to_coordinate_system=sample).to_affine_matrix(("x", "y"),
-                                                                                               ("x", "y")))
-        radius = float(np.median(shapes["radius"])) * float(np.sqrt(abs(np.linalg.det(m[:2, :2]))))
-    return radius, square
-
-
-def render_spots(values, xy: np.ndarray, *, bounds, resolution_um: float = 5.0, radius_um: float = 27.5,
-                 square: bool = False) -> np.ndarray:
-    """Rasterise per-spot values (n,) or (n, C) on the sample grid (NaN outside spots): disks of ``radius_um``
-    (Visium: 55 um spots), or with ``square`` squares of side ``2 * radius_um`` (Visium HD bins; a grid pixel
-    takes the bin nearest in the max-norm, so a slightly rotated bin grid leaves no gaps)."""
-    from scipy.spatial import cKDTree
-
-    vals = np.asarray(values, dtype=np.float32)
-    if vals.ndim == 1:
-        vals = vals[:, None]
-    xmin, ymin, xmax, ymax = bounds
-    gx, gy = np.meshgrid(np.arange(xmin, xmax, resolution_um), np.arange(ymin, ymax, resolution_um))
-    # squares: max-norm distance, with 5 % slack that closes the seams of a grid not exactly parallel to the axes
-    dist, idx = cKDTree(xy).query(np.column_stack([gx.ravel(), gy.ravel()]), p=np.inf if square else 2,
-                                  distance_upper_bound=radius_um * 1.05 if square else radius_um)
-    out = np.full((gx.size, vals.shape[1]), np.nan, np.float32)
-    hit = np.isfinite(dist)
-    out[hit] = vals[idx[hit]]
-    return out.reshape(*gx.shape, vals.shape[1]).squeeze(-1) if vals.shape[1] == 1 else out.reshape(*gx.shape, -1)
 
 
 def _tissue_contour(sdata, sample, bounds, resolution_um):
@@ -113,7 +32,7 @@ def _tissue_contour(sdata, sample, bounds, resolution_um):
     return ndimage.binary_fill_holes(tissue_mask(np.nan_to_num(rgb, nan=255.0).astype(np.uint8), "rgb"))
 
 
-def _spot_patches(ax, xy, *, facecolors="none", edgecolors="k", values=None, cmap=None, radius=27.5, lw=1.0):
+def spot_patches(ax, xy, *, facecolors="none", edgecolors="k", values=None, cmap=None, radius=27.5, lw=1.0):
     """Draw spots as true 55 um circles (data units), so their size is right at any zoom."""
     from matplotlib.collections import PatchCollection
     from matplotlib.patches import Circle
@@ -130,13 +49,13 @@ def _spot_patches(ax, xy, *, facecolors="none", edgecolors="k", values=None, cma
     return coll
 
 
-def _figure_extent(bounds, resolution_um: float) -> tuple[float, float, float, float]:
+def figure_extent(bounds, resolution_um: float) -> tuple[float, float, float, float]:
     """imshow extent (left, right, bottom, top) of images rendered on the ``resolution_um`` grid of ``bounds``."""
     return (bounds[0], bounds[0] + resolution_um * np.ceil((bounds[2] - bounds[0]) / resolution_um),
             bounds[1] + resolution_um * np.ceil((bounds[3] - bounds[1]) / resolution_um), bounds[1])
 
 
-def _draw_he(ax, sdata, sample: str, bounds, resolution_um: float, extent) -> None:
+def draw_he(ax, sdata, sample: str, bounds, resolution_um: float, extent) -> None:
     """The sample's H&E image (white where there is none) in the sample frame."""
     if f"{sample}_he" in sdata.images:
         he = render_image(sdata, f"{sample}_he", sample, bounds=bounds, resolution_um=resolution_um)
@@ -168,7 +87,7 @@ def plot_overlay(sdata, sample: str, *, annotation_key: str = "pathologist", res
     bounds = sample_bounds(sdata, sample)
     if resolution_um is None:
         resolution_um = max(2.0, (bounds[2] - bounds[0]) / 800)
-    extent = _figure_extent(bounds, resolution_um)
+    extent = figure_extent(bounds, resolution_um)
     contour = _tissue_contour(sdata, sample, bounds, resolution_um)
     xy = spot_xy(sdata, sample)
     rna = sdata.tables["rna"]
@@ -183,7 +102,7 @@ def plot_overlay(sdata, sample: str, *, annotation_key: str = "pathologist", res
                        levels=[0.5], colors="cyan", linewidths=0.8)
 
     ax = axes[0]
-    _draw_he(ax, sdata, sample, bounds, resolution_um, extent)
+    draw_he(ax, sdata, sample, bounds, resolution_um, extent)
     title = "H&E + pathologist annotation"
     if "he" in reg:
         title += "\n" + _registration_label("H&E", reg["he"])
@@ -192,7 +111,7 @@ def plot_overlay(sdata, sample: str, *, annotation_key: str = "pathologist", res
         palette = category_colors(cats)
         lab = obs[annotation_key]
         colors = [palette.get(str(v), UNLABELLED_COLOR) if isinstance(v, str) else UNLABELLED_COLOR for v in lab]
-        _spot_patches(ax, xy[obs["spot_id"].to_numpy()], edgecolors=colors, lw=1.2)
+        spot_patches(ax, xy[obs["spot_id"].to_numpy()], edgecolors=colors, lw=1.2)
         present = [c for c in cats if (lab == c).any()]
         handles = [Patch(color=palette[str(c)], label=c) for c in present]
         handles.append(Patch(color=UNLABELLED_COLOR, label="unlabelled"))
@@ -212,7 +131,7 @@ def plot_overlay(sdata, sample: str, *, annotation_key: str = "pathologist", res
     counts = rna.layers["counts"] if "counts" in rna.layers else rna.X
     rows = rna.obs_names.get_indexer(obs.index)
     total = np.asarray(counts[rows].sum(axis=1)).ravel()
-    sc = _spot_patches(ax, xy[obs["spot_id"].to_numpy()], values=total, cmap="viridis")
+    sc = spot_patches(ax, xy[obs["spot_id"].to_numpy()], values=total, cmap="viridis")
     fig.colorbar(sc, ax=ax, shrink=0.7, label="RNA total counts per spot")
     outline(ax)
     ax.set_title("Visium spots (55 um)", fontsize=10)
@@ -246,17 +165,7 @@ def save_overlays(sdata, out_dir: str | Path, *, annotation_key: str = "patholog
     return paths
 
 
-def square_panel(xy: np.ndarray, *, pad_um: float = 100.0) -> tuple[tuple[float, float, float, float], float]:
-    """Square bounds (xmin, ymin, xmax, ymax) around spot centres ``xy`` padded by ``pad_um``, and the
-    rendering resolution (um per pixel) that gives about 500 pixels across."""
-    lo, hi = xy.min(axis=0), xy.max(axis=0)
-    side = float(max(hi - lo)) + 2 * pad_um
-    centre = (lo + hi) / 2
-    bounds = (centre[0] - side / 2, centre[1] - side / 2, centre[0] + side / 2, centre[1] + side / 2)
-    return bounds, max(2.0, side / 500)
-
-
-def _panel_axes(ax, extent):
+def panel_axes(ax, extent):
     ax.set_xlim(extent[0], extent[1])
     ax.set_ylim(extent[2], extent[3])
     ax.set_aspect("equal")
@@ -281,7 +190,7 @@ def plot_results(sdata, sample: str, *, key: str = "mima", gene: str | None = No
     in_tissue = in_tissue.loc[in_tissue["sample"].astype(str) == sample, "spot_id"].to_numpy()
     bounds, default_res = square_panel(xy_all[in_tissue])
     resolution_um = resolution_um or default_res
-    extent = _figure_extent(bounds, resolution_um)
+    extent = figure_extent(bounds, resolution_um)
     fig, axes = plt.subplots(2, 4, figsize=(19, 9.6), constrained_layout=True)
 
     def rows_of(table):
@@ -291,7 +200,7 @@ def plot_results(sdata, sample: str, *, key: str = "mima", gene: str | None = No
         sel = sel[order]
         return sel, xy_all[t.obs["spot_id"].to_numpy()[sel]]
 
-    _draw_he(axes[0, 0], sdata, sample, bounds, resolution_um, extent)
+    draw_he(axes[0, 0], sdata, sample, bounds, resolution_um, extent)
     axes[0, 0].set_title("H&E", fontsize=11)
     _draw_tic(fig, axes[0, 1], sdata, sample, bounds, resolution_um, extent, label="TIC", shrink=0.6)
     axes[0, 1].set_title("MSI total ion current", fontsize=11)
@@ -304,7 +213,7 @@ def plot_results(sdata, sample: str, *, key: str = "mima", gene: str | None = No
             rgb = np.asarray(msi.obsm[name])[sel]
             ok = np.isfinite(rgb).all(axis=1)
             colors = np.where(ok[:, None], np.nan_to_num(rgb), np.array([[0.85, 0.85, 0.85]]))
-            _spot_patches(ax, xy, facecolors=np.clip(colors, 0, 1), edgecolors="none", lw=0)
+            spot_patches(ax, xy, facecolors=np.clip(colors, 0, 1), edgecolors="none", lw=0)
         ax.set_title(title, fontsize=11)
 
     def pair(ax_m, ax_i, table, layer, feature, label, source_label):
@@ -330,13 +239,13 @@ def plot_results(sdata, sample: str, *, key: str = "mima", gene: str | None = No
         cmap = plt.get_cmap("viridis")
         norm = plt.Normalize(vmin, vmax)
         col_m = np.where(covered[:, None], cmap(norm(measured)), grey)
-        _spot_patches(ax_m, xy, facecolors=col_m, edgecolors="none", lw=0)
+        spot_patches(ax_m, xy, facecolors=col_m, edgecolors="none", lw=0)
         fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax_m, shrink=0.6, label=label)
         # imputations regress towards the mean: on the measured scale they look flat, so they get their own
         # colour scale (1st-99th percentile) and the correlation is printed
         lo, hi = np.percentile(imputed, [1, 99])
         norm_i = plt.Normalize(lo, hi if hi > lo else lo + 1e-6)
-        _spot_patches(ax_i, xy, facecolors=cmap(norm_i(imputed)), edgecolors="none", lw=0)
+        spot_patches(ax_i, xy, facecolors=cmap(norm_i(imputed)), edgecolors="none", lw=0)
         fig.colorbar(plt.cm.ScalarMappable(norm=norm_i, cmap=cmap), ax=ax_i, shrink=0.6, label=f"imputed {label}")
         r = np.corrcoef(measured[covered], imputed[covered])[0, 1] if covered.sum() > 2 else np.nan
         ax_m.set_title(f"measured {feature}", fontsize=11)
@@ -359,7 +268,7 @@ def plot_results(sdata, sample: str, *, key: str = "mima", gene: str | None = No
         axes[1, 2].set_visible(False)
         axes[1, 3].set_visible(False)
     for ax in axes.ravel():
-        _panel_axes(ax, extent)
+        panel_axes(ax, extent)
     fig.suptitle(f"{sample}: {key.upper()} outputs (grey: modality not measured at that spot)", fontsize=13)
     return fig
 

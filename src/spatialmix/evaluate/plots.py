@@ -113,7 +113,7 @@ def plot_annotation_map(sdata, sample: str, result, *, annotation_key: str = "pa
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
 
-    from spatialmix.plotting import (UNLABELLED_COLOR, _draw_he, _figure_extent, _panel_axes, _spot_patches,
+    from spatialmix.plotting import (UNLABELLED_COLOR, draw_he, figure_extent, panel_axes, spot_patches,
                                      category_colors, spot_xy, square_panel)
 
     table = sdata.tables["rna"]
@@ -121,7 +121,7 @@ def plot_annotation_map(sdata, sample: str, result, *, annotation_key: str = "pa
     rows = np.flatnonzero(obs["sample"].astype(str).to_numpy() == sample)
     xy = spot_xy(sdata, sample)[obs["spot_id"].to_numpy()[rows]]
     bounds, res_um = square_panel(xy)
-    extent = _figure_extent(bounds, res_um)
+    extent = figure_extent(bounds, res_um)
     col = obs[annotation_key]
     cats = list(col.cat.categories) if hasattr(col, "cat") else sorted(col.dropna().astype(str).unique())
     palette = category_colors(cats)
@@ -137,17 +137,17 @@ def plot_annotation_map(sdata, sample: str, result, *, annotation_key: str = "pa
     evaluated = agree.notna().to_numpy()
     fig, axes = plt.subplots(1, 3, figsize=(18, 6.4), constrained_layout=True)
     for ax in axes:
-        _draw_he(ax, sdata, sample, bounds, res_um, extent)
-        _panel_axes(ax, extent)
-    _spot_patches(axes[0], xy, facecolors=colours(truth), edgecolors="none")
+        draw_he(ax, sdata, sample, bounds, res_um, extent)
+        panel_axes(ax, extent)
+    spot_patches(axes[0], xy, facecolors=colours(truth), edgecolors="none")
     axes[0].set_title(f"pathologist's annotation ({annotation_key})", fontsize=11)
-    _spot_patches(axes[1], xy[evaluated], facecolors=colours(pred[evaluated]), edgecolors="none")
+    spot_patches(axes[1], xy[evaluated], facecolors=colours(pred[evaluated]), edgecolors="none")
     axes[1].set_title(f"predicted from {result.representation} ({result.scheme}: model not trained on "
                       f"{'this sample' if result.scheme == 'loocv' else 'this spot'})", fontsize=11)
     agree_cols = [AGREEMENT_COLORS[a] for a in agree[evaluated]]
-    _spot_patches(axes[2], xy[evaluated], facecolors=agree_cols, edgecolors="none")
+    spot_patches(axes[2], xy[evaluated], facecolors=agree_cols, edgecolors="none")
     for ax in axes[1:]:  # spots the representation does not cover: hollow
-        _spot_patches(ax, xy[~evaluated], facecolors="none", edgecolors="#555555", lw=0.6)
+        spot_patches(ax, xy[~evaluated], facecolors="none", edgecolors="#555555", lw=0.6)
     n_ok = int((agree == "agree").sum())
     n_scored = int(agree.isin(["agree", "disagree"]).sum())
     axes[2].set_title(f"agreement: {n_ok}/{n_scored} spots agree in {sample} "

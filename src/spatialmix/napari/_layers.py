@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from spatialmix._elements import image_levels
-from spatialmix.plotting import sample_bounds, spot_xy
+from spatialmix.frames import sample_bounds, spot_xy
 from spatialmix.project import samples_of
 
 SPOT_DIAMETER_UM = 55.0
@@ -192,7 +192,7 @@ def categorical_face_colors(values, categories=None) -> tuple[np.ndarray, dict[s
     """RGBA per spot for a categorical column (the figures' palette; grey = unlabelled) and the legend."""
     from matplotlib.colors import to_rgba
 
-    from spatialmix.plotting import UNLABELLED_COLOR, category_colors
+    from spatialmix.frames import UNLABELLED_COLOR, category_colors
 
     values = pd.Series(values)
     if categories is None:

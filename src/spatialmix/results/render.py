@@ -61,7 +61,7 @@ def render_spot_values(sdata, sample: str, values, *, bounds=None, resolution_um
     The default pixel is 5 um (Visium's 55 um disks) or half a Visium HD bin when that is smaller, coarser
     only where the map would exceed :data:`MAX_RENDER_PIXELS` (a 2 um-bin slide at 1 um: ~40 M pixels).
     """
-    from spatialmix.plotting import render_spots, sample_bounds, spot_geometry, spot_xy
+    from spatialmix.frames import render_spots, sample_bounds, spot_geometry, spot_xy
 
     bounds = tuple(float(b) for b in (bounds or sample_bounds(sdata, sample)))
     if len(bounds) != 4 or not (bounds[2] > bounds[0] and bounds[3] > bounds[1]):
@@ -103,7 +103,7 @@ def render_result(sdata, sample: str, values, *, resolution_um: float | None = N
     table
         Table whose ``obs`` (``sample``, ``spot_id``) the values follow (default: ``rna``, else ``msi``, ...).
     """
-    from spatialmix.plotting import sample_bounds
+    from spatialmix.frames import sample_bounds
 
     if resolution_um is not None:
         resolution_um = check_positive("resolution_um", resolution_um)
