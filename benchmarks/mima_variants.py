@@ -97,6 +97,9 @@ for name, v in variants.items():
             C = np.hstack([StandardScaler().fit_transform(m.get_corrected(mm)) for mm in m.modalities])
             ok = np.isfinite(C).all(axis=1); P = np.full((len(C), 50), np.nan, np.float32)
             P[ok] = PCA(50, random_state=0).fit_transform(C[ok]); allz["corrected_pca"] = P
+        if rep == "poe_harmony" and rep not in allz:  # candidate (ours): Harmony on the PoE embedding
+            from spatialmix.models.baselines import harmony
+            allz[rep] = harmony(Z, batches, seed=0)
         parts = {"corrected_pca+raw_pca": ["corrected_pca", "raw_pca"], "corrected_pca": ["corrected_pca"], "poe+corrected_pca": ["poe", "corrected_pca"], "poe": ["poe"], "poe+private": ["poe"] + [f"private_{mm}" for mm in m.modalities],
                  "shared_cat": [f"shared_{mm}" for mm in m.modalities],
                  "poe+shared": ["poe"] + [f"shared_{mm}" for mm in m.modalities]}.get(rep, [rep])

@@ -11,7 +11,7 @@ import pytest
 from spatialmix.cli import main
 
 REPS = {"raw_rna", "raw_msi", "raw_morphology", "raw_concat", "pca_rna", "pca_msi", "pca_morphology",
-        "pca_concat", "harmony", "mima", "mima_corrected_pca"}
+        "pca_concat", "harmony", "mima", "mima_corrected_pca", "mima_harmony"}
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +40,10 @@ def test_benchmark_scores_every_representation_on_the_same_spots(bench):
     assert reps["mima"]["dims"] == 100 and reps["harmony"]["dims"] == 100 and reps["pca_morphology"]["dims"] == 67
     assert reps["mima_corrected_pca"]["dims"] == 50 and reps["mima_corrected_pca"]["source"] == "mima"
     assert reps["mima"]["seconds"] > 0 and reps["mima"]["peak_rss_mb"] > 100
-    # Harmony mixes the samples more than the PCA it corrects
+    # Harmony mixes the samples more than the PCA it corrects, and more than the MIMA embedding it corrects
     assert reps["harmony"]["scib"]["Batch correction"] > reps["pca_concat"]["scib"]["Batch correction"]
+    assert reps["mima_harmony"]["dims"] == 100 and reps["mima_harmony"]["source"] == "mima"
+    assert reps["mima_harmony"]["scib"]["Batch correction"] > reps["mima"]["scib"]["Batch correction"]
     # the MSI batch effect: predicting an unseen sample is much harder than an unseen spot of a seen sample
     assert reps["raw_msi"]["4cv"]["f1"] > reps["raw_msi"]["loocv"]["f1"] + 0.2
 
