@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import platform
 import time
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Annotated
 
 import numpy as np
 import pandas as pd
+from pydantic import AfterValidator
 
 from spatialmix.conventions import ANNOTATION_KEY, MODALITY_TABLES, SAMPLE_ELEMENTS  # noqa: F401 - re-exported
 from spatialmix.errors import ParameterError
+from spatialmix.params import Params, param
 from spatialmix.progress import Progress, ProgressGen, forward, run
 from spatialmix.samples import SampleSpec, bundled_sample_data, read_samples_csv  # noqa: F401 - re-exported
 
@@ -95,6 +99,37 @@ def normalize_rna(table, *, target_sum: float = 1e4) -> None:
     table.uns["spatialmix_normalization"] = {"method": "normalize_total+log1p", "target_sum": target_sum}
 
 
+def _mz_window(v: list[float] | None):
+    if v is not None and not (len(v) == 2 and 0 < v[0] < v[1]):
+        raise ValueError("must be a list [low, high] of two m/z values with 0 < low < high")
+    return v
+
+
+# ``register`` is iter_prepare's keyword (and the [prepare] key users write); pydantic warns that it shadows
+# ABCMeta.register, which no one calls on a parameter declaration
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message='Field name "register"')
+
+    class PrepareParams(Params):
+        """The options of :func:`iter_prepare`, declared once (``spatialmix.params``): ``iter_prepare`` checks its
+        arguments with it before any reading, ``[prepare]`` of a run configuration and ``docs/config.md`` follow it."""
+
+        register: bool = param(True, "automatic registration of MSI and H&E onto the Visium spots (`false`: the "
+                               "nominal pixel sizes)")
+        bin_ppm: float = param(20.0, "m/z bin width in ppm, the same grid for every sample", gt=0)
+        mz_range: Annotated[list[float] | None, AfterValidator(_mz_window)] = param(
+            None, "keep only this m/z window", kind="`[low, high]`, 0 < low < high", default_text="all",
+            fix="For example mz_range = [400.0, 1000.0]; leave it out to keep every m/z")
+        morphology: bool = param(True, "compute per-spot H&E features (the `morphology` table)")
+        morphology_encoder: str | Path | None = param(
+            None, "TorchScript image encoder checkpoint for the H&E features", kind="path",
+            default_text="built-in image features")
+        min_msi_coverage: float = param(0.5, "spots covered less than this by MSI pixels count as without MSI", ge=0,
+                                        le=1)
+        min_feature_fraction: float = param(0.01, "keep an m/z bin when non-zero in at least this fraction of covered "
+                                            "spots", ge=0, le=1)
+
+
 def iter_prepare(
     samples: list[SampleSpec] | str | Path,
     *,
@@ -132,13 +167,14 @@ def iter_prepare(
     """
     from spatialmix import registration as smreg
 
-    from spatialmix.io.imzml import _check_params as _check_msi_params
-
+    # every option wrong: say so before any reading
+    PrepareParams.check({"bin_ppm": bin_ppm, "mz_range": mz_range, "register": register, "morphology": morphology,
+                         "morphology_encoder": morphology_encoder, "min_msi_coverage": min_msi_coverage,
+                         "min_feature_fraction": min_feature_fraction}, owner="prepare option")
     if not isinstance(samples, list):
         samples = read_samples_csv(samples)
     if not samples:
         raise ParameterError("No samples given")
-    _check_msi_params(1.0, mz_range, bin_ppm, "tic", 1)  # bin_ppm / mz_range wrong: say so before any reading
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     per_sample = []

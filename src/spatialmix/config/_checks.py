@@ -204,13 +204,6 @@ def modality_list(k: _Key, v):
     return list(v)
 
 
-def mz_range(k: _Key, v):
-    if not (isinstance(v, list) and len(v) == 2 and all(_is_number(x) for x in v) and 0 < v[0] < v[1]):
-        raise k.fail(f"must be a list [low, high] of two m/z values with 0 < low < high, got {_got(v)}",
-                     "For example mz_range = [400.0, 1000.0]; leave it out to keep every m/z")
-    return (float(v[0]), float(v[1]))
-
-
 def existing_file(what: str = "file", *, folder: bool = False, fix: str | None = None) -> Callable:
     """A path (relative to ``base``) that must exist; returns it absolute."""
     def check(k: _Key, v, base: Path):

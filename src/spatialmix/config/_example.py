@@ -138,11 +138,15 @@ def example_config(data_dir: str | Path, *, relative_to: str | Path | None = Non
 # ============================================================================================================
 def documented_params() -> dict:
     """The declarations whose tables ``docs/config.md`` holds, by the name in its ``<!-- params:NAME -->``
-    markers: ``model.<name>`` for each model's ``Params``, ``train`` for the engine's ``TrainConfig``."""
+    markers: ``prepare`` for ``pipeline.PrepareParams``, ``model.<name>`` for each model's ``Params``, ``train`` for
+    the engine's ``TrainConfig``."""
     from spatialmix.models import MODELS
     from spatialmix.train import TrainConfig
 
-    return {**{f"model.{name}": cls.Params for name, cls in MODELS.items()}, "train": TrainConfig}
+    from spatialmix.pipeline import PrepareParams
+
+    return {"prepare": PrepareParams, **{f"model.{name}": cls.Params for name, cls in MODELS.items()},
+            "train": TrainConfig}
 
 
 def write_param_docs(path: str | Path = "docs/config.md") -> bool:

@@ -15,12 +15,13 @@ from typing import Any, Callable
 
 from spatialmix.errors import ConfigError, SpatialMixError
 from spatialmix.conventions import ANNOTATION_KEY, MODALITY_TABLES
+from spatialmix.pipeline import PrepareParams
 from spatialmix.samples import SampleSpec, read_samples_csv
 
 from ._checks import (
     ConfigFileNotFoundError, DATA_KEYS, OUTPUT_DEFAULTS, SAMPLE_KEYS, SAMPLE_NAME_RE, SECTIONS, _Context,
-    _Key, _apply, _got, _is_number, _label, _suggest, _toml, boolean, existing_file, modality_list, mz_range,
-    number, output_path, positive, resume, text, tomllib,
+    _Key, _apply, _got, _is_number, _label, _suggest, _toml, boolean, existing_file, modality_list,
+    output_path, positive, resume, text, tomllib,
 )
 
 
@@ -28,16 +29,12 @@ from ._checks import (
 # ============================================================================================================
 # What each section accepts
 # ============================================================================================================
-PREPARE_CHECKS: dict[str, Callable] = {
-    "register": boolean,
-    "bin_ppm": positive,
-    "mz_range": mz_range,
-    "morphology": boolean,
-    "morphology_encoder": existing_file("encoder checkpoint", fix="Give a TorchScript image encoder (.pt) "
-                                        "or leave morphology_encoder out to use the built-in image features"),
-    "min_msi_coverage": number(0.0, 1.0),
-    "min_feature_fraction": number(0.0, 1.0),
-}
+def _prepare_checks() -> dict[str, Callable]:
+    return declared(PrepareParams, {
+        "mz_range": lambda k, v: (float(v[0]), float(v[1])),
+        "morphology_encoder": existing_file("encoder checkpoint", fix="Give a TorchScript image encoder (.pt) "
+                                            "or leave morphology_encoder out to use the built-in image features")})
+
 
 def declared(decl, overrides: dict[str, Callable] | None = None) -> dict[str, Callable]:
     """Checks of every parameter of a declaration (``spatialmix.params.Params``: a model's ``Params`` or the
@@ -56,6 +53,10 @@ def declared(decl, overrides: dict[str, Callable] | None = None) -> dict[str, Ca
         check.needs_base = True  # type: ignore[attr-defined]
         return check
     return {key: check_for(key) for key in decl.model_fields}
+
+
+#: what ``[prepare]`` accepts: ``spatialmix.pipeline.PrepareParams`` plus the file checks a configuration adds
+PREPARE_CHECKS: dict[str, Callable] = _prepare_checks()
 
 
 def _train_checks() -> dict[str, Callable]:
