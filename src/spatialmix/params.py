@@ -285,6 +285,7 @@ class ParamInfo:
     low: float | None = None
     high: float | None = None
     high_open: bool = False        # the upper bound itself is not allowed ([0, 1))
+    low_open: bool = False         # the lower bound itself is not allowed ((0, 1])
 
 
 def field_info(cls: type[Params], name: str) -> ParamInfo:
@@ -312,7 +313,7 @@ def field_info(cls: type[Params], name: str) -> ParamInfo:
     if ann is int:
         return ParamInfo(name, default, doc, "int", (), low, high)
     if ann is float:
-        return ParamInfo(name, default, doc, "float", (), low, high, "lt" in b)
+        return ParamInfo(name, default, doc, "float", (), low, high, "lt" in b, "gt" in b)
     if get_origin(ann) in (list, tuple) and get_args(ann)[:1] == (int,):
         return ParamInfo(name, default, doc, "int_list")
     return ParamInfo(name, default, doc, "text")

@@ -99,6 +99,8 @@ class ParamPage(QWidget):
                 hi = float(info.high) if info.high is not None else 1e4
                 if info.high_open:  # [0, 1): the largest value the box can show below 1
                     hi -= 10 ** -decimals
+                if info.low_open:  # (0, 1]: the smallest value the box can show above 0
+                    lo += 10 ** -decimals
                 w = _dspin(lo, hi, value, decimals)
             elif _int_list(value):  # e.g. MoDAmix's stage_epochs, hidden layer sizes: "30, 30, 30, 30"
                 w = QLineEdit(", ".join(str(v) for v in value))
