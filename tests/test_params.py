@@ -153,3 +153,10 @@ def test_training_options_are_checked_by_the_declaration_everywhere():
 
     with pytest.raises(argparse.ArgumentTypeError, match="must be a whole number >= 0, got '-3'"):
         _train_option("seed")("-3")
+    # and the preparation's flag by its own declaration
+    from spatialmix.cli import _declared_option
+    from spatialmix.pipeline import PrepareParams
+
+    assert _declared_option(PrepareParams, "bin_ppm")("5") == 5.0
+    with pytest.raises(argparse.ArgumentTypeError, match="must be a positive number, got '0'"):
+        _declared_option(PrepareParams, "bin_ppm")("0")

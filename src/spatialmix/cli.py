@@ -143,6 +143,8 @@ def _cmd_benchmark(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from spatialmix.pipeline import PrepareParams
+
     p = argparse.ArgumentParser(prog="spatialmix", description=__doc__)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     sub = p.add_subparsers(dest="command", required=True)
@@ -157,7 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("prepare", help="read, register and build per-spot tables of a dataset into a zarr project")
     s.add_argument("data", type=Path, help="dataset folder with samples.csv (or the csv itself)")
     s.add_argument("--out", required=True, type=Path, help="project .zarr to write")
-    s.add_argument("--bin-ppm", type=_positive, default=20.0)
+    s.add_argument("--bin-ppm", type=_declared_option(PrepareParams, "bin_ppm"), default=20.0,
+                   help=f"{PrepareParams.doc('bin_ppm')} ({PrepareParams.describe('bin_ppm', 'cli')})")
     s.add_argument("--annotation-key", default="pathologist")
     s.add_argument("--no-register", action="store_true", help="keep the nominal pixel sizes, no automatic registration")
     s.add_argument("--overwrite", action="store_true")
@@ -232,51 +235,38 @@ def _multiomics_args(s) -> None:
     g.add_argument("--modalities", default=None, help="comma-separated modalities to use (default: all)")
 
 
-def _train_option(name: str):
-    """An argparse type for the training option ``name``, parsed and checked by its declaration
-    (``spatialmix.train.TrainConfig``: the same rule as ``model.train(**)`` and ``[train]``), before any data
-    is read."""
+def _declared_option(decl, name: str):
+    """An argparse type for the parameter ``name`` of the declaration ``decl`` (``TrainConfig``,
+    ``PrepareParams``, ...; ``spatialmix.params``), parsed and checked by it with the same rule as the Python
+    API and the run configuration, before any data is read."""
     import argparse
 
     from spatialmix.params import field_info
-    from spatialmix.train import TrainConfig
 
-    info = field_info(TrainConfig, name)
+    info = field_info(decl, name)
 
     def check(value: str):
         v: object = value.strip()
-        try:
-            if info.kind == "int" and v != "auto":
-                v = int(v)
-            elif info.kind == "float":
-                v = float(v)
-        except ValueError:
-            pass
-        if name == "epochs" and v != "auto" and isinstance(v, str):
-            try:
-                v = int(v)
-            except ValueError:
-                pass
-        out, problems = TrainConfig.problems({name: v})
+        for kind in ("int", "float"):
+            if info.kind == kind or (name == "epochs" and kind == "int"):
+                try:
+                    v = int(v) if kind == "int" else float(v)
+                    break
+                except ValueError:
+                    pass
+        out, problems = decl.problems({name: v})
         if problems:
-            raise argparse.ArgumentTypeError(f"must be {TrainConfig.describe(name, 'cli')}, got {value!r}")
+            raise argparse.ArgumentTypeError(f"must be {decl.describe(name, 'cli')}, got {value!r}")
         return out[name]
     check.__name__ = name
     return check
 
 
-def _positive(value: str) -> float:
-    """A positive finite number (--bin-ppm, --lr), checked before any data is read."""
-    import argparse
-    import math
+def _train_option(name: str):
+    """:func:`_declared_option` of a training option (``spatialmix.train.TrainConfig``)."""
+    from spatialmix.train import TrainConfig
 
-    try:
-        v = float(value)
-    except ValueError:
-        v = float("nan")
-    if not (math.isfinite(v) and v > 0):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {value!r}")
-    return v
+    return _declared_option(TrainConfig, name)
 
 
 def _whole(low: int):
