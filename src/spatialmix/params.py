@@ -26,6 +26,7 @@ import math
 import re
 import types
 from dataclasses import dataclass
+from pathlib import PurePath
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import annotated_types as at
@@ -49,26 +50,28 @@ def param(default: Any = None, doc: str = "", *, kind: str | None = None, defaul
 
 
 def toml_value(value: Any) -> str:
-    """A value as it is written in a TOML file."""
+    """``value`` written as a TOML value (str, bool, int, float, Path, list/tuple, dict as inline table): in
+    messages, the docs tables, ``example_config`` and ``RunConfig.to_toml``."""
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "nan"
-        if math.isinf(value):
-            return "inf" if value > 0 else "-inf"
-        return repr(value)
+    if isinstance(value, PurePath):
+        value = value.as_posix()
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
     if isinstance(value, int):
         return str(value)
-    if isinstance(value, str):
-        return json.dumps(value)
+    if isinstance(value, float):
+        return repr(value) if math.isfinite(value) else ("nan" if value != value else ("inf" if value > 0 else "-inf"))
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(toml_value(v) for v in value) + "]"
     if isinstance(value, dict):
-        return "{" + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + "}"
-    if value is None:
-        return "(nothing)"
-    return repr(value)
+        return "{" + ", ".join(f"{toml_key(k)} = {toml_value(v)}" for k, v in value.items()) + "}"
+    return json.dumps(str(value))
+
+
+def toml_key(key: str) -> str:
+    """A key of an inline table, quoted only when TOML needs it."""
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key)
 
 
 def show(value: Any, style: str = "python") -> str:

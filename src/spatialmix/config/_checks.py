@@ -6,13 +6,14 @@ key (:class:`_Context`, :class:`_Key`), and the value checks of the keys that ar
 from __future__ import annotations
 
 import difflib
-import json
 import math
 import re
 from pathlib import Path
 from typing import Any, Callable
 
 from spatialmix.errors import ConfigError, MissingFileError
+from spatialmix.params import show
+from spatialmix.params import toml_value as _toml  # noqa: F401 - used by ._load, ._example
 from spatialmix.conventions import MODALITY_TABLES
 
 try:  # Python >= 3.11
@@ -38,33 +39,9 @@ SAMPLE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 # ============================================================================================================
 # TOML values as text (for messages, example_config and RunConfig.to_toml)
 # ============================================================================================================
-def _toml(value: Any) -> str:
-    """``value`` written as a TOML value (str, bool, int, float, Path, list/tuple, dict as inline table)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, Path):
-        value = value.as_posix()
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        return repr(value) if math.isfinite(value) else ("nan" if value != value else ("inf" if value > 0 else "-inf"))
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{_toml_key(k)} = {_toml(v)}" for k, v in value.items()) + "}"
-    return json.dumps(str(value))
-
-
-def _toml_key(key: str) -> str:
-    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key)
-
-
 def _got(value: Any) -> str:
     """How a wrong value is shown in a message: as it would be written in the file."""
-    text = _toml(value)
-    return text if len(text) <= 80 else text[:77] + "..."
+    return show(value, "toml")
 
 
 # ============================================================================================================
