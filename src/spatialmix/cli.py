@@ -247,13 +247,11 @@ def _declared_option(decl, name: str):
 
     def check(value: str):
         v: object = value.strip()
-        for kind in ("int", "float"):
-            if info.kind == kind or (name == "epochs" and kind == "int"):
-                try:
-                    v = int(v) if kind == "int" else float(v)
-                    break
-                except ValueError:
-                    pass
+        if info.kind in ("int", "float"):  # epochs is an int that may also be "auto": left a string when not a number
+            try:
+                v = int(v) if info.kind == "int" else float(v)
+            except ValueError:
+                pass
         out, problems = decl.problems({name: v})
         if problems:
             raise argparse.ArgumentTypeError(f"must be {decl.describe(name, 'cli')}, got {value!r}")

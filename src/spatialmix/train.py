@@ -149,13 +149,17 @@ class TrainConfig(Params):
         if unknown:
             raise ParameterError(f"unknown training option(s) {unknown}; allowed: {sorted(known)}")
         values = {**{k: v for k, v in defaults.items() if k in known}, **overrides}
-        cfg = cls(**cls.check(values, owner="training option"))
-        cfg.validate()
+        cfg = cls.model_construct(**cls.check(values, owner="training option"))  # checked once, just above
+        cfg._check_together()
         return cfg
 
     def validate(self) -> None:
-        """What no single option can tell: the options that need each other."""
+        """Every option against its declaration, then the options that need each other."""
         self.check(self.model_dump(), owner="training option")
+        self._check_together()
+
+    def _check_together(self) -> None:
+        """What no single option can tell: the options that need each other."""
         if self.checkpoint_every and not self.checkpoint_dir:
             raise ParameterError("checkpoint_every needs checkpoint_dir (the folder to write checkpoints into)")
 

@@ -137,12 +137,12 @@ def _iter_representations(run: _Run):
             if name == "mima" and len(set(run.batches)) > 1:
                 # ours, beside the PoE: Harmony (the baselines' own call) on MIMA's PoE embedding; raised scIB total
                 # on STARmap, seed 7 and the bundled sample (docs/models.md, "Harmony on the PoE embedding")
-                from spatialmix.models.baselines import harmony
+                from spatialmix.models.baselines import _full, harmony
 
                 ok = np.isfinite(latent).all(axis=1)
-                H = np.full(latent.shape, np.nan, np.float32)
-                H[ok] = harmony(latent[ok], run.batches[ok], seed=seed)
-                run.reps.append(Representation(f"{name}_harmony", "model", H, dict(res), source=name))
+                run.reps.append(Representation(f"{name}_harmony", "model",
+                                               _full(harmony(latent[ok], run.batches[ok], seed=seed), ok),
+                                               dict(res), source=name))
 
 
 def _iter_annotation_cv(run: _Run, metrics: dict):

@@ -82,7 +82,7 @@ class BaseModel:
             raise ParameterError(f"modalities {mods} name a modality twice")
         merged = {**cls.defaults, **params}
         if cls.Params is not None:  # the declared types and ranges (spatialmix.params): checked here, once
-            merged = {**merged, **cls.Params.check(merged, owner=f"{cls.__name__} parameter")}
+            merged = cls.Params.check(merged, owner=f"{cls.__name__} parameter")
         return merged, mods
 
     def _in_chunks(self, n: int, step, *, batch_size: int = 4096) -> np.ndarray:

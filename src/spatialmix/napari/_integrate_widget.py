@@ -130,11 +130,7 @@ class ParamPage(QWidget):
                                          f"{w.text()!r}") from None
             else:
                 out[key] = w.text().strip()
-        _, problems = model_declaration(self.name).problems(out)
-        if problems:
-            p = problems[0]
-            raise ParameterError(f"{p.key.replace('_', ' ')} ({p.key}) {p.message}" + (f". {p.fix}" if p.fix else ""))
-        return out
+        return model_declaration(self.name).check(out, owner=f"{MODEL_LABELS.get(self.name, self.name)} parameter")
 
 
 def _int_list(value) -> bool:
