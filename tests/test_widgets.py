@@ -439,6 +439,11 @@ def test_integrate_widget_trains_a_supervised_model_and_explore_compares_its_pre
     opts = integ.options()
     assert opts["model_params"]["source_samples"] == ticked and opts["model_params"]["adversarial"] == "omics"
     assert opts["model_params"]["stage_epochs"] == [1, 1, 1, 1]
+    t0 = time.perf_counter()
+    while not integ.warmed:  # as a user waits for the widget's warm-up before Train (run alone, nothing warmed it)
+        QApplication.processEvents()
+        time.sleep(0.01)
+        assert time.perf_counter() - t0 < 300
     # untick every source: a clear error, the widget stays usable
     for i in range(integ.sources.count()):
         integ.sources.item(i).setCheckState(Qt.Unchecked)
