@@ -32,7 +32,9 @@ shapes for one epoch (a smoke test, seconds) and writes to a temporary file unle
 Prints a table and writes JSON (``--out``, default ``benchmarks/results/train_speed.json``).
 
 Run: ``PYTHONPATH=src python benchmarks/train_speed.py [--device auto|cpu|cuda] [--threads 2]
-[--epochs-small 5] [--epochs-paper 1] [--precision 16-mixed] [--scales small paper] [--quick]``
+[--epochs-small 5] [--epochs-paper 1] [--precision 16-mixed] [--compile auto|on|off] [--tf32 on|off]
+[--static-shapes auto|on|off] [--scales small paper] [--quick]``. The GPU matrix (compile x fp32 / TF32 / bf16) is
+``benchmarks/gpu_paper_scale.py``.
 """
 
 from __future__ import annotations
@@ -312,7 +314,8 @@ def machine_info(threads: int) -> dict:
 
 # -- one scale (runs in its own process) ------------------------------------------------------------------
 def measure(scale: str, *, epochs: int, device: str, precision: str, threads: int, batch_size: int, project: Path,
-            paper_spots: int | None, quick: bool, max_epoch_minutes: float, seed: int = 0) -> dict:
+            paper_spots: int | None, quick: bool, max_epoch_minutes: float, seed: int = 0,
+            accelerations: dict | None = None) -> dict:
     """Build the data of ``scale``, train MIMA, return the figures (call in a fresh process)."""
     import torch
 
@@ -373,7 +376,7 @@ def measure(scale: str, *, epochs: int, device: str, precision: str, threads: in
     t = time.perf_counter()
     state["epoch_start"] = t
     model.train(epochs=epochs, batch_size=batch_size, device=device, precision=precision, seed=seed,
-                progress=on_event)
+                progress=on_event, **(accelerations or {}))
     train_wall = time.perf_counter() - t
     cpu = _cpu_share(cpu0, _cpu_counters(), train_wall)
     hwm = _status_bytes("VmHWM")
@@ -402,7 +405,8 @@ def measure(scale: str, *, epochs: int, device: str, precision: str, threads: in
                   "n_latent": model.params["n_latent"], "repr": repr(model)},
         "training": {"epochs_asked": epochs, "epochs_done": len(epochs_seen), "batch_size": batch_size,
                      "steps_per_epoch": steps_per_epoch, "device": device, "accelerator": accelerator,
-                     "precision": precision, "aborted": state["aborted"], "wall_seconds": train_wall,
+                     "precision": precision, "accelerations": model.train_config.get("accelerations"),
+                     "aborted": state["aborted"], "wall_seconds": train_wall,
                      "epochs": epochs_seen, "seconds_per_epoch_first": secs[0] if secs else None,
                      "seconds_per_epoch": sec_epoch,
                      "seconds_per_epoch_note": "median over epochs after the first (the only one when 1 epoch); "
@@ -438,6 +442,7 @@ def _child(scale: str, args) -> dict:
            "--project", str(args.project), "--max-epoch-minutes", str(args.max_epoch_minutes)]
     if args.paper_spots is not None:
         cmd += ["--paper-spots", str(args.paper_spots)]
+    cmd += ["--compile", args.compile, "--tf32", args.tf32, "--static-shapes", args.static_shapes]
     if args.quick:
         cmd.append("--quick")
     res = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True, check=False)  # stderr: live progress
@@ -483,6 +488,11 @@ def parse_args(argv: list[str] | None = None):
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda (| cuda:N)")
     ap.add_argument("--precision", default="32-true", help="32-true (default) or 16-mixed / bf16-mixed on a GPU")
     ap.add_argument("--threads", type=int, default=1, help="torch / OpenMP threads (default 1)")
+    ap.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
+                    help="torch.compile the training step (auto: the engine's default, on with CUDA)")
+    ap.add_argument("--tf32", choices=["on", "off"], default="on", help="TF32 matrix products on CUDA")
+    ap.add_argument("--static-shapes", choices=["auto", "on", "off"], default="auto",
+                    help="full mini-batches only (auto: the engine's default, on when compiling)")
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--project", type=Path, default=DEFAULT_PROJECT, help="the demo project for the small scale")
     ap.add_argument("--paper-spots", type=int, default=None,
@@ -505,13 +515,25 @@ def parse_args(argv: list[str] | None = None):
     return args
 
 
+def accelerations(args) -> dict:
+    """The engine options of --compile / --tf32 / --static-shapes ("auto": left to the engine)."""
+    flag = {"on": True, "off": False}
+    out = {"tf32": args.tf32 == "on"}
+    if args.compile != "auto":
+        out["compile"] = flag[args.compile]
+    if args.static_shapes != "auto":
+        out["static_shapes"] = flag[args.static_shapes]
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     if args.child:  # inside the per-scale subprocess: print one JSON line
         epochs = args.epochs_small if args.child == "small" else args.epochs_paper
         res = measure(args.child, epochs=epochs, device=args.device, precision=args.precision, threads=args.threads,
                       batch_size=args.batch_size, project=args.project, paper_spots=args.paper_spots,
-                      quick=args.quick, max_epoch_minutes=args.max_epoch_minutes)
+                      quick=args.quick, max_epoch_minutes=args.max_epoch_minutes,
+                      accelerations=accelerations(args))
         print(json.dumps(res))
         return res
 
@@ -536,6 +558,7 @@ def main(argv: list[str] | None = None) -> dict:
         "note": args.note,
         "values": "small: real demo data; paper: synthetic values, real shapes (speed does not depend on the values)",
         "threads": args.threads,
+        "accelerations_asked": accelerations(args),
         "machine": ok[0]["machine"] if ok else None,
         "scales": {r["scale"]: {k: v for k, v in r.items() if k != "machine"} for r in results},
     }

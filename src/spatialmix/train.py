@@ -139,6 +139,18 @@ class TrainConfig(Params):
     step_event_interval: float = param(
         0.1, "at least this many seconds between two step events (0: one per optimiser step); each event reads "
         "the loss from the device, so per-step events would sync every step", ge=0)
+    compile: bool | None = param(
+        None, "compile the training step with `torch.compile` (validation and outputs stay uncompiled). If "
+        "compiling fails, training goes on uncompiled with a warning, and `train_config[\"accelerations\"]` says "
+        "why", default_text="on with a CUDA GPU, off on the CPU")
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = param(
+        "default", "`torch.compile`'s mode (`\"reduce-overhead\"`: CUDA graphs)")
+    static_shapes: bool | None = param(
+        None, "every optimiser step gets exactly `batch_size` rows: the epoch's last, smaller mini-batch is "
+        "left out (a different one each epoch, as the rows are shuffled), so a compiled step is not compiled "
+        "again for a second shape", default_text="on when compiling, else off")
+    tf32: bool = param(True, "TF32 matrix products and convolutions on a CUDA GPU during training (about 3 "
+                       "decimal digits; no effect on the CPU)")
 
     @classmethod
     def build(cls, defaults: dict[str, Any], overrides: dict[str, Any]) -> "TrainConfig":
@@ -354,6 +366,14 @@ class _Training:
         if fabric.world_size > 1:
             fabric.launch()
         self.fabric = fabric
+        self.on_cuda = accelerator == "cuda"
+        compiling = cfg.compile if cfg.compile is not None else self.on_cuda
+        self.static_shapes = cfg.static_shapes if cfg.static_shapes is not None else compiling
+        # what the run used, in train_config["accelerations"]; fused Adam only on CUDA (on the CPU it would
+        # change the results by rounding, and CPU runs stay comparable with earlier ones)
+        model.accelerations_ = {"compile": compiling, "compile_mode": cfg.compile_mode if compiling else None,
+                                "static_shapes": self.static_shapes, "tf32": bool(self.on_cuda and cfg.tf32),
+                                "fused_adam": False}
         torch.manual_seed(cfg.seed)
         self.shuffle = torch.Generator().manual_seed(cfg.seed)
         self._data_on_device()
@@ -395,10 +415,32 @@ class _Training:
             optimizers = dict(module.configure_optimizers(lr=cfg.lr, weight_decay=cfg.weight_decay))
         else:
             optimizers = {"main": torch.optim.Adam(module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)}
+        if self.on_cuda:
+            optimizers = {k: _fused_adam(o) for k, o in optimizers.items()}
+            self.model.accelerations_["fused_adam"] = all(o.defaults.get("fused") for o in optimizers.values())
         self.opt_names = list(optimizers)
         self.fmodule, *fopts = self.fabric.setup(module, *optimizers.values())
         self.optimizers = dict(zip(self.opt_names, fopts))
         self.phases = getattr(module, "phases", None)
+        # validation, the selection score and every output run the uncompiled module; only the training
+        # step (forward and backward) is compiled
+        self.eager = self.fmodule
+        self.step_module = self.fmodule
+        if self.model.accelerations_["compile"]:
+            self.step_module = torch.compile(self.fmodule, mode=None if self.cfg.compile_mode == "default"
+                                             else self.cfg.compile_mode)
+
+    def _compile_failed(self, error: BaseException) -> None:
+        """Compiling the training step failed: warn, say why in train_config, and go on uncompiled."""
+        import warnings
+
+        reason = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"[:300]
+        warnings.warn(f"torch.compile failed for {self.model.name} ({reason}); training goes on uncompiled",
+                      RuntimeWarning, stacklevel=2)
+        self.model.accelerations_.update(compile=False, compile_error=reason)
+        self.step_module = self.eager
+        for opt in self.optimizers.values():
+            opt.zero_grad(set_to_none=True)
 
     # -- 2. resume -----------------------------------------------------------------------------------------
     def resume(self) -> None:
@@ -464,6 +506,9 @@ class _Training:
         self.merge_tail = (len(n_local) == 1 and steps_per_epoch > 1 and next(iter(tail.values())) < min_rows)
         if self.merge_tail:
             steps_per_epoch -= 1
+        if self.static_shapes and len(n_local) == 1:  # full mini-batches only (several groups always are)
+            self.merge_tail = False
+            steps_per_epoch = max(1, next(iter(n_local.values())) // cfg.batch_size)
         auto = cfg.epochs == "auto" and cfg.max_steps is None
         auto_epochs, auto_patience = auto_schedule(steps_per_epoch)
         if cfg.max_steps is not None:
@@ -523,6 +568,7 @@ class _Training:
         self.last_event = -math.inf  # step events at most every step_event_interval seconds, across epochs too
         completed = False
         epochs = self.n_epochs
+        tf32_before = self._set_tf32()
         try:
             first = self.start_epoch + 1 if not self.resumed_finished else epochs + 1
             for epoch in range(first, epochs + 1):
@@ -552,17 +598,32 @@ class _Training:
             self.write_snapshot()
             raise
         finally:
+            if tf32_before is not None:  # the process's own settings again
+                import torch
+
+                torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32_before
             if not completed:  # closed mid-epoch (GeneratorExit) or an error: keep the last completed epoch
                 self.restore(self.last_good)
                 if self.history:
                     model._after_training(self.history, cfg, stopped=True)
+
+    def _set_tf32(self):
+        """On CUDA: TF32 matrix products and convolutions on (``tf32=True``) or off for the training; returns the
+        settings to restore afterwards (None on the CPU, where nothing changes)."""
+        import torch
+
+        if not self.on_cuda:
+            return None
+        before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = bool(self.cfg.tf32)
+        return before
 
     def _steps(self, epoch: int):
         """One epoch's optimiser steps (yielding throttled step events); returns ``(sums, rows)``, or
         ``(None, 0)`` when stopped (the last completed epoch restored and checkpointed)."""
         import torch
 
-        cfg, fabric, device = self.cfg, self.fabric, self.device
+        cfg, device = self.cfg, self.device
         steps_per_epoch, epochs = self.steps_per_epoch, self.n_epochs
         self.fmodule.train()
         orders = {}
@@ -590,13 +651,14 @@ class _Training:
             step_total = None
             step_values: dict[tuple, Any] = {}
             for phase, opt_name in plan:
-                total, terms = self.fmodule(batch, phase=phase) if phase is not None else self.fmodule(batch)
-                names = tuple(terms)
-                # stays on the device: read once per epoch (and at throttled step events), not per step
-                values = torch.stack([total.detach().float(), *[terms[k].detach().float() for k in names]])
                 opt = self.optimizers[opt_name]
-                opt.zero_grad(set_to_none=True)
-                fabric.backward(total)
+                try:
+                    names, values = self._backward(batch, phase, opt)
+                except Exception as error:  # noqa: BLE001 - only a compiled step is retried, uncompiled
+                    if self.step_module is self.eager:
+                        raise
+                    self._compile_failed(error)
+                    names, values = self._backward(batch, phase, opt)
                 opt.step()
                 step_total = values[0] if step_total is None else step_total + values[0]
                 step_values[(phase, names)] = values
@@ -621,6 +683,19 @@ class _Training:
                                {"event": "step", "epoch": epoch, "epochs": epochs, "step": step + 1,
                                 "steps_per_epoch": steps_per_epoch, "loss": float(step_total)})
         return sums_dev, count
+
+    def _backward(self, batch, phase, opt):
+        """One phase's forward and backward pass; the loss terms as ``(names, values)``, kept on the device
+        (read once per epoch and at the throttled step events, not per step)."""
+        import torch
+
+        module = self.step_module
+        total, terms = module(batch, phase=phase) if phase is not None else module(batch)
+        names = tuple(terms)
+        values = torch.stack([total.detach().float(), *[terms[k].detach().float() for k in names]])
+        opt.zero_grad(set_to_none=True)
+        self.fabric.backward(total)
+        return names, values
 
     def _end_epoch(self, epoch: int, t0: float, sums_dev, count: int):
         """Validation, the history record, the model's selection score, the epoch event, checkpoints and the
@@ -720,6 +795,22 @@ def _validate(fmodule, data, keys_of, val_idx, batch_size, device):
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v) * w
     return total_sum / n, {k: v / n for k, v in sums.items()}
+
+
+def _fused_adam(opt):
+    """The same Adam / AdamW (parameters, groups, hyper-parameters) with ``fused=True``: one kernel for every
+    parameter on CUDA instead of one per tensor. Other optimisers, or one already stepped, are returned as
+    they are."""
+    import torch
+
+    if type(opt) not in (torch.optim.Adam, torch.optim.AdamW) or opt.defaults.get("fused") or opt.state:
+        return opt
+    import inspect
+
+    accepted = set(inspect.signature(type(opt).__init__).parameters)  # AdamW fixes decoupled_weight_decay itself
+    groups = [{**g, "fused": True, "foreach": None} for g in opt.param_groups]
+    defaults = {k: v for k, v in opt.defaults.items() if k in accepted and k not in ("fused", "foreach")}
+    return type(opt)(groups, **defaults, fused=True)
 
 
 def _cpu_copy(obj):

@@ -142,6 +142,8 @@ class BaseModel:
     def _after_training(self, history, cfg, stopped: bool = False) -> None:
         self.history = list(history)
         self.train_config = cfg.model_dump()
+        if getattr(self, "accelerations_", None) is not None:  # what compile / TF32 / fused Adam resolved to
+            self.train_config["accelerations"] = dict(self.accelerations_)
         done = [h for h in history if "loss" in h]
         schedule = getattr(self, "schedule_", None)
         if schedule:  # what "auto" and the early-stopping defaults resolved to, and where training ended
