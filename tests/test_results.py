@@ -379,3 +379,52 @@ def test_the_umap_helper_gets_the_pca_not_the_matrix_and_gives_the_same_colours(
     assert sent == [(300, 20)]
     np.testing.assert_allclose(there, here, atol=1e-5, equal_nan=True)
     assert np.isnan(there[:7]).all() and np.isfinite(there[7:]).all()
+
+
+def test_lazy_layers_equal_the_in_memory_ones_and_are_saved_and_reopened_block_by_block(trained, tmp_path,
+                                                                                          monkeypatch):
+    """Layers too large for memory (Visium HD: 36 GB of corrected RNA) are written as lazy dask arrays computed
+    block by block by a frozen copy of the model (lazy_layers=True forces it on this small project): the values
+    equal the in-memory layers, the corrected-feature PCA spans the same subspace, the MSI colouring of a lazy
+    layer is still NaN where MSI is missing, training the model further afterwards does not change what was
+    written, and a saved project reopens such layers lazily."""
+    from spatialmix import lazy
+
+    sdata = load_project(trained.path)
+    model = MIMA(trained.data)
+    model.train(epochs=2, lr=1e-3, seed=0)  # the fixture's model again (same seed: the same weights)
+    write_results(sdata, model, key="lz", outputs=["latent", "corrected", "corrected_pca", "rgb"], lazy_layers=True)
+    for m in MODS:
+        layer = sdata.tables[m].layers["lz_corrected"]
+        assert lazy.is_lazy(layer)
+        np.testing.assert_allclose(np.asarray(layer), _dense(trained.sdata.tables[m].layers["mima_corrected"]),
+                                   rtol=1e-5, atol=1e-5, equal_nan=True)
+    pca_lazy = sdata.tables["rna"].obsm["X_lz_corrected_pca"]
+    pca_mem = trained.sdata.tables["rna"].obsm["X_mima_corrected_pca"]
+    ok = np.isfinite(pca_mem).all(axis=1)
+    assert (np.isfinite(pca_lazy).all(axis=1) == ok).all() and pca_lazy.shape == pca_mem.shape
+    coef, *_ = np.linalg.lstsq(pca_lazy[ok], pca_mem[ok], rcond=None)  # the same subspace: a rotation apart
+    resid = pca_mem[ok] - pca_lazy[ok] @ coef
+    assert (resid ** 2).sum() / (pca_mem[ok] ** 2).sum() < 1e-3
+    rgb = sdata.tables["msi"].obsm["X_lz_corrected_msi_rgb"]
+    measured = np.asarray(trained.data.mask["msi"], bool)
+    assert np.isnan(rgb[~measured]).all() and np.isfinite(rgb[measured]).all()
+    before = np.asarray(sdata.tables["rna"].layers["lz_corrected"][:50])
+    model.train(epochs=1, lr=1e-2, seed=1)  # the model moves on; the lazy layer keeps the weights it was written with
+    np.testing.assert_array_equal(np.asarray(sdata.tables["rna"].layers["lz_corrected"][:50]), before)
+
+    saved = save_project(sdata, tmp_path / "lazy.zarr")
+    assert lazy.is_lazy(sdata.tables["rna"].layers["lz_corrected"])  # now reading the saved zarr array
+    np.testing.assert_array_equal(np.asarray(sdata.tables["rna"].layers["lz_corrected"][:50]), before)
+    monkeypatch.setattr(lazy, "LAZY_LAYER_BYTES", 1024)  # every layer of this small project counts as large
+    again = load_project(saved)
+    for m in MODS:
+        layer = again.tables[m].layers["lz_corrected"]
+        assert lazy.is_lazy(layer)
+        np.testing.assert_array_equal(np.asarray(layer), np.asarray(sdata.tables[m].layers["lz_corrected"]))
+        assert again.tables[m].obs_names.equals(sdata.tables[m].obs_names)
+        np.testing.assert_array_equal(again.tables[m].obsm["X_lz_corrected_pca"], pca_lazy)
+    assert set(again.shapes) == set(sdata.shapes) and again.attrs.keys() == sdata.attrs.keys()
+    monkeypatch.setattr(lazy, "LAZY_LAYER_BYTES", 2 * 1024**3)
+    eager = load_project(saved)  # small layers: read whole, as SpatialData reads them
+    assert not lazy.is_lazy(eager.tables["rna"].layers["lz_corrected"])

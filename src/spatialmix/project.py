@@ -98,6 +98,9 @@ def save_project(sdata, path: str | Path, *, overwrite: bool = False) -> Path:
     new = _sibling(path, "new")
     tmp.rename(new)  # from here on the new project is complete: recovery rolls the swap forward
     _swap_in(new, path)
+    from spatialmix.lazy import open_saved_layers
+
+    open_saved_layers(sdata, path)  # lazy layers now read what was saved, not the model or a replaced folder
     return path
 
 
@@ -208,18 +211,33 @@ def recover_project(path: str | Path) -> Path | None:
 def load_project(path: str | Path):
     """Open a project saved with :func:`save_project` (or any SpatialData zarr following the conventions).
 
-    A save that was killed half-way is finished or undone first (:func:`recover_project`, with a warning)."""
-    import spatialdata as sd
-
+    A save that was killed half-way is finished or undone first (:func:`recover_project`, with a warning).
+    Layers too large for memory (:mod:`spatialmix.lazy`) open lazily: read block by block when used."""
     path = Path(path)
     recover_project(path)
     if not path.exists():
         raise ProjectError(f"No project at {path}. Check the path; projects are folders ending in .zarr")
     try:
-        sdata = sd.read_zarr(path)
+        sdata = _read(path)
     except Exception as err:  # zarr raises many kinds of errors for a folder that is not a SpatialData
         raise ProjectError(f"{path} is not a readable SpatialData zarr ({type(err).__name__}: {err})") from err
     samples_of(sdata)  # validates the conventions
+    return sdata
+
+
+def _read(path: Path):
+    """``spatialdata.read_zarr``, except that a table holding a layer too large for memory (Visium HD results,
+    :mod:`spatialmix.lazy`) is opened with that layer lazy: SpatialData reads every table whole."""
+    import spatialdata as sd
+
+    from spatialmix.lazy import read_table_lazily, tables_with_large_layers
+
+    large = tables_with_large_layers(path)
+    if not large:
+        return sd.read_zarr(path)
+    sdata = sd.read_zarr(path, selection=("images", "labels", "points", "shapes"))
+    for t in sorted(p.name for p in (path / "tables").iterdir() if p.is_dir() and not p.name.startswith(".")):
+        sdata.tables[t] = read_table_lazily(path / "tables" / t)
     return sdata
 
 

@@ -405,6 +405,12 @@ class MIMA(BaseModel):
 
         self._check_trained()
         data = self._resolve_data(data)
+        from spatialmix.lazy import chunked_pca, is_lazy
+
+        if corrected is not None and any(is_lazy(v) for v in corrected.values()):
+            # lazy layers (too large for memory, spatialmix.lazy): z-scored and fit block by block
+            arrays = [corrected[m] if m in corrected else self.get_corrected(m, data=data) for m in self.modalities]
+            return chunked_pca(arrays, n_components, seed=seed)
         # one float32 matrix filled block by block (z-scored with float64 means / SDs): at 20,000 spots x 5,000
         # genes the float64 blocks and their hstack held ~2.4 GB beside the outputs, this holds 0.4 GB
         widths = [len(self.var_names[m]) for m in self.modalities]

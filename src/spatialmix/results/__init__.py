@@ -35,7 +35,8 @@ Writing again under the same key replaces everything the previous write of that 
 
 The package, by purpose: :mod:`~spatialmix.results.write` (writing the outputs, provenance),
 :mod:`~spatialmix.results.rgb` (the UMAP colouring and its helper process), :mod:`~spatialmix.results.lookup`
-(one per-spot result back out, the CSV table), :mod:`~spatialmix.results.render` (rasterising per-spot values).
+(one per-spot result back out, the CSV table), :mod:`~spatialmix.results.render` (rasterising per-spot values); layers too large for memory (Visium HD) are
+lazy dask arrays from :mod:`spatialmix.lazy`, computed, saved and reopened block by block.
 Every public name is importable from ``spatialmix.results``.
 """
 

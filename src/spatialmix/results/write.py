@@ -27,6 +27,8 @@ from spatialmix.conventions import MODALITY_TABLES, translation_layer
 from spatialmix.data import measured_only
 from spatialmix.errors import ModelError, ParameterError, ProjectError
 from spatialmix.progress import Progress, run
+from spatialmix import lazy as _lazy
+from spatialmix.lazy import chunked_pca, frozen_model, is_lazy, lazy_layer
 from spatialmix.results.rgb import rgb_embedding
 
 #: characters SpatialData's zarr writer accepts in element and layer names
@@ -237,6 +239,8 @@ def _rgb_of_values(sdata, data, staged: dict, table: str, source: str) -> np.nda
         values = data.dense(table)
     elif (table, "layers", source) in staged:
         values = staged[(table, "layers", source)]
+        if is_lazy(values):  # too large for memory: its PCA-50, block by block (NaN rows where not measured)
+            return chunked_pca([values], 50, seed=0)
     elif source in sdata.tables[table].layers:
         layer = sdata.tables[table].layers[source]
         values = np.asarray(layer.toarray() if hasattr(layer, "toarray") else layer, dtype=np.float32)
@@ -248,16 +252,42 @@ def _rgb_of_values(sdata, data, staged: dict, table: str, source: str) -> np.nda
     return values
 
 
+def _lazy_plan(model, data, steps, modalities, lazy_layers: bool | None) -> set:
+    """The ``get_outputs`` keys of the layers staged lazily (:mod:`spatialmix.lazy`): every layer with
+    ``lazy_layers=True``, none with ``False``, and by default those larger than ``LAZY_LAYER_BYTES`` dense. Only
+    for models with ``get_outputs`` (MIMA); the corrected layers of every modality are candidates for the
+    corrected-feature PCA even when not written."""
+    if lazy_layers is False or not hasattr(model, "get_outputs"):
+        return set()
+    keys = set()
+    candidates = [(w, a) for w, a in steps if w in ("corrected", "denoised", "translation")]
+    if any(w == "corrected_pca" for w, _ in steps):
+        candidates += [("corrected", m) for m in modalities]
+    for what, arg in candidates:
+        table = arg[1] if what == "translation" else arg
+        if lazy_layers or data.n_obs * len(model.var_names[table]) * 4 > _lazy.LAZY_LAYER_BYTES:
+            keys.add(_pass_key(what, arg))
+    return keys
+
+
 def _iter_compute(sdata, model, data, key: str, outputs: list[str], modalities: list[str], steps, seed: int,
-                  stage: str):
+                  stage: str, lazy_layers: bool | None = None):
     """Stage 3, a generator: compute every step's values (nothing written yet). Returns ``(staged, total,
-    offset, label_result, expert_columns)``; ``staged`` maps (table, "obsm" | "layers", name) to the values."""
+    offset, label_result, expert_columns)``; ``staged`` maps (table, "obsm" | "layers", name) to the values
+    (a dask array for a lazy layer, computed block by block when the project is saved)."""
     total = len(steps) + 1
     staged: dict[tuple[str, str, str], np.ndarray] = {}
     n_obs = len(data.obs)
+    lazy = _lazy_plan(model, data, steps, modalities, lazy_layers)
+    frozen = frozen_model(model) if lazy else None
+
+    def lazily(k):
+        table = k[1][1] if k[0] == "translation" else k[1]
+        return lazy_layer(frozen, data, k, len(model.var_names[table]))
 
     def put(table, slot, name, values):
-        values = np.asarray(values, dtype=np.float32)
+        if not is_lazy(values):
+            values = np.asarray(values, dtype=np.float32)
         if values.shape[0] != n_obs:
             raise ModelError(f"{type(model).__name__} returned {values.shape[0]} rows for {name!r}, the table "
                              f"{table!r} has {n_obs} spots")
@@ -270,7 +300,8 @@ def _iter_compute(sdata, model, data, key: str, outputs: list[str], modalities: 
     # one pass: the demo's 11 model outputs cost one pass over the spots, not 11
     one_pass: dict = {}
     batched = [_pass_key(w, a) for w, a in steps
-               if w in ("latent", "private", "corrected", "denoised", "translation", "expert_weights")]
+               if w in ("latent", "private", "corrected", "denoised", "translation", "expert_weights")
+               and _pass_key(w, a) not in lazy]
     offset = 0
     if hasattr(model, "get_outputs") and len(batched) > 1:
         offset, total = 1, total + 1
@@ -281,6 +312,8 @@ def _iter_compute(sdata, model, data, key: str, outputs: list[str], modalities: 
         """The step's value from the one pass, else ``single()``; with ``mods``, NaN where none of them was
         measured (an array of the one pass is ours: masked in place, no second copy of a layer)."""
         k = _pass_key(what, arg)
+        if k in lazy:  # masked by get_outputs block by block, like the in-memory value
+            return lazily(k)
         if k in one_pass:
             value = one_pass.pop(k)
             return value if mods is None else measured_only(np.asarray(value, dtype=np.float32), data, mods,
@@ -305,6 +338,8 @@ def _iter_compute(sdata, model, data, key: str, outputs: list[str], modalities: 
             # the corrected layers just computed are not decoded again (None: computed by the model)
             have = {m: staged[(m, "layers", f"{key}_corrected")] for m in modalities
                     if (m, "layers", f"{key}_corrected") in staged}
+            have.update({m: lazily(("corrected", m)) for m in modalities
+                         if m not in have and ("corrected", m) in lazy})
             zc = model.get_corrected_pca(corrected=have or None)
             for m in modalities:
                 put(m, "obsm", f"X_{key}_corrected_pca", zc)
@@ -422,6 +457,7 @@ def iter_write_results(
     translations: Sequence[tuple[Sequence[str] | str, str]] | None = None,
     rgb_of: Sequence[tuple[str, str]] | None = None,
     seed: int = 0,
+    lazy_layers: bool | None = None,
 ):
     """Generator: write a trained model's outputs into ``sdata`` (see the module docstring for the names).
 
@@ -447,6 +483,12 @@ def iter_write_results(
         ("msi", "<key>_corrected")]`` when MSI is a modality.
     seed
         Seed of the UMAP behind the RGB colourings.
+    lazy_layers
+        Corrected, denoised and translated layers as lazy dask arrays (:mod:`spatialmix.lazy`), computed
+        block by block by the model (a frozen copy of its weights) when read or when the project is saved, which
+        writes them block by block: ``None`` (default) for layers larger than ``LAZY_LAYER_BYTES`` (2 GiB) dense,
+        e.g. Visium HD; ``True`` for every layer; ``False`` for none. The corrected-feature PCA of lazy layers is
+        an incremental PCA over blocks. Models with ``get_outputs`` (MIMA) only; others compute in memory.
 
     Yields :class:`~spatialmix.progress.Progress` events (one per output) and returns ``sdata``. Nothing is
     written until every output is computed, so an error leaves ``sdata`` as it was.
@@ -455,7 +497,7 @@ def iter_write_results(
     pairs, rgb_pairs, steps = _plan(sdata, model, key, outputs, modalities, translations, rgb_of)
     stage = f"write results ({key})"
     staged, total, offset, label_result, expert_columns = yield from _iter_compute(
-        sdata, model, data, key, outputs, modalities, steps, seed, stage)
+        sdata, model, data, key, outputs, modalities, steps, seed, stage, lazy_layers)
     record = _provenance_record(model, data, key, modalities, staged, pairs, rgb_pairs, expert_columns,
                                 label_result, seed)
     history = _history_frame(model)
