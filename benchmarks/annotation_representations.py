@@ -20,6 +20,8 @@ Representations (REP):
   denoised_<m>, denoised_cat   the denoised features (decoded with the batch latent), one modality or all
   poe+private           the PoE beside every private latent
   raw_<m>               one raw modality (scored anyway, as the reference)
+  <rep>+raw_<m>         a representation beside one modality's measured inputs (both z-scored), e.g.
+                        corrected_pca+raw_rna
 """
 import json
 import sys
@@ -35,29 +37,13 @@ cache = Path(f"/tmp/exp/{case}_outputs.npz")
 cache.parent.mkdir(parents=True, exist_ok=True)
 
 if not cache.exists():
-    from spatialmix import datasets
-    from spatialmix.data import as_multimodal
     from spatialmix.models import MIMA
     from spatialmix.models.baselines import common_spots
 
-    c = datasets.CASES[case]
-    path = c.build()
-    o = c.options()
-    lk = o.pop("label_key", None)
-    if o:
-        mmd = as_multimodal(path, label_key=lk, **o)
-    else:  # a spatial dataset folder, prepared once (the same cache as benchmarks/mima_variants.py)
-        from spatialmix.data import MultiModalData
-        from spatialmix.pipeline import iter_prepare
-        from spatialmix.progress import run
-        from spatialmix.project import load_project, save_project
-        zp = Path(f"/tmp/exp/{case}.zarr")
-        if zp.exists():
-            sdata = load_project(zp)
-        else:
-            sdata = run(iter_prepare(path, annotation_key="pathologist"))
-            save_project(sdata, zp)
-        mmd = MultiModalData.from_spatialdata(sdata, annotation_key="pathologist", batch_key="batch")
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _cases import case_data
+
+    mmd = case_data(case)
     t = time.perf_counter()
     m = MIMA(mmd)
     m.train()
@@ -88,6 +74,9 @@ def zscore(C):
 
 def build(rep):
     from sklearn.decomposition import PCA
+    if "+raw_" in rep:  # a representation beside one modality's measured inputs, z-scored
+        base, mm = rep.split("+raw_")
+        return np.hstack([zscore(build(base)), zscore(z[f"raw_{mm}"])])
     if rep in z and not rep.startswith("corrected_"):
         return z[rep]
     if rep == "corrected_pca":

@@ -19,9 +19,6 @@ best raw single modality (issue 14, item 6: no class may lose more than 0.05).
 """
 import json, sys, time
 import numpy as np, pandas as pd
-import torch
-from spatialmix import datasets
-from spatialmix.data import as_multimodal
 from spatialmix.models import MIMA
 from spatialmix.evaluate.metrics import scib_benchmark
 from sklearn.linear_model import LogisticRegression
@@ -29,22 +26,10 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.metrics import f1_score
 
 case = sys.argv[1]; variants = json.loads(sys.argv[2]); outf = sys.argv[3]; with_loocv = "--loocv" in sys.argv[4:]
-c = datasets.CASES[case]; path = c.build(); o = c.options(); lk = o.pop("label_key", None)
-if o:
-    mmd = as_multimodal(path, label_key=lk, **o)
-else:  # spatial dataset folder: prepared once, cached
-    from pathlib import Path
-    from spatialmix.data import MultiModalData
-    from spatialmix.project import load_project, save_project
-    from spatialmix.pipeline import iter_prepare
-    from spatialmix.progress import run
-    zp = Path(f"/tmp/exp/{case}.zarr"); zp.parent.mkdir(parents=True, exist_ok=True)
-    if zp.exists():
-        sdata = load_project(zp)
-    else:
-        sdata = run(iter_prepare(path, annotation_key="pathologist")); save_project(sdata, zp)
-    mmd = MultiModalData.from_spatialdata(sdata, annotation_key="pathologist", batch_key="batch")
-    lk = "pathologist"
+sys.path.insert(0, str(__import__('pathlib').Path(__file__).resolve().parent))
+from _cases import case_data  # noqa: E402
+mmd = case_data(case)
+lk = mmd.annotation_key
 labels = mmd.labels.astype(str).to_numpy(); batches = mmd.obs[mmd.batch_key].astype(str).to_numpy()
 from spatialmix.evaluate.annotations import PAPER_EXCLUDED
 from spatialmix.models.baselines import common_spots

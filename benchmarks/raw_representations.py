@@ -20,30 +20,15 @@ import numpy as np
 import pandas as pd
 from sklearn.decomposition import PCA
 
-from spatialmix import datasets
-from spatialmix.data import MultiModalData, as_multimodal
 from spatialmix.evaluate.annotations import EnsembleOptions, iter_cross_validate
 from spatialmix.models.baselines import common_spots
 from spatialmix.progress import run
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _cases import case_data  # noqa: E402
+
 case, outf = sys.argv[1], sys.argv[2]
-c = datasets.CASES[case]
-path = c.build()
-o = c.options()
-lk = o.pop("label_key", None)
-if o:
-    mmd = as_multimodal(path, label_key=lk, **o)
-else:
-    from spatialmix.pipeline import iter_prepare
-    from spatialmix.project import load_project, save_project
-    zp = Path(f"/tmp/exp/{case}.zarr")
-    zp.parent.mkdir(parents=True, exist_ok=True)
-    if zp.exists():
-        sdata = load_project(zp)
-    else:
-        sdata = run(iter_prepare(path, annotation_key="pathologist"))
-        save_project(sdata, zp)
-    mmd = MultiModalData.from_spatialdata(sdata, annotation_key="pathologist", batch_key="batch")
+mmd = case_data(case)
 
 ev = common_spots(mmd)
 labels = pd.Series(mmd.labels.astype(str).to_numpy())

@@ -43,6 +43,9 @@ def frozen_model(model):
     further in between. The data are shared, not copied."""
     frozen = copy.copy(model)
     frozen.module = copy.deepcopy(model.module)
+    # in eval mode for good: dask may compute blocks in several threads at once, and an inference call that found
+    # the module in training mode would put it back there while another thread is still decoding
+    frozen.module.eval()
     return frozen
 
 
@@ -121,14 +124,17 @@ def chunked_pca(arrays: list[Any], n_components: int, *, seed: int = 0, rows: in
             yield sl, np.hstack(parts)
 
     ipca = IncrementalPCA(n_components=k)
-    pending, held = [], None
-    for sl, z in zblocks():  # pass 2: fit on the finite rows; each partial_fit gets >= k rows, as it must
-        pending.append(z[ok[sl]])
-        if sum(len(p) for p in pending) >= max(k, rows):
-            if held is not None:
-                ipca.partial_fit(held)
-            held, pending = np.vstack(pending), []
-    ipca.partial_fit(np.vstack(([held] if held is not None else []) + pending))  # >= n_ok > k rows in all
+    # pass 2: fit on the finite rows, in batches of `step` rows (each partial_fit needs >= k rows). Each batch
+    # costs an SVD of (k + step) x features, so small batches are cheaper per row: at 18,000 features, batches
+    # of 4,096 rows would take ~10 s each, batches of 5k rows a fraction of a second
+    step = max(5 * k, 256)
+    pending = np.empty((0, sum(x.shape[1] for x in arrays)), dtype=np.float32)
+    for sl, z in zblocks():
+        pending = np.vstack([pending, z[ok[sl]]])
+        while len(pending) >= 2 * step:  # keep >= step rows back, so the last batch is never smaller than k
+            ipca.partial_fit(pending[:step])
+            pending = pending[step:]
+    ipca.partial_fit(pending)  # step..2*step rows, or all n_ok > k rows when there are fewer
     out = np.full((n, k), np.nan, dtype=np.float32)
     for sl, z in zblocks():  # pass 3: project every finite row
         keep = ok[sl]
