@@ -491,7 +491,9 @@ def iter_write_results(
         an incremental PCA over blocks. Models with ``get_outputs`` (MIMA) only; others compute in memory.
 
     Yields :class:`~spatialmix.progress.Progress` events (one per output) and returns ``sdata``. Nothing is
-    written until every output is computed, so an error leaves ``sdata`` as it was.
+    written until every output is computed, so an error leaves ``sdata`` as it was; a lazy layer is computed
+    later, when it is read or saved (an error then comes from that call, and ``save_project`` leaves the saved
+    project as it was).
     """
     key, outputs, data, modalities = _check_request(sdata, model, key, outputs)
     pairs, rgb_pairs, steps = _plan(sdata, model, key, outputs, modalities, translations, rgb_of)
