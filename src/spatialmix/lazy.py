@@ -72,23 +72,28 @@ def lazy_layer(model, data, request: tuple, n_cols: int, *, rows_per_block: int 
     return arr.rechunk((row_chunks, columns_per_chunk))
 
 
+def dense_rows(x, sl: slice) -> np.ndarray:
+    """Rows ``sl`` of ``x`` (numpy, sparse or dask) as a dense float32 array (a dask block is computed)."""
+    b = x[sl]
+    b = b.compute() if hasattr(b, "compute") else b
+    b = b.toarray() if hasattr(b, "toarray") else b
+    return np.asarray(b, dtype=np.float32)
+
+
 def row_blocks(x, rows: int = ROWS_PER_BLOCK):
-    """``(slice, float32 block)`` over the rows of ``x`` (numpy or dask), one block in memory at a time."""
+    """``(slice, float32 block)`` over the rows of ``x`` (numpy, sparse or dask), one block in memory at a time."""
     n = x.shape[0]
     for r0 in range(0, n, rows):
         sl = slice(r0, min(r0 + rows, n))
-        b = x[sl]
-        b = b.compute() if hasattr(b, "compute") else b
-        b = b.toarray() if hasattr(b, "toarray") else b
-        yield sl, np.asarray(b, dtype=np.float32)
+        yield sl, dense_rows(x, sl)
 
 
 def chunked_pca(arrays: list[Any], n_components: int, *, seed: int = 0, rows: int = ROWS_PER_BLOCK) -> np.ndarray:
     """The first ``n_components`` principal components of the column-wise concatenation of ``arrays`` (numpy or
     dask, same rows), each column z-scored over its finite rows, fit on the rows finite in every array, block by
-    block (two passes for the means / SDs and the finite rows, one ``IncrementalPCA.partial_fit`` pass, one
+    block (one pass for the means / SDs and the finite rows, one ``IncrementalPCA.partial_fit`` pass, one
     transform pass); NaN rows elsewhere. Memory: one block of rows, never the matrix. The result spans the same
-    subspace as a full PCA to rounding (``tests/test_results_lazy.py``), its signs may differ. ``seed`` is
+    subspace as a full PCA to rounding (``tests/test_results.py::test_lazy_layers_...``), its signs may differ. ``seed`` is
     accepted for the callers' signature; IncrementalPCA is deterministic (a full SVD per block)."""
     from sklearn.decomposition import IncrementalPCA
 
@@ -117,11 +122,7 @@ def chunked_pca(arrays: list[Any], n_components: int, *, seed: int = 0, rows: in
     def zblocks():
         for r0 in range(0, n, rows):
             sl = slice(r0, min(r0 + rows, n))
-            parts = []
-            for x, (mu, sd) in zip(arrays, stats):
-                b = next(row_blocks(x[sl], rows))[1]
-                parts.append((b - mu) / sd)
-            yield sl, np.hstack(parts)
+            yield sl, np.hstack([(dense_rows(x, sl) - mu) / sd for x, (mu, sd) in zip(arrays, stats)])
 
     ipca = IncrementalPCA(n_components=k)
     # pass 2: fit on the finite rows, in batches of `step` rows (each partial_fit needs >= k rows). Each batch
@@ -159,9 +160,7 @@ def read_table_lazily(path, lazy_bytes: int | None = None):
     layers = {}
     for name in (g["layers"] if "layers" in g else []):
         node = g["layers"][name]
-        shape = getattr(node, "shape", None)
-        big = hasattr(node, "dtype") and shape is not None and len(shape) == 2 and shape[0] * shape[1] * 4 > lazy_bytes
-        layers[name] = read_elem_lazy(node) if big else ad.io.read_elem(node)
+        layers[name] = read_elem_lazy(node) if _large(node, lazy_bytes) else ad.io.read_elem(node)
     table = ad.AnnData(**parts, layers=layers)
     raw = ad.io.read_elem(g["raw"]) if "raw" in g else None
     if isinstance(raw, dict) and raw.get("X") is not None:
@@ -192,13 +191,16 @@ def tables_with_large_layers(path, lazy_bytes: int | None = None) -> list[str]:
             layers = zarr.open_group(str(root / t / "layers"), mode="r")
         except Exception:  # noqa: BLE001 - no layers group (or not a table): nothing to open lazily
             continue
-        for name in layers:
-            node = layers[name]
-            shape = getattr(node, "shape", None)
-            if hasattr(node, "dtype") and shape is not None and len(shape) == 2 and shape[0] * shape[1] * 4 > lazy_bytes:
-                found.append(t)
-                break
+        if any(_large(layers[name], lazy_bytes) for name in layers):
+            found.append(t)
     return found
+
+
+def _large(node, lazy_bytes: int) -> bool:
+    """Whether the zarr node of a layer is a dense 2-D array larger than ``lazy_bytes`` as float32 (a sparse
+    layer is a group, never lazy)."""
+    shape = getattr(node, "shape", None)
+    return hasattr(node, "dtype") and shape is not None and len(shape) == 2 and shape[0] * shape[1] * 4 > lazy_bytes
 
 
 def open_saved_layers(sdata, path) -> None:

@@ -422,9 +422,8 @@ class _Training:
         self.fmodule, *fopts = self.fabric.setup(module, *optimizers.values())
         self.optimizers = dict(zip(self.opt_names, fopts))
         self.phases = getattr(module, "phases", None)
-        # validation, the selection score and every output run the uncompiled module; only the training
-        # step (forward and backward) is compiled
-        self.eager = self.fmodule
+        # validation, the selection score and every output run the uncompiled module (self.fmodule); only the
+        # training step (forward and backward) is compiled
         self.step_module = self.fmodule
         if self.model.accelerations_["compile"]:
             self.step_module = torch.compile(self.fmodule, mode=None if self.cfg.compile_mode == "default"
@@ -438,7 +437,7 @@ class _Training:
         warnings.warn(f"torch.compile failed for {self.model.name} ({reason}); training goes on uncompiled",
                       RuntimeWarning, stacklevel=2)
         self.model.accelerations_.update(compile=False, compile_error=reason)
-        self.step_module = self.eager
+        self.step_module = self.fmodule
         for opt in self.optimizers.values():
             opt.zero_grad(set_to_none=True)
 
@@ -655,7 +654,7 @@ class _Training:
                 try:
                     names, values = self._backward(batch, phase, opt)
                 except Exception as error:  # noqa: BLE001 - only a compiled step is retried, uncompiled
-                    if self.step_module is self.eager:
+                    if self.step_module is self.fmodule:
                         raise
                     self._compile_failed(error)
                     names, values = self._backward(batch, phase, opt)

@@ -264,10 +264,14 @@ def _lazy_plan(model, data, steps, modalities, lazy_layers: bool | None) -> set:
     if any(w == "corrected_pca" for w, _ in steps):
         candidates += [("corrected", m) for m in modalities]
     for what, arg in candidates:
-        table = arg[1] if what == "translation" else arg
-        if lazy_layers or data.n_obs * len(model.var_names[table]) * 4 > _lazy.LAZY_LAYER_BYTES:
+        if lazy_layers or data.n_obs * len(model.var_names[_layer_table(what, arg)]) * 4 > _lazy.LAZY_LAYER_BYTES:
             keys.add(_pass_key(what, arg))
     return keys
+
+
+def _layer_table(what, arg) -> str:
+    """The table a layer step writes into: the target of a translation, else the step's modality."""
+    return arg[1] if what == "translation" else arg
 
 
 def _iter_compute(sdata, model, data, key: str, outputs: list[str], modalities: list[str], steps, seed: int,
@@ -282,8 +286,7 @@ def _iter_compute(sdata, model, data, key: str, outputs: list[str], modalities: 
     frozen = frozen_model(model) if lazy else None
 
     def lazily(k):
-        table = k[1][1] if k[0] == "translation" else k[1]
-        return lazy_layer(frozen, data, k, len(model.var_names[table]))
+        return lazy_layer(frozen, data, k, len(model.var_names[_layer_table(*k)]))
 
     def put(table, slot, name, values):
         if not is_lazy(values):
