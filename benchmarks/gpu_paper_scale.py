@@ -64,8 +64,6 @@ def main(argv=None) -> dict:
     rows = {}
     for name in args.configs:
         c = CONFIGS[name]
-        if device == "cpu" and c["precision"] == "bf16-mixed" and not args.quick:
-            continue
         tmp = out.with_name(out.stem + f"_{name}.json")
         argv_child = ["--scales", "paper", "--device", device, "--epochs-paper", str(args.epochs),
                       "--precision", c["precision"], "--compile", c["compile"], "--tf32", c["tf32"],
