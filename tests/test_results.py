@@ -428,3 +428,41 @@ def test_lazy_layers_equal_the_in_memory_ones_and_are_saved_and_reopened_block_b
     monkeypatch.setattr(lazy, "LAZY_LAYER_BYTES", 2 * 1024**3)
     eager = load_project(saved)  # small layers: read whole, as SpatialData reads them
     assert not lazy.is_lazy(eager.tables["rna"].layers["lz_corrected"])
+
+
+def test_chunked_pca_fits_on_a_subset_of_blocks_above_fit_rows_and_projects_every_row_once():
+    """At Visium HD size the corrected-feature PCA of a lazy layer fits on a random subset of row blocks and
+    decodes the layer about once (1 + 2 x fit_rows / n times, not 3 times): the components span the subspace of
+    the full fit, rows that were not measured stay NaN, every finite row is projected, and the seed fixes it."""
+    import dask.array as da
+
+    from spatialmix import lazy
+
+    rng = np.random.default_rng(0)
+    n, rows = 6000, 250
+    scores = rng.normal(size=(n, 4)) * np.array([10.0, 7.0, 5.0, 3.0])
+    A = (scores @ rng.normal(size=(4, 40)) + rng.normal(size=(n, 40))).astype(np.float32)
+    B = (scores[:, :2] @ rng.normal(size=(2, 15)) + rng.normal(size=(n, 15))).astype(np.float32)
+    B[rng.random(n) < 0.1] = np.nan  # the second modality was not measured at 10 % of the spots
+    decoded = []
+
+    def counted(x):
+        def block(b, block_info=None):
+            decoded.append(block_info[0]["array-location"][0])
+            return b
+        return da.from_array(x, chunks=(rows, x.shape[1])).map_blocks(block, dtype=np.float32)
+
+    full = lazy.chunked_pca([A, B], 4, rows=rows, fit_rows=None)
+    sub = lazy.chunked_pca([counted(A), counted(B)], 4, rows=rows, fit_rows=1000, seed=3)
+    n_blocks, n_fit = n // rows, 1000 // rows
+    assert len(decoded) == 2 * (n_blocks + 2 * n_fit)  # two arrays, each: 2 passes over 4 fit blocks + 1 over all
+    assert len({loc for loc in decoded}) == n_blocks  # every block projected
+    ok = np.isfinite(B).all(axis=1)
+    assert (np.isfinite(sub).all(axis=1) == ok).all() and (np.isfinite(full).all(axis=1) == ok).all()
+    coef, *_ = np.linalg.lstsq(sub[ok], full[ok], rcond=None)  # the same subspace, up to a rotation
+    resid = full[ok] - sub[ok] @ coef
+    assert (resid ** 2).sum() / (full[ok] ** 2).sum() < 0.01
+    np.testing.assert_array_equal(lazy.chunked_pca([A, B], 4, rows=rows, fit_rows=1000, seed=3), sub)
+    assert not np.array_equal(lazy.chunked_pca([A, B], 4, rows=rows, fit_rows=1000, seed=4), sub)
+    with pytest.raises(ParameterError, match="fit_rows"):
+        lazy.chunked_pca([A], 4, fit_rows=0)

@@ -88,24 +88,50 @@ def row_blocks(x, rows: int = ROWS_PER_BLOCK):
         yield sl, dense_rows(x, sl)
 
 
-def chunked_pca(arrays: list[Any], n_components: int, *, seed: int = 0, rows: int = ROWS_PER_BLOCK) -> np.ndarray:
+#: above this many rows, :func:`chunked_pca` fits its components on a random subset of row blocks this large and
+#: projects every row in one pass (Visium HD: 500,000 bins)
+PCA_FIT_ROWS = 100_000
+
+
+def chunked_pca(arrays: list[Any], n_components: int, *, seed: int = 0, rows: int = ROWS_PER_BLOCK,
+                fit_rows: int | None = PCA_FIT_ROWS) -> np.ndarray:
     """The first ``n_components`` principal components of the column-wise concatenation of ``arrays`` (numpy or
-    dask, same rows), each column z-scored over its finite rows, fit on the rows finite in every array, block by
-    block (one pass for the means / SDs and the finite rows, one ``IncrementalPCA.partial_fit`` pass, one
-    transform pass); NaN rows elsewhere. Memory: one block of rows, never the matrix. The result spans the same
-    subspace as a full PCA to rounding (``tests/test_results.py::test_lazy_layers_...``), its signs may differ. ``seed`` is
-    accepted for the callers' signature; IncrementalPCA is deterministic (a full SVD per block)."""
+    dask, same rows), each column z-scored, NaN rows where any array is not finite. Memory: one block of rows,
+    never the matrix.
+
+    Up to ``fit_rows`` rows (or with ``fit_rows=None``) the means / SDs and the components come from every row
+    finite in every array: one statistics pass, one ``IncrementalPCA.partial_fit`` pass and one transform pass; the
+    result spans the same subspace as a full PCA to rounding, its signs may differ
+    (``tests/test_results.py::test_lazy_layers_...``). Above ``fit_rows`` the statistics and the components are fit on a
+    random subset of whole row blocks (``seed``) holding about ``fit_rows`` rows, and every row is then projected
+    in one pass: a lazy layer is decoded 1 + 2 x fit_rows / n times instead of 3 times, and the fit costs
+    ``fit_rows`` rows instead of all of them. Why blocks and not single rows: a lazy layer is decoded a block at a
+    time, and rows drawn at random would touch every block. Blocks are contiguous rows, so a project whose samples
+    are stored one after another is sampled across its samples in proportion (``tests/test_results.py::
+    test_chunked_pca_fits_on_a_subset_of_blocks_...`` measures the subspace against the full fit)."""
     from sklearn.decomposition import IncrementalPCA
 
-    from spatialmix.errors import ModelError
+    from spatialmix.errors import ModelError, ParameterError
 
+    if fit_rows is not None and fit_rows < 1:
+        raise ParameterError(f"fit_rows must be >= 1 or None, got {fit_rows}")
     n = arrays[0].shape[0]
-    stats, ok = [], np.ones(n, bool)
-    for x in arrays:  # pass 1: per-column sums over finite values, and which rows are finite
+    width = sum(x.shape[1] for x in arrays)
+    starts = np.arange(0, n, rows)
+    if fit_rows is not None and n > fit_rows:
+        n_fit = min(len(starts), -(-int(fit_rows) // rows))
+        starts_fit = np.sort(np.random.default_rng(seed).choice(starts, n_fit, replace=False))
+    else:
+        starts_fit = starts
+    fit_slices = [slice(r0, min(r0 + rows, n)) for r0 in starts_fit]
+
+    stats, ok = [], {}
+    for x in arrays:  # pass 1 (over the fit blocks): per-column sums over finite values, and which rows are finite
         s = np.zeros(x.shape[1]), np.zeros(x.shape[1]), np.zeros(x.shape[1])
-        for sl, b in row_blocks(x, rows):
+        for sl in fit_slices:
+            b = dense_rows(x, sl)
             fin = np.isfinite(b)
-            ok[sl] &= fin.all(axis=1)
+            ok[sl.start] = ok.get(sl.start, True) & fin.all(axis=1)
             v = np.where(fin, b, 0.0).astype(np.float64)
             s[0][:] += v.sum(axis=0)
             s[1][:] += (v * v).sum(axis=0)
@@ -114,35 +140,35 @@ def chunked_pca(arrays: list[Any], n_components: int, *, seed: int = 0, rows: in
         mu = s[0] / cnt
         sd = np.sqrt(np.maximum(s[1] / cnt - mu * mu, 0.0))
         stats.append((mu.astype(np.float32), np.where(sd > 0, sd, 1.0).astype(np.float32)))
-    n_ok = int(ok.sum())
-    k = min(int(n_components), n_ok - 1, sum(x.shape[1] for x in arrays))
+    n_ok = int(sum(int(v.sum()) for v in ok.values()))
+    k = min(int(n_components), n_ok - 1, width)
     if k < 1:
         raise ModelError(f"only {n_ok} spots have every input finite; a PCA needs at least 2")
 
-    def zblocks():
-        for r0 in range(0, n, rows):
-            sl = slice(r0, min(r0 + rows, n))
-            yield sl, np.hstack([(dense_rows(x, sl) - mu) / sd for x, (mu, sd) in zip(arrays, stats)])
+    def z(sl):
+        return np.hstack([(dense_rows(x, sl) - mu) / sd for x, (mu, sd) in zip(arrays, stats)])
 
     ipca = IncrementalPCA(n_components=k)
-    # pass 2: fit on the finite rows, in batches of `step` rows (each partial_fit needs >= k rows). Each batch
-    # costs an SVD of (k + step) x features, so small batches are cheaper per row: at 18,000 features, batches
-    # of 4,096 rows would take ~10 s each, batches of 5k rows a fraction of a second
+    # pass 2: fit on the finite rows of the fit blocks, in batches of `step` rows (each partial_fit needs >= k
+    # rows). Each batch costs an SVD of (k + step) x features, so small batches are cheaper per row: at 18,000
+    # features, batches of 4,096 rows would take ~10 s each, batches of 5k rows a fraction of a second
     step = max(5 * k, 256)
-    pending = np.empty((0, sum(x.shape[1] for x in arrays)), dtype=np.float32)
-    for sl, z in zblocks():
-        pending = np.vstack([pending, z[ok[sl]]])
+    pending = np.empty((0, width), dtype=np.float32)
+    for sl in fit_slices:
+        pending = np.vstack([pending, z(sl)[ok[sl.start]]])
         while len(pending) >= 2 * step:  # keep >= step rows back, so the last batch is never smaller than k
             ipca.partial_fit(pending[:step])
             pending = pending[step:]
     ipca.partial_fit(pending)  # step..2*step rows, or all n_ok > k rows when there are fewer
     out = np.full((n, k), np.nan, dtype=np.float32)
-    for sl, z in zblocks():  # pass 3: project every finite row
-        keep = ok[sl]
+    for r0 in starts:  # pass 3: project every finite row
+        sl = slice(r0, min(r0 + rows, n))
+        block = z(sl)
+        keep = np.isfinite(block).all(axis=1)
         if keep.any():
-            block = out[sl]
-            block[keep] = ipca.transform(z[keep]).astype(np.float32)
-            out[sl] = block
+            o = out[sl]
+            o[keep] = ipca.transform(block[keep]).astype(np.float32)
+            out[sl] = o
     return out
 
 

@@ -1,0 +1,103 @@
+"""Combine the corrected PCA with measured modalities at the level of predictions, and choose the combination
+inside the training samples (issue 14, item 6; docs/models.md "Annotation representation").
+
+    python benchmarks/annotation_combinations.py CASE OUT.jsonl
+
+Uses the outputs `benchmarks/annotation_representations.py CASE ...` cached in `/tmp/exp/<case>_outputs.npz` (run
+that first). One balanced-bagging ensemble (`spatialmix.evaluate.annotations.OneVsRestEnsemble`, the benchmark's
+options) is trained per block (MIMA's corrected PCA and each modality's measured inputs, NaN filled with 0 so
+that every evaluated spot is predicted), and a combination predicts the class with the highest mean probability
+over its blocks ("vote:<blocks>"). "nested" chooses, in every leave-one-sample-out fold, the combination with the
+best mean F1 in an inner leave-one-sample-out over the training samples only (no label of the held-out sample is
+looked at). Mean F1 over (fold, class) and the classes that lose > 0.05 F1 to the best raw single modality are
+printed and appended to OUT.jsonl.
+"""
+
+import json
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+
+from spatialmix.evaluate.annotations import (PAPER_EXCLUDED, EnsembleOptions, OneVsRestEnsemble, _scores,
+                                             excluded_classes)
+
+case, outf = sys.argv[1], sys.argv[2]
+z = dict(np.load(f"/tmp/exp/{case}_outputs.npz", allow_pickle=True))
+mods = [str(x) for x in z["modalities"]]
+y = z["labels"].astype(str)
+samples = z["samples"].astype(str)
+ev = z["evaluated"].astype(bool)
+labelled = ~pd.Series(y).isin(["nan", "", "None"]).to_numpy()
+present = sorted(set(y[labelled & ev]))
+excluded = excluded_classes(present, PAPER_EXCLUDED)
+classes = [c for c in present if c not in excluded]
+usable = labelled & np.isin(y, classes) & ev
+blocks = {"cpca": z["corrected_pca"], **{f"raw_{m}": z[f"raw_{m}"] for m in mods}}
+blocks = {k: np.nan_to_num(v.astype(np.float32)) for k, v in blocks.items()}
+options = EnsembleOptions(seed=0)
+combos = [("cpca",)] + [("cpca", f"raw_{m}") for m in mods] + [tuple(blocks)]
+singles = [(f"raw_{m}",) for m in mods]
+
+
+def probabilities(train, test):
+    """{block: (len(test), n_classes) probabilities} of one ensemble per block trained on ``train``."""
+    out = {}
+    for k, X in blocks.items():
+        e = OneVsRestEnsemble(options).fit(X[train], y[train], classes)
+        P = np.zeros((len(test), len(classes)))
+        P[:, [classes.index(c) for c in e.classes_]] = e.predict_proba(X[test])
+        out[k] = P
+    return out
+
+
+def vote(P, combo):
+    return np.asarray(classes)[np.mean([P[k] for k in combo], axis=0).argmax(axis=1)]
+
+
+uniq = list(pd.unique(samples[ev]))
+rows = {c: [] for c in combos + singles}
+rows["nested"] = []
+chosen = []
+t0 = time.time()
+for s in uniq:
+    test = np.flatnonzero(ev & (samples == s))
+    train = np.flatnonzero(usable & (samples != s))
+    P = probabilities(train, test)
+    scored = usable[test]
+    for c in rows:
+        if c != "nested":
+            rows[c] += [{"fold": s, **r} for r in _scores(y[test][scored], vote(P, c)[scored], classes, 3)]
+    inner = {c: [] for c in combos}  # leave one training sample out, within the training samples only
+    for s2 in [u for u in uniq if u != s]:
+        itest = np.flatnonzero(usable & (samples == s2))
+        itrain = np.flatnonzero(usable & (samples != s) & (samples != s2))
+        Pi = probabilities(itrain, itest)
+        for c in inner:
+            inner[c] += [r["f1"] for r in _scores(y[itest], vote(Pi, c), classes, 3)]
+    best = max(inner, key=lambda c: np.mean(inner[c]))
+    chosen.append({"fold": s, "chosen": "+".join(best),
+                   "inner_f1": {"+".join(c): round(float(np.mean(v)), 3) for c, v in inner.items()}})
+    rows["nested"] += [{"fold": s, **r} for r in _scores(y[test][scored], vote(P, best)[scored], classes, 3)]
+    print(json.dumps(chosen[-1]), f"{time.time() - t0:.0f} s", flush=True)
+
+
+def summarise(r):
+    df = pd.DataFrame(r)
+    return df["f1"].mean(), df.groupby("class")["f1"].mean(), df.groupby("class")["n"].sum()
+
+
+raw = {c[0]: summarise(rows[c]) for c in singles}
+best_raw = pd.concat({k: v[1] for k, v in raw.items()}, axis=1).max(axis=1)
+n_spots = next(iter(raw.values()))[2].reindex(best_raw.index)
+with open(outf, "a") as fh:
+    for c, r in rows.items():
+        mean_f1, per_class, _ = summarise(r)
+        lost = (best_raw - per_class.reindex(best_raw.index))[n_spots >= 10]
+        rec = {"case": case, "rep": c if isinstance(c, str) else "vote:" + "+".join(c), "loocv_f1": round(mean_f1, 4),
+               "losing": {k: round(float(v), 3) for k, v in lost[lost > 0.05].items()}}
+        if c == "nested":
+            rec["chosen"] = chosen
+        print(json.dumps(rec))
+        fh.write(json.dumps(rec) + "\n")
