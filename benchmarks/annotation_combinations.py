@@ -1,13 +1,14 @@
 """Combine the corrected PCA with measured modalities at the level of predictions, and choose the combination
 inside the training samples (issue 14, item 6; docs/models.md "Annotation representation").
 
-    python benchmarks/annotation_combinations.py CASE OUT.jsonl
+    python benchmarks/annotation_combinations.py CASE OUT.jsonl [vote|concat]
 
 Uses the outputs `benchmarks/annotation_representations.py CASE ...` cached in `/tmp/exp/<case>_outputs.npz` (run
 that first). One balanced-bagging ensemble (`spatialmix.evaluate.annotations.OneVsRestEnsemble`, the benchmark's
 options) is trained per block (MIMA's corrected PCA and each modality's measured inputs, NaN filled with 0 so
 that every evaluated spot is predicted), and a combination predicts the class with the highest mean probability
-over its blocks ("vote:<blocks>"). "nested" chooses, in every leave-one-sample-out fold, the combination with the
+over its blocks ("vote:<blocks>"), or, with MODE "concat", one ensemble on the blocks side by side
+("concat:<blocks>"). "nested" chooses, in every leave-one-sample-out fold, the combination with the
 best mean F1 in an inner leave-one-sample-out over the training samples only (no label of the held-out sample is
 looked at). Mean F1 over (fold, class) and the classes that lose > 0.05 F1 to the best raw single modality are
 printed and appended to OUT.jsonl.
@@ -24,6 +25,7 @@ from spatialmix.evaluate.annotations import (PAPER_EXCLUDED, EnsembleOptions, On
                                              excluded_classes)
 
 case, outf = sys.argv[1], sys.argv[2]
+mode = sys.argv[3] if len(sys.argv) > 3 else "vote"  # "vote" or "concat"
 z = dict(np.load(f"/tmp/exp/{case}_outputs.npz", allow_pickle=True))
 mods = [str(x) for x in z["modalities"]]
 y = z["labels"].astype(str)
@@ -41,19 +43,24 @@ combos = [("cpca",)] + [("cpca", f"raw_{m}") for m in mods] + [tuple(blocks)]
 singles = [(f"raw_{m}",) for m in mods]
 
 
-def probabilities(train, test):
-    """{block: (len(test), n_classes) probabilities} of one ensemble per block trained on ``train``."""
+def probabilities(train, test, keys=None):
+    """Probabilities on ``test`` of ensembles trained on ``train``: {block: ...} for "vote" (one ensemble per
+    block), {combination: ...} for "concat" (one ensemble per combination, its blocks side by side; a random
+    forest does not depend on the features' scales, so the blocks are not rescaled)."""
     out = {}
-    for k, X in blocks.items():
+    for key in (blocks if mode == "vote" else keys or combos + singles):
+        X = blocks[key] if mode == "vote" else np.hstack([blocks[b] for b in key])
         e = OneVsRestEnsemble(options).fit(X[train], y[train], classes)
         P = np.zeros((len(test), len(classes)))
         P[:, [classes.index(c) for c in e.classes_]] = e.predict_proba(X[test])
-        out[k] = P
+        out[key] = P
     return out
 
 
 def vote(P, combo):
-    return np.asarray(classes)[np.mean([P[k] for k in combo], axis=0).argmax(axis=1)]
+    """The predicted class of a combination: its blocks' mean probability ("vote"), or its own ensemble's."""
+    mean = np.mean([P[k] for k in combo], axis=0) if mode == "vote" else P[combo]
+    return np.asarray(classes)[mean.argmax(axis=1)]
 
 
 uniq = list(pd.unique(samples[ev]))
@@ -73,7 +80,7 @@ for s in uniq:
     for s2 in [u for u in uniq if u != s]:
         itest = np.flatnonzero(usable & (samples == s2))
         itrain = np.flatnonzero(usable & (samples != s) & (samples != s2))
-        Pi = probabilities(itrain, itest)
+        Pi = probabilities(itrain, itest, combos)
         for c in inner:
             inner[c] += [r["f1"] for r in _scores(y[itest], vote(Pi, c), classes, 3)]
     best = max(inner, key=lambda c: np.mean(inner[c]))
@@ -95,7 +102,8 @@ with open(outf, "a") as fh:
     for c, r in rows.items():
         mean_f1, per_class, _ = summarise(r)
         lost = (best_raw - per_class.reindex(best_raw.index))[n_spots >= 10]
-        rec = {"case": case, "rep": c if isinstance(c, str) else "vote:" + "+".join(c), "loocv_f1": round(mean_f1, 4),
+        name = c if isinstance(c, str) else f"{mode}:" + "+".join(c)
+        rec = {"case": case, "mode": mode, "rep": name, "loocv_f1": round(mean_f1, 4),
                "losing": {k: round(float(v), 3) for k, v in lost[lost > 0.05].items()}}
         if c == "nested":
             rec["chosen"] = chosen

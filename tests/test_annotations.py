@@ -136,3 +136,65 @@ def test_a_class_with_two_training_spots_is_still_trained():
     rare = ens.classes_.index("Rare")
     assert ens.classes_ == ["Tumour", "Rare"] and ens.predict_proba(X).shape == (len(X), 2)
     assert ens.predict_proba(X[(labels == "Rare").to_numpy()])[:, rare].mean() > 0.5
+
+
+def test_each_fold_chooses_among_candidates_on_its_training_samples_only():
+    """A dict of candidate representations: every leave-one-sample-out fold picks one by an inner cross-validation
+    over its own training samples, here always the informative one over noise, and then predicts exactly as that
+    representation alone would; the choices and inner scores are reported."""
+    X, labels, samples = tissue()
+    noise = np.random.default_rng(1).normal(size=X.shape)
+    res = A.cross_validate({"noise": noise, "signal": X}, labels, samples, scheme="loocv", options=FAST,
+                           representation="choice")
+    alone = A.cross_validate(X, labels, samples, scheme="loocv", options=FAST)
+    assert res.options["candidates"] == ["noise", "signal"]
+    assert res.options["chosen"] == {s: "signal" for s in ("S0", "S1", "S2", "S3")}
+    for s, f1 in res.options["inner_f1"].items():
+        assert f1["signal"] > 0.8 and f1["noise"] < 0.4, (s, f1)
+    pd.testing.assert_series_equal(res.prediction, alone.prediction, check_names=False)
+    assert res.summary["f1"] == pytest.approx(alone.summary["f1"])
+    # 4-fold within samples: the inner folds split the training spots the same way
+    res4 = A.cross_validate({"noise": noise, "signal": X}, labels, samples, scheme="4cv", options=FAST)
+    assert set(res4.options["chosen"].values()) == {"signal"}
+    # spots are evaluated only where every candidate is finite
+    holes = X.copy()
+    holes[:5] = np.nan
+    res_nan = A.cross_validate({"signal": X, "holes": holes}, labels, samples, options=FAST)
+    assert res_nan.prediction.iloc[:5].isna().all() and res_nan.prediction.iloc[5:].notna().all()
+    with pytest.raises(ParameterError, match="different numbers of rows"):
+        A.cross_validate({"a": X, "b": X[:-1]}, labels, samples, options=FAST)
+
+
+def test_the_corrected_pca_beside_measured_features_is_offered_and_chosen_per_fold(prepared, tmp_path):
+    """``mima_corrected_pca-with-measured`` (the representation that keeps a class only a few measured features mark)
+    is listed first, its candidates are the corrected PCA alone and beside each modality's measured features
+    (NaN where that modality was not measured), and predicting from it writes the per-fold choice."""
+    import copy
+
+    from spatialmix.errors import ProjectError
+    from spatialmix.project import load_project, save_project
+
+    sdata = copy.deepcopy(prepared)
+    reps = A.representations_of(sdata)
+    assert reps[0] == "mima_corrected_pca-with-measured" and "mima_corrected_pca" in reps
+    cands = A.representation_candidates(sdata, reps[0])
+    tables = [t for t in ("rna", "msi", "morphology") if t in sdata.tables]
+    assert list(cands) == ["mima_corrected_pca"] + [f"mima_corrected_pca-with-raw_{t}" for t in tables]
+    base = np.asarray(sdata.tables["rna"].obsm["X_mima_corrected_pca"])
+    msi = cands["mima_corrected_pca-with-raw_msi"]
+    assert msi.shape == (len(base), base.shape[1] + sdata.tables["msi"].n_vars)
+    np.testing.assert_array_equal(msi[:, :base.shape[1]], base)
+    covered = sdata.tables["msi"].obs["msi_covered"].reindex(sdata.tables["rna"].obs_names).to_numpy(bool)
+    assert np.isnan(msi[~covered, base.shape[1]:]).all() and np.isfinite(msi[covered, base.shape[1]:]).all()
+    with pytest.raises(ProjectError, match="choice among several"):
+        A.representation_matrix(sdata, reps[0])
+    from spatialmix.progress import run
+
+    res = run(A.iter_predict_annotations(sdata, reps[0], options=FAST))
+    assert set(res.options["chosen"]) == set(sdata.tables["rna"].obs["sample"].astype(str))
+    assert set(res.options["chosen"].values()) <= set(cands)
+    assert f"pred_{reps[0]}" in sdata.tables["rna"].obs
+    again = load_project(save_project(sdata, tmp_path / "p.zarr"))  # names SpatialData accepts, choices kept
+    stored = A.stored_predictions(again, reps[0])
+    assert stored["scores"]["options"]["chosen"] == res.options["chosen"]
+    assert stored["scores"]["f1"] == pytest.approx(res.summary["f1"])

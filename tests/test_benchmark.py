@@ -12,6 +12,7 @@ from spatialmix.cli import main
 
 REPS = {"raw_rna", "raw_msi", "raw_morphology", "raw_concat", "pca_rna", "pca_msi", "pca_morphology",
         "pca_concat", "harmony", "mima", "mima_corrected_pca", "mima_harmony"}
+CHOSEN = "mima_corrected_pca-with-measured"
 
 
 @pytest.fixture(scope="module")
@@ -26,10 +27,21 @@ def bench(saved_project, tmp_path_factory):
 def test_benchmark_scores_every_representation_on_the_same_spots(bench):
     out, m = bench
     reps = m["representations"]
-    assert set(reps) == REPS
+    assert set(reps) == REPS | {CHOSEN}
     assert m["n_evaluated_spots"] == 918 and m["n_spots"] == 1290  # spots with RNA, MSI and H&E
     assert m["classifier"]["excluded_classes"] == ["Nerve"]  # the paper's exclusions present in the sample
-    for name, e in reps.items():
+    # MIMA's annotation representation: each fold chose the corrected PCA alone or beside one modality's measured
+    # features, inside its training samples; scored on the same spots, and no scIB row (it is not an embedding)
+    chosen = reps[CHOSEN]
+    assert chosen["candidates"] == ["mima_corrected_pca"] + [f"mima_corrected_pca-with-raw_{t}"
+                                                             for t in ("rna", "msi", "morphology")]
+    assert "scib" not in chosen and chosen["source"] == "mima"
+    for scheme in ("loocv", "4cv"):
+        assert set(chosen[scheme]["chosen"].values()) <= set(chosen["candidates"])
+        assert len(chosen[scheme]["chosen"]) == 4 and chosen[scheme]["n_spots"] == reps["mima"][scheme]["n_spots"]
+        for fold, f1 in chosen[scheme]["inner_f1"].items():  # the choice is the best inner score
+            assert f1[chosen[scheme]["chosen"][fold]] == max(f1.values())
+    for name, e in ((n, e) for n, e in reps.items() if n != CHOSEN):
         s = e["scib"]
         assert 0 <= s["Bio conservation"] <= 1 and 0 <= s["Batch correction"] <= 1
         assert s["Total"] == pytest.approx(0.4 * s["Batch correction"] + 0.6 * s["Bio conservation"])
@@ -66,7 +78,7 @@ def test_benchmark_measures_translation_and_unpaired_alignment_of_the_model(benc
                            "translation_beats_own_annotation_centroid", "translation_r_at_least_ridge_and_knn",
                            "annotation_representation_loocv_f1_above_each_raw_modality"}
     annot = claims["annotation_representation_loocv_f1_above_each_raw_modality"]
-    assert annot["mima_corrected_pca"] == m["representations"]["mima_corrected_pca"]["loocv"]["f1"]
+    assert annot[CHOSEN] == m["representations"][CHOSEN]["loocv"]["f1"]
     assert claims["translation_beats_own_annotation_centroid"]["directions"] == 9
 
 
@@ -75,11 +87,11 @@ def test_benchmark_writes_table_report_figures_and_predictions(bench):
 
     out, m = bench
     csv = pd.read_csv(out / "metrics.csv", index_col=0)
-    assert set(csv.index) == REPS
+    assert set(csv.index) == REPS | {CHOSEN}
     assert csv.loc["mima", "loocv_f1"] == pytest.approx(m["representations"]["mima"]["loocv"]["f1"])
     assert "scib_total" in csv and "translation_rna+morphology->msi_model_mse" in csv
     per_class = pd.read_csv(out / "annotation_per_class.csv")
-    assert set(per_class["representation"]) == REPS and set(per_class["scheme"]) == {"loocv", "4cv"}
+    assert set(per_class["representation"]) == REPS | {CHOSEN} and set(per_class["scheme"]) == {"loocv", "4cv"}
     assert "Nerve" not in set(per_class["class"]) and (per_class["n_folds"] >= 1).all()
     report = (out / "report.md").read_text()
     assert "| harmony | baseline | 100 |" in report and "The paper's claims" in report

@@ -296,10 +296,10 @@ def test_explore_widget_shows_every_output(trained_viewer, tmp_path):
     # the representation to predict from: MIMA's corrected-feature PCA once written, even when the dock showed
     # another item before (raw_rna, before any model); a representation the user picked is kept instead
     rep = ex.rep_combo
-    assert rep.currentText() == "mima_corrected_pca"
+    assert rep.currentText() == "mima_corrected_pca-with-measured"
     rep.setCurrentText("raw_rna")  # what the dock shows before training
     state.changed.emit("results")
-    assert rep.currentText() == "mima_corrected_pca"
+    assert rep.currentText() == "mima_corrected_pca-with-measured"
     rep.setCurrentText("raw_rna")
     rep.activated.emit(rep.findText("raw_rna"))  # the user picks it
     state.changed.emit("results")
@@ -361,9 +361,10 @@ def test_explore_widget_shows_every_output(trained_viewer, tmp_path):
 
     # predicted annotations beside the pathologist's, same colours, agreement, legend, F1 table, confusion
     ex.ensemble_options = EnsembleOptions(n_bags=2, n_trees=10)
-    # MIMA's representation for annotation prediction is offered and picked first; the PoE stays a choice
-    assert ex.rep_combo.currentText() == "mima_corrected_pca"
-    assert "mima" in [ex.rep_combo.itemText(i) for i in range(ex.rep_combo.count())]
+    # MIMA's representations for annotation prediction stay offered beside the PoE
+    assert ex.rep_combo.currentText() == "mima_corrected_pca"  # the user's pick above is kept
+    assert {"mima", "mima_corrected_pca-with-measured"} <= {ex.rep_combo.itemText(i)
+                                                            for i in range(ex.rep_combo.count())}
     ex.rep_combo.setCurrentText("mima")
     ex.predict()
     wait(ex.panel)

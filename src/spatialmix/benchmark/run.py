@@ -173,9 +173,40 @@ def _iter_annotation_cv(run: _Run, metrics: dict):
             entry[scheme] = {k: v for k, v in r.to_dict().items() if k not in ("representation", "options")}
             entry[scheme]["confusion"] = json.loads(r.confusion.to_json(orient="split"))
         metrics["representations"][rep.name] = entry
+    yield from _iter_annotation_choice(run, metrics, schemes)
     if run.first is not None:
         metrics["classifier"]["excluded_classes"] = run.first.excluded
         metrics["classifier"]["classes"] = run.first.classes
+
+
+def _iter_annotation_choice(run: _Run, metrics: dict, schemes: tuple):
+    """Stage 3, continued: ``<model>_corrected_pca-with-measured`` for every corrected-feature PCA: in each fold
+    the corrected PCA alone or beside one modality's measured features (the ``raw_<m>`` inputs), whichever scores
+    best in an inner cross-validation on that fold's training samples (``iter_cross_validate`` with candidates;
+    docs/models.md, "Annotation representation"). Scored like the others, with each fold's choice; not an
+    embedding, so it has no scIB row."""
+    from spatialmix.evaluate import annotations as ann_mod
+
+    raw = {r.name: r.X for r in run.reps if r.kind == "raw" and r.name != "raw_concat"}
+    bases = [r for r in run.reps if r.kind == "model" and r.name.endswith("_corrected_pca")]
+    for i, rep in enumerate(bases if schemes and raw else []):
+        name = rep.name + ann_mod.MEASURED
+        candidates = {rep.name: rep.X, **{f"{rep.name}{ann_mod.JOIN}{k}": np.hstack([rep.X, v]).astype(np.float32)
+                                          for k, v in raw.items()}}
+        entry = {"kind": rep.kind, "source": rep.source, "dims": int(rep.X.shape[1]), "candidates": list(candidates),
+                 **rep.resources}
+        run.results[name] = {}
+        for scheme in schemes:
+            r = yield from forward(ann_mod.iter_cross_validate(
+                candidates, run.labels, run.samples, representation=name, scheme=scheme, exclude=run.exclude,
+                mask=run.evaluated, n_folds=run.cv_folds, options=run.options),
+                f"annotations, chosen per fold {i + 1}/{len(bases)} ")
+            run.results[name][scheme] = r
+            entry[scheme] = {k: v for k, v in r.to_dict().items() if k not in ("representation", "options")}
+            entry[scheme]["confusion"] = json.loads(r.confusion.to_json(orient="split"))
+            entry[scheme]["chosen"] = r.options["chosen"]
+            entry[scheme]["inner_f1"] = r.options["inner_f1"]
+        metrics["representations"][name] = entry
 
 
 def _iter_scib(run: _Run, metrics: dict):

@@ -207,7 +207,12 @@ def iter_cross_validate(X, labels, samples, *, representation: str = "X", scheme
     Parameters
     ----------
     X
-        (n_spots, n_features) representation (raw inputs, concatenated inputs or an embedding).
+        (n_spots, n_features) representation (raw inputs, concatenated inputs or an embedding), or a dict
+        ``{name: matrix}`` of candidate representations: then every fold chooses one by an inner cross-validation
+        on its training spots only (:func:`_choose`: the same scheme, the same ensemble and per-class scoring,
+        the best mean F1 wins) and predicts its test spots with it; the result's ``options["chosen"]`` names the
+        choice of every fold and ``options["inner_f1"]`` the inner scores. Spots are evaluated where every
+        candidate is finite, so that every fold's choice is made and used on the same spots.
     labels
         The pathologist's class per spot (NaN / None for unlabelled).
     samples
@@ -230,6 +235,16 @@ def iter_cross_validate(X, labels, samples, *, representation: str = "X", scheme
     if min_instances < 1 or n_folds < 2:
         raise ParameterError(f"min_instances must be >= 1 and n_folds >= 2, got {min_instances}, {n_folds}")
     options = options or EnsembleOptions()
+    candidates = None
+    if isinstance(X, dict):
+        if not X:
+            raise ParameterError("no candidate representation to choose from")
+        candidates = {str(k): (v.toarray() if sp.issparse(v) else np.asarray(v, dtype=np.float32))
+                      for k, v in X.items()}
+        shapes = {k: v.shape[0] for k, v in candidates.items()}
+        if len(set(shapes.values())) > 1:
+            raise ParameterError(f"candidate representations have different numbers of rows: {shapes}")
+        X = next(iter(candidates.values()))
     X = X.toarray() if sp.issparse(X) else np.asarray(X, dtype=np.float32)
     n = X.shape[0]
     if index is None:
@@ -238,7 +253,7 @@ def iter_cross_validate(X, labels, samples, *, representation: str = "X", scheme
     samples = np.asarray(samples).astype(str)
     if len(lab) != n or len(samples) != n:
         raise ParameterError(f"X has {n} rows but {len(lab)} labels and {len(samples)} sample names")
-    finite = np.isfinite(X).all(axis=1)
+    finite = np.logical_and.reduce([np.isfinite(C).all(axis=1) for C in (candidates or {"X": X}).values()])
     mask = finite if mask is None else (np.asarray(mask, bool) & finite)
     if mask.sum() < 10:
         raise ParameterError(f"only {int(mask.sum())} spots to evaluate for {representation!r}; need at least 10")
@@ -258,11 +273,15 @@ def iter_cross_validate(X, labels, samples, *, representation: str = "X", scheme
     folds = _folds(scheme, samples[ev], n_folds, options.seed)
     pred = np.full(n, None, dtype=object)
     conf = np.full(n, np.nan)
-    rows = []
+    rows, chosen, inner_f1 = [], {}, {}
     for k, (name, test_ev) in enumerate(folds):
         yield Progress(f"{representation}: {scheme} fold {name}", k, len(folds))
         test, train = ev[test_ev], ev[~test_ev]
         train = train[usable[train]]
+        if candidates is not None:
+            chosen[name], inner_f1[name] = _choose(candidates, train, y, samples, classes, scheme, n_folds,
+                                                   min_instances, options)
+            X = candidates[chosen[name]]
         model = OneVsRestEnsemble(options).fit(X[train], y[train], classes)
         p, c, _ = model.predict(X[test])
         pred[test], conf[test] = p, c
@@ -270,9 +289,34 @@ def iter_cross_validate(X, labels, samples, *, representation: str = "X", scheme
         for r in _scores(y[scored], pred[scored].astype(str), classes, min_instances):
             rows.append({"fold": name, **r})
     yield Progress(f"{representation}: {scheme}", len(folds), len(folds))
+    extra = {} if candidates is None else {"candidates": list(candidates), "chosen": chosen, "inner_f1": inner_f1}
     return _result(representation, scheme, pred, conf, y, mask, labelled, usable, rows, classes, excluded, index,
                    {"n_bags": options.n_bags, "n_trees": options.n_trees, "seed": options.seed,
-                    "min_instances": min_instances, "n_folds": len(folds)})
+                    "min_instances": min_instances, "n_folds": len(folds), **extra})
+
+
+def _choose(candidates: dict, train: np.ndarray, y: np.ndarray, samples: np.ndarray, classes: list[str],
+            scheme: str, n_folds: int, min_instances: int, options: EnsembleOptions) -> tuple[str, dict]:
+    """The candidate with the best mean F1 in a cross-validation on the training spots ``train`` alone (the
+    outer fold's test spots are never looked at), and every candidate's inner mean F1. The inner folds follow
+    the outer scheme: leave one training sample out, or, with fewer than two training samples, or for ``"4cv"``,
+    ``n_folds``-fold within the samples. A class missing from an inner training part is simply not predicted
+    there, as in the outer folds. Ties go to the first candidate (the order given)."""
+    inner_scheme = "loocv" if scheme == "loocv" and len(set(samples[train])) >= 2 else "4cv"
+    folds = _folds(inner_scheme, samples[train], n_folds, options.seed)
+    f1 = {}
+    for cname, C in candidates.items():
+        scores = []
+        for _, test_in in folds:
+            itest, itrain = train[test_in], train[~test_in]
+            present = [c for c in classes if (y[itrain] == c).sum() >= 2]
+            if len(present) < 2 or not len(itest):
+                continue
+            p, _, _ = OneVsRestEnsemble(options).fit(C[itrain], y[itrain], present).predict(C[itest])
+            scores += [r["f1"] for r in _scores(y[itest], p.astype(str), classes, min_instances)]
+        f1[cname] = round(float(np.mean(scores)), 4) if scores else float("nan")
+    finite = {k: v for k, v in f1.items() if np.isfinite(v)}
+    return (max(finite, key=finite.get) if finite else next(iter(candidates))), f1
 
 
 def _result(representation, scheme, pred, conf, y, evaluated, labelled, usable, rows, classes, excluded, index,
@@ -429,26 +473,69 @@ def write_predictions_into(table, result: AnnotationResult, *, name: str | None 
     return cols
 
 
+#: joins representations shown side by side (``mima_corrected_pca-with-raw_rna``); "-" because SpatialData accepts
+#: only letters, digits, "_", "." and "-" in the names of the columns predictions are written to
+JOIN = "-with-"
+#: suffix of the representation that lets every fold choose, inside its training samples, between a corrected
+#: PCA alone and beside one modality's measured features (:func:`representation_candidates`)
+MEASURED = f"{JOIN}measured"
+
+
 def representations_of(sdata) -> list[str]:
-    """Representations of a project that annotations can be predicted from: every model embedding
-    (``obsm["X_<name>"]`` of the ``rna`` table, e.g. ``mima``, ``harmony``) and the raw inputs ``raw_<table>``."""
+    """Representations of a project that annotations can be predicted from: for every corrected-feature PCA
+    (``<key>_corrected_pca``) first ``<key>_corrected_pca-with-measured`` (:data:`MEASURED`: it alone or beside one
+    modality's measured features, chosen in each fold by an inner cross-validation), then every model embedding
+    (``obsm["X_<name>"]`` of the ``rna`` table, e.g. ``mima``, ``harmony``) and the raw inputs ``raw_<table>``.
+    Any of them joined by ``-with-`` (:data:`JOIN`, e.g. ``mima_corrected_pca-with-raw_rna``) is accepted too: the
+    blocks side by side."""
     out = []
     if "rna" in sdata.tables:
         out += [k[2:] for k in sdata.tables["rna"].obsm
                 if k.startswith("X_") and not k.endswith(("_rgb", "_private", "_expert_weights"))
                 and k != "X_spatial"]
+    out = [f"{r}{MEASURED}" for r in out if r.endswith("_corrected_pca")] + out
     out += [f"raw_{t}" for t in ("rna", "msi", "morphology") if t in sdata.tables]
     return out
 
 
+def representation_candidates(sdata, representation: str) -> dict[str, np.ndarray] | None:
+    """For ``<base>-with-measured``: ``{<base>: ..., <base>-with-raw_<table>: ...}`` over the modality tables of the
+    project (the candidates :func:`iter_cross_validate` chooses from in every fold); None for any other name.
+
+    Why: a corrected PCA keeps the classes several modalities mark, but a class only a few measured features of one
+    modality mark (simulator seed 11: ISUP1 / ISUP3 in a handful of genes) is lost in any embedding of a few dozen
+    dimensions, and the forest needs those features themselves. Which modality carries such a class is not known
+    without labels, so it is chosen inside the training samples (docs/models.md, "Annotation representation")."""
+    if not representation.endswith(MEASURED):
+        return None
+    base = representation[:-len(MEASURED)]
+    names = [base] + [f"{base}{JOIN}raw_{t}" for t in ("rna", "msi", "morphology") if t in sdata.tables]
+    return {name: representation_matrix(sdata, name)[0] for name in names}
+
+
 def representation_matrix(sdata, representation: str) -> tuple[np.ndarray, pd.Index]:
     """(X, spot names) of a representation named as in :func:`representations_of`; rows of spots without the
-    modality (``msi_covered`` / ``he_covered`` False) are NaN, so they are predicted but not evaluated."""
+    modality (``msi_covered`` / ``he_covered`` False) are NaN, so they are predicted but not evaluated.
+    ``a-with-b``: the blocks side by side, rows matched by spot name to the ``rna`` table (NaN where a table has no
+    such spot)."""
     from spatialmix.data import COVERED_KEYS
     from spatialmix.errors import ProjectError
 
     if "rna" not in sdata.tables:
         raise ProjectError("the project has no 'rna' spot table; build the spot tables first")
+    if representation.endswith(MEASURED):
+        raise ProjectError(f"{representation!r} is a choice among several representations, not one matrix: use "
+                           "representation_candidates, or iter_predict_annotations, which chooses per fold")
+    if JOIN in representation:
+        names = sdata.tables["rna"].obs_names
+        parts = []
+        for part in representation.split(JOIN):
+            X, idx = representation_matrix(sdata, part)
+            if not idx.equals(names):
+                where = idx.get_indexer(names)
+                X = np.where((where >= 0)[:, None], X[np.maximum(where, 0)], np.nan).astype(np.float32)
+            parts.append(X)
+        return np.hstack(parts), names
     if representation.startswith("raw_"):
         table = representation[4:]
         if table not in sdata.tables:
@@ -473,12 +560,18 @@ def iter_predict_annotations(sdata, representation: str = "mima", *, annotation_
                              options: EnsembleOptions | None = None, write: bool = True):
     """Cross-validated prediction of the pathologist's annotation from one representation of a project, written
     back as ``pred_<representation>``, its confidence and ``agree_<representation>`` (:func:`write_predictions`).
+    ``<key>_corrected_pca-with-measured`` chooses in every fold among the candidates of
+    :func:`representation_candidates`; the choices are in the stored scores' ``options["chosen"]``.
 
     Yields progress per fold and returns the :class:`AnnotationResult`. Nothing is written unless it succeeds.
     """
     from spatialmix.errors import ProjectError
 
-    X, names = representation_matrix(sdata, representation)
+    candidates = representation_candidates(sdata, representation)
+    if candidates is not None:
+        X, names = candidates, sdata.tables["rna"].obs_names
+    else:
+        X, names = representation_matrix(sdata, representation)
     obs = sdata.tables["rna"].obs
     if annotation_key not in obs:
         raise ProjectError(f"the project has no annotation column {annotation_key!r} "

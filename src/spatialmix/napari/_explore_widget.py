@@ -228,8 +228,10 @@ class ExploreWidget(QWidget):
         # the user's pick, else MIMA's representation for annotation prediction once written (docs/models.md,
         # "Annotation representation"); an item the dock itself showed first (e.g. raw_rna before training) does
         # not count as a choice
+        # (the corrected PCA alone or beside one modality's measured features, chosen per fold; the corrected PCA
+        # alone where no measured table is there to choose from)
         preferred = self._rep_chosen if self._rep_chosen in reps else next(
-            (r for r in reps if r.endswith("_corrected_pca")), None)
+            (r for r in reps if r.endswith(("_corrected_pca-with-measured", "_corrected_pca"))), None)
         if preferred is not None:
             self.rep_combo.blockSignals(True)
             self.rep_combo.setCurrentIndex(-1)
