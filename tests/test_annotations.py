@@ -179,8 +179,10 @@ def test_the_corrected_pca_beside_measured_features_is_offered_and_chosen_per_fo
     assert reps[0] == "mima_corrected_pca-with-measured" and "mima_corrected_pca" in reps
     cands = A.representation_candidates(sdata, reps[0])
     tables = [t for t in ("rna", "msi", "morphology") if t in sdata.tables]
-    assert list(cands) == ["mima_corrected_pca"] + [f"mima_corrected_pca-with-raw_{t}" for t in tables]
+    assert list(cands) == ["mima_corrected_pca"] + [f"mima_corrected_pca-with-raw_{t}" for t in tables] + [
+        "-with-".join(["mima_corrected_pca"] + [f"raw_{t}" for t in tables])]
     base = np.asarray(sdata.tables["rna"].obsm["X_mima_corrected_pca"])
+    assert cands[list(cands)[-1]].shape[1] == base.shape[1] + sum(sdata.tables[t].n_vars for t in tables)
     msi = cands["mima_corrected_pca-with-raw_msi"]
     assert msi.shape == (len(base), base.shape[1] + sdata.tables["msi"].n_vars)
     np.testing.assert_array_equal(msi[:, :base.shape[1]], base)

@@ -33,8 +33,8 @@ def test_benchmark_scores_every_representation_on_the_same_spots(bench):
     # MIMA's annotation representation: each fold chose the corrected PCA alone or beside one modality's measured
     # features, inside its training samples; scored on the same spots, and no scIB row (it is not an embedding)
     chosen = reps[CHOSEN]
-    assert chosen["candidates"] == ["mima_corrected_pca"] + [f"mima_corrected_pca-with-raw_{t}"
-                                                             for t in ("rna", "msi", "morphology")]
+    assert chosen["candidates"] == ["mima_corrected_pca"] + [f"mima_corrected_pca-with-raw_{t}" for t in (
+        "rna", "msi", "morphology")] + ["mima_corrected_pca-with-raw_rna-with-raw_msi-with-raw_morphology"]
     assert "scib" not in chosen and chosen["source"] == "mima"
     for scheme in ("loocv", "4cv"):
         assert set(chosen[scheme]["chosen"].values()) <= set(chosen["candidates"])

@@ -181,7 +181,8 @@ def _iter_annotation_cv(run: _Run, metrics: dict):
 
 def _iter_annotation_choice(run: _Run, metrics: dict, schemes: tuple):
     """Stage 3, continued: ``<model>_corrected_pca-with-measured`` for every corrected-feature PCA: in each fold
-    the corrected PCA alone or beside one modality's measured features (the ``raw_<m>`` inputs), whichever scores
+    the corrected PCA alone, beside one modality's measured features (the ``raw_<m>`` inputs) or beside all of them,
+    whichever scores
     best in an inner cross-validation on that fold's training samples (``iter_cross_validate`` with candidates;
     docs/models.md, "Annotation representation"). Scored like the others, with each fold's choice; not an
     embedding, so it has no scIB row."""
@@ -191,8 +192,9 @@ def _iter_annotation_choice(run: _Run, metrics: dict, schemes: tuple):
     bases = [r for r in run.reps if r.kind == "model" and r.name.endswith("_corrected_pca")]
     for i, rep in enumerate(bases if schemes and raw else []):
         name = rep.name + ann_mod.MEASURED
-        candidates = {rep.name: rep.X, **{f"{rep.name}{ann_mod.JOIN}{k}": np.hstack([rep.X, v]).astype(np.float32)
-                                          for k, v in raw.items()}}
+        combos = [[k] for k in raw] + ([list(raw)] if len(raw) > 1 else [])  # each modality, then all of them
+        candidates = {rep.name: rep.X, **{ann_mod.JOIN.join([rep.name, *c]): np.hstack([rep.X, *(raw[k] for k in c)])
+                                          for c in combos}}
         entry = {"kind": rep.kind, "source": rep.source, "dims": int(rep.X.shape[1]), "candidates": list(candidates),
                  **rep.resources}
         run.results[name] = {}

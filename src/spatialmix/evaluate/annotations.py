@@ -500,7 +500,8 @@ def representations_of(sdata) -> list[str]:
 
 def representation_candidates(sdata, representation: str) -> dict[str, np.ndarray] | None:
     """For ``<base>-with-measured``: ``{<base>: ..., <base>-with-raw_<table>: ...}`` over the modality tables of the
-    project (the candidates :func:`iter_cross_validate` chooses from in every fold); None for any other name.
+    project, and ``<base>`` beside every table's measured features (``<base>-with-raw_rna-with-raw_msi...``): the
+    candidates :func:`iter_cross_validate` chooses from in every fold. None for any other name.
 
     Why: a corrected PCA keeps the classes several modalities mark, but a class only a few measured features of one
     modality mark (simulator seed 11: ISUP1 / ISUP3 in a handful of genes) is lost in any embedding of a few dozen
@@ -509,7 +510,8 @@ def representation_candidates(sdata, representation: str) -> dict[str, np.ndarra
     if not representation.endswith(MEASURED):
         return None
     base = representation[:-len(MEASURED)]
-    names = [base] + [f"{base}{JOIN}raw_{t}" for t in ("rna", "msi", "morphology") if t in sdata.tables]
+    raw = [f"raw_{t}" for t in ("rna", "msi", "morphology") if t in sdata.tables]
+    names = [base] + [f"{base}{JOIN}{r}" for r in raw] + ([JOIN.join([base, *raw])] if len(raw) > 1 else [])
     return {name: representation_matrix(sdata, name)[0] for name in names}
 
 
