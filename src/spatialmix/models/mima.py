@@ -388,9 +388,11 @@ class MIMA(BaseModel):
 
     def get_corrected_pca(self, n_components: int = 50, *, seed: int = 0, data=None,
                           corrected: dict | None = None) -> np.ndarray:
-        """The representation for annotation prediction (ours, ``docs/models.md``, "Annotation representation"):
-        the first ``n_components`` principal components of every modality's batch-corrected features
-        (:meth:`get_corrected`), each feature z-scored over the spots where it was measured, concatenated.
+        """The base of the representation for annotation prediction (ours, ``docs/models.md``, "Annotation
+        representation"): the first ``n_components`` principal components of every modality's batch-corrected
+        features (:meth:`get_corrected`), each feature z-scored over the spots where it was measured, concatenated.
+        Predictions use it alone or beside measured features, chosen per fold
+        (``spatialmix.evaluate.annotations.representation_candidates``).
 
         Measured with the benchmark's leave-one-sample-out ensemble, it keeps classes that one modality marks
         better than the shared PoE embedding does (a product of experts lets the other experts outvote a signal
