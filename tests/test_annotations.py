@@ -192,7 +192,9 @@ def test_the_corrected_pca_beside_measured_features_is_offered_and_chosen_per_fo
         A.representation_matrix(sdata, reps[0])
     from spatialmix.progress import run
 
-    res = run(A.iter_predict_annotations(sdata, reps[0], options=FAST))
+    assert A.default_representation(sdata) == reps[0]
+    res = run(A.iter_predict_annotations(sdata, options=FAST))  # no representation named: the default
+    assert res.representation == reps[0]
     assert set(res.options["chosen"]) == set(sdata.tables["rna"].obs["sample"].astype(str))
     assert set(res.options["chosen"].values()) <= set(cands)
     assert f"pred_{reps[0]}" in sdata.tables["rna"].obs

@@ -557,18 +557,31 @@ def representation_matrix(sdata, representation: str) -> tuple[np.ndarray, pd.In
     return np.asarray(ad.obsm[key], dtype=np.float32), ad.obs_names
 
 
-def iter_predict_annotations(sdata, representation: str = "mima", *, annotation_key: str = "pathologist",
+def default_representation(sdata) -> str | None:
+    """What annotations are predicted from when nobody names a representation (the Explore dock, the headless
+    API): ``<key>_corrected_pca-with-measured`` when a corrected PCA is written, else that PCA, else the first
+    embedding, else the first raw table (docs/models.md, "Annotation representation")."""
+    reps = representations_of(sdata)
+    return next((r for r in reps if r.endswith((MEASURED, "_corrected_pca"))), reps[0] if reps else None)
+
+
+def iter_predict_annotations(sdata, representation: str | None = None, *, annotation_key: str = "pathologist",
                              scheme: str = "loocv", exclude: Sequence[str] | None = PAPER_EXCLUDED,
                              options: EnsembleOptions | None = None, write: bool = True):
     """Cross-validated prediction of the pathologist's annotation from one representation of a project, written
     back as ``pred_<representation>``, its confidence and ``agree_<representation>`` (:func:`write_predictions`).
-    ``<key>_corrected_pca-with-measured`` chooses in every fold among the candidates of
-    :func:`representation_candidates`; the choices are in the stored scores' ``options["chosen"]``.
+    ``<key>_corrected_pca-with-measured`` (the default, :func:`default_representation`) chooses in every fold
+    among the candidates of :func:`representation_candidates`; the choices are in the stored scores'
+    ``options["chosen"]``.
 
     Yields progress per fold and returns the :class:`AnnotationResult`. Nothing is written unless it succeeds.
     """
     from spatialmix.errors import ProjectError
 
+    if representation is None:
+        representation = default_representation(sdata)
+        if representation is None:
+            raise ProjectError("no representation to predict from: build the spot tables or train a model")
     candidates = representation_candidates(sdata, representation)
     if candidates is not None:
         X, names = candidates, sdata.tables["rna"].obs_names

@@ -222,16 +222,16 @@ class ExploreWidget(QWidget):
         tables = [TABLE_LABELS[t] for t in TABLE_LABELS if sdata is not None and t in sdata.tables]
         fill_combo(self.table_combo, tables)
         self._table_changed()
-        from spatialmix.evaluate.annotations import representations_of
+        from spatialmix.evaluate.annotations import default_representation, representations_of
 
         reps = representations_of(sdata) if sdata is not None else []
         # the user's pick, else MIMA's representation for annotation prediction once written (docs/models.md,
         # "Annotation representation"); an item the dock itself showed first (e.g. raw_rna before training) does
         # not count as a choice
-        # (the corrected PCA alone or beside one modality's measured features, chosen per fold; the corrected PCA
-        # alone where no measured table is there to choose from)
-        preferred = self._rep_chosen if self._rep_chosen in reps else next(
-            (r for r in reps if r.endswith(("_corrected_pca-with-measured", "_corrected_pca"))), None)
+        # (the headless default: the corrected PCA alone or beside measured features, chosen per fold)
+        default = default_representation(sdata) if sdata is not None else None
+        preferred = self._rep_chosen if self._rep_chosen in reps else (
+            default if default is not None and "corrected_pca" in default else None)
         if preferred is not None:
             self.rep_combo.blockSignals(True)
             self.rep_combo.setCurrentIndex(-1)
