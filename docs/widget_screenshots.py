@@ -158,8 +158,9 @@ def main(out_dir: str = "/tmp/spatialmix-widget-shots") -> None:
 
     for ly in viewer.layers:
         ly.visible = False
-    # the dock's default representation: MIMA's corrected-feature PCA (docs/models.md, "Annotation representation")
-    assert ex.rep_combo.currentText() == "mima_corrected_pca", ex.rep_combo.currentText()
+    # the dock's default representation: MIMA's corrected-feature PCA alone or beside measured features, chosen per
+    # fold (docs/models.md, "Annotation representation")
+    assert ex.rep_combo.currentText() == "mima_corrected_pca-with-measured", ex.rep_combo.currentText()
     ex.scheme_combo.setCurrentText("loocv")
     ex.predict()
     wait(ex.panel)

@@ -385,6 +385,16 @@ def test_explore_widget_shows_every_output(trained_viewer, tmp_path):
     assert ex.f1_table.rowCount() >= 3
     assert ex.figure.axes and ex.figure.axes[0].get_xlabel() == "predicted"
     assert "LOOCV" in ex.scores_label.text() and "F1" in ex.scores_label.text()
+    assert "chosen per fold" not in ex.scores_label.text()
+    # a representation chosen in every fold (the default, ..._corrected_pca-with-measured) says what each fold chose
+    from spatialmix.evaluate.annotations import stored_predictions
+
+    stored = stored_predictions(state.sdata, "mima")
+    stored["scores"].update(representation="mima_corrected_pca-with-measured", options={"chosen": {
+        "P1_S1": "mima_corrected_pca", "P1_S2": "mima_corrected_pca-with-raw_rna"}})
+    ex._show_scores(stored, {})
+    assert "mima_corrected_pca chosen per fold" in ex.scores_label.text()
+    assert "P1_S1: alone; P1_S2: + raw_rna" in ex.scores_label.text()
 
     # save, export, and reopen: the outputs come back
     save = SaveWidget(viewer)

@@ -506,7 +506,8 @@ class ExploreWidget(QWidget):
         self.scores_label.setText(
             f"<b>{sc['representation']}</b>, {sc['scheme'].upper()}: {sc['n_spots']} scored spots, accuracy "
             f"{sc['overall_accuracy']:.2f}, mean per-class F1 {sc['f1']:.2f} (precision {sc['precision']:.2f}, "
-            f"recall {sc['recall']:.2f}); excluded: {', '.join(sc.get('excluded', [])) or 'none'}")
+            f"recall {sc['recall']:.2f}); excluded: {', '.join(sc.get('excluded', [])) or 'none'}"
+            + _choices_text(sc.get("options", {}).get("chosen"), sc["representation"]))
         swatch = '<span style="background-color:{c}">&nbsp;&nbsp;&nbsp;&nbsp;</span>&nbsp;{k}'
         classes = [swatch.format(c=c, k=k) for (kind, k), c in legend.items() if kind == "class"]
         agree = [swatch.format(c=c, k=k) for (kind, k), c in legend.items() if kind == "agreement"]
@@ -523,6 +524,23 @@ class ExploreWidget(QWidget):
         draw_confusion(ax, stored["confusion"], fontsize=7,
                        title=f"{sc['representation']} ({sc['scheme'].upper()}), row-normalised")
         self.canvas.draw_idle()
+
+
+def _choices_text(chosen: dict | None, representation: str) -> str:
+    """"<br>mima_corrected_pca chosen per fold (...): P1_S1: + raw_rna; P1_S2: alone; ..." for a representation
+    chosen in every fold (``..._corrected_pca-with-measured``), else ""."""
+    if not chosen:
+        return ""
+    from spatialmix.evaluate.annotations import JOIN, MEASURED
+
+    base = representation[:-len(MEASURED)] if representation.endswith(MEASURED) else ""
+
+    def short(name: str) -> str:
+        extra = name[len(base):].split(JOIN)[1:] if base and name.startswith(base) else [name]
+        return "alone" if not extra else "+ " + " + ".join(extra)
+
+    return f"<br>{base or 'representation'} chosen per fold (inside its training samples): " + "; ".join(
+        f"{fold}: {short(name)}" for fold, name in chosen.items())
 
 
 def _annotation_key(sdata) -> str:
