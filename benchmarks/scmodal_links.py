@@ -5,7 +5,8 @@ sample, scored on the truly paired spots of the other samples against Harmony on
 features). Prints a table and writes JSON.
 
     python benchmarks/scmodal_links.py --benchmark /tmp/spatialmix-benchmarks/aligners_seed7 \
-        --max-per-feature 1 --out benchmarks/results/scmodal_links_seed7.json
+        --max-per-feature 1 --steps 2000 --out benchmarks/results/scmodal_links_seed7.json
+    python benchmarks/scmodal_links.py --project /tmp/exp/sim7.zarr --out benchmarks/results/scmodal_seed7.json
 """
 
 from __future__ import annotations
@@ -17,11 +18,17 @@ from pathlib import Path
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--benchmark", type=Path, required=True,
-                   help="an output folder of `spatialmix benchmark --models scmodal,...` (project.zarr, metrics.json)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--benchmark", type=Path,
+                     help="an output folder of `spatialmix benchmark --models scmodal` (project.zarr, metrics.json)")
+    src.add_argument("--project", type=Path, help="a prepared project (zarr) instead of a benchmark folder; then "
+                     "--sources and --annotation-key say what the benchmark's metrics.json would")
+    p.add_argument("--sources", default="P1_S1,P2_S1", help="with --project: the RNA samples (the first gives links)")
+    p.add_argument("--annotation-key", default="pathologist", help="with --project: the label column")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--max-per-feature", type=int, default=None, help="links per feature at most (1: one-to-one)")
-    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--steps", type=int, default=None,
+                   help="optimiser steps (default: scMODAL's own schedule, with its selection criterion)")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
 
@@ -32,12 +39,17 @@ def main(argv=None) -> int:
     from spatialmix.project import jsonable, load_project
 
     torch.set_num_threads(args.threads)
-    metrics = json.loads((args.benchmark / "metrics.json").read_text())
-    key, sources = metrics["annotation_key"], metrics["source_samples"]
-    mmd = MultiModalData.from_spatialdata(load_project(args.benchmark / "project.zarr"), annotation_key=key)
+    if args.benchmark is not None:
+        metrics = json.loads((args.benchmark / "metrics.json").read_text())
+        key, sources = metrics["annotation_key"], metrics["source_samples"]
+        project = args.benchmark / "project.zarr"
+    else:
+        metrics, key, sources, project = {}, args.annotation_key, args.sources.split(","), args.project
+    mmd = MultiModalData.from_spatialdata(load_project(project), annotation_key=key)
     samples = mmd.obs["sample"].astype(str).to_numpy()
     opts = {} if args.max_per_feature is None else {"max_per_feature": args.max_per_feature}
-    out, _ = _unpaired_alignment(mmd, mmd.obs[key], samples, sources, seed=0, train={"max_steps": args.steps},
+    train = {} if args.steps is None else {"max_steps": args.steps}
+    out, _ = _unpaired_alignment(mmd, mmd.obs[key], samples, sources, seed=0, train=train,
                                  params={}, link_options=opts)
     before = metrics.get("unpaired_alignment", {})
     print(f"links {opts or 'unlimited'}: {out['setup']['distinct_linked_features']} distinct (rna, msi) features")
@@ -48,7 +60,8 @@ def main(argv=None) -> int:
                 print(f"| {label} | {tag} | {res['foscttm']:.3f} | {res['label_transfer_rna_to_msi']:.3f} | "
                       f"{res['label_transfer_msi_to_rna']:.3f} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(jsonable({"benchmark": str(args.benchmark), "steps": args.steps, **out}), indent=2))
+    args.out.write_text(json.dumps(jsonable({"benchmark": str(args.benchmark or project), "steps": args.steps, **out}),
+                                   indent=2))
     print(f"written {args.out}")
     return 0
 
