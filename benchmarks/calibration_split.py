@@ -19,6 +19,52 @@ from pathlib import Path
 import numpy as np
 
 
+class Split:
+    """A prepared case (``/tmp/exp/<case>.zarr``, prepared on first use) split into ``sources`` and targets, with
+    logistic regression on the standardised concatenated raw features of the labelled source spots."""
+
+    def __init__(self, case: str, sources: list[str]):
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.preprocessing import StandardScaler
+
+        from spatialmix import datasets
+        from spatialmix.data import MultiModalData
+        from spatialmix.evaluate import annotations as ann
+        from spatialmix.models.baselines import common_spots, concatenated
+        from spatialmix.pipeline import iter_prepare
+        from spatialmix.progress import run
+        from spatialmix.project import load_project, save_project
+
+        zp = Path(f"/tmp/exp/{case}.zarr")
+        if not zp.exists():
+            zp.parent.mkdir(parents=True, exist_ok=True)
+            save_project(run(iter_prepare(datasets.CASES[case].build(), annotation_key="pathologist")), zp)
+        self.mmd = mmd = MultiModalData.from_spatialdata(load_project(zp), annotation_key="pathologist")
+        self.samples = mmd.obs["sample"].astype(str).to_numpy()
+        self.sources = list(sources)
+        self.labels = mmd.obs["pathologist"].astype(object)
+        self.evaluated = common_spots(mmd)
+        Xc, self.keep = concatenated(mmd)
+        full = np.zeros((mmd.n_obs, Xc.shape[1]))
+        full[self.keep] = Xc
+        y = np.array([str(v) for v in self.labels.to_numpy()])
+        self.train = (np.isin(self.samples, self.sources) & self.keep
+                      & ~np.isin(y, ["nan", "None", *ann.PAPER_EXCLUDED]))
+        self.y_train = y[self.train]
+        sc = StandardScaler().fit(full[self.train])
+        self.X = sc.transform(full)  # standardised raw features of every spot (rows without every modality: 0)
+        self.logistic_regression = LogisticRegression(max_iter=3000).fit(self.X[self.train], self.y_train)
+        batches_of = mmd.obs.groupby(mmd.obs["sample"].astype(str), observed=True)[mmd.batch_key].first()
+        self.source_batches = [str(batches_of[s]) for s in self.sources]
+
+    def score(self, pred, conf, name):
+        """The benchmark's ``score_predictions``: mean per-class F1 over the scored target spots."""
+        from spatialmix.evaluate import annotations as ann
+
+        return ann.score_predictions(pred, conf, self.labels, self.samples, source_samples=self.sources,
+                                     representation=name, mask=self.evaluated, index=self.labels.index)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--case", default="sim0")
@@ -29,54 +75,27 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     import torch
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.preprocessing import StandardScaler
 
-    from spatialmix import datasets
-    from spatialmix.data import MultiModalData
-    from spatialmix.evaluate import annotations as ann
-    from spatialmix.models.baselines import common_spots, concatenated
     from spatialmix.models.calibration import Calibration
-    from spatialmix.pipeline import iter_prepare
-    from spatialmix.progress import run
-    from spatialmix.project import jsonable, load_project, save_project
+    from spatialmix.project import jsonable
 
     torch.set_num_threads(args.threads)
-    zp = Path(f"/tmp/exp/{args.case}.zarr")
-    if not zp.exists():
-        zp.parent.mkdir(parents=True, exist_ok=True)
-        save_project(run(iter_prepare(datasets.CASES[args.case].build(), annotation_key="pathologist")), zp)
-    mmd = MultiModalData.from_spatialdata(load_project(zp), annotation_key="pathologist")
-    samples = mmd.obs["sample"].astype(str).to_numpy()
-    sources = args.sources.split(",")
-    labels = mmd.obs["pathologist"].astype(object)
-    evaluated = common_spots(mmd)
+    split = Split(args.case, args.sources.split(","))
+    mmd, samples, sources, labels, evaluated = split.mmd, split.samples, split.sources, split.labels, split.evaluated
 
-    def score(pred, conf, name):
-        return ann.score_predictions(pred, conf, labels, samples, source_samples=sources, representation=name,
-                                     mask=evaluated, index=labels.index)
-
-    # logistic regression on the standardised concatenated raw features of the labelled source spots
-    Xc, keep = concatenated(mmd)
-    full = np.zeros((mmd.n_obs, Xc.shape[1]))
-    full[keep] = Xc
-    y = np.array([str(v) for v in labels.to_numpy()])
-    train = np.isin(samples, sources) & keep & ~np.isin(y, ["nan", "None", *ann.PAPER_EXCLUDED])
-    sc = StandardScaler().fit(full[train])
-    clf = LogisticRegression(max_iter=3000).fit(sc.transform(full[train]), y[train])
-    P = clf.predict_proba(sc.transform(full[keep]))
+    keep, clf = split.keep, split.logistic_regression
+    P = clf.predict_proba(split.X[keep])
     pred_lr, conf_lr = np.full(mmd.n_obs, None, object), np.full(mmd.n_obs, np.nan)
     pred_lr[keep], conf_lr[keep] = clf.classes_[P.argmax(1)], P.max(1)
-    lr = score(pred_lr, conf_lr, "logistic_regression")
+    lr = split.score(pred_lr, conf_lr, "logistic_regression")
 
     params = json.loads(args.params)
-    batches_of = mmd.obs.groupby(mmd.obs["sample"].astype(str), observed=True)[mmd.batch_key].first()
     t = time.perf_counter()
-    m = Calibration(mmd, source_batches=[str(batches_of[s]) for s in sources], **params)
+    m = Calibration(mmd, source_batches=split.source_batches, **params)
     m.train(step_events=False)
     train_s = time.perf_counter() - t
     pred = m.predict_labels()
-    cal = score(pred["label"].astype(object).to_numpy(), pred["confidence"].to_numpy(float), "calibration")
+    cal = split.score(pred["label"].astype(object).to_numpy(), pred["confidence"].to_numpy(float), "calibration")
     target = ~np.isin(samples, sources) & evaluated
     classes = m.params["classes"]
     prior = getattr(m.module, "target_prior", None)

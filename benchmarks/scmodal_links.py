@@ -6,7 +6,8 @@ features). Prints a table and writes JSON.
 
     python benchmarks/scmodal_links.py --benchmark /tmp/spatialmix-benchmarks/aligners_seed7 \
         --max-per-feature 1 --steps 2000 --out benchmarks/results/scmodal_links_seed7.json
-    python benchmarks/scmodal_links.py --project /tmp/exp/sim7.zarr --out benchmarks/results/scmodal_seed7_default_form.json
+    python benchmarks/scmodal_links.py --project /tmp/exp/sim7.zarr \
+        --out benchmarks/results/scmodal_seed7_default_form.json
 """
 
 from __future__ import annotations
