@@ -9,8 +9,10 @@ peak GPU memory (``torch.cuda.max_memory_allocated``) and what the engine used
 (``train_config["accelerations"]``: compiled or why not, static shapes, TF32, fused Adam). The goal of issue
 16 is at most 20 s for 50 epochs on one H100 / H200.
 
-Configurations (``--configs``, default all six): ``eager-fp32``, ``eager-tf32``, ``eager-bf16``,
-``compiled-fp32``, ``compiled-tf32``, ``compiled-bf16`` (``bf16`` = ``precision="bf16-mixed"`` with TF32 on).
+Configurations (``--configs``, default all eight): ``eager-fp32``, ``eager-tf32``, ``eager-bf16``,
+``compiled-fp32``, ``compiled-tf32``, ``compiled-bf16`` (``bf16`` = ``precision="bf16-mixed"`` with TF32 on), all
+with batched decoders (the engine's default on CUDA), and ``eager-tf32-unbatched``, ``compiled-tf32-unbatched``
+(one decoder call per decoding, ``batched_decoders=False``).
 Prints a table and writes JSON (``--out``, default ``benchmarks/results/gpu_paper_scale.json``).
 
 Needs a CUDA GPU; ``--quick`` instead runs tiny shapes for one epoch on whatever device there is (a smoke test
@@ -36,6 +38,9 @@ CONFIGS = {
     "compiled-fp32": {"compile": "on", "tf32": "off", "precision": "32-true"},
     "compiled-tf32": {"compile": "on", "tf32": "on", "precision": "32-true"},
     "compiled-bf16": {"compile": "on", "tf32": "on", "precision": "bf16-mixed"},
+    # every configuration above decodes batched (the engine's default on CUDA); these two measure what that gives
+    "eager-tf32-unbatched": {"compile": "off", "tf32": "on", "precision": "32-true", "batched_decoders": "off"},
+    "compiled-tf32-unbatched": {"compile": "on", "tf32": "on", "precision": "32-true", "batched_decoders": "off"},
 }
 
 
@@ -67,6 +72,7 @@ def main(argv=None) -> dict:
         tmp = out.with_name(out.stem + f"_{name}.json")
         argv_child = ["--scales", "paper", "--device", device, "--epochs-paper", str(args.epochs),
                       "--precision", c["precision"], "--compile", c["compile"], "--tf32", c["tf32"],
+                      "--batched-decoders", c.get("batched_decoders", "auto"),
                       "--out", str(tmp), "--note", f"gpu_paper_scale {name}"]
         if args.paper_spots:
             argv_child += ["--paper-spots", str(args.paper_spots)]
@@ -84,13 +90,13 @@ def main(argv=None) -> dict:
                       "final_loss": tr["epochs"][-1]["loss"] if tr["epochs"] else None,
                       "final_val_loss": tr["epochs"][-1]["val_loss"] if tr["epochs"] else None,
                       "device": mem.get("cuda_device", device)}
-    print(f"{'config':<15} {'s/epoch':>8} {'wall s':>8} {'GPU MB':>8} {'val loss':>9}  accelerations")
+    print(f"{'config':<24} {'s/epoch':>8} {'wall s':>8} {'GPU MB':>8} {'val loss':>9}  accelerations")
     for name, r in rows.items():
         if "error" in r:
-            print(f"{name:<15} failed: {r['error']}")
+            print(f"{name:<24} failed: {r['error']}")
             continue
         f = train_speed._fmt
-        print(f"{name:<15} {f(r['seconds_per_epoch'], '.2f'):>8} {f(r['wall_seconds'], '.1f'):>8} "
+        print(f"{name:<24} {f(r['seconds_per_epoch'], '.2f'):>8} {f(r['wall_seconds'], '.1f'):>8} "
               f"{f(r['peak_gpu_mb'], '.0f'):>8} {f(r['final_val_loss'], '.4g'):>9}  {r['accelerations']}")
     result = {"benchmark": "gpu_paper_scale", "quick": args.quick, "epochs": args.epochs, "device": device,
               "goal": "<= 20 s for 50 epochs on one H100 / H200", "configs": rows}

@@ -23,6 +23,57 @@ from pathlib import Path
 import numpy as np
 
 
+class Case:
+    """The unpaired set-up of a development case, shared with ``scmodal_reference.py``: the two modalities, the
+    correlation links of one section, the scored cells (the other sections, both modalities measured) and their
+    scores (FOSCTTM, the anchor ratio, 15-NN label transfer both ways)."""
+
+    def __init__(self, name: str, *, link_section=None, link_top: int = 100, max_per_feature=None):
+        import torch
+
+        from spatialmix import datasets
+        from spatialmix.data import as_multimodal
+        from spatialmix.models._scmodal_module import mnn_pairs
+        from spatialmix.models.scmodal import correlation_links
+
+        case = datasets.CASES[name]
+        o = case.options()
+        lk = o.pop("label_key")
+        self.mmd = mmd = as_multimodal(case.build(), label_key=lk, **o)
+        self.a, self.b = a, b = mmd.modalities[:2]
+        samples = mmd.obs["sample"].astype(str).to_numpy()
+        self.ref = ref = link_section or sorted(set(samples))[0]
+        self.links = correlation_links(mmd, a, b, samples=[ref], top=link_top, max_per_feature=max_per_feature)
+        self.ev = ev = mmd.mask[a] & mmd.mask[b] & (samples != ref)
+        self.lab = mmd.labels.astype(str).to_numpy()
+        # an unsupervised criterion (needs no pairing, no labels): anchors = mutual nearest neighbours of the
+        # linked features over every scored cell; the anchors' mean squared latent distance over that of random
+        # pairs
+        self.linked_a = _zs(mmd.dense(a)[:, mmd.var_names[a].get_indexer([x[0] for x in self.links])][ev])
+        self.linked_b = _zs(mmd.dense(b)[:, mmd.var_names[b].get_indexer([x[1] for x in self.links])][ev])
+        self.anchors = mnn_pairs(torch.tensor(self.linked_a, dtype=torch.float32),
+                                 torch.tensor(self.linked_b, dtype=torch.float32), 30).numpy()
+        self.rand = np.random.default_rng(0).integers(0, int(ev.sum()), (20000, 2))
+
+    def scores(self, Za, Zb) -> dict:
+        """Scores of the latents of every spot (rows of ``Za`` / ``Zb``) on the scored cells."""
+        from spatialmix.evaluate.metrics import foscttm, label_transfer_accuracy
+
+        a, b, ev, lab = self.a, self.b, self.ev, self.lab
+        za, zb = Za[ev], Zb[ev]
+        ratio = (((za[self.anchors[:, 0]] - zb[self.anchors[:, 1]]) ** 2).sum(1).mean()
+                 / ((za[self.rand[:, 0]] - zb[self.rand[:, 1]]) ** 2).sum(1).mean())
+        return {"foscttm": round(foscttm(za, zb), 4), "anchor_ratio": round(float(ratio), 4),
+                f"label_transfer_{a}_to_{b}": round(label_transfer_accuracy(za, lab[ev], zb, lab[ev]), 4),
+                f"label_transfer_{b}_to_{a}": round(label_transfer_accuracy(zb, lab[ev], za, lab[ev]), 4)}
+
+
+def _zs(X):
+    X = X - X.mean(axis=0)
+    sd = X.std(axis=0)
+    return X / np.where(sd > 0, sd, 1.0)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--case", default="starmap")
@@ -40,47 +91,12 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from spatialmix import datasets
-    from spatialmix.data import as_multimodal
-    from spatialmix.evaluate.metrics import foscttm, label_transfer_accuracy
     from spatialmix.models.baselines import harmony, pca
-    from spatialmix.models.scmodal import SCMODAL, correlation_links
+    from spatialmix.models.scmodal import SCMODAL
 
-    case = datasets.CASES[args.case]
-    o = case.options()
-    lk = o.pop("label_key")
-    mmd = as_multimodal(case.build(), label_key=lk, **o)
-    a, b = mmd.modalities[:2]
-    samples = mmd.obs["sample"].astype(str).to_numpy()
-    sections = sorted(set(samples))
-    ref = args.link_section or sections[0]
-    links = correlation_links(mmd, a, b, samples=[ref], top=args.link_top)
-    ev = mmd.mask[a] & mmd.mask[b] & (samples != ref)
-    lab = mmd.labels.astype(str).to_numpy()
-
-    import torch
-    from spatialmix.models._scmodal_module import mnn_pairs
-
-    def zs(X):
-        X = X - X.mean(axis=0)
-        sd = X.std(axis=0)
-        return X / np.where(sd > 0, sd, 1.0)
-
-    # an unsupervised criterion (needs no pairing, no labels): anchors = mutual nearest neighbours of the linked
-    # features over every scored cell; the anchors' mean squared latent distance over that of random pairs
-    la0 = zs(mmd.dense(a)[:, mmd.var_names[a].get_indexer([x[0] for x in links])][ev])
-    lb0 = zs(mmd.dense(b)[:, mmd.var_names[b].get_indexer([x[1] for x in links])][ev])
-    anchors = mnn_pairs(torch.tensor(la0, dtype=torch.float32), torch.tensor(lb0, dtype=torch.float32), 30).numpy()
-    rng = np.random.default_rng(0)
-    rand = rng.integers(0, int(ev.sum()), (20000, 2))
-
-    def scores(Za, Zb):
-        za, zb = Za[ev], Zb[ev]
-        ratio = (((za[anchors[:, 0]] - zb[anchors[:, 1]]) ** 2).sum(1).mean()
-                 / ((za[rand[:, 0]] - zb[rand[:, 1]]) ** 2).sum(1).mean())
-        return {"foscttm": round(foscttm(Za[ev], Zb[ev]), 4), "anchor_ratio": round(float(ratio), 4),
-                f"label_transfer_{a}_to_{b}": round(label_transfer_accuracy(Za[ev], lab[ev], Zb[ev], lab[ev]), 4),
-                f"label_transfer_{b}_to_{a}": round(label_transfer_accuracy(Zb[ev], lab[ev], Za[ev], lab[ev]), 4)}
+    case = Case(args.case, link_section=args.link_section, link_top=args.link_top)
+    mmd, a, b, links, ev, ref, scores = case.mmd, case.a, case.b, case.links, case.ev, case.ref, case.scores
+    la0, lb0 = case.linked_a, case.linked_b
 
     # the baseline: Harmony on PCA of the row-stacked, standardised linked features (modality = Harmony's batch)
     st = np.vstack([la0, lb0])

@@ -33,7 +33,8 @@ Prints a table and writes JSON (``--out``, default ``benchmarks/results/train_sp
 
 Run: ``PYTHONPATH=src python benchmarks/train_speed.py [--device auto|cpu|cuda] [--threads 2]
 [--epochs-small 5] [--epochs-paper 1] [--precision 16-mixed] [--compile auto|on|off] [--tf32 on|off]
-[--static-shapes auto|on|off] [--scales small paper] [--quick]``. The GPU matrix (compile x fp32 / TF32 / bf16) is
+[--static-shapes auto|on|off] [--batched-decoders auto|on|off] [--scales small paper] [--quick]``.
+The GPU matrix (compile x fp32 / TF32 / bf16) is
 ``benchmarks/gpu_paper_scale.py``.
 """
 
@@ -442,7 +443,8 @@ def _child(scale: str, args) -> dict:
            "--project", str(args.project), "--max-epoch-minutes", str(args.max_epoch_minutes)]
     if args.paper_spots is not None:
         cmd += ["--paper-spots", str(args.paper_spots)]
-    cmd += ["--compile", args.compile, "--tf32", args.tf32, "--static-shapes", args.static_shapes]
+    cmd += ["--compile", args.compile, "--tf32", args.tf32, "--static-shapes", args.static_shapes,
+            "--batched-decoders", args.batched_decoders]
     if args.quick:
         cmd.append("--quick")
     res = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True, check=False)  # stderr: live progress
@@ -493,6 +495,8 @@ def parse_args(argv: list[str] | None = None):
     ap.add_argument("--tf32", choices=["on", "off"], default="on", help="TF32 matrix products on CUDA")
     ap.add_argument("--static-shapes", choices=["auto", "on", "off"], default="auto",
                     help="full mini-batches only (auto: the engine's default, on when compiling)")
+    ap.add_argument("--batched-decoders", choices=["auto", "on", "off"], default="auto",
+                    help="one decoder call per modality per step (auto: the engine's default, on with CUDA)")
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--project", type=Path, default=DEFAULT_PROJECT, help="the demo project for the small scale")
     ap.add_argument("--paper-spots", type=int, default=None,
@@ -516,13 +520,16 @@ def parse_args(argv: list[str] | None = None):
 
 
 def accelerations(args) -> dict:
-    """The engine options of --compile / --tf32 / --static-shapes ("auto": left to the engine)."""
+    """The engine options of --compile / --tf32 / --static-shapes / --batched-decoders ("auto": left to the
+    engine)."""
     flag = {"on": True, "off": False}
     out = {"tf32": args.tf32 == "on"}
     if args.compile != "auto":
         out["compile"] = flag[args.compile]
     if args.static_shapes != "auto":
         out["static_shapes"] = flag[args.static_shapes]
+    if args.batched_decoders != "auto":
+        out["batched_decoders"] = flag[args.batched_decoders]
     return out
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -60,7 +61,8 @@ def test_static_shapes_give_full_mini_batches_only():
     m = _Tiny().train(batch_size=64)
     assert m.module.rows_seen == [64, 64, 32] * 3
     assert m.train_config["accelerations"] == {"compile": False, "compile_mode": None, "static_shapes": False,
-                                               "tf32": False, "fused_adam": False}  # CPU: nothing changed
+                                               "tf32": False, "fused_adam": False,
+                                               "batched_decoders": None}  # CPU: nothing changed; one decoder
     s = _Tiny().train(batch_size=64, static_shapes=True)
     assert s.module.rows_seen == [64, 64] * 3
     assert s.train_config["schedule"]["steps_per_epoch"] == 2
@@ -167,3 +169,70 @@ def test_mima_trains_in_bf16_mixed_precision_with_float32_outputs():
     assert z.dtype == np.float32 and np.isfinite(z).all()
     corrected = bf16.get_corrected("b")
     assert corrected.dtype == np.float32 and np.isnan(corrected[~data.mask["b"]]).all()
+
+
+def _mima_toy():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_train import small_model, toy_data
+
+    return small_model, toy_data()
+
+
+def test_batched_decoders_make_one_call_per_modality_with_the_same_losses_and_gradients():
+    """batched_decoders (issue 16): MIMA's 5 decoder calls per modality and step (reconstruction from the product
+    of experts, 3 translations into it, reconstruction from its own shared latent) become 1 on the stacked
+    latents; without dropout (evaluation mode) every loss term and every gradient is the unbatched one's."""
+    small_model, data = _mima_toy()
+    torch.set_num_threads(1)
+    module = small_model(data).module
+    names = module.names
+    rows = slice(0, 64)
+    xs = [torch.as_tensor(data.X[m][rows]) for m in names]
+    masks = [torch.as_tensor(data.mask[m][rows]) for m in names]
+    batch = torch.as_tensor(pd.factorize(data.obs["sample"])[0][rows])
+    calls = [0] * len(names)
+    for i, vae in enumerate(module.vaes):
+        vae.decoder_out.register_forward_hook(lambda *_, i=i: calls.__setitem__(i, calls[i] + 1))
+    module.eval()
+    expected = [2 + sum(t == i for _, t in module.translation_pairs()) for i in range(len(names))]
+    assert expected == [5, 5, 5]
+
+    def run(batched):
+        module.batched_decoders = batched
+        module.zero_grad()
+        calls[:] = [0] * len(names)
+        total, terms = module.loss(xs, masks, batch)
+        total.backward()
+        grads = [p.grad.clone() for p in module.parameters() if p.grad is not None]
+        return list(calls), {k: float(v.detach()) for k, v in terms.items()}, grads
+
+    calls_u, terms_u, grads_u = run(False)
+    calls_b, terms_b, grads_b = run(True)
+    assert calls_u == expected and calls_b == [1, 1, 1]
+    assert terms_b.keys() == terms_u.keys()  # the same terms, in the same order
+    for k in terms_u:
+        assert terms_b[k] == pytest.approx(terms_u[k], rel=1e-5, abs=1e-7), k
+    assert len(grads_b) == len(grads_u)
+    for gb, gu in zip(grads_b, grads_u):
+        torch.testing.assert_close(gb, gu, rtol=1e-4, atol=1e-6)
+
+
+def test_batched_decoders_are_off_on_the_cpu_by_default_and_train_when_asked():
+    """Off on the CPU unless asked (seeded CPU runs stay what they were); asked for, MIMA trains to about the
+    same losses (only the dropout masks differ) and the run records it."""
+    small_model, data = _mima_toy()
+    torch.set_num_threads(1)
+    plain = small_model(data).train(epochs=6, lr=1e-3, batch_size=32)
+    assert plain.train_config["accelerations"]["batched_decoders"] is False
+    assert plain.module.batched_decoders is False
+    batched = small_model(data).train(epochs=6, lr=1e-3, batch_size=32, batched_decoders=True)
+    assert batched.train_config["accelerations"]["batched_decoders"] is True
+    a, b = _losses(plain), _losses(batched)
+    assert np.isfinite(b).all() and b[-1, 0] < 0.9 * b[0, 0]  # it learns
+    assert not np.array_equal(a, b)  # other dropout masks: not the unbatched run replayed
+    np.testing.assert_allclose(b[-1], a[-1], rtol=0.1)
+    with pytest.raises(ParameterError, match="batched_decoders"):
+        small_model(data).train(epochs=1, batched_decoders="sometimes")

@@ -218,6 +218,8 @@ class MIMAModule(nn.Module):
         super().__init__()
         likelihoods = list(likelihoods) if likelihoods is not None else ["mse"] * len(n_features)
         self.translation_weight = float(translation_weight)
+        # one decoder call per modality per training step (set by the training engine's `batched_decoders`)
+        self.batched_decoders = False
         self.translation_detach = bool(translation_detach)
         self.translation_poe = bool(translation_poe)
         self.names = list(names) if names is not None else [f"m{i}" for i in range(len(n_features))]
@@ -329,12 +331,18 @@ class MIMAModule(nn.Module):
                    batch_latent: torch.Tensor | None = None) -> torch.Tensor:
         """Decode shared (+ private) (+ batch) by ``modality``'s decoder: its raw output (the features for
         ``mse``, logits of the expression proportions for ``nb``; :meth:`ModalityVAE.expression` converts)."""
+        return self.vaes[modality].decode(self.decoder_input(shared, private, batch_latent))
+
+    @staticmethod
+    def decoder_input(shared: torch.Tensor, private: torch.Tensor | None = None,
+                      batch_latent: torch.Tensor | None = None) -> torch.Tensor:
+        """What a decoder decodes: the sum of the shared latent, and the private and batch latents if given."""
         z = shared
         if private is not None:
             z = z + private
         if batch_latent is not None:
             z = z + batch_latent
-        return self.vaes[modality].decode(z)
+        return z
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The training engine's entry point: ``batch`` holds ``x_<name>``, ``mask_<name>`` and ``batch``."""
@@ -354,31 +362,41 @@ class MIMAModule(nn.Module):
         enc, (poe_mu, poe_lv), z_poe, z = inf["enc"], inf["poe"], inf["z_poe"], inf["z"]
         terms: dict[str, torch.Tensor] = {}
         b = self.beta
-        shared = 0.0
-        for i, (vae, x, mask) in enumerate(zip(self.vaes, xs, masks)):
-            name = self.names[i]
-            rec = self.generative(i, z_poe, z[i]["private"], z[i]["batch"])
-            terms[f"recon_poe_{name}"] = vae.reconstruction_loss(x, rec, mask, counts[i])
-            shared = shared + terms[f"recon_poe_{name}"]
+        # every decoder call of the step goes through ``dec``: one call per decoding (the order the terms are
+        # listed in, as before batching existed) or, with ``batched_decoders``, one call per modality on its
+        # latents stacked by rows after every latent was drawn (see _Decodes)
+        dec = _Decodes(self.vaes, batched=self.batched_decoders)
+        recon_poe = [dec.add(i, self.decoder_input(z_poe, z[i]["private"], z[i]["batch"]))
+                     for i in range(len(self.vaes))]
+        translations = []
         if self.translation:
             for sources, t in self.translation_pairs():
                 both = masks[t] & torch.stack([masks[i] for i in sources]).any(dim=0)
                 # translation_detach (the paper's preset): the term trains the source's shared encoder and
                 # the target's decoder, not the target's batch latent
                 zb = self.target_batch_latent(inf, t, batch, encoded=True)
-                rec = self.generative(t, self.translation_latent(inf, masks, sources, stochastic=stochastic),
-                                      batch_latent=zb.detach() if self.translation_detach else zb)
-                key = f"translate_{'+'.join(self.names[i] for i in sources)}_to_{self.names[t]}"
-                terms[key] = self.vaes[t].reconstruction_loss(xs[t], rec, both, counts[t])
-                shared = shared + self.translation_weight * terms[key]
+                zt = self.decoder_input(self.translation_latent(inf, masks, sources, stochastic=stochastic),
+                                        batch_latent=zb.detach() if self.translation_detach else zb)
+                translations.append((sources, t, both, dec.add(t, zt)))
+        recon_own = [dec.add(i, self.decoder_input(z[i]["shared"], z[i]["private"], z[i]["batch"]))
+                     for i in range(len(self.vaes))]
+        dec.run()
+        shared = 0.0
+        for i, (vae, x, mask) in enumerate(zip(self.vaes, xs, masks)):
+            name = self.names[i]
+            terms[f"recon_poe_{name}"] = vae.reconstruction_loss(x, dec[recon_poe[i]], mask, counts[i])
+            shared = shared + terms[f"recon_poe_{name}"]
+        for sources, t, both, h in translations:
+            key = f"translate_{'+'.join(self.names[i] for i in sources)}_to_{self.names[t]}"
+            terms[key] = self.vaes[t].reconstruction_loss(xs[t], dec[h], both, counts[t])
+            shared = shared + self.translation_weight * terms[key]
         any_mod = torch.stack(list(masks)).any(dim=0)
         terms["kl_poe"] = masked_mean(kl_normal(poe_mu, poe_lv), any_mod)
         shared = shared + b["poe"] * terms["kl_poe"]
         private = 0.0
         for i, (vae, x, mask) in enumerate(zip(self.vaes, xs, masks)):
             name = self.names[i]
-            rec = self.generative(i, z[i]["shared"], z[i]["private"], z[i]["batch"])
-            terms[f"recon_{name}"] = vae.reconstruction_loss(x, rec, mask, counts[i])
+            terms[f"recon_{name}"] = vae.reconstruction_loss(x, dec[recon_own[i]], mask, counts[i])
             for k in ("shared", "private", "batch"):
                 terms[f"kl_{k}_{name}"] = masked_mean(kl_normal(*enc[i][k]), mask)
             private = private + terms[f"recon_{name}"] + sum(
@@ -474,6 +492,48 @@ class MIMAModule(nn.Module):
                 out.append(self._translation(inf, masks, batch, sources, target, with_batch, table))
             else:
                 raise ValueError(f"unknown output request {req!r}")
+        return out
+
+
+class _Decodes:
+    """The decoder calls of one training step.
+
+    ``add(modality, z)`` returns a handle; after ``run()``, ``self[handle]`` is the decoder's output for ``z``.
+    Unbatched, ``add`` decodes at once, so the calls (and the dropout masks they draw) come in the order the
+    loss lists them, which is how every run before batching was trained: seeded results are unchanged.
+    Batched, ``run`` makes one decoder call per modality on all its latents stacked by rows (the reconstruction
+    from the product of experts, every translation into it, the reconstruction from its own shared latent:
+    5 calls of 2-3 matrix products each become 1 with three modalities) and splits the output. Each row's
+    output is the same function of its latent; only the dropout masks are drawn in another order, so a seeded
+    run differs from the unbatched one by sampling, not in expectation; in evaluation mode (no dropout) the
+    two agree to rounding."""
+
+    def __init__(self, vaes, *, batched: bool):
+        self.vaes, self.batched = vaes, batched
+        self.pending: list[tuple[int, torch.Tensor]] = []
+        self.done: list[torch.Tensor | None] = []
+
+    def add(self, modality: int, z: torch.Tensor) -> int:
+        self.pending.append((modality, z))
+        self.done.append(None if self.batched else self.vaes[modality].decode(z))
+        return len(self.done) - 1
+
+    def run(self) -> None:
+        if not self.batched:
+            return
+        rows: dict[int, list[int]] = {}
+        for h, (m, _) in enumerate(self.pending):
+            rows.setdefault(m, []).append(h)
+        for m, hs in rows.items():
+            zs = [self.pending[h][1] for h in hs]
+            out = self.vaes[m].decode(torch.cat(zs) if len(zs) > 1 else zs[0])
+            for h, part in zip(hs, out.split([len(z) for z in zs])):
+                self.done[h] = part
+
+    def __getitem__(self, handle: int) -> torch.Tensor:
+        out = self.done[handle]
+        if out is None:
+            raise RuntimeError("a batched decoding was read before run()")
         return out
 
 
