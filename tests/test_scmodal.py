@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -102,11 +104,15 @@ def test_aligns_unpaired_modalities_better_than_pca_of_the_linked_features(train
     _claims.check(f"{C}/median_label_transfer_msi_to_rna", _claims.median(scores["msi_to_rna"]), ">", 0.5)
     # the mean latent of paired spots is the mean of the two modalities' latents
     np.testing.assert_allclose(model.get_latent_representation(), (za + zb) / 2, atol=1e-6)
-    # every term of the loss was trained on; the anchor and reconstruction losses went down
+    # every term of the loss was trained on; the anchor and reconstruction losses went down (medians over the
+    # five trainings; with the default ReLU hidden layer the anchor loss starts near 0.1 and ends near 0.04:
+    # last / first 0.24-0.41 on seeds 0-4, against 0.07-0.10 with BatchNorm, which starts near 0.35)
     curve = model.training_curve()
     assert {"disc", "recon", "cycle", "anchor", "geo", "gan"} <= set(curve.columns)
-    _claims.check(f"{C}/recon_loss_last_over_first", curve["recon"].iloc[-1] / curve["recon"].iloc[0], "<", 0.3)
-    _claims.check(f"{C}/anchor_loss_last_over_first", curve["anchor"].iloc[-1] / curve["anchor"].iloc[0], "<", 0.3)
+    ratios = {k: [m.training_curve()[k].iloc[-1] / m.training_curve()[k].iloc[0] for m in models]
+              for k in ("recon", "anchor")}
+    _claims.check(f"{C}/median_recon_loss_last_over_first", _claims.median(ratios["recon"]), "<", 0.3)
+    _claims.check(f"{C}/median_anchor_loss_last_over_first", _claims.median(ratios["anchor"]), "<", 0.5)
 
 
 def test_translation_recovers_the_other_modality_in_its_units(trained_models):
@@ -140,6 +146,21 @@ def test_save_load_gives_identical_outputs(trained, tmp_path):
     np.testing.assert_array_equal(again.translate("msi", "rna"), model.translate("msi", "rna"))
     # the per-feature scaling (a buffer) travelled with the weights
     assert torch.equal(again.module.mean_1, model.module.mean_1)
+
+
+def test_a_model_saved_before_the_hidden_layer_option_loads_with_batchnorm(tmp_path):
+    """Models saved before ``hidden_layer`` existed were built with BatchNorm: they load with their own layers
+    (not today's default) and give their outputs again."""
+    data, links = unpaired_data(n=120)
+    model = SCMODAL(data, links={"rna|msi": links}, n_hidden=16, n_hidden_disc=8, mnn_k=5, hidden_layer="batchnorm")
+    model.train(max_steps=4, batch_size=32, device="cpu", step_events=False)
+    model.save(tmp_path / "m")
+    config = json.loads((tmp_path / "m" / "model.json").read_text())
+    del config["params"]["hidden_layer"]  # as written before the option existed
+    (tmp_path / "m" / "model.json").write_text(json.dumps(config))
+    again = SCMODAL.load(tmp_path / "m", data)
+    assert any(isinstance(layer, torch.nn.BatchNorm1d) for layer in again.module.encoders[0].net)
+    np.testing.assert_array_equal(again.get_latent_representation("rna"), model.get_latent_representation("rna"))
 
 
 def test_geometry_loss_is_eq_6_by_hand():
@@ -349,6 +370,13 @@ def test_options_reach_the_networks_and_loss_weights_switch_terms_off():
     ablated.module.eval()
     total, t = ablated.module(batch)
     assert total.item() == pytest.approx((2 * t["anchor"] + 10 * t["geo"]).item(), rel=1e-5)
+    # the hidden layer: the authors' code's Linear - ReLU - Linear by default, ours (BatchNorm) on request
+    assert [type(layer).__name__ for layer in mod.encoders[0].net] == ["Linear", "ReLU", "Linear"]
+    assert [type(layer).__name__ for layer in mod.decoders[1]] == ["Linear", "ReLU", "Linear"]
+    bn = SCMODAL(data, links={"rna|msi": links}, hidden_layer="batchnorm").module
+    assert [type(layer).__name__ for layer in bn.encoders[1].net] == ["Linear", "BatchNorm1d", "LeakyReLU", "Linear"]
+    with pytest.raises(ParameterError, match="hidden_layer"):
+        SCMODAL(data, links={"rna|msi": links}, hidden_layer="gelu")
     # the paper's training defaults
     assert SCMODAL.train_defaults == {"max_steps": 10000, "batch_size": 500, "lr": 1e-3, "weight_decay": 1e-3,
                                       "train_fraction": 1.0}

@@ -110,17 +110,27 @@ def cycle_loss(z: torch.Tensor, z_cycled: torch.Tensor) -> torch.Tensor:
     return ((z_cycled - z) ** 2).mean()
 
 
-def _mlp(n_in: int, n_hidden: int, n_out: int) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(n_in, n_hidden), nn.BatchNorm1d(n_hidden), nn.LeakyReLU(0.2),
-                         nn.Linear(n_hidden, n_out))
+#: the hidden layer of the encoders and decoders: the authors' code's (Linear - ReLU - Linear) or ours before
+#: this option existed (Linear - BatchNorm - LeakyReLU(0.2) - Linear)
+HIDDEN_LAYERS = ("relu", "batchnorm")
+
+
+def _mlp(n_in: int, n_hidden: int, n_out: int, hidden_layer: str = "batchnorm") -> nn.Sequential:
+    if hidden_layer == "relu":
+        return nn.Sequential(nn.Linear(n_in, n_hidden), nn.ReLU(), nn.Linear(n_hidden, n_out))
+    if hidden_layer == "batchnorm":
+        return nn.Sequential(nn.Linear(n_in, n_hidden), nn.BatchNorm1d(n_hidden), nn.LeakyReLU(0.2),
+                             nn.Linear(n_hidden, n_out))
+    raise ValueError(f"unknown hidden_layer {hidden_layer!r}; one of {HIDDEN_LAYERS}")
 
 
 class Encoder(nn.Module):
-    """Features -> hidden (BatchNorm, LeakyReLU) -> latent, on the unit sphere when ``sphere`` (ours)."""
+    """Features -> hidden (``hidden_layer``) -> latent, on the unit sphere when ``sphere`` (ours)."""
 
-    def __init__(self, n_features: int, n_latent: int, n_hidden: int, sphere: bool = True):
+    def __init__(self, n_features: int, n_latent: int, n_hidden: int, sphere: bool = True,
+                 hidden_layer: str = "batchnorm"):
         super().__init__()
-        self.net = _mlp(n_features, n_hidden, n_latent)
+        self.net = _mlp(n_features, n_hidden, n_latent, hidden_layer)
         self.sphere = bool(sphere)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -153,7 +163,7 @@ class SCMODALModule(nn.Module):
                  n_hidden_disc: int = 256, lambda_ae: float = 10.0, lambda_anchor: float = 10.0,
                  lambda_geo: float = 10.0, lambda_gan: float = 1.0, mnn_k: int = 30,
                  geo_threshold: float = GEO_THRESHOLD, clip: float = 10.0, sphere: bool = False,
-                 geometry: str = "paper"):
+                 geometry: str = "paper", hidden_layer: str = "batchnorm"):
         super().__init__()
         self.n_datasets = len(n_features)
         self.n_latent = n_latent
@@ -163,8 +173,8 @@ class SCMODALModule(nn.Module):
         self.geo_threshold = float(geo_threshold)
         self.geometry = GEOMETRY_LOSSES[geometry]
         self.clip = float(clip)
-        self.encoders = nn.ModuleList([Encoder(d, n_latent, n_hidden, sphere) for d in n_features])
-        self.decoders = nn.ModuleList([_mlp(n_latent, n_hidden, d) for d in n_features])
+        self.encoders = nn.ModuleList([Encoder(d, n_latent, n_hidden, sphere, hidden_layer) for d in n_features])
+        self.decoders = nn.ModuleList([_mlp(n_latent, n_hidden, d, hidden_layer) for d in n_features])
         self.discriminators = nn.ModuleList([Discriminator(n_latent, n_hidden_disc)
                                              for _ in range(self.n_datasets - 1)])
         for k, d in enumerate(n_features):

@@ -32,7 +32,7 @@ from spatialmix.errors import ModelError, ParameterError
 from spatialmix.params import Params, param
 
 from ._base import BaseModel
-from ._scmodal_module import GEO_THRESHOLD, GEOMETRY_LOSSES, SCMODALModule, n_parameters
+from ._scmodal_module import GEO_THRESHOLD, GEOMETRY_LOSSES, HIDDEN_LAYERS, SCMODALModule, n_parameters
 
 class SCMODALParams(Params):
     """scMODAL's parameters, declared once (``spatialmix.params``)."""
@@ -53,6 +53,9 @@ class SCMODALParams(Params):
     geometry: Literal[tuple(GEOMETRY_LOSSES)] = param(  # type: ignore[valid-type]
         "paper", "the geometry loss: the paper's eqs. 4-6, or our earlier reading (thresholded cosine kernels, "
         "squared difference)")
+    hidden_layer: Literal[HIDDEN_LAYERS] = param(  # type: ignore[valid-type]
+        "relu", "the encoders' and decoders' hidden layer: `relu` (Linear - ReLU - Linear, the authors' code) or "
+        "`batchnorm` (Linear - BatchNorm - LeakyReLU(0.2) - Linear, ours)")
     link_reference: Any = param("", "derive the feature links from the correlation on this sample's paired spots "
                                 "(empty: features with the same name)", kind="sample name(s), comma-separated")
     link_top: int = param(100, "links kept per modality pair", ge=1)
@@ -348,7 +351,9 @@ class SCMODAL(BaseModel):
             geo_threshold=p["geo_threshold"], clip=CLIP,
             # models saved before issue 17 have neither key: they were trained with latents on the sphere and the
             # thresholded geometry loss, so they are rebuilt that way (not with today's defaults)
-            sphere=p.get("sphere", True), geometry=p.get("geometry", "thresholded"))
+            sphere=p.get("sphere", True), geometry=p.get("geometry", "thresholded"),
+            # models saved before the option existed were built with BatchNorm
+            hidden_layer=p.get("hidden_layer", "batchnorm"))
 
     # -- datasets ------------------------------------------------------------------------------------------
     def _dataset_rows(self, data) -> dict[str, np.ndarray]:
