@@ -31,6 +31,9 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=None,
                    help="optimiser steps (default: scMODAL's own schedule, with its selection criterion)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--params", default="{}", help="JSON of SCMODAL parameters (default: its defaults)")
+    p.add_argument("--selection-start", type=int, default=None,
+                   help="score the checkpoint selection from this step on (default: SCMODAL.selection_start_steps)")
     args = p.parse_args(argv)
 
     import torch
@@ -50,8 +53,12 @@ def main(argv=None) -> int:
     samples = mmd.obs["sample"].astype(str).to_numpy()
     opts = {} if args.max_per_feature is None else {"max_per_feature": args.max_per_feature}
     train = {} if args.steps is None else {"max_steps": args.steps}
+    if args.selection_start is not None:
+        from spatialmix.models.scmodal import SCMODAL
+
+        SCMODAL.selection_start_steps = args.selection_start
     out, _ = _unpaired_alignment(mmd, mmd.obs[key], samples, sources, seed=0, train=train,
-                                 params={}, link_options=opts)
+                                 params=json.loads(args.params), link_options=opts)
     before = metrics.get("unpaired_alignment", {})
     print(f"links {opts or 'unlimited'}: {out['setup']['distinct_linked_features']} distinct (rna, msi) features")
     print("| method | links | FOSCTTM | label transfer rna->msi | msi->rna |\n|---|---|---|---|---|")
@@ -61,7 +68,9 @@ def main(argv=None) -> int:
                 print(f"| {label} | {tag} | {res['foscttm']:.3f} | {res['label_transfer_rna_to_msi']:.3f} | "
                       f"{res['label_transfer_msi_to_rna']:.3f} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(jsonable({"benchmark": str(args.benchmark or project), "steps": args.steps, **out}),
+    args.out.write_text(json.dumps(jsonable({"benchmark": str(args.benchmark or project), "steps": args.steps,
+                                             "params": json.loads(args.params),
+                                             "selection_start_steps": args.selection_start, **out}),
                                    indent=2))
     print(f"written {args.out}")
     return 0

@@ -85,6 +85,8 @@ def main(argv=None) -> int:
     p.add_argument("--train", default="{}", help="JSON of training options")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--selection-start", type=int, default=None,
+                   help="score the checkpoint selection from this step on (default: SCMODAL.selection_start_steps)")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
 
@@ -110,6 +112,8 @@ def main(argv=None) -> int:
 
     params = json.loads(args.params)
     train = {"max_steps": args.steps, "seed": args.seed, "step_events": False, **json.loads(args.train)}
+    if args.selection_start is not None:
+        SCMODAL.selection_start_steps = args.selection_start
     model = SCMODAL(mmd, modalities=[a, b], links={f"{a}|{b}": links}, seed=args.seed, **params)
     curve, t0, next_at = [], time.perf_counter(), args.every
     train_s = 0.0
@@ -131,6 +135,7 @@ def main(argv=None) -> int:
     final = scores(model.get_latent_representation(a), model.get_latent_representation(b))
     out = {"case": args.case, "modalities": [a, b], "link_section": ref, "n_links": len(links),
            "scored_cells": int(ev.sum()), "params": params, "train": train, "threads": args.threads,
+           "selection_start_steps": SCMODAL.selection_start_steps,
            "seconds_per_step": round(train_s / max(curve[-1]["step"], 1), 4) if curve else None,
            "final": final, "curve": curve, "harmony_linked_pca": base,
            "schedule": model.train_config.get("schedule"),
