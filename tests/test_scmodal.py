@@ -445,8 +445,9 @@ def test_training_keeps_the_weights_with_the_best_unsupervised_score_and_stops_w
     kept = stopper.module.state_dict()
     assert all(torch.equal(kept[k], states[1][k]) for k in kept)
 
-    # scores start after selection_start_steps (default 1,000: the anchor ratio is lowest in the first few hundred
-    # steps, before the GAN and the geometry term have shaped the space) and always include the last epoch
+    # scores start after selection_start_steps (default 250; docs/models.md "Training length") and always include
+    # the last epoch
+    assert SCMODAL.selection_start_steps == 250
     late = SCMODAL(data, links={"rna|msi": links}, **SMALL)
     late.selection_every_steps, late.selection_start_steps = 20, 150
     late.train(**{**TRAIN, "max_steps": 200, "batch_size": 100}, seed=0)

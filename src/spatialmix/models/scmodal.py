@@ -408,7 +408,9 @@ class SCMODAL(BaseModel):
     #: spots per dataset the selection criterion is computed on, steps before the first score and between two
     #: scores, scores without improvement before training stops
     SELECTION_SPOTS = 2000
-    selection_start_steps = 1000
+    # 250 since the ReLU hidden layer (1,000 with BatchNorm, where the earliest scores picked too early weights on
+    # the bundled sample); measured in docs/models.md
+    selection_start_steps = 250
     selection_every_steps = 250
     selection_patience = 8
 
