@@ -112,7 +112,7 @@ def test_every_model_parameter_and_training_option_is_accepted(tmp_path, example
     model = {k: (0.02 if v is None else v) for k, v in DEFAULTS.items()}
     train = TrainConfig.defaults()
     train.update(checkpoint_dir="ckpt", resume=True, epochs=3, max_steps=500, early_stopping=True,
-                 patience=10, compile=False, static_shapes=True)  # TOML has no None
+                 patience=10, compile=False, static_shapes=True, batched_decoders=False)  # TOML has no None
     text = example.split("[model]")[0] + "[model]\nname = \"mima\"\n" + "".join(
         f"{k} = {_toml(v)}\n" for k, v in model.items()) + "\n[train]\n" + "".join(
         f"{k} = {_toml(v)}\n" for k, v in train.items())

@@ -365,7 +365,7 @@ class MIMAModule(nn.Module):
         # every decoder call of the step goes through ``dec``: one call per decoding (the order the terms are
         # listed in, as before batching existed) or, with ``batched_decoders``, one call per modality on its
         # latents stacked by rows after every latent was drawn (see _Decodes)
-        dec = _Decodes(self.vaes, batched=self.batched_decoders)
+        dec = _Decodes(self, batched=self.batched_decoders)
         recon_poe = [dec.add(i, self.decoder_input(z_poe, z[i]["private"], z[i]["batch"]))
                      for i in range(len(self.vaes))]
         translations = []
@@ -508,14 +508,15 @@ class _Decodes:
     run differs from the unbatched one by sampling, not in expectation; in evaluation mode (no dropout) the
     two agree to rounding."""
 
-    def __init__(self, vaes, *, batched: bool):
-        self.vaes, self.batched = vaes, batched
+    def __init__(self, module: "MIMAModule", *, batched: bool):
+        # every decoding goes through ``module.generative``, the one decode path of training and outputs
+        self.module, self.batched = module, batched
         self.pending: list[tuple[int, torch.Tensor]] = []
         self.done: list[torch.Tensor | None] = []
 
     def add(self, modality: int, z: torch.Tensor) -> int:
         self.pending.append((modality, z))
-        self.done.append(None if self.batched else self.vaes[modality].decode(z))
+        self.done.append(None if self.batched else self.module.generative(modality, z))
         return len(self.done) - 1
 
     def run(self) -> None:
@@ -526,7 +527,7 @@ class _Decodes:
             rows.setdefault(m, []).append(h)
         for m, hs in rows.items():
             zs = [self.pending[h][1] for h in hs]
-            out = self.vaes[m].decode(torch.cat(zs) if len(zs) > 1 else zs[0])
+            out = self.module.generative(m, torch.cat(zs) if len(zs) > 1 else zs[0])
             for h, part in zip(hs, out.split([len(z) for z in zs])):
                 self.done[h] = part
 
