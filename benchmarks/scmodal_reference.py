@@ -54,6 +54,8 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     from spatialmix.models.scmodal import SCMODAL
 
+    params = json.loads(args.params)
+
     case = Case(args.case, link_top=args.link_top, max_per_feature=1)
     mmd, a, b, links = case.mmd, case.a, case.b, case.links
     k = len(links)
@@ -62,7 +64,8 @@ def main(argv=None) -> int:
     for m, j in ((a, 0), (b, 1)):
         names = list(mmd.var_names[m])
         first = [x[j] for x in links]
-        order[m] = first + [n for n in names if n not in set(first)]
+        linked = set(first)
+        order[m] = first + [n for n in names if n not in linked]
         X = mmd.dense(m)[:, mmd.var_names[m].get_indexer(order[m])][mmd.mask[m]]
         mats[m] = _zs(np.asarray(X, dtype=np.float64)).astype(np.float32)
     print(f"{args.case}: {a} ({mats[a].shape}) vs {b} ({mats[b].shape}), {k} one-to-one links from "
@@ -88,7 +91,7 @@ def main(argv=None) -> int:
         data = dataclasses.replace(mmd, modalities=[a, b], X=X, mask={m: mmd.mask[m] for m in (a, b)},
                                    var_names={m: pd.Index(order[m]) for m in (a, b)},
                                    preprocessing={m: "zscore" for m in (a, b)}, raw={})
-        model = SCMODAL(data, modalities=[a, b], links={f"{a}|{b}": links}, seed=args.seed, **json.loads(args.params))
+        model = SCMODAL(data, modalities=[a, b], links={f"{a}|{b}": links}, seed=args.seed, **params)
         t0 = time.perf_counter()
         steps = 0
         for e in model.iter_train(max_steps=args.steps, seed=args.seed, step_events=False, early_stopping=False):
@@ -98,7 +101,8 @@ def main(argv=None) -> int:
         wall = time.perf_counter() - t0
         steps = min(steps, args.steps) or args.steps
         s = case.scores(model.get_latent_representation(a), model.get_latent_representation(b))
-        rows["spatialmix"] = {"params": json.loads(args.params), "steps": steps, "train_s": round(wall, 2), "s_per_step": round(wall / steps, 4), **s}
+        rows["spatialmix"] = {"params": params, "steps": steps, "train_s": round(wall, 2),
+                              "s_per_step": round(wall / steps, 4), **s}
         print("spatialmix", rows["spatialmix"], flush=True)
 
     if args.only in ("both", "reference"):

@@ -22,6 +22,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "benchmarks"))
+from scmodal_unpaired import _zs  # noqa: E402  (the benchmark next to this one)
 
 
 def main(argv=None) -> int:
@@ -43,11 +45,7 @@ def main(argv=None) -> int:
 
     data, links = unpaired_data()
     n, k = data.n_obs, len(links)
-
-    def zs(x):
-        return (x - x.mean(0)) / x.std(0)
-
-    pc = PCA(k).fit_transform(np.vstack([zs(data.dense("rna")[:, :k]), zs(data.dense("msi")[:, :k])]))
+    pc = PCA(k).fit_transform(np.vstack([_zs(data.dense("rna")[:, :k]), _zs(data.dense("msi")[:, :k])]))
     base = round(foscttm(pc[:n], pc[n:]), 4)
     print(f"linked-feature PCA FOSCTTM {base}")
     args.out.parent.mkdir(parents=True, exist_ok=True)

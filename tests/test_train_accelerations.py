@@ -62,7 +62,8 @@ def test_static_shapes_give_full_mini_batches_only():
     assert m.module.rows_seen == [64, 64, 32] * 3
     assert m.train_config["accelerations"] == {"compile": False, "compile_mode": None, "static_shapes": False,
                                                "tf32": False, "fused_adam": False,
-                                               "batched_decoders": None}  # CPU: nothing changed; one decoder
+                                               "batched_decoders": None}  # CPU: nothing changed; None: _Net
+    # has no batched_decoders switch (one decoder call per step)
     s = _Tiny().train(batch_size=64, static_shapes=True)
     assert s.module.rows_seen == [64, 64] * 3
     assert s.train_config["schedule"]["steps_per_epoch"] == 2
@@ -151,14 +152,8 @@ def test_acceleration_options_are_declared_and_checked():
 def test_mima_trains_in_bf16_mixed_precision_with_float32_outputs():
     """precision="bf16-mixed" (Lightning Fabric's autocast; on the CPU too): MIMA trains to about the fp32 losses,
     and its outputs come back as float32 with the same NaN rule."""
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).parent))
-    from test_train import small_model, toy_data
-
+    small_model, data = _mima_toy()
     torch.set_num_threads(1)
-    data = toy_data()
     fp32 = small_model(data).train(epochs=4, lr=1e-3, batch_size=32)
     bf16 = small_model(data).train(epochs=4, lr=1e-3, batch_size=32, precision="bf16-mixed")
     assert bf16.train_config["precision"] == "bf16-mixed"

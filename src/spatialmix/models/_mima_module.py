@@ -511,22 +511,23 @@ class _Decodes:
     def __init__(self, module: "MIMAModule", *, batched: bool):
         # every decoding goes through ``module.generative``, the one decode path of training and outputs
         self.module, self.batched = module, batched
-        self.pending: list[tuple[int, torch.Tensor]] = []
+        self.pending: list[tuple[int, int, torch.Tensor]] = []  # (handle, modality, latent), batched only
         self.done: list[torch.Tensor | None] = []
 
     def add(self, modality: int, z: torch.Tensor) -> int:
-        self.pending.append((modality, z))
-        self.done.append(None if self.batched else self.module.generative(modality, z))
+        if self.batched:
+            self.pending.append((len(self.done), modality, z))
+            self.done.append(None)
+        else:
+            self.done.append(self.module.generative(modality, z))
         return len(self.done) - 1
 
     def run(self) -> None:
-        if not self.batched:
-            return
-        rows: dict[int, list[int]] = {}
-        for h, (m, _) in enumerate(self.pending):
-            rows.setdefault(m, []).append(h)
-        for m, hs in rows.items():
-            zs = [self.pending[h][1] for h in hs]
+        rows: dict[int, list[tuple[int, torch.Tensor]]] = {}
+        for h, m, z in self.pending:  # empty unless batched
+            rows.setdefault(m, []).append((h, z))
+        for m, items in rows.items():
+            hs, zs = zip(*items)
             out = self.module.generative(m, torch.cat(zs) if len(zs) > 1 else zs[0])
             for h, part in zip(hs, out.split([len(z) for z in zs])):
                 self.done[h] = part

@@ -115,7 +115,7 @@ def cycle_loss(z: torch.Tensor, z_cycled: torch.Tensor) -> torch.Tensor:
 HIDDEN_LAYERS = ("relu", "batchnorm")
 
 
-def _mlp(n_in: int, n_hidden: int, n_out: int, hidden_layer: str = "batchnorm") -> nn.Sequential:
+def _mlp(n_in: int, n_hidden: int, n_out: int, hidden_layer: str) -> nn.Sequential:
     if hidden_layer == "relu":
         return nn.Sequential(nn.Linear(n_in, n_hidden), nn.ReLU(), nn.Linear(n_hidden, n_out))
     if hidden_layer == "batchnorm":
@@ -127,8 +127,7 @@ def _mlp(n_in: int, n_hidden: int, n_out: int, hidden_layer: str = "batchnorm") 
 class Encoder(nn.Module):
     """Features -> hidden (``hidden_layer``) -> latent, on the unit sphere when ``sphere`` (ours)."""
 
-    def __init__(self, n_features: int, n_latent: int, n_hidden: int, sphere: bool = True,
-                 hidden_layer: str = "batchnorm"):
+    def __init__(self, n_features: int, n_latent: int, n_hidden: int, sphere: bool, hidden_layer: str):
         super().__init__()
         self.net = _mlp(n_features, n_hidden, n_latent, hidden_layer)
         self.sphere = bool(sphere)
@@ -163,7 +162,7 @@ class SCMODALModule(nn.Module):
                  n_hidden_disc: int = 256, lambda_ae: float = 10.0, lambda_anchor: float = 10.0,
                  lambda_geo: float = 10.0, lambda_gan: float = 1.0, mnn_k: int = 30,
                  geo_threshold: float = GEO_THRESHOLD, clip: float = 10.0, sphere: bool = False,
-                 geometry: str = "paper", hidden_layer: str = "batchnorm"):
+                 geometry: str = "paper", hidden_layer: str = "relu"):
         super().__init__()
         self.n_datasets = len(n_features)
         self.n_latent = n_latent
