@@ -280,6 +280,17 @@ def test_sections_and_modalities_that_do_not_fit_the_data(tmp_path, sample_data_
         load_config(write(tmp_path / "f.toml", example + visium_only.split("[model]")[0]))
 
 
+
+def test_visium_hd_bin_size_in_samples(tmp_path, sample_data_dir):
+    """[[samples]] visium_bin_um: read, checked, and written back by to_toml."""
+    base = f'[[samples]]\nname = "A"\nvisium = "{sample_data_dir / "P1_S1" / "outs"}"\n'
+    cfg = load_config(write(tmp_path / "a.toml", base + "visium_bin_um = 8\n"))
+    assert cfg.samples[0].visium_bin_um == 8.0
+    assert "visium_bin_um = 8" in cfg.to_toml()
+    assert load_config(write(tmp_path / "b.toml", cfg.to_toml())).samples[0].visium_bin_um == 8.0
+    with pytest.raises(ConfigError, match=r"visium_bin_um must be a positive number, got -8"):
+        load_config(write(tmp_path / "c.toml", base + "visium_bin_um = -8\n"))
+
 def test_valid_variants(tmp_path, example, sample_data_dir):
     text = edited(example, 'device = "auto"', 'device = "cuda:1"')
     text = edited(text, '["msi+morphology", "rna"]', '[["msi", "morphology"], "rna"]')

@@ -204,3 +204,45 @@ def test_explore_dock_colours_a_visium_hd_sample_in_a_worker(make_napari_viewer,
     img = viewer.layers[name].data
     drawn = img[img[..., 3] > 0]
     assert img.dtype == np.uint8 and len(drawn) and (drawn[:, :3] == [255, 0, 0]).all()
+
+
+def test_prepare_registers_msi_and_he_onto_8um_bins(tmp_path):
+    """``prepare`` on Visium HD slides with MSI and H&E: the bin size named in samples.csv is read, the H&E and
+    the MSI (both drawn hundreds of micrometres off their nominal placement) land on the bins within a few
+    micrometres of the true transforms, and every modality table has one row per bin."""
+    from spatialmix.jobs import registration_error_vs_truth
+    from spatialmix.pipeline import iter_prepare, read_samples_csv
+    from spatialmix.progress import run
+    from spatialmix.simulate.visium_hd import write_visium_hd_dataset
+
+    root = write_visium_hd_dataset(tmp_path / "hd", side=48, samples=1, genes=80, n_mz=40, seed=2)
+    specs = read_samples_csv(root)
+    assert [s.visium_bin_um for s in specs] == [8.0]
+    sdata = run(iter_prepare(specs))
+    positions = pd.read_parquet(root / "HD1/outs/binned_outputs/square_008um/spatial/tissue_positions.parquet")
+    per_sample = sdata.tables["rna"].obs["sample"].value_counts()
+    assert per_sample["HD1"] == int(positions["in_tissue"].sum()) > 1000  # 8 um bins, not the default 16 um
+    assert {t: sdata.tables[t].n_obs for t in ("rna", "msi", "morphology")} == {
+        t: sdata.tables["rna"].n_obs for t in ("rna", "msi", "morphology")}
+    assert sdata.tables["msi"].obs["msi_covered"].mean() > 0.95
+    errors = registration_error_vs_truth(sdata, root)
+    assert set(errors) == {"HD1"}
+    for sample, err in errors.items():
+        assert err["he"] < 4.0 and err["msi"] < 8.0, (sample, err)  # 8 um bins; MSI pixels of 20 um
+
+
+def test_visium_bin_um_only_for_visium_hd(tmp_path):
+    from _fixtures import write_spaceranger
+
+    from spatialmix.errors import InputFileError
+    from spatialmix.pipeline import read_samples_csv
+
+    write_spaceranger(tmp_path / "S1" / "outs")
+    (tmp_path / "samples.csv").write_text("sample,visium,visium_bin_um\nS1,S1/outs,8\n")
+    with pytest.raises(InputFileError, match=r"line 2, column visium \(sample S1\): visium_bin_um is given.*not Visium HD"):
+        read_samples_csv(tmp_path)
+    (tmp_path / "samples.csv").write_text("sample,visium,visium_bin_um\nS1,S1/outs,eight\n")
+    with pytest.raises(InputFileError, match=r"column visium_bin_um.*'eight' is not a number"):
+        read_samples_csv(tmp_path)
+    (tmp_path / "samples.csv").write_text("sample,visium,visium_bin_um\nS1,S1/outs,\n")
+    assert read_samples_csv(tmp_path)[0].visium_bin_um is None

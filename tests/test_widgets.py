@@ -206,6 +206,18 @@ def test_parameter_pages_start_at_every_models_defaults(qtbot):
         for key, value in page.values().items():
             if key in defaults and isinstance(defaults[key], (bool, int, float)):
                 assert value == pytest.approx(defaults[key]), (name, key, value, defaults[key])
+            elif key in defaults and isinstance(defaults[key], str):
+                assert value == defaults[key], (name, key, value, defaults[key])
+    # a parameter with declared choices is a drop-down of exactly those (no typing), and the pick is what trains
+    from qtpy.QtWidgets import QComboBox
+
+    page = ParamPage("scmodal", None)
+    combo = page.widgets["hidden_layer"]
+    assert isinstance(combo, QComboBox)
+    assert [combo.itemText(i) for i in range(combo.count())] == ["relu", "batchnorm"]
+    combo.setCurrentText("batchnorm")
+    assert page.values()["hidden_layer"] == "batchnorm"
+    assert isinstance(ParamPage("modamix", None).widgets["adversarial"], QComboBox)
 
 
 def test_integrate_widget_offers_the_automatic_schedule_and_reports_the_kept_epoch(trained_viewer):
@@ -443,7 +455,7 @@ def test_integrate_widget_trains_a_supervised_model_and_explore_compares_its_pre
     assert ticked == ["P1_S1", "P2_S1"]  # every other sample by default
     page = integ.pages["modamix"].widgets
     assert page["stage_epochs"].text() == "30, 30, 30, 30"
-    page["adversarial"].setText("omics")
+    page["adversarial"].setCurrentText("omics")
     page["stage_epochs"].setText("1, 1, 1, 1")
     integ.epochs.setValue(4)
     integ.device.setCurrentText("cpu")

@@ -38,7 +38,11 @@ def iter_read_sample(spec: SampleSpec, *, bin_ppm: float = 20.0, mz_range=None, 
     from spatialmix import io as smio
 
     yield Progress(f"read Visium {spec.sample}", 0, 1, str(spec.visium))
-    sdata = smio.read_visium(spec.visium, sample=spec.sample, patient=spec.patient)
+    if spec.visium_bin_um is not None and not smio.is_visium_hd(spec.visium):
+        raise ParameterError(f"sample {spec.sample}: visium_bin_um={spec.visium_bin_um:g} is for Visium HD outputs, "
+                             f"but {spec.visium} has no binned_outputs/; leave visium_bin_um out for Visium")
+    bin_um = None if spec.visium_bin_um is None else int(round(spec.visium_bin_um))
+    sdata = smio.read_visium(spec.visium, sample=spec.sample, patient=spec.patient, bin_size_um=bin_um)
     yield Progress(f"read Visium {spec.sample}", 1, 1, f"{sdata.tables['rna'].n_obs} spots")
     parts = []
     if spec.imzml is not None:

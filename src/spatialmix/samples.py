@@ -24,6 +24,8 @@ class SampleSpec:
     he: Path | None = None
     he_microns_per_pixel: float | None = None
     annotations: Path | None = None
+    #: Visium HD only: the bin size to read (``binned_outputs/square_XXXum``), micrometres; None = 16
+    visium_bin_um: float | None = None
 
     def __post_init__(self) -> None:
         self.sample = str(self.sample)
@@ -44,16 +46,17 @@ class SampleSpec:
 
 
 _SIZE_EXAMPLES = {"msi_pixel_size_um": "the MSI raster step in micrometres, e.g. 50",
-                  "he_microns_per_pixel": "the H&E scan resolution in micrometres per pixel, e.g. 0.5"}
+                  "he_microns_per_pixel": "the H&E scan resolution in micrometres per pixel, e.g. 0.5",
+                  "visium_bin_um": "the Visium HD bin size in micrometres, e.g. 8 (one of the binned_outputs/ folders)"}
 
 
 def read_samples_csv(path: str | Path, *, check_files: bool = True) -> list[SampleSpec]:
     """Read a dataset's ``samples.csv`` (or a dataset folder holding one); paths are relative to its folder.
 
-    Columns: ``sample, patient, visium, imzml, msi_pixel_size_um, he, he_microns_per_pixel, annotations``
-    (only ``sample`` and ``visium`` are required). Every row is checked before anything is read (numbers,
-    required sizes and, with ``check_files``, that every named file exists); a mistake raises an error naming
-    the file, the line, the column and the sample.
+    Columns: ``sample, patient, visium, imzml, msi_pixel_size_um, he, he_microns_per_pixel, annotations`` and,
+    for Visium HD, ``visium_bin_um`` (only ``sample`` and ``visium`` are required). Every row is checked before
+    anything is read (numbers, required sizes and, with ``check_files``, that every named file exists); a mistake
+    raises an error naming the file, the line, the column and the sample.
     """
     path = Path(path)
     if path.is_dir():
@@ -125,9 +128,11 @@ def read_samples_csv(path: str | Path, *, check_files: bool = True) -> list[Samp
                 he=rel("he"),
                 he_microns_per_pixel=sizes["he_microns_per_pixel"],
                 annotations=rel("annotations"),
+                visium_bin_um=sizes["visium_bin_um"],
             )
         )
     # the files last, once every row's text is known to be right
+    spec_by_where = {row_files["visium"][1]: spec for row_files, spec in zip(files, specs)}
     for row_files in files if check_files else []:
         for key, (p, where) in row_files.items():
             if p is None:
@@ -138,6 +143,14 @@ def read_samples_csv(path: str | Path, *, check_files: bool = True) -> list[Samp
             if (key == "visium") != p.is_dir():
                 raise InputFileError(f"{where}: {p.resolve()} must be a {'folder' if key == 'visium' else 'file'}",
                                      path, fix=fix)
+            if key == "visium" and spec_by_where[where].visium_bin_um is not None:
+                from spatialmix.io.visium_hd import is_visium_hd
+
+                if not is_visium_hd(p):
+                    raise InputFileError(
+                        f"{where}: visium_bin_um is given, but {p.resolve()} is a Visium folder without "
+                        "binned_outputs/ (not Visium HD)", path, fix="Leave visium_bin_um empty for Visium (55 um "
+                        "spots); give it only for Visium HD outputs")
             if key == "imzml" and not any(c.stem == p.stem and c.suffix.lower() == ".ibd" and c.is_file()
                                           for c in p.parent.iterdir()):
                 raise MissingFileError(f"{where}: {p.name} has no .ibd companion ({p.with_suffix('.ibd').resolve()} "

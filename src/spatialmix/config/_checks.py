@@ -29,7 +29,8 @@ class ConfigFileNotFoundError(ConfigError, MissingFileError):
 
 #: top-level sections, in the order they are documented and written
 SECTIONS = ("data", "samples", "prepare", "model", "train", "outputs")
-SAMPLE_KEYS = ("name", "patient", "visium", "imzml", "msi_pixel_size_um", "he", "he_microns_per_pixel", "annotations")
+SAMPLE_KEYS = ("name", "patient", "visium", "imzml", "msi_pixel_size_um", "he", "he_microns_per_pixel", "annotations",
+               "visium_bin_um")
 DATA_KEYS = ("samples_csv", "annotation_key")
 OUTPUT_DEFAULTS: dict[str, Any] = {"translations": [], "corrected": True, "rgb": True, "figures": True,
                                    "metrics": True}

@@ -300,7 +300,7 @@ def _samples_from_toml(ctx: _Context, entries, base: Path) -> list[SampleSpec]:
         for key in ("visium", "imzml", "he", "annotations"):
             if key in entry:
                 values[key] = paths[key](_Key(ctx, "samples", key, i, name), entry[key], base)
-        for key in ("msi_pixel_size_um", "he_microns_per_pixel"):
+        for key in ("msi_pixel_size_um", "he_microns_per_pixel", "visium_bin_um"):
             if key in entry:
                 values[key] = positive(_Key(ctx, "samples", key, i, name), entry[key])
         for file_key, size_key, example in (("imzml", "msi_pixel_size_um", "50"), ("he", "he_microns_per_pixel", "0.5")):
@@ -350,7 +350,7 @@ def _samples_from_csv(ctx: _Context, value, base: Path) -> tuple[list[SampleSpec
             if folder != path.is_dir():
                 raise where.fail(f"{where_label} column {column}: {path.resolve()} must be a "
                                  f"{'folder' if folder else 'file'}")
-        for column in ("msi_pixel_size_um", "he_microns_per_pixel"):
+        for column in ("msi_pixel_size_um", "he_microns_per_pixel", "visium_bin_um"):
             v = getattr(spec, column)
             if v is not None and not (_is_number(v) and v > 0):
                 raise where.fail(f"{where_label} column {column} must be a positive number, got {v!r}")

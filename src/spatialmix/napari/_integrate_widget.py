@@ -102,6 +102,11 @@ class ParamPage(QWidget):
                 if info.low_open:  # (0, 1]: the smallest value the box can show above 0
                     lo += 10 ** -decimals
                 w = _dspin(lo, hi, value, decimals)
+            elif info.kind == "choice":  # a declared set of values (scMODAL's hidden_layer): pick one, no typing
+                w = QComboBox()
+                for choice in info.choices:
+                    w.addItem(str(choice), choice)
+                w.setCurrentIndex(list(info.choices).index(value))
             elif _int_list(value):  # e.g. MoDAmix's stage_epochs, hidden layer sizes: "30, 30, 30, 30"
                 w = QLineEdit(", ".join(str(v) for v in value))
                 self.lists.add(key)
@@ -121,6 +126,8 @@ class ParamPage(QWidget):
                 out[key] = w.isChecked()
             elif isinstance(w, (QSpinBox, QDoubleSpinBox)):
                 out[key] = w.value()
+            elif isinstance(w, QComboBox):
+                out[key] = w.currentData()
             elif key in self.lists:
                 try:
                     out[key] = [int(v) for v in w.text().replace(";", ",").split(",") if v.strip()]
