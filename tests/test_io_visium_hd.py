@@ -173,6 +173,28 @@ def test_data_dock_draws_a_visium_hd_sample_in_a_worker(make_napari_viewer, hd_o
     assert np.isfinite(layer.data).sum() > 0 and np.isnan(layer.data).any()  # bins drawn, nothing around them
 
 
+
+def test_data_dock_form_picks_the_hd_bin_size(make_napari_viewer, hd_outs, tmp_path):
+    """The Add-a-sample form lists the bin sizes of a Visium HD folder (16 um preselected) and passes the one
+    picked to the sample; for a Visium (55 um) folder the picker is off and no bin size is passed."""
+    pytest.importorskip("napari")
+    from _fixtures import write_spaceranger
+
+    from spatialmix.napari._data_widget import DataWidget
+
+    dock = DataWidget(make_napari_viewer(show=True))
+    assert not dock.hd_bin.isEnabled()
+    dock.sample.setText("hd1")
+    dock.visium.setText(str(hd_outs))
+    assert dock.hd_bin.isEnabled()
+    assert [dock.hd_bin.itemData(i) for i in range(dock.hd_bin.count())] == [8, 16]
+    assert dock.spec_from_form().visium_bin_um == 16
+    dock.hd_bin.setCurrentIndex(0)
+    assert dock.spec_from_form().visium_bin_um == 8
+    write_spaceranger(tmp_path / "visium" / "outs")
+    dock.visium.setText(str(tmp_path / "visium" / "outs"))
+    assert not dock.hd_bin.isEnabled() and dock.spec_from_form().visium_bin_um is None
+
 def test_explore_dock_colours_a_visium_hd_sample_in_a_worker(make_napari_viewer, hd_outs, monkeypatch):
     """The Explore dock's RGB colouring of a sample above POINTS_LIMIT is rasterised off the GUI thread and
     arrives as an RGBA image with the spots' colours."""

@@ -50,6 +50,14 @@ def is_visium_hd(path: str | Path) -> bool:
     return bool(_bin_folders(p)) or ((p / "outs").is_dir() and bool(_bin_folders(p / "outs")))
 
 
+def hd_bin_sizes(path: str | Path) -> list[int]:
+    """The bin sizes (um) a Visium HD output holds, smallest first; empty when ``path`` is not Visium HD."""
+    p = Path(path)
+    if not p.is_dir():
+        return []
+    return list(_bin_folders(p) or ((p / "outs").is_dir() and _bin_folders(p / "outs")) or [])
+
+
 def locate_visium_hd_files(path: str | Path, bin_size_um: int = DEFAULT_BIN_UM) -> dict[str, Path | None]:
     """Find and check the files one bin size of a Visium HD output needs.
 

@@ -93,11 +93,17 @@ class DataWidget(QWidget):
         self.he_mpp.setValue(1.0)
         self.he_mpp.setSuffix(" um/px")
         self.annotations = PathEdit("optional annotation CSV (Loupe export)", filter="CSV (*.csv)")
+        self.hd_bin = QComboBox()  # Visium HD only: which binned_outputs/square_XXXum becomes the spots
+        self.hd_bin.setToolTip("Visium HD: the bin size read as the spots (the folder's binned_outputs/); "
+                               "a Visium (55 um spot) folder has none")
+        self.visium.edit.textChanged.connect(self._visium_changed)
+        self._visium_changed("")
 
         form = QFormLayout()
         form.addRow("Sample", self.sample)
         form.addRow("Patient", self.patient)
         form.addRow("Visium", self.visium)
+        form.addRow("HD bin size", self.hd_bin)
         form.addRow("imzML", self.imzml)
         form.addRow("MSI pixel size", self.msi_px)
         form.addRow("H&&E", self.he)
@@ -156,6 +162,20 @@ class DataWidget(QWidget):
         self.state.changed.connect(self._state_changed)
         self._refresh_table()
 
+    def _visium_changed(self, path: str) -> None:
+        """List the bin sizes of a Visium HD folder (16 um preselected, the reader's default); else disabled."""
+        from spatialmix.io.visium_hd import DEFAULT_BIN_UM, hd_bin_sizes
+
+        sizes = hd_bin_sizes(path.strip()) if path.strip() else []
+        self.hd_bin.clear()
+        for b in sizes:
+            self.hd_bin.addItem(f"{b} um", b)
+        if not sizes:
+            self.hd_bin.addItem("(Visium HD only)", None)
+        elif DEFAULT_BIN_UM in sizes:
+            self.hd_bin.setCurrentIndex(sizes.index(DEFAULT_BIN_UM))
+        self.hd_bin.setEnabled(bool(sizes))
+
     # -- actions (each one headless call in a worker) ------------------------------------------------------
     def spec_from_form(self):
         from spatialmix.errors import ParameterError
@@ -170,7 +190,7 @@ class DataWidget(QWidget):
             visium=self.visium.text(), imzml=self.imzml.text() or None,
             msi_pixel_size_um=(self.msi_px.value() or None) if self.imzml.text() else None,
             he=self.he.text() or None, he_microns_per_pixel=(self.he_mpp.value() or None) if self.he.text() else None,
-            annotations=self.annotations.text() or None,
+            annotations=self.annotations.text() or None, visium_bin_um=self.hd_bin.currentData(),
         )
 
     def add_sample_from_form(self):

@@ -74,10 +74,12 @@ def _poisson_counts(base: np.ndarray, load: np.ndarray, depth: float, rng: np.ra
 
 def write_visium_hd(outs: str | Path, *, n_rows: int = 48, n_cols: int = 48, n_genes: int = 60,
                     bin_sizes: tuple[int, ...] = (8, 16), microns_per_pixel: float = 0.5, depth: float = 0.4,
-                    seed: int = 0, prefix: str = "") -> Path:
+                    seed: int = 0, prefix: str = "", hires_px: int = 600) -> Path:
     """Write a Visium HD ``outs/`` folder of ``n_rows x n_cols`` bins of the smallest size in ``bin_sizes``.
 
-    ``depth`` scales the mean counts per gene and smallest bin. Every larger bin size must be a multiple of
+    ``depth`` scales the mean counts per gene and smallest bin. ``hires_px`` is the longest side of
+    ``tissue_hires_image.png`` (Space Ranger writes 6,000 px for a 6.5 mm HD capture area; the default keeps
+    small test folders small). Every larger bin size must be a multiple of
     the smallest and divide the grid. ``prefix`` names the feature slice file ``<prefix>feature_slice.h5``.
     Returns ``outs``.
     """
@@ -97,8 +99,8 @@ def write_visium_hd(outs: str | Path, *, n_rows: int = 48, n_cols: int = 48, n_g
     gene_ids = [f"ENSMUSG{i:011d}" for i in range(n_genes)]
     gene_names = [f"Gene{i}" for i in range(n_genes)]
     full_px = n_cols * b0 / microns_per_pixel
-    hires_scalef = min(1.0, 600.0 / full_px)
-    lowres_scalef = hires_scalef / 4
+    hires_scalef = min(1.0, hires_px / full_px)
+    lowres_scalef = min(hires_scalef / 4, 600.0 / full_px)  # Space Ranger: at most 600 px
     spatial = outs / "spatial"
     spatial.mkdir(parents=True, exist_ok=True)
 
@@ -214,11 +216,12 @@ def _write_msi(path: Path, extent_um: float, step_um: float, offset_um: tuple[fl
 
 def write_visium_hd_dataset(root: str | Path, *, side: int = 96, samples: int = 2, genes: int = 2000,
                             depth: float = 0.008, he_mpp: float = 0.5, msi_um: float = 20.0, n_mz: int = 200,
-                            seed: int = 0) -> Path:
+                            seed: int = 0, hires_px: int = 6000) -> Path:
     """A dataset folder of ``samples`` Visium HD slides with MSI and H&E, as a user has it (for benchmarks and
     tests of ``prepare`` at Visium HD scale).
 
-    Per sample ``HD<k>``: ``outs/`` (:func:`write_visium_hd`, ``side`` x ``side`` bins of 8 um only);
+    Per sample ``HD<k>``: ``outs/`` (:func:`write_visium_hd`, ``side`` x ``side`` bins of 8 um only, a hires image
+    of ``hires_px`` as Space Ranger writes for HD);
     ``he/HD<k>_HE.tif``, a pyramidal H&E at ``he_mpp`` um/px on a canvas reaching 400 um beyond the capture
     area, the tissue drawn at a known offset (pink, darker bands where the counts' banded programme is on, pixel
     noise), so the nominal placement is off by hundreds of micrometres; ``msi/HD<k>.imzML``, a continuous raster at
@@ -230,7 +233,7 @@ def write_visium_hd_dataset(root: str | Path, *, side: int = 96, samples: int = 
     Returns ``root``.
     """
     params = dict(side=side, samples=samples, genes=genes, depth=depth, he_mpp=he_mpp, msi_um=msi_um, n_mz=n_mz,
-                  seed=seed, version=2)
+                  seed=seed, hires_px=hires_px, version=2)
     root = Path(root)
     stamp = root / "parameters.json"
     if stamp.exists() and json.loads(stamp.read_text()) == params:
@@ -243,7 +246,7 @@ def write_visium_hd_dataset(root: str | Path, *, side: int = 96, samples: int = 
         name = f"HD{k + 1}"
         sdir = root / name
         write_visium_hd(sdir / "outs", n_rows=side, n_cols=side, n_genes=genes, bin_sizes=(_HD_BIN_UM,),
-                        microns_per_pixel=he_mpp, depth=depth, seed=seed + k)
+                        microns_per_pixel=he_mpp, depth=depth, seed=seed + k, hires_px=hires_px)
         he_offset = (_MARGIN_UM - 150 + 60 * k, _MARGIN_UM + 90)  # tissue shifted against the nominal placement
         he_true = _write_he(sdir / "he" / f"{name}_HE.tif", extent, he_mpp, he_offset, seed + 100 + k)
         msi_offset = (_MARGIN_UM - 70, _MARGIN_UM - 130 + 40 * k)
