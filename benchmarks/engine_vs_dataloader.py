@@ -11,13 +11,15 @@ initial weights) is trained for a few epochs over every spot (no validation spli
   that keeps the sparse input does).
 
 Data: :func:`train_speed.synthetic_data` at the bundled sample's shapes (4 samples, 1,290 spots, 1,500 genes,
-526 m/z, 67 morphology features; ``--scale medium``: 8 x 1,000 spots, 5,000 genes, 2,000 m/z). Reported: the
+526 m/z, 67 morphology features; ``--scale medium``: 8 x 1,000 spots, 5,000 genes, 2,000 m/z), or a development
+case (``--case starmap``: the real STARmap cells, two views of 79 genes, where a step is small and the loop's
+per-row collation weighs most). Reported: the
 median seconds per epoch of each (the first epoch is a warm-up and dropped), the ratios to the engine, and the
 final training loss of each (same order of magnitude: the loops train the same thing). Ratios only: absolute
 CPU times depend on the machine.
 
 Run: ``PYTHONPATH=src python benchmarks/engine_vs_dataloader.py [--epochs 4] [--threads 1] [--scale small]
-[--out benchmarks/results/engine_vs_dataloader.json]``
+[--case starmap] [--out benchmarks/results/engine_vs_dataloader.json]``
 """
 
 from __future__ import annotations
@@ -114,6 +116,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--scale", choices=list(SCALES), default="small")
+    ap.add_argument("--case", default=None, help="a development case (spatialmix.datasets.CASES, e.g. starmap: "
+                    "3,704 cells, two views of 79 genes) instead of the synthetic shapes")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(HERE / "results" / "engine_vs_dataloader.json"))
     args = ap.parse_args(argv)
@@ -123,7 +127,12 @@ def main(argv=None) -> dict:
     from train_speed import synthetic_data
 
     torch.set_num_threads(args.threads)
-    data = synthetic_data(**SCALES[args.scale], seed=args.seed)
+    if args.case:
+        from _cases import case_data
+
+        data = case_data(args.case)
+    else:
+        data = synthetic_data(**SCALES[args.scale], seed=args.seed)
     res = {}
     for name, fn in (("engine", lambda: run_engine(data, epochs=args.epochs, seed=args.seed)),
                      ("dataloader_dense", lambda: run_dataloader(data, epochs=args.epochs, seed=args.seed,
@@ -137,7 +146,8 @@ def main(argv=None) -> dict:
     eng = res["engine"]["median_epoch_s"]
     ratios = {k: round(v["median_epoch_s"] / eng, 2) for k, v in res.items() if k != "engine"}
     print("slower than the engine, per epoch:", ratios)
-    out = {"scale": args.scale, "shapes": SCALES[args.scale], "n_spots": int(data.n_obs), "epochs": args.epochs,
+    shapes = ({m: int(data.X[m].shape[1]) for m in data.modalities} if args.case else SCALES[args.scale])
+    out = {"scale": args.case or args.scale, "shapes": shapes, "n_spots": int(data.n_obs), "epochs": args.epochs,
            "threads": args.threads, "device": "cpu", "torch": torch.__version__, "machine": platform.processor() or
            platform.machine(), "results": res, "ratio_to_engine": ratios,
            "engine_at_least_3x_faster": bool(min(ratios.values()) >= 3.0)}
