@@ -213,6 +213,28 @@ def measured_call(call, sampler: "RSSSampler") -> tuple:
                  "peak_above_start_mb": round((sampler.peak - base) / mb, 1)}
 
 
+def start_stages(*, threads: int, interval: float, width: int = 34):
+    """Set torch's threads, start an :class:`RSSSampler` and return ``(stage, sampler, stages)``: ``stage(name,
+    call)`` runs ``call`` under :func:`measured_call`, records its seconds and peak RSS in ``stages[name]``,
+    prints one line and returns the call's result (the HD benchmarks' stages)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    sampler = RSSSampler(interval=interval)
+    sampler.start()
+    stages: dict[str, dict] = {}
+
+    def stage(name, call):
+        out, fig = measured_call(call, sampler)
+        stages[name] = {"seconds": round(fig["seconds"], 1), "peak_rss_mb": round(fig["peak_rss_mb"]),
+                        "peak_above_start_mb": round(fig["peak_above_start_mb"])}
+        print(f"{name:<{width}} {fig['seconds']:8.1f} s   peak RSS {fig['peak_rss_mb']:8.0f} MB "
+              f"({fig['peak_above_start_mb']:+.0f} MB)", flush=True)
+        return out
+
+    return stage, sampler, stages
+
+
 def write_report(out: dict, path, *, indent: int = 1) -> None:
     """Print a benchmark's result as JSON and write it to ``path`` (its folder made if needed)."""
     print(json.dumps(out, indent=indent))

@@ -109,23 +109,12 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
 
     import psutil
-    import torch
 
-    from train_speed import RSSSampler, measured_call, write_report
+    from train_speed import start_stages, write_report
 
-    torch.set_num_threads(args.threads)
-    sampler = RSSSampler(interval=0.02)
-    sampler.start()
-    stages: dict[str, dict] = {}
+    stage, sampler, stages = start_stages(threads=args.threads, interval=0.02)
     state: dict = {}
 
-    def stage(name, call):
-        out, fig = measured_call(call, sampler)
-        stages[name] = {"seconds": round(fig["seconds"], 1), "peak_rss_mb": round(fig["peak_rss_mb"]),
-                        "peak_above_start_mb": round(fig["peak_above_start_mb"])}
-        print(f"{name:<34} {fig['seconds']:8.1f} s   peak RSS {fig['peak_rss_mb']:8.0f} MB "
-              f"({fig['peak_above_start_mb']:+.0f} MB)", flush=True)
-        return out
 
     from spatialmix.data import MultiModalData
     from spatialmix.models import MIMA

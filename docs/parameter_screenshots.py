@@ -12,7 +12,6 @@ prints every model's rows with their widgets, so a row that lost its widget show
 from __future__ import annotations
 
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -26,13 +25,8 @@ from spatialmix.napari._integrate_widget import IntegrateWidget  # noqa: E402
 from spatialmix.project import load_project  # noqa: E402
 
 DOCS = Path(__file__).resolve().parent
-
-
-def pump(seconds: float = 0.3) -> None:
-    t0 = time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        QApplication.processEvents()
-        time.sleep(0.01)
+sys.path.insert(0, str(DOCS))
+from widget_screenshots import pump  # noqa: E402  (the same event-loop pump)
 
 
 def main(project: str = "demo_out/project.zarr") -> None:
