@@ -11,8 +11,8 @@ over its blocks ("vote:<blocks>"), or, with MODE "concat", one ensemble on the b
 ("concat:<blocks>"). "nested" chooses, in every leave-one-sample-out fold, the combination with the
 best mean F1 in an inner leave-one-sample-out over the training samples only (no label of the held-out sample is
 looked at); "nested_with_singles" makes the same choice with each modality's measured inputs alone among the
-candidates (the ensemble may then ignore MIMA's output). Mean F1 over (fold, class) and the classes that lose > 0.05 F1 to the best raw single modality are
-printed and appended to OUT.jsonl.
+candidates (the ensemble may then ignore MIMA's output). Mean F1 over (fold, class) and the classes that lose
+> 0.05 F1 to the best raw single modality are printed and appended to OUT.jsonl.
 """
 
 import json

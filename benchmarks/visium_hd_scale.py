@@ -115,7 +115,6 @@ def main(argv=None) -> dict:
     stage, sampler, stages = start_stages(threads=args.threads, interval=0.02)
     state: dict = {}
 
-
     from spatialmix.data import MultiModalData
     from spatialmix.models import MIMA
     from spatialmix.results import render_result, spot_values, write_results

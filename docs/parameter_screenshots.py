@@ -18,6 +18,7 @@ from pathlib import Path
 warnings.filterwarnings("ignore", message=".*PyQt5 backend is deprecated.*")
 
 import napari  # noqa: E402
+from qtpy.QtCore import Qt  # noqa: E402
 from qtpy.QtWidgets import QApplication, QComboBox  # noqa: E402
 
 from spatialmix.napari._common import state_of  # noqa: E402
@@ -57,7 +58,7 @@ def main(project: str = "demo_out/project.zarr") -> None:
     integ.model_combo.setCurrentIndex(integ.model_combo.findData("modamix"))
     pump(0.5)
     ticked = [integ.sources.item(i).text() for i in range(integ.sources.count())
-              if integ.sources.item(i).checkState() == 2]
+              if integ.sources.item(i).checkState() == Qt.Checked]
     path = DOCS / "widget_integrate_modamix.png"
     integ.grab().save(str(path))
     print("wrote", path, "| labelled sources ticked:", ticked)

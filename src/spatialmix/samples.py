@@ -132,8 +132,7 @@ def read_samples_csv(path: str | Path, *, check_files: bool = True) -> list[Samp
             )
         )
     # the files last, once every row's text is known to be right
-    spec_by_where = {row_files["visium"][1]: spec for row_files, spec in zip(files, specs)}
-    for row_files in files if check_files else []:
+    for row_files, spec in zip(files, specs) if check_files else []:
         for key, (p, where) in row_files.items():
             if p is None:
                 continue
@@ -143,7 +142,7 @@ def read_samples_csv(path: str | Path, *, check_files: bool = True) -> list[Samp
             if (key == "visium") != p.is_dir():
                 raise InputFileError(f"{where}: {p.resolve()} must be a {'folder' if key == 'visium' else 'file'}",
                                      path, fix=fix)
-            if key == "visium" and spec_by_where[where].visium_bin_um is not None:
+            if key == "visium" and spec.visium_bin_um is not None:
                 from spatialmix.io.visium_hd import is_visium_hd
 
                 if not is_visium_hd(p):

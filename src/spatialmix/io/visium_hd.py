@@ -41,21 +41,20 @@ def _bin_folders(outs: Path) -> dict[int, Path]:
     return dict(sorted(found.items()))
 
 
+def hd_bin_sizes(path: str | Path) -> list[int]:
+    """The bin sizes (um) a Visium HD output (an ``outs/`` folder or the run folder holding it) holds, smallest
+    first; empty when ``path`` is not Visium HD."""
+    p = Path(path)
+    for folder in (p, p / "outs"):
+        if folder.is_dir() and (found := _bin_folders(folder)):
+            return list(found)
+    return []
+
+
 def is_visium_hd(path: str | Path) -> bool:
     """Whether ``path`` (an ``outs/`` folder or the run folder holding it) is a Visium HD output: it has
     ``binned_outputs/square_XXXum`` folders."""
-    p = Path(path)
-    if not p.is_dir():
-        return False
-    return bool(_bin_folders(p)) or ((p / "outs").is_dir() and bool(_bin_folders(p / "outs")))
-
-
-def hd_bin_sizes(path: str | Path) -> list[int]:
-    """The bin sizes (um) a Visium HD output holds, smallest first; empty when ``path`` is not Visium HD."""
-    p = Path(path)
-    if not p.is_dir():
-        return []
-    return list(_bin_folders(p) or ((p / "outs").is_dir() and _bin_folders(p / "outs")) or [])
+    return bool(hd_bin_sizes(path))
 
 
 def locate_visium_hd_files(path: str | Path, bin_size_um: int = DEFAULT_BIN_UM) -> dict[str, Path | None]:

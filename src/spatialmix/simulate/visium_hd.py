@@ -167,6 +167,7 @@ def _write_he(path: Path, extent_um: float, mpp: float, offset_um: tuple[float, 
     tile = rng.normal(0, 9, size=(256, 256, 3))
     img = np.empty((side, side, 3), np.uint8)
     x_um = np.arange(side) * mpp - offset_um[0]
+    tile_cols = np.arange(side) % 256
     for start in range(0, side, 1024):  # strips: the float intermediates of a whole slide would not fit
         rows = np.arange(start, min(side, start + 1024))
         y_um = rows * mpp - offset_um[1]
@@ -174,8 +175,7 @@ def _write_he(path: Path, extent_um: float, mpp: float, offset_um: tuple[float, 
         inside = _tissue(xn, yn)[..., None]
         band = _band(yn)[..., None]
         rgb = np.where(inside, np.array([225.0, 160.0, 200.0]) - band * np.array([60.0, 70.0, 30.0]), 245.0)
-        noise = np.tile(tile, (len(rows) // 256 + 2, side // 256 + 2, 1))
-        noise = noise[(start % 256):(start % 256) + len(rows), :side]
+        noise = tile[np.ix_(rows % 256, tile_cols)]  # the tile repeated over the strip, no larger copy
         img[rows] = np.clip(rgb + noise * inside, 0, 255).astype(np.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_he_tiff(path, img, mpp, pyramid=True)
