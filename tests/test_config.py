@@ -282,8 +282,15 @@ def test_sections_and_modalities_that_do_not_fit_the_data(tmp_path, sample_data_
 
 
 def test_visium_hd_bin_size_in_samples(tmp_path, sample_data_dir):
-    """[[samples]] visium_bin_um: read, checked, and written back by to_toml."""
-    base = f'[[samples]]\nname = "A"\nvisium = "{sample_data_dir / "P1_S1" / "outs"}"\n'
+    """[[samples]] visium_bin_um: read, checked (a Visium folder has no bins), and written back by to_toml."""
+    from spatialmix.simulate.visium_hd import write_visium_hd
+
+    visium = f'[[samples]]\nname = "A"\nvisium = "{sample_data_dir / "P1_S1" / "outs"}"\n'
+    with pytest.raises(ConfigError, match=r"line 4.*visium_bin_um.*is a Visium folder without binned_outputs/ "
+                       r"\(not Visium HD\).*Leave visium_bin_um empty for Visium"):
+        load_config(write(tmp_path / "v.toml", visium + "visium_bin_um = 8\n"))
+    hd = write_visium_hd(tmp_path / "hd" / "outs", n_rows=16, n_cols=16, n_genes=10, seed=1)
+    base = f'[[samples]]\nname = "A"\nvisium = "{hd}"\n'
     cfg = load_config(write(tmp_path / "a.toml", base + "visium_bin_um = 8\n"))
     assert cfg.samples[0].visium_bin_um == 8.0
     assert "visium_bin_um = 8" in cfg.to_toml()

@@ -261,10 +261,43 @@ def test_visium_bin_um_only_for_visium_hd(tmp_path):
 
     write_spaceranger(tmp_path / "S1" / "outs")
     (tmp_path / "samples.csv").write_text("sample,visium,visium_bin_um\nS1,S1/outs,8\n")
-    with pytest.raises(InputFileError, match=r"line 2, column visium \(sample S1\): visium_bin_um is given.*not Visium HD"):
+    with pytest.raises(InputFileError, match=r"line 2, column visium \(sample S1\): visium_bin_um 8: .*S1/outs is a "
+                       r"Visium folder without binned_outputs/ \(not Visium HD\)"):
         read_samples_csv(tmp_path)
     (tmp_path / "samples.csv").write_text("sample,visium,visium_bin_um\nS1,S1/outs,eight\n")
     with pytest.raises(InputFileError, match=r"column visium_bin_um.*'eight' is not a number"):
         read_samples_csv(tmp_path)
     (tmp_path / "samples.csv").write_text("sample,visium,visium_bin_um\nS1,S1/outs,\n")
     assert read_samples_csv(tmp_path)[0].visium_bin_um is None
+
+
+def test_wrong_bin_size_is_named_before_any_sample_is_read(tmp_path, hd_outs):
+    """A bin size the HD folder does not have (or a fraction of one, never rounded to a size there is) is refused
+    with the sizes there are: by samples.csv, by the run configuration ([[samples]] and samples_csv, with the
+    line), and by ``prepare`` before it reads the first sample."""
+    from spatialmix.config import load_config
+    from spatialmix.errors import ConfigError, InputFileError
+    from spatialmix.pipeline import iter_prepare, read_samples_csv
+    from spatialmix.samples import SampleSpec
+
+    (tmp_path / "samples.csv").write_text(f"sample,visium,visium_bin_um\nS1,{hd_outs},4\n")
+    with pytest.raises(InputFileError, match=r"line 2.*visium_bin_um 4: .* has no 4 um bins \(it has 8, 16 um\)"
+                       r".*Give one of the bin sizes there are: 8, 16"):
+        read_samples_csv(tmp_path)
+    (tmp_path / "samples.csv").write_text(f"sample,visium,visium_bin_um\nS1,{hd_outs},8.5\n")
+    with pytest.raises(InputFileError, match=r"has no 8.5 um bins"):
+        read_samples_csv(tmp_path)
+    toml = tmp_path / "run.toml"
+    toml.write_text(f'[[samples]]\nname = "A"\nvisium = "{hd_outs}"\nvisium_bin_um = 4\n')
+    with pytest.raises(ConfigError, match=r"line 4.*visium_bin_um.*has no 4 um bins \(it has 8, 16 um\)"):
+        load_config(toml)
+    toml.write_text(f'[data]\nsamples_csv = "{tmp_path / "samples.csv"}"\n')
+    with pytest.raises(ConfigError, match=r"samples.csv sample S1, column visium_bin_um: .*has no 8.5 um bins"):
+        load_config(toml)
+    # prepare with specs built in code: the second sample's wrong size stops it before the first is read
+    events = []
+    gen = iter_prepare([SampleSpec("S1", hd_outs, visium_bin_um=8), SampleSpec("S2", hd_outs, visium_bin_um=12)])
+    with pytest.raises(ParameterError, match=r"sample S2: visium_bin_um=12: .* has no 12 um bins"):
+        for event in gen:
+            events.append(event)
+    assert events == []

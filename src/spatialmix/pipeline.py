@@ -33,15 +33,22 @@ def _merge_attrs(target: dict, source: dict) -> None:
             target[key] = value
 
 
+def check_visium_bin(spec: SampleSpec) -> None:
+    """Raise :class:`ParameterError` when ``spec.visium_bin_um`` is given for a Visium (not HD) folder or names a
+    bin size the Visium HD output does not have."""
+    from spatialmix.io.visium_hd import bin_size_problem
+
+    if spec.visium_bin_um is not None and (problem := bin_size_problem(spec.visium, spec.visium_bin_um)):
+        raise ParameterError(f"sample {spec.sample}: visium_bin_um={spec.visium_bin_um:g}: {problem[0]}. {problem[1]}")
+
+
 def iter_read_sample(spec: SampleSpec, *, bin_ppm: float = 20.0, mz_range=None, annotation_key=ANNOTATION_KEY):
     """Read one sample's files into a SpatialData (no registration yet)."""
     from spatialmix import io as smio
 
     yield Progress(f"read Visium {spec.sample}", 0, 1, str(spec.visium))
-    if spec.visium_bin_um is not None and not smio.is_visium_hd(spec.visium):
-        raise ParameterError(f"sample {spec.sample}: visium_bin_um={spec.visium_bin_um:g} is for Visium HD outputs, "
-                             f"but {spec.visium} has no binned_outputs/; leave visium_bin_um out for Visium")
-    bin_um = None if spec.visium_bin_um is None else int(round(spec.visium_bin_um))
+    check_visium_bin(spec)
+    bin_um = None if spec.visium_bin_um is None else int(spec.visium_bin_um)  # one of the folder's sizes (checked)
     sdata = smio.read_visium(spec.visium, sample=spec.sample, patient=spec.patient, bin_size_um=bin_um)
     yield Progress(f"read Visium {spec.sample}", 1, 1, f"{sdata.tables['rna'].n_obs} spots")
     parts = []
@@ -179,6 +186,8 @@ def iter_prepare(
         samples = read_samples_csv(samples)
     if not samples:
         raise ParameterError("No samples given")
+    for spec in samples:  # the last sample's wrong bin size is named before the first sample is read
+        check_visium_bin(spec)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     per_sample = []

@@ -143,13 +143,11 @@ def read_samples_csv(path: str | Path, *, check_files: bool = True) -> list[Samp
                 raise InputFileError(f"{where}: {p.resolve()} must be a {'folder' if key == 'visium' else 'file'}",
                                      path, fix=fix)
             if key == "visium" and spec.visium_bin_um is not None:
-                from spatialmix.io.visium_hd import is_visium_hd
+                from spatialmix.io.visium_hd import bin_size_problem
 
-                if not is_visium_hd(p):
-                    raise InputFileError(
-                        f"{where}: visium_bin_um is given, but {p.resolve()} is a Visium folder without "
-                        "binned_outputs/ (not Visium HD)", path, fix="Leave visium_bin_um empty for Visium (55 um "
-                        "spots); give it only for Visium HD outputs")
+                if (problem := bin_size_problem(p, spec.visium_bin_um)) is not None:
+                    raise InputFileError(f"{where}: visium_bin_um {spec.visium_bin_um:g}: {problem[0]}", path,
+                                         fix=problem[1])
             if key == "imzml" and not any(c.stem == p.stem and c.suffix.lower() == ".ibd" and c.is_file()
                                           for c in p.parent.iterdir()):
                 raise MissingFileError(f"{where}: {p.name} has no .ibd companion ({p.with_suffix('.ibd').resolve()} "

@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 from spatialmix.errors import ConfigError, SpatialMixError
 from spatialmix.conventions import ANNOTATION_KEY, MODALITY_TABLES
+from spatialmix.io.visium_hd import bin_size_problem
 from spatialmix.pipeline import PrepareParams
 from spatialmix.samples import SampleSpec, read_samples_csv
 
@@ -310,6 +311,9 @@ def _samples_from_toml(ctx: _Context, entries, base: Path) -> list[SampleSpec]:
                                 "is often wrong)", table="samples", key=file_key, index=i)
         if "imzml" in values:
             _check_ibd(_Key(ctx, "samples", "imzml", i, name), values["imzml"])
+        if "visium_bin_um" in values and (problem := bin_size_problem(values["visium"], values["visium_bin_um"])):
+            raise _Key(ctx, "samples", "visium_bin_um", i, name).fail(
+                f"= {values['visium_bin_um']:g}: {problem[0]}", problem[1])
         specs.append(SampleSpec(**values))
     return specs
 
@@ -354,6 +358,8 @@ def _samples_from_csv(ctx: _Context, value, base: Path) -> tuple[list[SampleSpec
             v = getattr(spec, column)
             if v is not None and not (_is_number(v) and v > 0):
                 raise where.fail(f"{where_label} column {column} must be a positive number, got {v!r}")
+        if spec.visium_bin_um is not None and (problem := bin_size_problem(spec.visium, spec.visium_bin_um)):
+            raise where.fail(f"{where_label} column visium_bin_um: {problem[0]}", problem[1])
         if spec.imzml is not None:
             _check_ibd(_Key(ctx, "data", f"samples_csv, {csv.name} sample {spec.sample}, column imzml"), spec.imzml)
         for key in ("visium", "imzml", "he", "annotations"):

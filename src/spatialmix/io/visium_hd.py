@@ -57,6 +57,21 @@ def is_visium_hd(path: str | Path) -> bool:
     return bool(hd_bin_sizes(path))
 
 
+def bin_size_problem(path: str | Path, bin_size_um: float) -> tuple[str, str] | None:
+    """What is wrong with reading ``bin_size_um`` um bins of ``path``, as ``(problem, fix)``; None when that bin
+    size is there. Checked before any reading (samples.csv, the run configuration, ``prepare``), so that a wrong
+    bin size of the last sample is named before the first one is read."""
+    sizes = hd_bin_sizes(path)
+    if not sizes:
+        return (f"{Path(path).resolve()} is a Visium folder without binned_outputs/ (not Visium HD)",
+                "Leave visium_bin_um empty for Visium (55 um spots); give it only for Visium HD outputs")
+    if float(bin_size_um) not in sizes:  # 8.0 is 8 um; 8.5 is no bin size (never rounded to one)
+        there = ", ".join(f"{b}" for b in sizes)
+        return (f"{Path(path).resolve()} has no {bin_size_um:g} um bins (it has {there} um)",
+                f"Give one of the bin sizes there are: {there}")
+    return None
+
+
 def locate_visium_hd_files(path: str | Path, bin_size_um: int = DEFAULT_BIN_UM) -> dict[str, Path | None]:
     """Find and check the files one bin size of a Visium HD output needs.
 
