@@ -12,6 +12,12 @@ benchmark's own function (spatialmix.evaluate.metrics.scib_benchmark, with PCA-5
 unintegrated reference, so totals sit ~0.01 above `spatialmix benchmark`'s, which uses pca_concat).
 Spatial cases are prepared once into /tmp/exp/<case>.zarr.
 
+A variant's "warmup" dict tries training schedules that are not MIMA options (issue 14 candidates): "kl_steps": N
+ramps every KL weight linearly from 0 to its value over the first N optimiser steps (scVI's KL warm-up);
+"adv_steps": N ramps the adversary's weight the same way, with "dann": 1 along Ganin & Lempitsky's
+2 / (1 + exp(-10 p)) - 1; "val_no_adv": 1 leaves the adversarial terms out of the validation loss that early
+stopping watches. Validation always uses the full KL weights.
+
 With a fourth argument ``--loocv`` every representation (and each raw modality) is also scored by the
 benchmark's own leave-one-sample-out ensemble (spatialmix.evaluate.annotations.iter_cross_validate, the
 options `spatialmix benchmark` uses): mean F1 and, per class scored on >= 10 spots, the F1 lost against the
@@ -50,7 +56,26 @@ rec["pca"] = {"lobo_f1": lobo(embs["pca"])}
 for name, v in variants.items():
     t = time.perf_counter()
     params = v.get("params", {}); tr = v.get("train", {})
-    m = MIMA(mmd, **params); m.train(**tr)
+    m = MIMA(mmd, **params)
+    wu = v.get("warmup", {})
+    if wu:  # schedules tried for issue 14 (not MIMA options): the module's loss wrapped, counting training steps
+        import types
+        mod = m.module; base_beta = dict(mod.beta); base_adv = mod.adversarial; state = {"n": 0}
+        orig = mod.loss
+        def patched(self, *a, **k):
+            if self.training:
+                state["n"] += 1
+                fk = min(1.0, state["n"] / wu["kl_steps"]) if wu.get("kl_steps") else 1.0
+                fa = min(1.0, state["n"] / wu["adv_steps"]) if wu.get("adv_steps") else 1.0
+                if wu.get("dann"):  # Ganin's 2/(1+exp(-10 p)) - 1
+                    p = min(1.0, state["n"] / wu["adv_steps"]); fa = 2 / (1 + np.exp(-10 * p)) - 1
+                self.beta = {kk: vv * fk for kk, vv in base_beta.items()}; self.adversarial = base_adv * fa
+            else:
+                self.beta = base_beta; self.adversarial = 0.0 if wu.get("val_no_adv") else base_adv
+            return orig(*a, **k)
+        mod.loss = types.MethodType(patched, mod)
+    m.train(**tr)
+    if wu: print("warm-up steps seen", state["n"], flush=True)
     hist = [h for h in m.history if "loss" in h]
     Z = m.get_latent_representation()
     reps = v.get("reps", ["poe"])
