@@ -15,7 +15,7 @@ pytest.importorskip("napari")
 from qtpy.QtCore import QTimer  # noqa: E402
 from qtpy.QtWidgets import QApplication  # noqa: E402
 
-from spatialmix.napari._common import state_of  # noqa: E402
+from spatialmix.napari._common import WorkerPanel, state_of  # noqa: E402
 from spatialmix.napari._data_widget import DataWidget  # noqa: E402
 from spatialmix.napari._explore_widget import ExploreWidget  # noqa: E402
 from spatialmix.napari._integrate_widget import IntegrateWidget, ParamPage, model_defaults  # noqa: E402
@@ -194,6 +194,26 @@ def test_integrate_widget_trains_in_a_worker_without_freezing_the_ui(trained_vie
     assert len(gaps) > 100
     print(f"longest event-loop stall: {worst}")
     assert gaps.max() < 0.2, f"the event loop stalled for {worst}"
+
+
+def test_a_burst_of_progress_events_is_drawn_once_and_ends_on_the_last(qtbot):
+    """The results writer yields several steps within milliseconds; each drawn update re-lays out napari's docks
+    (~30 ms under Xvfb), so a burst drawn event by event froze the viewer for ~200 ms. The panel draws the first
+    at once and the burst's last one after UPDATE_S, never one that a later event replaced, and never drops it."""
+    from spatialmix.progress import Progress
+
+    panel = WorkerPanel()
+    qtbot.addWidget(panel)
+    drawn = []
+    panel.status.setText = lambda text, _set=panel.status.setText: (drawn.append(text), _set(text))
+    for i in range(7):
+        panel.show_progress(Progress("write results", i, 20, f"step {i}"))
+    assert drawn == ["write results 0/20: step 0"]
+    qtbot.waitUntil(lambda: len(drawn) == 2, timeout=2000)
+    assert drawn[-1] == "write results 6/20: step 6" and panel.bar.value() == round(1000 * 6 / 20)
+    assert panel.status.toolTip() == drawn[-1]  # the full text, whatever the dock's width clips
+    qtbot.wait(int(3 * 1000 * WorkerPanel.UPDATE_S))
+    assert len(drawn) == 2
 
 
 def test_parameter_pages_start_at_every_models_defaults(qtbot):
