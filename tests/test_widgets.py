@@ -216,6 +216,47 @@ def test_a_burst_of_progress_events_is_drawn_once_and_ends_on_the_last(qtbot):
     assert len(drawn) == 2
 
 
+def test_jobs_keep_the_loaded_objects_out_of_full_garbage_collections_and_leak_nothing(qtbot):
+    """A full garbage collection holds the GIL for as long as it scans (~400 ms with napari and the demo project
+    loaded), freezing the viewer whichever thread starts it. While any job runs, the objects that existed at its
+    start are frozen; when the last job ends (finished or failed) they are collectable again."""
+    import gc
+    import weakref
+
+    from spatialmix.progress import Progress
+
+    class Cyclic:  # garbage only the cycle collector can free
+        pass
+
+    def job(fail=False, seen=None):
+        seen.append(gc.get_freeze_count())
+        yield Progress("job", 1, 2, "")
+        if fail:
+            raise ValueError("bad input")
+        return 1
+
+    before = Cyclic()
+    before.me = before
+    alive = weakref.ref(before)
+    del before  # garbage when the jobs start: frozen with the rest, so not collected during them
+
+    a, b = WorkerPanel(), WorkerPanel()
+    qtbot.addWidget(a)
+    qtbot.addWidget(b)
+    seen_a, seen_b = [], []
+    a.start(job, seen=seen_a)
+    b.start(job, fail=True, seen=seen_b)
+    gc.collect()
+    assert alive() is not None
+    for panel in (a, b):
+        qtbot.waitUntil(lambda p=panel: p.worker is None, timeout=10000)
+    assert seen_a[0] > 0 and seen_b[0] > 0  # frozen while each ran
+    assert "failed" in b.status.text()
+    assert gc.get_freeze_count() == 0  # both ended: nothing stays frozen
+    gc.collect()
+    assert alive() is None
+
+
 def test_parameter_pages_start_at_every_models_defaults(qtbot):
     """A form row that cannot hold a model's default (a spin box capped below it) would silently change it."""
     from spatialmix.models import MODELS

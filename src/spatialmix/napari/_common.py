@@ -7,6 +7,7 @@ napari's ``create_worker`` in a thread; its :class:`~spatialmix.progress.Progres
 
 from __future__ import annotations
 
+import gc
 import time
 import traceback
 import weakref
@@ -178,6 +179,33 @@ def layer_name(sample: str, *parts: str) -> str:
     return SEP.join([sample, *[p for p in parts if p]])
 
 
+_GC_FROZEN_JOBS = 0
+
+
+def _freeze_gc() -> None:
+    """Exclude the objects that exist when a job starts from Python's full garbage collections until every
+    running job has ended (:func:`_unfreeze_gc`).
+
+    A full (generation-2) collection scans every tracked object while holding the GIL, whichever thread starts
+    it, so the viewer freezes for its length: with napari, the demo project and the models loaded (~820,000
+    objects) one took 400 ms, and one came during a 3-epoch training run, at 505 ms. Frozen, the objects of
+    napari, Qt, torch and the open project are not scanned; the collections during the job scan only what the
+    job made. Nothing is leaked: garbage among the frozen objects is collected after the job (``gc.unfreeze``
+    returns them to the oldest generation). ``gc.freeze`` and ``gc.unfreeze`` only move list heads (O(1)).
+    """
+    global _GC_FROZEN_JOBS
+    if _GC_FROZEN_JOBS == 0:
+        gc.freeze()
+    _GC_FROZEN_JOBS += 1
+
+
+def _unfreeze_gc() -> None:
+    global _GC_FROZEN_JOBS
+    _GC_FROZEN_JOBS = max(0, _GC_FROZEN_JOBS - 1)
+    if _GC_FROZEN_JOBS == 0:
+        gc.unfreeze()
+
+
 class StatusLabel(QLabel):
     """A status line of a fixed height (``lines`` wrapped lines) and the width the dock gives it: the dock does not
     jump in size as messages change from one line to two, and a long path is clipped rather than widening the
@@ -234,6 +262,7 @@ class WorkerPanel(QWidget):
         self._update_timer = QTimer(self)
         self._update_timer.setSingleShot(True)
         self._update_timer.timeout.connect(self._show_pending)
+        self._gc_frozen = False
 
     @property
     def running(self) -> bool:
@@ -292,6 +321,8 @@ class WorkerPanel(QWidget):
         worker.returned.connect(returned)
         worker.errored.connect(errored)
         worker.aborted.connect(aborted)
+        _freeze_gc()
+        self._gc_frozen = True
         worker.start()
         return worker
 
@@ -335,6 +366,9 @@ class WorkerPanel(QWidget):
             self.worker.quit()
 
     def _finish(self, text: str) -> None:
+        if self._gc_frozen:
+            self._gc_frozen = False
+            _unfreeze_gc()
         self._update_timer.stop()
         self._pending = None
         self.worker = None
