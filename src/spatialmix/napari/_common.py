@@ -262,7 +262,6 @@ class WorkerPanel(QWidget):
         self._update_timer = QTimer(self)
         self._update_timer.setSingleShot(True)
         self._update_timer.timeout.connect(self._show_pending)
-        self._gc_frozen = False
 
     @property
     def running(self) -> bool:
@@ -288,6 +287,7 @@ class WorkerPanel(QWidget):
         # event loop as well
         worker = create_worker(gen_func, *args, _start_thread=False, _ignore_errors=True, **kwargs)
         self.worker = worker
+        _freeze_gc()  # until _finish: a job's whole life, while self.worker is set
         self._on_stop = on_stop
         self._started = time.perf_counter()
         self.bar.setRange(0, 0)  # busy until the first event
@@ -321,8 +321,6 @@ class WorkerPanel(QWidget):
         worker.returned.connect(returned)
         worker.errored.connect(errored)
         worker.aborted.connect(aborted)
-        _freeze_gc()
-        self._gc_frozen = True
         worker.start()
         return worker
 
@@ -366,8 +364,7 @@ class WorkerPanel(QWidget):
             self.worker.quit()
 
     def _finish(self, text: str) -> None:
-        if self._gc_frozen:
-            self._gc_frozen = False
+        if self.worker is not None:
             _unfreeze_gc()
         self._update_timer.stop()
         self._pending = None
